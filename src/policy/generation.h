@@ -1,0 +1,38 @@
+/*
+ * A generation: the policy files and the runtime's own Lua compiled into one
+ * sandbox, named by the SHA-256 of their names and contents.
+ */
+#ifndef FFDL_POLICY_GENERATION_H
+#define FFDL_POLICY_GENERATION_H
+
+#include "policy/sandbox.h"
+
+typedef struct ffdl_generation ffdl_generation;
+
+typedef struct {
+  const char *policies_dir; /* team hooks: validate.lua, frameworks.lua, ... */
+  const char *lua_dir;      /* the runtime's Lua: every .lua file in lua/ffdl */
+  ffdl_sandbox_limits limits;
+} ffdl_generation_opts;
+
+/* Compiles and runs every file (caller frees *out with ffdl_generation_free).
+ * On failure *err names the file and line (caller frees). */
+int ffdl_generation_load(const ffdl_generation_opts *opts, ffdl_generation **out, char **err);
+void ffdl_generation_free(ffdl_generation *gen);
+
+/* Borrowed pointers, valid while the generation lives. */
+ffdl_sandbox *ffdl_generation_sandbox(ffdl_generation *gen);
+const char *ffdl_generation_hash(const ffdl_generation *gen);
+const char *ffdl_generation_policies_dir(const ffdl_generation *gen);
+
+/* Push the table a policy file (e.g. "validate") or runtime module
+ * (e.g. "manifest") returned, or nil when there is none.  [-0, +1, -] */
+void ffdl_generation_push_policy(ffdl_generation *gen, const char *name);
+void ffdl_generation_push_runtime(ffdl_generation *gen, const char *name);
+
+/* Pushes a fresh ctx table for a hook call: ctx.now, ctx.log, ctx:explain,
+ * ctx.defaults, ctx.frameworks, plus ctx.file when FILE is not NULL.
+ * [-0, +1, m] */
+void ffdl_generation_push_ctx(ffdl_generation *gen, const char *file);
+
+#endif

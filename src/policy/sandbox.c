@@ -1,0 +1,363 @@
+/*
+ * sandbox.c: the Lua state that runs untrusted policy and spec code.
+ * Owns: the capped allocator, the deadline hook, the base environment and
+ * ffdl_policy_call(), the single way into Lua. Must not: block, open io/os/
+ * package/debug, or let a Lua error unwind past ffdl_policy_call().
+ */
+#include "policy/sandbox.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "policy/luaapi.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEFAULT_MEMORY_LIMIT ((size_t)64 << 20)
+#define DEFAULT_DEADLINE_MS 1000.0
+#define HOOK_EVERY 1000 /* instructions between deadline checks */
+
+struct ffdl_sandbox {
+  lua_State *L;
+  size_t used;
+  size_t limit;
+  double default_deadline_ms;
+  double deadline_ms;   /* the current call's limit, for messages */
+  uint64_t deadline_ns; /* 0 when no call is running */
+  int expired;          /* the deadline passed during this call */
+  int out_of_memory;    /* the allocator refused during this call */
+};
+
+/* The base environment's registry key: the address of this static. */
+static const char BASE_ENV_KEY = 'b';
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static ffdl_sandbox *sandbox_of(lua_State *L) {
+  return *(ffdl_sandbox **)lua_getextraspace(L);
+}
+
+/* The allocator: refuses any growth past the cap. */
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  ffdl_sandbox *sb = ud;
+  size_t old = ptr ? osize : 0;
+  if (nsize == 0) {
+    free(ptr);
+    sb->used -= old;
+    return NULL;
+  }
+  if (nsize > old && sb->used - old + nsize > sb->limit) {
+    sb->out_of_memory = 1;
+    return NULL;
+  }
+  void *grown = realloc(ptr, nsize);
+  if (!grown) {
+    sb->out_of_memory = 1;
+    return NULL;
+  }
+  sb->used = sb->used - old + nsize;
+  return grown;
+}
+
+/* Count hook: raises once the call's deadline has passed, and on every
+ * instruction after that, so that a policy's pcall cannot swallow it. */
+static void deadline_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  ffdl_sandbox *sb = sandbox_of(L);
+  if (sb->deadline_ns == 0) return;
+  if (!sb->expired && now_ns() < sb->deadline_ns) return;
+  if (!sb->expired) {
+    sb->expired = 1;
+    lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
+  }
+  /* name the line that was running: level 0 is the function being run */
+  lua_Debug here;
+  if (lua_getstack(L, 0, &here) && lua_getinfo(L, "Sl", &here) && here.currentline > 0)
+    lua_pushfstring(L, "%s:%d: ", here.short_src, here.currentline);
+  else
+    lua_pushliteral(L, "");
+  lua_pushfstring(L, "deadline of %d ms exceeded (infinite loop?)", (int)sb->deadline_ms);
+  lua_concat(L, 2);
+  lua_error(L);
+}
+
+/* A limit hit inside a protected call is re-raised: limits are final. */
+static int limit_hit(lua_State *L) {
+  ffdl_sandbox *sb = sandbox_of(L);
+  return sb->expired || sb->out_of_memory;
+}
+
+static int l_pcall(lua_State *L) {
+  luaL_checkany(L, 1);
+  int status = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+  if (status != LUA_OK && limit_hit(L)) return lua_error(L);
+  lua_pushboolean(L, status == LUA_OK);
+  lua_insert(L, 1);
+  return lua_gettop(L);
+}
+
+static int l_xpcall(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_pushvalue(L, 1); /* [f, h, args..., f] */
+  lua_copy(L, 2, 1);   /* [h, h, args..., f] */
+  lua_replace(L, 2);   /* [h, f, args...] */
+  int status = lua_pcall(L, n - 2, LUA_MULTRET, 1);
+  if (status != LUA_OK && limit_hit(L)) return lua_error(L);
+  lua_pushboolean(L, status == LUA_OK);
+  lua_replace(L, 1);
+  return lua_gettop(L);
+}
+
+/* Only "count" is allowed: stopping or tuning the collector is not. */
+static int l_collectgarbage(lua_State *L) {
+  const char *opt = luaL_optstring(L, 1, "count");
+  if (strcmp(opt, "count") != 0)
+    return luaL_error(L, "collectgarbage(\"%s\") is not allowed in the sandbox", opt);
+  lua_pushnumber(L, (lua_Number)sandbox_of(L)->used / 1024.0);
+  return 1;
+}
+
+static int l_print(lua_State *L) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  int n = lua_gettop(L);
+  for (int i = 1; i <= n; i++) {
+    if (i > 1) luaL_addchar(&b, '\t');
+    luaL_tolstring(L, i, NULL);
+    luaL_addvalue(&b);
+  }
+  luaL_pushresult(&b);
+  ffdl_log(FFDL_LOG_INFO, "lua: %s", lua_tostring(L, -1));
+  return 0;
+}
+
+static const luaL_Reg safe_overrides[] = {
+    {"pcall", l_pcall},   {"xpcall", l_xpcall}, {"collectgarbage", l_collectgarbage},
+    {"print", l_print},   {NULL, NULL}};
+
+/* Names copied from the real globals into the base environment. */
+static const char *const safe_globals[] = {
+    "assert", "error",    "ipairs",   "next",     "pairs",  "rawequal", "rawget",
+    "rawlen", "rawset",   "select",   "setmetatable", "getmetatable", "tonumber",
+    "tostring", "type",   "_VERSION", NULL};
+static const char *const safe_libs[] = {"string", "table", "math", "utf8", "coroutine", NULL};
+
+/* Wraps the table at the top in a read-only proxy.  [-1, +1, m] */
+static const char FREEZE_LUA[] =
+    "local t = ...\n"
+    "local function deny(_, k) error('attempt to modify read-only table (key ' .. tostring(k) .. ')', 2) end\n"
+    "return setmetatable({}, {__index = t, __newindex = deny, __metatable = 'locked',\n"
+    "  __pairs = function() return next, t, nil end, __len = function() return #t end})\n";
+
+static void freeze_top(lua_State *L) {
+  if (luaL_loadbufferx(L, FREEZE_LUA, sizeof FREEZE_LUA - 1, "=freeze", "t") != LUA_OK)
+    lua_error(L);
+  lua_insert(L, -2);
+  lua_call(L, 1, 1);
+}
+
+/* Builds the base environment in the registry; runs unprotected inside
+ * lua_pcall from ffdl_sandbox_new.  [-0, +0, m] */
+static int build_base_env(lua_State *L) {
+  lua_newtable(L); /* base */
+  for (const char *const *name = safe_globals; *name; name++) {
+    lua_getglobal(L, *name);
+    lua_setfield(L, -2, *name);
+  }
+  for (const char *const *lib = safe_libs; *lib; lib++) {
+    lua_getglobal(L, *lib);
+    lua_newtable(L); /* a copy, so the real library is never reachable */
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, -4);
+    }
+    lua_remove(L, -2);
+    if (strcmp(*lib, "string") == 0) {
+      lua_pushnil(L);
+      lua_setfield(L, -2, "dump");
+    }
+    freeze_top(L);
+    lua_setfield(L, -2, *lib);
+  }
+  luaL_setfuncs(L, safe_overrides, 0);
+  ffdl_luaapi_push(L);
+  freeze_top(L);
+  lua_setfield(L, -2, "ffdl");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &BASE_ENV_KEY);
+
+  /* string methods reach the real string table through its metatable:
+   * drop dump there too and hide the metatable itself. */
+  lua_getglobal(L, "string");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "dump");
+  lua_pop(L, 1);
+  lua_pushliteral(L, "");
+  lua_getmetatable(L, -1);
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 2);
+  return 0;
+}
+
+static void open_safe_libs(lua_State *L) {
+  static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},        {LUA_STRLIBNAME, luaopen_string},
+                                  {LUA_TABLIBNAME, luaopen_table},  {LUA_MATHLIBNAME, luaopen_math},
+                                  {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_COLIBNAME, luaopen_coroutine},
+                                  {NULL, NULL}};
+  for (const luaL_Reg *lib = libs; lib->func; lib++) {
+    luaL_requiref(L, lib->name, lib->func, 1);
+    lua_pop(L, 1);
+  }
+}
+
+static int open_all(lua_State *L) {
+  open_safe_libs(L);
+  return build_base_env(L);
+}
+
+int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out) {
+  *out = NULL;
+  ffdl_sandbox *sb = calloc(1, sizeof *sb);
+  if (!sb) return FFDL_ENOMEM;
+  sb->limit = limits && limits->memory_limit ? limits->memory_limit : DEFAULT_MEMORY_LIMIT;
+  sb->default_deadline_ms =
+      limits && limits->deadline_ms > 0 ? limits->deadline_ms : DEFAULT_DEADLINE_MS;
+  sb->L = lua_newstate(capped_alloc, sb);
+  if (!sb->L) {
+    free(sb);
+    return FFDL_ENOMEM;
+  }
+  *(ffdl_sandbox **)lua_getextraspace(sb->L) = sb;
+  lua_sethook(sb->L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  lua_pushcfunction(sb->L, open_all);
+  if (lua_pcall(sb->L, 0, 0, 0) != LUA_OK) {
+    ffdl_log(FFDL_LOG_ERROR, "sandbox: cannot build the environment: %s",
+             lua_tostring(sb->L, -1));
+    ffdl_sandbox_free(sb);
+    return FFDL_ENOMEM;
+  }
+  *out = sb;
+  return FFDL_OK;
+}
+
+void ffdl_sandbox_free(ffdl_sandbox *sb) {
+  if (!sb) return;
+  if (sb->L) lua_close(sb->L);
+  free(sb);
+}
+
+lua_State *ffdl_sandbox_state(ffdl_sandbox *sb) {
+  return sb->L;
+}
+
+size_t ffdl_sandbox_memory_used(const ffdl_sandbox *sb) {
+  return sb->used;
+}
+
+double ffdl_sandbox_default_deadline(const ffdl_sandbox *sb) {
+  return sb->default_deadline_ms;
+}
+
+void ffdl_sandbox_push_env(lua_State *L) {
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &BASE_ENV_KEY);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+}
+
+int ffdl_sandbox_load(ffdl_sandbox *sb, const char *name, const char *text, size_t len,
+                      char **err) {
+  lua_State *L = sb->L;
+  *err = NULL;
+  sb->out_of_memory = 0;
+  int status = luaL_loadbufferx(L, text, len, name, "t");
+  if (status != LUA_OK) {
+    *err = strdup(status == LUA_ERRMEM ? "not enough memory to compile the chunk"
+                                       : lua_tostring(L, -1));
+    lua_pop(L, 2); /* message and env */
+    return FFDL_ESYNTAX;
+  }
+  lua_insert(L, -2);
+  if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+  return FFDL_OK;
+}
+
+/* Message handler: keeps the message, logs the traceback. */
+static int traceback_handler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  ffdl_log(FFDL_LOG_WARN, "%s", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_pushstring(L, msg);
+  return 1;
+}
+
+static char *describe_failure(ffdl_sandbox *sb, int status, int *code) {
+  lua_State *L = sb->L;
+  char buf[160];
+  if (status == LUA_ERRMEM || sb->out_of_memory) {
+    *code = FFDL_ELIMIT;
+    const char *where = status == LUA_ERRMEM ? "" : lua_tostring(L, -1);
+    snprintf(buf, sizeof buf, "memory limit of %zu MiB exceeded%s%s", sb->limit >> 20,
+             where && *where ? ": " : "", where ? where : "");
+    return strdup(buf);
+  }
+  *code = sb->expired ? FFDL_ETIMEOUT : FFDL_ELUA;
+  const char *msg = lua_tostring(L, -1);
+  return strdup(msg ? msg : "error without a message");
+}
+
+int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, double deadline_ms,
+                     char **err) {
+  lua_State *L = sb->L;
+  *err = NULL;
+  /* Calls may nest (a C function called from Lua calling back in): keep the
+   * outer call's limits and restore them afterwards. */
+  uint64_t outer_deadline = sb->deadline_ns;
+  double outer_ms = sb->deadline_ms;
+  int outer_expired = sb->expired, outer_oom = sb->out_of_memory;
+
+  if (deadline_ms <= 0) deadline_ms = sb->default_deadline_ms;
+  uint64_t deadline = now_ns() + (uint64_t)(deadline_ms * 1e6);
+  if (outer_deadline && outer_deadline < deadline) deadline = outer_deadline;
+  sb->deadline_ns = deadline;
+  sb->deadline_ms = deadline_ms;
+  sb->expired = 0;
+  sb->out_of_memory = 0;
+
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, traceback_handler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nres, base);
+  int code = FFDL_OK;
+  if (status != LUA_OK) {
+    *err = describe_failure(sb, status, &code);
+    lua_pop(L, 1);
+    ffdl_log(FFDL_LOG_DEBUG, "policy call %s failed: %s", what, *err);
+  }
+  lua_remove(L, base);
+  lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  sb->deadline_ns = outer_deadline;
+  sb->deadline_ms = outer_ms;
+  sb->expired = outer_expired;
+  sb->out_of_memory = outer_oom;
+  return code;
+}

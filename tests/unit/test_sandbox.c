@@ -1,0 +1,185 @@
+/* Sandbox escapes and limits: each must fail cleanly, and the state must
+ * keep working afterwards. */
+#include "core/error.h"
+#include "policy/sandbox.h"
+#include "runner.h"
+
+#include <lauxlib.h>
+#include <string.h>
+
+static ffdl_sandbox *new_sandbox(size_t memory, double deadline_ms) {
+  ffdl_sandbox_limits limits = {.memory_limit = memory, .deadline_ms = deadline_ms};
+  ffdl_sandbox *sb;
+  CHECK(ffdl_sandbox_new(&limits, &sb) == FFDL_OK);
+  return sb;
+}
+
+/* Runs CODE as a chunk; returns the ffdl code, *err (caller frees). */
+static int run(ffdl_sandbox *sb, const char *code, char **err) {
+  lua_State *L = ffdl_sandbox_state(sb);
+  ffdl_sandbox_push_env(L);
+  int rc = ffdl_sandbox_load(sb, "@test.lua", code, strlen(code), err);
+  if (rc != FFDL_OK) return rc;
+  rc = ffdl_policy_call(sb, "test", 0, 1, 0, err);
+  if (rc == FFDL_OK) lua_pop(L, 1);
+  return rc;
+}
+
+static void expect_error_with(size_t memory, const char *code, int want_rc, const char *want_msg) {
+  ffdl_sandbox *sb = new_sandbox(memory, 200);
+  char *err = NULL;
+  int rc = run(sb, code, &err);
+  if (rc != want_rc) fprintf(stderr, "rc %s for: %s (%s)\n", ffdl_err_name(rc), code, err);
+  CHECK(rc == want_rc);
+  CHECK_CONTAINS(err, want_msg);
+  free(err);
+  /* the state survives and still answers */
+  lua_State *L = ffdl_sandbox_state(sb);
+  int top = lua_gettop(L);
+  ffdl_sandbox_push_env(L);
+  CHECK(ffdl_sandbox_load(sb, "@ok.lua", "return 40 + 2", 13, &err) == FFDL_OK);
+  CHECK(ffdl_policy_call(sb, "ok", 0, 1, 0, &err) == FFDL_OK);
+  CHECK(lua_tointeger(L, -1) == 42);
+  lua_pop(L, 1);
+  CHECK(lua_gettop(L) == top);
+  ffdl_sandbox_free(sb);
+}
+
+static void expect_error(const char *code, int want_rc, const char *want_msg) {
+  expect_error_with(8u << 20, code, want_rc, want_msg);
+}
+
+static void os_execute(void) {
+  expect_error("return os.execute('id')", FFDL_ELUA, "test.lua:1: attempt to index a nil value (global 'os')");
+}
+static void io_open(void) {
+  expect_error("return io.open('/etc/passwd')", FFDL_ELUA, "global 'io'");
+}
+static void require_module(void) {
+  expect_error("return require('os')", FFDL_ELUA, "global 'require'");
+}
+static void load_string(void) {
+  expect_error("return load('return 1')()", FFDL_ELUA, "global 'load'");
+}
+static void dofile_call(void) {
+  expect_error("return dofile('/etc/passwd')", FFDL_ELUA, "global 'dofile'");
+}
+static void loadstring_via_package(void) {
+  expect_error("return package.loadlib('libc.so.6', 'system')", FFDL_ELUA, "global 'package'");
+}
+static void debug_library(void) {
+  expect_error("return debug.getregistry()", FFDL_ELUA, "global 'debug'");
+}
+static void string_dump(void) {
+  expect_error("return string.dump(function() end)", FFDL_ELUA, "field 'dump'");
+}
+static void string_dump_via_method(void) {
+  expect_error("local s = 'x'; return s.dump(print)", FFDL_ELUA, "field 'dump'");
+}
+static void string_metatable_hidden(void) {
+  expect_error("assert(getmetatable('') == 'locked') return rawget(getmetatable(''), 'x')",
+               FFDL_ELUA, "bad argument #1 to 'rawget' (table expected, got string)");
+}
+static void modify_shared_library(void) {
+  expect_error("string.upper = nil", FFDL_ELUA, "read-only");
+}
+static void collectgarbage_stop(void) {
+  expect_error("collectgarbage('stop')", FFDL_ELUA, "not allowed in the sandbox");
+}
+static void collectgarbage_count_allowed(void) {
+  ffdl_sandbox *sb = new_sandbox(0, 0);
+  char *err = NULL;
+  CHECK(run(sb, "assert(collectgarbage('count') > 0)", &err) == FFDL_OK);
+  ffdl_sandbox_free(sb);
+}
+static void bytecode_refused(void) {
+  ffdl_sandbox *sb = new_sandbox(0, 0);
+  char *err = NULL;
+  static const char chunk[] = "\x1bLua\x54\x00garbage";
+  ffdl_sandbox_push_env(ffdl_sandbox_state(sb));
+  CHECK(ffdl_sandbox_load(sb, "@bin.lua", chunk, sizeof chunk - 1, &err) == FFDL_ESYNTAX);
+  CHECK_CONTAINS(err, "binary chunk");
+  free(err);
+  ffdl_sandbox_free(sb);
+}
+static void infinite_loop(void) {
+  expect_error("while true do end", FFDL_ETIMEOUT, "test.lua:1: deadline of 200 ms exceeded");
+}
+static void infinite_loop_inside_pcall(void) {
+  expect_error("while true do pcall(function() while true do end end) end", FFDL_ETIMEOUT,
+               "deadline of 200 ms exceeded");
+}
+static void infinite_loop_in_coroutine(void) {
+  expect_error("local co = coroutine.wrap(function() while true do end end) co()", FFDL_ETIMEOUT,
+               "deadline");
+}
+static void memory_bomb_table(void) {
+  expect_error("local t = {} for i = 1, 1e9 do t[i] = {i} end", FFDL_ELIMIT,
+               "memory limit of 8 MiB exceeded");
+}
+static void memory_bomb_string(void) {
+  expect_error("return string.rep('x', 1 << 30)", FFDL_ELIMIT, "memory limit");
+}
+static void memory_bomb_inside_pcall(void) {
+  expect_error("local ok = pcall(function() local s = 'x' while true do s = s .. s end end)\n"
+               "return 'swallowed'",
+               FFDL_ELIMIT, "memory limit");
+}
+static void deep_recursion(void) {
+  expect_error_with(64u << 20, "local function f(n) return 1 + f(n + 1) end return f(1)",
+                    FFDL_ELUA, "stack overflow");
+}
+static void error_with_table(void) {
+  expect_error("error({code = 1})", FFDL_ELUA, "(error object is a table value)");
+}
+static void globals_do_not_leak_between_chunks(void) {
+  ffdl_sandbox *sb = new_sandbox(0, 0);
+  char *err = NULL;
+  CHECK(run(sb, "secret = 42", &err) == FFDL_OK);
+  CHECK(run(sb, "assert(secret == nil, 'leaked')", &err) == FFDL_OK);
+  ffdl_sandbox_free(sb);
+}
+static void json_round_trip(void) {
+  ffdl_sandbox *sb = new_sandbox(0, 0);
+  char *err = NULL;
+  int rc = run(sb,
+               "local t = ffdl.json.decode('{\"a\":[1,2.5,\"x\"],\"b\":null}')\n"
+               "assert(t.a[2] == 2.5 and t.b == ffdl.json.null)\n"
+               "assert(ffdl.json.encode({a = {1, 2}}) == '{\"a\":[1,2]}')\n"
+               "local v, e = ffdl.json.decode('{bad')\n"
+               "assert(v == nil and e:find('line 1'))",
+               &err);
+  if (rc) fprintf(stderr, "%s\n", err);
+  CHECK(rc == FFDL_OK);
+  ffdl_sandbox_free(sb);
+}
+
+int main(int argc, char **argv) {
+  static const test_case cases[] = {
+      {"os_execute", os_execute},
+      {"io_open", io_open},
+      {"require_module", require_module},
+      {"load_string", load_string},
+      {"dofile_call", dofile_call},
+      {"package_loadlib", loadstring_via_package},
+      {"debug_library", debug_library},
+      {"string_dump", string_dump},
+      {"string_dump_via_method", string_dump_via_method},
+      {"string_metatable_hidden", string_metatable_hidden},
+      {"modify_shared_library", modify_shared_library},
+      {"collectgarbage_stop", collectgarbage_stop},
+      {"collectgarbage_count_allowed", collectgarbage_count_allowed},
+      {"bytecode_refused", bytecode_refused},
+      {"infinite_loop", infinite_loop},
+      {"infinite_loop_inside_pcall", infinite_loop_inside_pcall},
+      {"infinite_loop_in_coroutine", infinite_loop_in_coroutine},
+      {"memory_bomb_table", memory_bomb_table},
+      {"memory_bomb_string", memory_bomb_string},
+      {"memory_bomb_inside_pcall", memory_bomb_inside_pcall},
+      {"deep_recursion", deep_recursion},
+      {"error_with_table", error_with_table},
+      {"globals_do_not_leak_between_chunks", globals_do_not_leak_between_chunks},
+      {"json_round_trip", json_round_trip},
+      {NULL, NULL}};
+  return run_tests(cases, argc, argv);
+}
