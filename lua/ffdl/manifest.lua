@@ -399,6 +399,10 @@ function M.normalize(doc, pos, ctx)
       store.connection.region = store.connection.region or defaults.region
     end
   end
+  if m.framework and m.framework.command then
+    -- a folded (>) command ends in a newline; FfDL ran it as one line
+    m.framework.command = m.framework.command:gsub("%s+$", "")
+  end
   if m.framework then resolve_framework(m.framework, ctx and ctx.frameworks, "framework", c) end
   if m.evaluation_metrics and m.evaluation_metrics.type == "file" then
     m.evaluation_metrics.type = "emetrics_file" -- FfDL's two names for one thing

@@ -82,10 +82,10 @@ static void fail_from_parser(decoder *d) {
   if (p->error == YAML_READER_ERROR) {
     offset_to_mark(d, p->problem_offset, &line, &col);
     if (p->problem_value != -1)
-      fail(d, line, col, "not valid UTF-8 text: %s (byte 0x%02x)", p->problem,
+      fail(d, line, col, "not valid UTF-8: %s (byte 0x%02x); save the file as UTF-8", p->problem,
            (unsigned)p->problem_value & 0xff);
     else
-      fail(d, line, col, "not valid UTF-8 text: %s", p->problem);
+      fail(d, line, col, "not valid UTF-8: %s; save the file as UTF-8", p->problem);
     return;
   }
   if (p->error == YAML_MEMORY_ERROR) {

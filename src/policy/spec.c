@@ -28,8 +28,8 @@ static void diag_add(ffdl_diags *diags, int line, int col, int warning, const ch
   d->line = line > 0 ? line : 1;
   d->col = col > 0 ? col : 1;
   d->warning = warning;
-  d->path = strdup(path);
-  d->message = strdup(message);
+  d->path = strdup(path ? path : "(file)");
+  d->message = strdup(message ? message : "(no message)");
 }
 
 size_t ffdl_diags_errors(const ffdl_diags *diags) {
@@ -132,7 +132,14 @@ static int decode_yaml(ffdl_sandbox *sb, const char *text, size_t len, ffdl_diag
     free(err);
     return rc;
   }
-  if (lua_istable(L, -1) && lua_isnil(L, -2)) { /* nil, {line, col, path, message} */
+  if (!lua_isnil(L, -2)) return FFDL_OK;
+  if (lua_getfield(L, -1, "message") != LUA_TSTRING) { /* nil, positions: no document */
+    lua_pop(L, 3);
+    diag_add(diags, 1, 1, 0, "(file)", "the file has no content, only comments or blank lines");
+    return FFDL_EINVALID;
+  }
+  lua_pop(L, 1);
+  { /* nil, {line, col, path, message} */
     lua_getfield(L, -1, "line");
     lua_getfield(L, -2, "col");
     lua_getfield(L, -3, "path");

@@ -1,0 +1,63 @@
+# Shared by the set-up, example and test scripts. Source it; do not run it.
+# Every install step of the project lives here.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+# Debian packages: build tools and the libraries the runtime links.
+DEBIAN_PACKAGES=(
+  build-essential cmake pkg-config clang libclang-rt-14-dev
+  liblua5.4-dev libjansson-dev libyaml-dev libuv1-dev libssl-dev
+  libcurl4-openssl-dev libsqlite3-dev
+  python3 python3-venv python3-pip
+)
+# PyPI, for test tools only.
+PYPI_TEST_PACKAGES=(pytest==8.3.3)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+missing_debian_packages() {
+  local pkg
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+  done
+}
+
+install_debian_packages() {
+  local missing
+  missing="$(missing_debian_packages)"
+  [ -z "$missing" ] && return 0
+  log "installing Debian packages: $(echo $missing)"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+}
+
+# A virtual environment on Debian's own interpreter, with its site packages
+# visible (Debian's torch imports only under /usr/bin/python3).
+install_test_venv() {
+  if [ ! -x "$VENV/bin/python3" ]; then
+    log "creating $VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+  fi
+  local stamp="$VENV/.ffdl-test-packages"
+  local want="${PYPI_TEST_PACKAGES[*]}"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing test tools from PyPI: $want"
+    "$VENV/bin/python3" -m pip install -q --disable-pip-version-check "${PYPI_TEST_PACKAGES[@]}"
+    echo "$want" > "$stamp"
+  fi
+}
+
+# build DIR [cmake options...]
+build() {
+  local dir="$1"
+  shift
+  log "building in $dir $*"
+  cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" > "$dir.cmake.log" 2>&1 ||
+    { cat "$dir.cmake.log"; return 1; }
+  cmake --build "$dir" -j "$(nproc)"
+}

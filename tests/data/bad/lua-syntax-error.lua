@@ -1,0 +1,4 @@
+return {
+  name = "t"
+  learners = 2,
+}
