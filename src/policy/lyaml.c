@@ -210,14 +210,20 @@ static void record_position(decoder *d, lua_State *L, const yaml_mark_t *mark,
   lua_rawset(L, d->pos_idx);
 }
 
-static size_t push_path(decoder *d, const char *fmt, const char *part, long index) {
+/* Appends ".key" (or "key" at the root) to the path; returns the old length. */
+static size_t push_key(decoder *d, const char *key) {
   size_t saved = d->path_len;
-  int n;
-  if (part)
-    n = snprintf(d->path + d->path_len, MAX_PATH - d->path_len, fmt, d->path_len ? "." : "", part);
-  else
-    n = snprintf(d->path + d->path_len, MAX_PATH - d->path_len, fmt, index);
-  if (n < 0 || (size_t)n >= MAX_PATH - d->path_len) d->path[d->path_len] = '\0';
+  int n = snprintf(d->path + d->path_len, MAX_PATH - d->path_len, "%s%s", saved ? "." : "", key);
+  if (n < 0 || (size_t)n >= MAX_PATH - saved) d->path[saved] = '\0';
+  else d->path_len += (size_t)n;
+  return saved;
+}
+
+/* Appends "[index]" to the path; returns the old length. */
+static size_t push_index(decoder *d, long index) {
+  size_t saved = d->path_len;
+  int n = snprintf(d->path + d->path_len, MAX_PATH - d->path_len, "[%ld]", index);
+  if (n < 0 || (size_t)n >= MAX_PATH - saved) d->path[saved] = '\0';
   else d->path_len += (size_t)n;
   return saved;
 }
@@ -254,7 +260,7 @@ static long parse_mapping_body(decoder *d, lua_State *L, int depth) {
     }
     lua_pushlstring(L, (const char *)d->event.data.scalar.value, d->event.data.scalar.length);
     const char *key = lua_tostring(L, -1);
-    size_t saved = push_path(d, "%s%s", key, 0);
+    size_t saved = push_key(d, key);
     /* positions, not the table, tell duplicates: a null value is not stored */
     lua_pushlstring(L, d->path, d->path_len);
     if (lua_rawget(L, d->pos_idx) == LUA_TTABLE) {
@@ -281,7 +287,7 @@ static long parse_sequence_body(decoder *d, lua_State *L, int depth) {
   for (lua_Integer i = 1;; i++) {
     if (next_event(d)) return -1;
     if (d->event.type == YAML_SEQUENCE_END_EVENT) return size;
-    size_t saved = push_path(d, "[%ld]", NULL, (long)(i - 1));
+    size_t saved = push_index(d, (long)(i - 1));
     long child = parse_node(d, L, depth + 1, NULL);
     if (child < 0) return -1;
     lua_rawseti(L, -2, i);

@@ -55,7 +55,7 @@ static int compare_diags(const void *a, const void *b) {
 }
 
 void ffdl_diags_print(ffdl_diags *diags, const char *name, FILE *out) {
-  /* a stable order: sort a copy of the indexes would be overkill here */
+  if (diags->n == 0) return; /* qsort must not see the NULL array */
   qsort(diags->items, diags->n, sizeof *diags->items, compare_diags);
   for (size_t i = 0; i < diags->n; i++) {
     const ffdl_diag *d = &diags->items[i];
