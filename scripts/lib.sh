@@ -9,7 +9,7 @@ VENV="$ROOT/.venv"
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liblua5.4-dev libjansson-dev libyaml-dev libuv1-dev libssl-dev
-  libcurl4-openssl-dev libsqlite3-dev
+  libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev
   python3 python3-venv python3-pip
 )
 # PyPI, for test tools only.
@@ -48,6 +48,26 @@ install_test_venv() {
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "installing test tools from PyPI: $want"
     "$VENV/bin/python3" -m pip install -q --disable-pip-version-check "${PYPI_TEST_PACKAGES[@]}"
+    echo "$want" > "$stamp"
+  fi
+}
+
+# TensorFlow for the tensorflow-digits example learner. A separate virtual
+# environment on Debian's interpreter, WITHOUT the system site packages, so
+# that Debian's numpy and torch cannot clash with the wheels TensorFlow wants.
+VENV_TF="$ROOT/.venv-tf"
+PYPI_TF_PACKAGES=(tensorflow-cpu==2.18.1 keras==3.8.0 numpy==2.0.2)
+
+install_tensorflow_venv() {
+  if [ ! -x "$VENV_TF/bin/python3" ]; then
+    log "creating $VENV_TF"
+    /usr/bin/python3 -m venv "$VENV_TF"
+  fi
+  local stamp="$VENV_TF/.ffdl-tf-packages"
+  local want="${PYPI_TF_PACKAGES[*]}"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing TensorFlow from PyPI (large download): $want"
+    "$VENV_TF/bin/python3" -m pip install -q --disable-pip-version-check "${PYPI_TF_PACKAGES[@]}"
     echo "$want" > "$stamp"
   fi
 }

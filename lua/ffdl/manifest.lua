@@ -318,6 +318,7 @@ M.schema = S.record { fields = {
   env = S.dict { of = S.string {} },
   args = S.dict { of = S.any {} },
   max_attempts = S.integer { min = 1, max = 100 },
+  model = S.string { nonempty = true },
 } }
 
 ---------------------------------------------------------------------------
@@ -412,10 +413,16 @@ function M.normalize(doc, pos, ctx)
   local memory = m.memory or (defaults.memory and { text = defaults.memory, bytes = M.parse_size(defaults.memory) })
   if not memory then default(defaults, "memory", "set memory", c) end
   local labels = m.labels or {}
+  local model = m.model
+  if model and not model:match("^/") and ctx and ctx.file then
+    -- relative to the manifest, so that it runs from any directory
+    local dir = ctx.file:match("^(.*)/[^/]*$")
+    if dir then model = dir .. "/" .. model end
+  end
   local spec = {
     name = m.name, description = m.description, version = m.version,
     user = m.user, team = m.team or labels.team, priority = m.priority or defaults.priority or 0,
-    labels = labels, env = m.env, args = m.args,
+    labels = labels, env = m.env, args = m.args, model = model,
     framework = m.framework,
     learners = m.learners or default(defaults, "learners", "set learners", c),
     resources = {

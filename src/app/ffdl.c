@@ -4,15 +4,18 @@
  * hold policy, schema or placement logic.
  */
 #include "app/paths.h"
+#include "app/runtime.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "gpu/inventory.h"
 #include "policy/generation.h"
+#include "policy/policytest.h"
 #include "policy/spec.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_INVALID = 2 };
 
@@ -22,6 +25,9 @@ static void usage(FILE *out) {
         "commands:\n"
         "  validate [--print] [--policies DIR] FILE...   check manifests and Lua job specs\n"
         "  info                                          CPUs, memory and GPUs on this machine\n"
+        "  list                                          jobs in the store ($FFDL_HOME)\n"
+        "  show [--json] ID                              one job: status, transitions, metrics\n"
+        "  policy test [DIR]                             run DIR/tests/*.lua (default: policies/)\n"
         "  version                                       print the version\n"
         "\n"
         "validate exits 0 when every file is valid and 2 when any is not;\n"
@@ -106,6 +112,128 @@ static int cmd_info(void) {
   return EXIT_OK;
 }
 
+static int cmd_policy(int argc, char **argv) {
+  if (argc < 2 || strcmp(argv[1], "test") != 0) {
+    fputs("usage: ffdl policy test [DIR]\n", stderr);
+    return EXIT_INVALID;
+  }
+  const char *dir = argc > 2 ? argv[2] : ffdl_paths_default_policies();
+  ffdl_generation *gen;
+  if (load_generation(dir, &gen) != FFDL_OK) return EXIT_FAILED;
+  int passed, failed;
+  int rc = ffdl_policy_test_run(gen, dir, stdout, &passed, &failed);
+  ffdl_generation_free(gen);
+  if (passed + failed == 0) {
+    fprintf(stderr, "ffdl policy test: no tests in %s/tests\n", dir);
+    return EXIT_FAILED;
+  }
+  return rc == FFDL_OK ? EXIT_OK : EXIT_FAILED;
+}
+
+static void format_ms(json_t *ms, char *out, size_t cap) {
+  if (!json_is_integer(ms)) {
+    snprintf(out, cap, "-");
+    return;
+  }
+  time_t secs = (time_t)(json_integer_value(ms) / 1000);
+  struct tm tm;
+  localtime_r(&secs, &tm);
+  strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static ffdl_jobstore *open_store(void) {
+  ffdl_jobstore *store = NULL;
+  char *err = NULL;
+  if (ffdl_runtime_open_store(&store, &err) != FFDL_OK) {
+    fprintf(stderr, "ffdl: cannot open the job store: %s\n", err ? err : "?");
+    free(err);
+    return NULL;
+  }
+  return store;
+}
+
+static const char *str_or_dash(json_t *v) {
+  return json_is_string(v) ? json_string_value(v) : "-";
+}
+
+static int cmd_list(void) {
+  ffdl_jobstore *store = open_store();
+  if (!store) return EXIT_FAILED;
+  json_t *jobs = ffdl_jobstore_list(store);
+  printf("%-22s %-24s %-12s %-11s %-19s %-19s\n", "ID", "Name", "Framework", "Status", "Submitted",
+         "Completed");
+  size_t i;
+  json_t *job;
+  json_array_foreach(jobs, i, job) {
+    char submitted[32], completed[32];
+    format_ms(json_object_get(job, "submitted_ms"), submitted, sizeof submitted);
+    format_ms(json_object_get(job, "completed_ms"), completed, sizeof completed);
+    printf("%-22s %-24s %-12s %-11s %-19s %-19s\n", str_or_dash(json_object_get(job, "id")),
+           str_or_dash(json_object_get(job, "name")), str_or_dash(json_object_get(job, "framework")),
+           str_or_dash(json_object_get(job, "status")), submitted, completed);
+  }
+  json_decref(jobs);
+  ffdl_jobstore_close(store);
+  return EXIT_OK;
+}
+
+static void print_job_text(json_t *job) {
+  printf("ID:         %s\n", str_or_dash(json_object_get(job, "id")));
+  printf("Name:       %s\n", str_or_dash(json_object_get(job, "name")));
+  printf("Framework:  %s\n", str_or_dash(json_object_get(job, "framework")));
+  printf("Status:     %s", str_or_dash(json_object_get(job, "status")));
+  if (json_is_string(json_object_get(job, "error_code")))
+    printf(" (%s)", json_string_value(json_object_get(job, "error_code")));
+  printf("\nTransitions:\n");
+  size_t i;
+  json_t *t;
+  json_array_foreach(json_object_get(job, "transitions"), i, t) {
+    char when[32];
+    format_ms(json_object_get(t, "time_ms"), when, sizeof when);
+    const char *reason = str_or_dash(json_object_get(t, "reason"));
+    printf("  %s  %-11s %.*s\n", when, str_or_dash(json_object_get(t, "status")),
+           (int)strcspn(reason, "\n"), reason);
+  }
+  json_t *metrics = json_object_get(job, "metrics");
+  if (json_array_size(metrics) > 0) {
+    char *last = json_dumps(json_array_get(metrics, json_array_size(metrics) - 1), JSON_COMPACT);
+    printf("Last metrics: %s\n", last ? last : "");
+    free(last);
+  }
+}
+
+static int cmd_show(int argc, char **argv) {
+  int as_json = 0;
+  const char *id = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--json") == 0) as_json = 1;
+    else id = argv[i];
+  }
+  if (!id) {
+    fputs("usage: ffdl show [--json] ID\n", stderr);
+    return EXIT_INVALID;
+  }
+  ffdl_jobstore *store = open_store();
+  if (!store) return EXIT_FAILED;
+  json_t *job = ffdl_jobstore_get(store, id);
+  ffdl_jobstore_close(store);
+  if (!job) {
+    fprintf(stderr, "ffdl: no job %s in the store\n", id);
+    return EXIT_FAILED;
+  }
+  json_t *spec = json_object_get(job, "spec");
+  if (spec) json_object_set_new(job, "spec", ffdl_spec_redacted(spec));
+  if (as_json) {
+    char *text = json_dumps(job, JSON_INDENT(2) | JSON_SORT_KEYS);
+    printf("%s\n", text ? text : "{}");
+    free(text);
+  } else {
+    print_job_text(job);
+  }
+  json_decref(job);
+  return EXIT_OK;
+}
+
 int main(int argc, char **argv) {
   ffdl_log_init();
   if (argc < 2) {
@@ -115,6 +243,9 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   if (strcmp(cmd, "validate") == 0) return cmd_validate(argc - 1, argv + 1);
   if (strcmp(cmd, "info") == 0) return cmd_info();
+  if (strcmp(cmd, "list") == 0) return cmd_list();
+  if (strcmp(cmd, "policy") == 0) return cmd_policy(argc - 1, argv + 1);
+  if (strcmp(cmd, "show") == 0) return cmd_show(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("ffdl %s\n", FFDL_VERSION);
     return EXIT_OK;

@@ -17,3 +17,8 @@ const char *ffdl_paths_default_policies(void) {
   if (env && *env) return env;
   return ffdl_file_is_dir("policies") ? "policies" : FFDL_POLICIES_DIR;
 }
+
+const char *ffdl_paths_root(void) {
+  const char *env = getenv("FFDL_ROOT");
+  return env && *env ? env : FFDL_SOURCE_DIR;
+}

@@ -7,4 +7,8 @@ const char *ffdl_paths_lua_dir(void);
 /* ./policies when it exists, else the policies shipped with the build. */
 const char *ffdl_paths_default_policies(void);
 
+/* The ffdl checkout or install root ($FFDL_ROOT, else the build's source):
+ * relative interpreter paths in frameworks.lua resolve against it. */
+const char *ffdl_paths_root(void);
+
 #endif

@@ -21,7 +21,9 @@ typedef enum {
 } ffdl_exit_kind;
 
 typedef struct {
-  /* One line of the learner's output, without its newline (borrowed). */
+  /* One line of the learner's stdout or stderr, in arrival order, without its
+   * newline and NUL-terminated at LEN (borrowed: valid during the call). A line
+   * longer than 64 KiB arrives in pieces of 64 KiB. */
   void (*on_line)(void *ud, ffdl_learner *learner, const char *line, size_t len);
   /* The learner ended; after this the learner handle is freed by the backend:
    * do not use it again. Called exactly once, unless launch failed. */
@@ -47,7 +49,8 @@ int ffdl_backend_launch(ffdl_backend *be, const ffdl_launch_spec *spec,
                         char **err);
 
 /* Stops the learner's whole process group: SIGTERM, then SIGKILL after
- * GRACE_MS (0: SIGKILL at once). on_exit follows. */
+ * GRACE_MS (0: SIGKILL at once). on_exit follows. A no-op once the learner
+ * has exited (LEARNER stays valid until its on_exit returns; borrowed). */
 void ffdl_backend_kill(ffdl_backend *be, ffdl_learner *learner, unsigned grace_ms);
 
 int ffdl_learner_pid(const ffdl_learner *learner);
@@ -55,7 +58,9 @@ int ffdl_learner_pid(const ffdl_learner *learner);
 /* The local backend: learners are process groups on this machine. */
 int ffdl_backend_local_new(uv_loop_t *loop, ffdl_backend **out);
 /* Kills what still runs (SIGKILL to each group) and frees the backend once
- * the last exit callback has run; CB may be NULL. */
+ * the last exit callback has run and its handles are closed; then calls CB
+ * (may be NULL). With no learners left, frees and calls CB at once. Later
+ * launches fail; call it once. */
 void ffdl_backend_close(ffdl_backend *be, void (*cb)(void *ud), void *ud);
 /* Number of learners still running. */
 size_t ffdl_backend_running(const ffdl_backend *be);

@@ -200,6 +200,10 @@ void ffdl_generation_push_policy(ffdl_generation *gen, const char *name) {
   push_module(gen, &POLICIES_KEY, name);
 }
 
+void ffdl_generation_push_policies(ffdl_generation *gen) {
+  lua_rawgetp(ffdl_sandbox_state(gen->sb), LUA_REGISTRYINDEX, &POLICIES_KEY);
+}
+
 void ffdl_generation_push_runtime(ffdl_generation *gen, const char *name) {
   push_module(gen, &RUNTIME_KEY, name);
 }

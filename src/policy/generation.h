@@ -29,6 +29,8 @@ const char *ffdl_generation_policies_dir(const ffdl_generation *gen);
  * (e.g. "manifest") returned, or nil when there is none.  [-0, +1, -] */
 void ffdl_generation_push_policy(ffdl_generation *gen, const char *name);
 void ffdl_generation_push_runtime(ffdl_generation *gen, const char *name);
+/* Pushes the table of every policy module, by file name.  [-0, +1, -] */
+void ffdl_generation_push_policies(ffdl_generation *gen);
 
 /* Pushes a fresh ctx table for a hook call: ctx.now, ctx.log, ctx:explain,
  * ctx.defaults, ctx.frameworks, plus ctx.file when FILE is not NULL.

@@ -1,0 +1,155 @@
+--- ffdl.lua: the `ffdl` module for job scripts (`ffdl-run script.lua`).
+--- Jobs run on the platform's loop; the script runs as a coroutine on the
+--- same loop. A call that waits (job:wait()) yields, and the orchestrator's
+--- events resume it, so one script can drive many jobs at once.
+---
+---   local ffdl = require "ffdl"
+---   local job = ffdl.train{ manifest = "manifests/pytorch-digits.yml",
+---                           args = { lr = 0.05 } }
+---   job:on_log(function(line, learner) io.write(line, "\n") end)
+---   print(job:wait())               --> COMPLETED
+---   job:download("results/")
+local core = require "ffdl.core"
+
+local M = {}
+
+---@class ffdl.Job
+---@field id string
+local Job = {}
+Job.__index = Job
+
+local jobs = {}      -- id -> Job
+local TERMINAL = { COMPLETED = true, FAILED = true, HALTED = true }
+
+--- Resumes CO; an error in it ends the run with its traceback.
+local function resume(co, ...)
+  local ok, err = coroutine.resume(co, ...)
+  if not ok then core.fail(debug.traceback(co, err)) end
+end
+
+--- Submits a job. opts: manifest (required), model (directory of the model
+--- code; default: the manifest's `model` field), args (appended to the
+--- command as --key value), name, learners.
+---@return ffdl.Job
+function M.train(opts)
+  assert(type(opts) == "table", "ffdl.train{manifest = ..., ...} takes a table")
+  local id, err = core.submit(opts)
+  if not id then error(err, 2) end
+  local job = setmetatable({ id = id, status_ = "QUEUED", waiters = {}, log_handlers = {},
+                             metric_handlers = {} }, Job)
+  jobs[id] = job
+  return job
+end
+
+--- The job's current status: QUEUED ... COMPLETED, FAILED or HALTED.
+function Job:status()
+  return self.status_
+end
+
+--- Waits for the job to end (yields); returns its final status.
+function Job:wait()
+  if TERMINAL[self.status_] then return self.status_ end
+  local co, is_main = coroutine.running()
+  if is_main then error("job:wait() must be called from the script or a coroutine of ffdl.spawn", 2) end
+  table.insert(self.waiters, co)
+  return coroutine.yield()
+end
+
+--- Calls fn(line, learner) for every line a learner prints.
+function Job:on_log(fn)
+  table.insert(self.log_handlers, fn)
+  return self
+end
+
+--- Calls fn(record) for every evaluation-metrics record.
+function Job:on_metric(fn)
+  table.insert(self.metric_handlers, fn)
+  return self
+end
+
+--- Halts the job: its learners are killed; it ends HALTED.
+function Job:halt()
+  core.halt(self.id)
+end
+
+--- The job as the store holds it: transitions, learners, final_metrics.
+function Job:info()
+  return core.job(self.id)
+end
+
+--- The last value of each metric: {group = {name = value, ...}}.
+function Job:metrics()
+  local info = core.job(self.id) or {}
+  local out = {}
+  for group, values in pairs(info.final_metrics or {}) do
+    out[group] = {}
+    for name, v in pairs(values) do out[group][name] = tonumber(v.value) or v.value end
+  end
+  return out
+end
+
+--- Copies the job's results (model/, learner logs, job.json) into DIR.
+function Job:download(dir)
+  local ok, err = core.copy_tree(core.results_dir(self.id), dir)
+  if not ok then error(err, 2) end
+  return dir
+end
+
+--- Where the job's results are.
+function Job:results_dir()
+  return core.results_dir(self.id)
+end
+
+--- Runs fn(...) as a coroutine on the loop; returns at its first wait.
+function M.spawn(fn, ...)
+  local co = coroutine.create(fn)
+  resume(co, ...)
+  return co
+end
+
+--- Waits for every job of the list; returns their statuses in order.
+function M.wait_all(list)
+  local out = {}
+  for i, job in ipairs(list) do out[i] = job:wait() end
+  return out
+end
+
+local handlers = {}
+
+function handlers.transition(ev, job)
+  job.status_ = ev.status
+end
+
+function handlers.line(ev, job)
+  for _, fn in ipairs(job.log_handlers) do fn(ev.line, ev.learner) end
+end
+
+function handlers.metric(ev, job)
+  for _, fn in ipairs(job.metric_handlers) do fn(ev.record) end
+end
+
+function handlers["end"](ev, job)
+  job.status_ = ev.status
+  local waiters = job.waiters
+  job.waiters = {}
+  for _, co in ipairs(waiters) do resume(co, ev.status) end
+end
+
+core.set_dispatcher(function(ev)
+  local job = jobs[ev.id]
+  if job then handlers[ev.type](ev, job) end
+end)
+
+--- Runs the script's main chunk as a coroutine. A chunk that returns a
+--- table without waiting is a declarative job spec: it is returned.
+function M.__start(chunk, path)
+  local co = coroutine.create(chunk)
+  local ok, result = coroutine.resume(co, path)
+  if not ok then error(debug.traceback(co, result), 0) end
+  if coroutine.status(co) == "dead" and type(result) == "table" and next(jobs) == nil then
+    return result
+  end
+  return nil
+end
+
+return M

@@ -1,0 +1,350 @@
+/*
+ * script.c: the job-script side of the `ffdl` Lua module.
+ * A job script is trusted user code in its own full Lua state (not the
+ * policy sandbox). It runs as a coroutine on the loop: calls that wait
+ * yield, and orchestrator events resume them through lua/script/ffdl.lua.
+ * Owns: ffdl.core (submit, status, halt, results, events), the script's
+ * life and exit status. Must not: block the loop or touch policy states.
+ */
+#include "app/script.h"
+#include "app/paths.h"
+#include "core/error.h"
+#include "policy/ljson.h"
+#include "policy/spec.h"
+#include "store/localstore.h"
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+  ffdl_runtime *rt;
+  ffdl_ui *ui;
+  lua_State *L;
+  int dispatch_ref; /* the Lua function events go to */
+  int failed;       /* the script raised: exit 2 */
+  int interrupted;
+  int exit_code;    /* set by os.exit() */
+  uv_signal_t sigint, sigterm;
+} script;
+
+static const char SCRIPT_KEY = 's';
+
+static script *script_of(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRIPT_KEY);
+  script *s = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return s;
+}
+
+/* ---- events from the orchestrator into Lua --------------------------- */
+
+/* Calls dispatch(event) with the table at the top.  [-1, +0] */
+static void dispatch(script *s) {
+  lua_State *L = s->L;
+  if (s->dispatch_ref == LUA_NOREF) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->dispatch_ref);
+  lua_insert(L, -2);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    s->failed = 1;
+    ffdl_orch_halt_all(s->rt->orch, "the job script failed");
+  }
+}
+
+static void push_event(lua_State *L, const char *type, const char *id) {
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, type);
+  lua_setfield(L, -2, "type");
+  lua_pushstring(L, id);
+  lua_setfield(L, -2, "id");
+}
+
+static void ev_transition(void *ud, const char *id, const char *status, const char *reason,
+                          const char *code) {
+  script *s = ud;
+  ffdl_ui_transition(s->ui, id, status, reason, code);
+  push_event(s->L, "transition", id);
+  lua_pushstring(s->L, status);
+  lua_setfield(s->L, -2, "status");
+  dispatch(s);
+}
+
+static void ev_waiting(void *ud, const char *id, const char *reason) {
+  script *s = ud;
+  ffdl_ui_waiting(s->ui, id, reason);
+}
+
+static void ev_line(void *ud, const char *id, int learner, const char *line, size_t len) {
+  script *s = ud;
+  ffdl_ui_line(s->ui, id, learner, line, len);
+  push_event(s->L, "line", id);
+  lua_pushinteger(s->L, learner);
+  lua_setfield(s->L, -2, "learner");
+  lua_pushlstring(s->L, line, len);
+  lua_setfield(s->L, -2, "line");
+  dispatch(s);
+}
+
+static void ev_metric(void *ud, const char *id, const json_t *record) {
+  script *s = ud;
+  ffdl_ui_metric(s->ui, id, record);
+  push_event(s->L, "metric", id);
+  ffdl_ljson_push(s->L, record);
+  lua_setfield(s->L, -2, "record");
+  dispatch(s);
+}
+
+static void ev_end(void *ud, const char *id, const char *status) {
+  script *s = ud;
+  push_event(s->L, "end", id);
+  lua_pushstring(s->L, status);
+  lua_setfield(s->L, -2, "status");
+  dispatch(s);
+}
+
+static const ffdl_orch_observer script_observer = {ev_transition, ev_waiting, ev_line, ev_metric,
+                                                   ev_end};
+
+/* ---- ffdl.core ------------------------------------------------------- */
+
+/* Applies script options over the manifest's spec. */
+static void apply_options(lua_State *L, int opts, json_t *spec) {
+  static const char *const copied[] = {"name", "description", "user", "team", NULL};
+  for (const char *const *k = copied; *k; k++)
+    if (lua_getfield(L, opts, *k) == LUA_TSTRING) json_object_set_new(spec, *k, json_string(lua_tostring(L, -1)));
+    else lua_pop(L, 0);
+  lua_settop(L, opts);
+  if (lua_getfield(L, opts, "learners") == LUA_TNUMBER)
+    json_object_set_new(spec, "learners", json_integer(lua_tointeger(L, -1)));
+  lua_settop(L, opts);
+  if (lua_getfield(L, opts, "args") == LUA_TTABLE) {
+    const char *err;
+    json_t *args = ffdl_ljson_from_lua(L, -1, &err);
+    if (json_is_object(args)) json_object_set_new(spec, "args", args);
+    else json_decref(args);
+  }
+  lua_settop(L, opts);
+}
+
+/* core.submit{manifest=, model=, args=, name=, learners=} -> id | nil, err */
+static int l_submit(lua_State *L) {
+  script *s = script_of(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "manifest");
+  const char *manifest = luaL_optstring(L, -1, NULL);
+  if (!manifest) return luaL_error(L, "ffdl.train: manifest = PATH is required");
+  lua_getfield(L, 1, "model");
+  const char *model = lua_tostring(L, -1);
+  ffdl_diags diags = {0};
+  json_t *spec = NULL;
+  int rc = ffdl_spec_check_file(s->rt->gen, manifest, &diags, &spec);
+  ffdl_diags_print(&diags, manifest, stderr);
+  size_t errors = ffdl_diags_errors(&diags);
+  ffdl_diags_free(&diags);
+  if (rc != 0 || !spec) {
+    json_decref(spec);
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %d problem(s), see above", manifest, (int)errors);
+    return 2;
+  }
+  lua_settop(L, 2);
+  apply_options(L, 1, spec);
+  if (!model) model = json_string_value(json_object_get(spec, "model"));
+  char id[64], *err = NULL;
+  rc = ffdl_orch_submit(s->rt->orch, spec, model, id, &err);
+  json_decref(spec);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err ? err : ffdl_strerror(rc));
+    free(err);
+    return 2;
+  }
+  lua_pushstring(L, id);
+  return 1;
+}
+
+static int l_status(lua_State *L) {
+  const char *status = ffdl_orch_status(script_of(L)->rt->orch, luaL_checkstring(L, 1));
+  lua_pushstring(L, status);
+  return 1;
+}
+
+static int l_halt(lua_State *L) {
+  ffdl_orch_halt(script_of(L)->rt->orch, luaL_checkstring(L, 1), "halted by the job script");
+  return 0;
+}
+
+static int l_results_dir(lua_State *L) {
+  lua_pushstring(L, ffdl_orch_results_dir(script_of(L)->rt->orch, luaL_checkstring(L, 1)));
+  return 1;
+}
+
+/* core.job(id): the job as the store holds it, plus job.json's final metrics. */
+static int l_job(lua_State *L) {
+  script *s = script_of(L);
+  const char *id = luaL_checkstring(L, 1);
+  json_t *doc = ffdl_jobstore_get(s->rt->store, id);
+  if (!doc) return 0;
+  const char *dir = ffdl_orch_results_dir(s->rt->orch, id);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/job.json", dir ? dir : "");
+  json_t *written = json_load_file(path, 0, NULL);
+  json_t *final = json_object_get(written, "final_metrics");
+  if (final) json_object_set(doc, "final_metrics", final);
+  json_object_del(doc, "spec"); /* secrets stay out of scripts */
+  ffdl_ljson_push(L, doc);
+  json_decref(written);
+  json_decref(doc);
+  return 1;
+}
+
+static int l_copy_tree(lua_State *L) {
+  const char *src = luaL_checkstring(L, 1), *dst = luaL_checkstring(L, 2);
+  char *err = NULL;
+  if (ffdl_localstore_copy_tree(src, dst, NULL, &err) != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err ? err : "copy failed");
+    free(err);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_set_dispatcher(lua_State *L) {
+  script *s = script_of(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->dispatch_ref);
+  s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* core.fail(message): an error inside a coroutine; the run exits 2. */
+static int l_fail(lua_State *L) {
+  script *s = script_of(L);
+  fprintf(stderr, "ffdl-run: %s\n", luaL_checkstring(L, 1));
+  if (!s->failed) ffdl_orch_halt_all(s->rt->orch, "the job script failed");
+  s->failed = 1;
+  return 0;
+}
+
+/* os.exit(code) in a script: stop the jobs, then exit with CODE. */
+static int l_exit(lua_State *L) {
+  script *s = script_of(L);
+  s->exit_code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? 0 : 1) : (int)luaL_optinteger(L, 1, 0);
+  ffdl_orch_halt_all(s->rt->orch, "the job script called os.exit");
+  return lua_yield(L, 0); /* this coroutine never resumes */
+}
+
+static const luaL_Reg core_funcs[] = {
+    {"submit", l_submit},       {"status", l_status},
+    {"halt", l_halt},           {"results_dir", l_results_dir},
+    {"job", l_job},             {"copy_tree", l_copy_tree},
+    {"set_dispatcher", l_set_dispatcher}, {"fail", l_fail},
+    {NULL, NULL}};
+
+static int open_core(lua_State *L) {
+  luaL_newlib(L, core_funcs);
+  return 1;
+}
+
+/* ---- running the script ---------------------------------------------- */
+
+static void on_signal(uv_signal_t *h, int signum) {
+  script *s = h->data;
+  fprintf(stderr, "\nffdl-run: %s: halting every job\n", signum == SIGINT ? "interrupted" : "terminated");
+  s->interrupted = 1;
+  ffdl_orch_halt_all(s->rt->orch, signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
+}
+
+static void setup_state(script *s, const char *path) {
+  lua_State *L = s->L;
+  luaL_openlibs(L);
+  lua_pushlightuserdata(L, s);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &SCRIPT_KEY);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open_core);
+  lua_setfield(L, -2, "ffdl.core");
+  lua_pop(L, 1);
+  /* require "ffdl" finds lua/script/ffdl.lua, then the script's own directory */
+  char *copy = strdup(path);
+  lua_getglobal(L, "package");
+  lua_pushfstring(L, "%s/../script/?.lua;%s/?.lua;", ffdl_paths_lua_dir(), dirname(copy));
+  lua_getfield(L, -2, "path");
+  lua_concat(L, 2);
+  lua_setfield(L, -2, "path");
+  lua_pop(L, 1);
+  free(copy);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, l_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+}
+
+static int traceback(lua_State *L) {
+  luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
+/* Loads the script and hands it to ffdl.__start, which runs it as a
+ * coroutine. Returns 0, or 2 with the error printed. */
+static int start(script *s, const char *path, int *spec_table) {
+  lua_State *L = s->L;
+  lua_pushcfunction(L, traceback);
+  if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+    fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
+    return 2;
+  }
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ffdl");
+  if (lua_pcall(L, 1, 1, 1) != LUA_OK) {
+    fprintf(stderr, "ffdl-run: cannot load the ffdl module: %s\n", lua_tostring(L, -1));
+    return 2;
+  }
+  lua_getfield(L, -1, "__start");
+  lua_remove(L, -2);
+  lua_insert(L, -2);
+  lua_pushstring(L, path);
+  if (lua_pcall(L, 2, 1, 1) != LUA_OK) {
+    fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
+    return 2;
+  }
+  *spec_table = lua_istable(L, -1);
+  return 0;
+}
+
+int ffdl_script_run(ffdl_runtime *rt, ffdl_ui *ui, const char *path, int *spec_table) {
+  script s = {.rt = rt, .ui = ui, .dispatch_ref = LUA_NOREF, .exit_code = -1};
+  *spec_table = 0;
+  s.L = luaL_newstate();
+  if (!s.L) return 2;
+  setup_state(&s, path);
+  ffdl_orch_set_observer(rt->orch, &script_observer, &s);
+  uv_signal_init(rt->loop, &s.sigint);
+  uv_signal_init(rt->loop, &s.sigterm);
+  s.sigint.data = s.sigterm.data = &s;
+  uv_signal_start(&s.sigint, on_signal, SIGINT);
+  uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&s.sigint);
+  uv_unref((uv_handle_t *)&s.sigterm);
+  int rc = start(&s, path, spec_table);
+  if (rc == 0 && !*spec_table) uv_run(rt->loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&s.sigint, NULL);
+  uv_close((uv_handle_t *)&s.sigterm, NULL);
+  uv_run(rt->loop, UV_RUN_NOWAIT);
+  ffdl_orch_set_observer(rt->orch, NULL, NULL);
+  lua_close(s.L);
+  if (rc != 0 || s.failed) return 2;
+  if (s.interrupted) return 130;
+  return s.exit_code >= 0 ? s.exit_code : 0;
+}

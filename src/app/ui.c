@@ -1,0 +1,72 @@
+/*
+ * ui.c: live progress for people: transitions with their time, learner
+ * lines prefixed by learner number, and a progress line per metric record.
+ * Owns: formatting only. Must not: change job state.
+ */
+#include "app/ui.h"
+#include "orch/metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+static void stamp(char *out, size_t cap) {
+  time_t now = time(NULL);
+  struct tm tm;
+  localtime_r(&now, &tm);
+  strftime(out, cap, "%H:%M:%S", &tm);
+}
+
+void ffdl_ui_transition(ffdl_ui *ui, const char *id, const char *status, const char *reason,
+                        const char *code) {
+  if (ui->quiet) return;
+  char t[16];
+  stamp(t, sizeof t);
+  /* a reason may hold several lines (a failure's log tail): indent them */
+  fprintf(stderr, "[%s] %s: %s%s%s%s%s", t, id, status, code ? " " : "", code ? code : "",
+          reason && *reason ? ": " : "", "");
+  for (const char *p = reason ? reason : ""; *p; p++) {
+    fputc(*p, stderr);
+    if (*p == '\n' && p[1]) fputs("    ", stderr);
+  }
+  fputc('\n', stderr);
+}
+
+void ffdl_ui_waiting(ffdl_ui *ui, const char *id, const char *reason) {
+  if (ui->quiet) return;
+  char t[16];
+  stamp(t, sizeof t);
+  fprintf(stderr, "[%s] %s: QUEUED, waiting: %s\n", t, id, reason);
+}
+
+void ffdl_ui_line(ffdl_ui *ui, const char *id, int learner, const char *line, size_t len) {
+  if (ui->quiet || !ui->show_lines) return;
+  if (ui->prefix_ids) fprintf(stderr, "[%s %d] %.*s\n", id, learner, (int)len, line);
+  else fprintf(stderr, "[%d] %.*s\n", learner, (int)len, line);
+}
+
+void ffdl_ui_metric(ffdl_ui *ui, const char *id, const json_t *record) {
+  if (ui->quiet) return;
+  char text[256];
+  ffdl_metrics_describe(record, text, sizeof text);
+  if (!*text) return;
+  char t[16];
+  stamp(t, sizeof t);
+  fprintf(stderr, "[%s] %s: progress: %s\n", t, id, text);
+}
+
+static void on_transition(void *ud, const char *id, const char *status, const char *reason,
+                          const char *code) {
+  ffdl_ui_transition(ud, id, status, reason, code);
+}
+static void on_waiting(void *ud, const char *id, const char *reason) {
+  ffdl_ui_waiting(ud, id, reason);
+}
+static void on_line(void *ud, const char *id, int learner, const char *line, size_t len) {
+  ffdl_ui_line(ud, id, learner, line, len);
+}
+static void on_metric(void *ud, const char *id, const json_t *record) {
+  ffdl_ui_metric(ud, id, record);
+}
+
+const ffdl_orch_observer ffdl_ui_observer = {on_transition, on_waiting, on_line, on_metric, NULL};

@@ -1,0 +1,1339 @@
+/*
+ * orch.c: the job state machine and the scheduling cycle.
+ * Owns: job lifecycle, admission/order/placement/retry hook calls (all
+ * through ffdl_policy_call), resource reservations, the learner
+ * environment, staging and storing (on the thread pool). Must not: know
+ * which backend runs learners, speak HTTP, or block the loop.
+ */
+#define _GNU_SOURCE /* vasprintf, stpcpy */
+#include "orch/orch.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "orch/metrics.h"
+#include "policy/ljson.h"
+#include "policy/spec.h"
+#include "store/localstore.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <lauxlib.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TAIL_LINES 20
+#define MAX_LEARNERS 1024
+
+typedef enum { QUEUED, PENDING, DOWNLOADING, PROCESSING, STORING, COMPLETED, FAILED, HALTED } state;
+static const char *const state_names[] = {"QUEUED",     "PENDING", "DOWNLOADING", "PROCESSING",
+                                          "STORING",    "COMPLETED", "FAILED",    "HALTED"};
+
+typedef struct job job;
+
+typedef struct {
+  job *job;
+  int index; /* 1-based learner id */
+  int node;  /* cluster node index */
+  int *gpu_ids;
+  ffdl_learner *handle;
+  int running;
+} learner_slot;
+
+typedef struct {
+  int set;
+  ffdl_exit_kind kind;
+  int exit_code, signal, learner;
+} failure_info;
+
+struct job {
+  ffdl_orch *o;
+  char id[64];
+  json_t *spec;
+  char *model_dir;
+  char *interpreter; /* the framework's local interpreter, or NULL */
+  char *dir;         /* <home>/jobs/<id> */
+  char *results_dir; /* <results>/<id> */
+  state st;
+  int attempt, max_attempts, learners, priority;
+  ffdl_request req;
+  int64_t submitted_ms;
+  int placed, staged, halting, eligible, work_busy, wipe_checkpoint;
+  learner_slot *slots;
+  int running;
+  failure_info failure;
+  char *tail[TAIL_LINES];
+  int tail_next;
+  char *wait_reason;
+  ffdl_metrics *metrics;
+  json_t *last_metrics; /* {grouplabel: record} */
+  uv_timer_t retry_timer;
+  uv_timer_t emetrics_timer;
+  long emetrics_offset;
+  int timers_open;
+  job *next;
+};
+
+struct ffdl_orch {
+  ffdl_orch_opts o;
+  char *home, *results, *root;
+  job *jobs;
+  uv_timer_t cycle_timer;
+  int cycle_scheduled;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *dup_printf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *out = NULL;
+  if (vasprintf(&out, fmt, ap) < 0) out = NULL;
+  va_end(ap);
+  return out;
+}
+
+static int is_terminal(state s) {
+  return s == COMPLETED || s == FAILED || s == HALTED;
+}
+
+static void make_id(char *id) {
+  static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+  unsigned char raw[10];
+  FILE *f = fopen("/dev/urandom", "rb");
+  if (!f || fread(raw, 1, sizeof raw, f) != sizeof raw) {
+    for (size_t i = 0; i < sizeof raw; i++) raw[i] = (unsigned char)(rand() ^ (int)now_ms());
+  }
+  if (f) fclose(f);
+  char *p = id + sprintf(id, "training-");
+  for (size_t i = 0; i < sizeof raw; i++) *p++ = alphabet[raw[i] % (sizeof alphabet - 1)];
+  *p = '\0';
+}
+
+static job *find_job(const ffdl_orch *o, const char *id) {
+  for (job *j = o->jobs; j; j = j->next)
+    if (strcmp(j->id, id) == 0) return j;
+  return NULL;
+}
+
+static void schedule_cycle(ffdl_orch *o);
+static void finish(job *j, state st, const char *reason, const char *code);
+
+static void remember_line(job *j, int learner, const char *line, size_t len) {
+  free(j->tail[j->tail_next]);
+  j->tail[j->tail_next] = dup_printf("[learner %d] %.*s", learner, (int)len, line);
+  j->tail_next = (j->tail_next + 1) % TAIL_LINES;
+}
+
+/* The last log lines, oldest first, one per line (caller frees). */
+static char *tail_text(const job *j) {
+  size_t cap = 1, len = 0;
+  for (int i = 0; i < TAIL_LINES; i++)
+    if (j->tail[i]) cap += strlen(j->tail[i]) + 1;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  out[0] = '\0';
+  for (int k = 0; k < TAIL_LINES; k++) {
+    const char *line = j->tail[(j->tail_next + k) % TAIL_LINES];
+    if (!line) continue;
+    len += (size_t)sprintf(out + len, "%s\n", line);
+  }
+  return out;
+}
+
+static void transition(job *j, state st, const char *reason, const char *code) {
+  ffdl_orch *o = j->o;
+  j->st = st;
+  if (ffdl_jobstore_transition(o->o.store, j->id, state_names[st], reason, code, now_ms()) != 0)
+    ffdl_log(FFDL_LOG_ERROR, "%s: cannot record %s in the store", j->id, state_names[st]);
+  if (o->o.observer && o->o.observer->on_transition)
+    o->o.observer->on_transition(o->o.observer_ud, j->id, state_names[st], reason, code);
+}
+
+/* ---- hook calls --------------------------------------------------------- */
+
+static lua_State *lua_of(ffdl_orch *o) {
+  return ffdl_sandbox_state(ffdl_generation_sandbox(o->o.gen));
+}
+
+/* Pushes policies/FILE.lua's function NAME; 0 when it is a function. */
+static int push_hook(ffdl_orch *o, const char *file, const char *name) {
+  lua_State *L = lua_of(o);
+  ffdl_generation_push_policy(o->o.gen, file);
+  if (lua_istable(L, -1)) lua_getfield(L, -1, name);
+  else lua_pushnil(L);
+  lua_remove(L, -2);
+  return lua_isfunction(L, -1) ? 0 : -1;
+}
+
+/* The job as hooks see it: the spec plus id, attempt and flat resources. */
+static void push_job(lua_State *L, const job *j) {
+  ffdl_ljson_push(L, j->spec);
+  lua_pushstring(L, j->id);
+  lua_setfield(L, -2, "id");
+  lua_pushinteger(L, j->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushnumber(L, (lua_Number)j->submitted_ms / 1000.0);
+  lua_setfield(L, -2, "submitted");
+  lua_pushnumber(L, j->req.cpus);
+  lua_setfield(L, -2, "cpus");
+  lua_pushinteger(L, (lua_Integer)j->req.memory);
+  lua_setfield(L, -2, "memory");
+  lua_pushinteger(L, j->req.gpus);
+  lua_setfield(L, -2, "gpus");
+  if (j->req.gpu_type) {
+    lua_pushstring(L, j->req.gpu_type);
+    lua_setfield(L, -2, "gpu_type");
+  }
+}
+
+/* ---- admission, order, placement ----------------------------------- */
+
+static void push_usage(ffdl_orch *o) {
+  lua_State *L = lua_of(o);
+  json_t *usage = ffdl_cluster_usage(o->o.cluster);
+  json_t *by_team = json_object(), *by_user = json_object();
+  for (job *j = o->jobs; j; j = j->next) {
+    if (!j->placed) continue;
+    const char *team = json_string_value(json_object_get(j->spec, "team"));
+    const char *user = json_string_value(json_object_get(j->spec, "user"));
+    json_t *maps[2] = {by_team, by_user};
+    const char *keys[2] = {team ? team : "", user ? user : ""};
+    for (int k = 0; k < 2; k++) {
+      json_t *entry = json_object_get(maps[k], keys[k]);
+      if (!entry) json_object_set_new(maps[k], keys[k], entry = json_pack("{s:i,s:i}", "gpus", 0, "jobs", 0));
+      json_object_set_new(entry, "gpus", json_integer(json_integer_value(json_object_get(entry, "gpus")) + j->req.gpus * j->learners));
+      json_object_set_new(entry, "jobs", json_integer(json_integer_value(json_object_get(entry, "jobs")) + 1));
+    }
+  }
+  json_object_set_new(usage, "by_team", by_team);
+  json_object_set_new(usage, "by_user", by_user);
+  ffdl_ljson_push(L, usage);
+  json_decref(usage);
+}
+
+static void set_waiting(job *j, const char *reason) {
+  if (j->wait_reason && strcmp(j->wait_reason, reason) == 0) return;
+  free(j->wait_reason);
+  j->wait_reason = strdup(reason);
+  ffdl_orch *o = j->o;
+  ffdl_log(FFDL_LOG_INFO, "%s: waits: %s", j->id, reason);
+  if (o->o.observer && o->o.observer->on_waiting)
+    o->o.observer->on_waiting(o->o.observer_ud, j->id, reason);
+}
+
+/* budget.admit(job, usage, ctx): 1 admitted, 0 not now (reason kept). */
+static int admit(job *j) {
+  ffdl_orch *o = j->o;
+  lua_State *L = lua_of(o);
+  if (push_hook(o, "budget", "admit") != 0) {
+    lua_pop(L, 1);
+    return 1; /* no budget policy: everything is admitted */
+  }
+  push_job(L, j);
+  push_usage(o);
+  ffdl_generation_push_ctx(o->o.gen, NULL);
+  char *err = NULL;
+  if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "admit", 3, 2, 0, &err) != 0) {
+    char *why = dup_printf("admit() failed, the job stays queued: %s", err);
+    set_waiting(j, why);
+    free(why);
+    free(err);
+    return 0;
+  }
+  int ok = lua_toboolean(L, -2);
+  if (!ok) {
+    const char *reason = lua_tostring(L, -1);
+    char *why = dup_printf("admit(): %s", reason ? reason : "not admitted");
+    set_waiting(j, why);
+    free(why);
+  }
+  lua_pop(L, 2);
+  return ok;
+}
+
+/* scheduler.order(queue, ctx) over the admitted jobs; writes the trial order. */
+static size_t order_queue(ffdl_orch *o, job **queue, size_t n) {
+  lua_State *L = lua_of(o);
+  if (n < 2 || push_hook(o, "scheduler", "order") != 0) {
+    if (n >= 2) lua_pop(L, 1);
+    return n;
+  }
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    push_job(L, queue[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  ffdl_generation_push_ctx(o->o.gen, NULL);
+  char *err = NULL;
+  if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "order", 2, 1, 0, &err) != 0) {
+    ffdl_log(FFDL_LOG_WARN, "order() failed, keeping submission order: %s", err);
+    free(err);
+    return n;
+  }
+  job **ordered = calloc(n, sizeof *ordered);
+  size_t m = 0;
+  if (ordered && lua_istable(L, -1)) {
+    lua_Integer len = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= len && m < n; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_getfield(L, -1, "id");
+      const char *id = lua_tostring(L, -1);
+      for (size_t k = 0; id && k < n; k++)
+        if (queue[k] && strcmp(queue[k]->id, id) == 0) ordered[m++] = queue[k], queue[k] = NULL;
+      lua_pop(L, 2);
+    }
+  }
+  lua_pop(L, 1);
+  /* jobs the hook dropped keep their place at the end */
+  for (size_t k = 0; ordered && k < n; k++)
+    if (queue[k]) ordered[m++] = queue[k];
+  if (ordered) memcpy(queue, ordered, n * sizeof *queue);
+  free(ordered);
+  return n;
+}
+
+/* Calls place(job, view, ctx). On success fills NODES (one per learner)
+ * and returns 0; otherwise returns -1 with *reason (caller frees). */
+static int call_place(job *j, int empty, int *nodes, char **reason) {
+  ffdl_orch *o = j->o;
+  lua_State *L = lua_of(o);
+  *reason = NULL;
+  if (push_hook(o, "scheduler", "place") != 0) {
+    lua_pop(L, 1);
+    *reason = strdup("policies/scheduler.lua has no place()");
+    return -1;
+  }
+  push_job(L, j);
+  void *view = ffdl_cluster_push_view(o->o.cluster, L, empty);
+  ffdl_generation_push_ctx(o->o.gen, NULL);
+  char *err = NULL;
+  int rc = ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "place", 3, 2, 50, &err);
+  ffdl_cluster_view_close(view); /* a view kept by the hook must not outlive the call */
+  if (rc != 0) {
+    *reason = dup_printf("place() failed, the job stays queued: %s", err);
+    free(err);
+    return -1;
+  }
+  int ok = lua_istable(L, -2);
+  if (!ok) {
+    const char *why = lua_tostring(L, -1);
+    *reason = strdup(why ? why : "place() found no room");
+  } else {
+    for (int i = 0; i < j->learners && ok; i++) {
+      lua_rawgeti(L, -2, i + 1);
+      if (lua_istable(L, -1)) lua_getfield(L, -1, "node"), lua_remove(L, -2);
+      const char *name = lua_tostring(L, -1);
+      nodes[i] = name ? ffdl_cluster_find(o->o.cluster, name) : -1;
+      if (nodes[i] < 0) {
+        *reason = dup_printf("place() returned an unknown node for learner %d", i + 1);
+        ok = 0;
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 2);
+  return ok ? 0 : -1;
+}
+
+static void release(job *j) {
+  if (!j->placed) return;
+  for (int i = 0; i < j->learners; i++)
+    ffdl_cluster_release(j->o->o.cluster, j->slots[i].node, &j->req, j->slots[i].gpu_ids);
+  j->placed = 0;
+}
+
+static int reserve(job *j, const int *nodes) {
+  for (int i = 0; i < j->learners; i++) {
+    j->slots[i].node = nodes[i];
+    if (ffdl_cluster_reserve(j->o->o.cluster, nodes[i], &j->req, j->slots[i].gpu_ids) != 0) {
+      for (int k = 0; k < i; k++)
+        ffdl_cluster_release(j->o->o.cluster, nodes[k], &j->req, j->slots[k].gpu_ids);
+      return -1;
+    }
+  }
+  j->placed = 1;
+  return 0;
+}
+
+static void start_staging(job *j);
+
+static void try_place(job *j) {
+  int *nodes = calloc((size_t)j->learners, sizeof *nodes);
+  char *reason = NULL;
+  if (!nodes) return;
+  if (call_place(j, 0, nodes, &reason) == 0) {
+    if (reserve(j, nodes) != 0) {
+      set_waiting(j, "place() chose nodes without room; the job stays queued");
+    } else {
+      const char *first = ffdl_cluster_node_name(j->o->o.cluster, nodes[0]);
+      char *why = dup_printf("placed %d learner%s on %s%s", j->learners, j->learners > 1 ? "s" : "",
+                             first, j->learners > 1 ? " and others" : "");
+      transition(j, PENDING, why, NULL);
+      free(why);
+      start_staging(j);
+    }
+  } else {
+    /* would it fit an empty cluster? If not, it never will */
+    char *never = NULL;
+    if (call_place(j, 1, nodes, &never) != 0 && strncmp(never, "place() failed", 14) != 0) {
+      char *desc = ffdl_cluster_describe(j->o->o.cluster);
+      char *why = dup_printf("%s; this cluster can never run it (%s)", never, desc ? desc : "");
+      finish(j, FAILED, why, "S100");
+      free(why);
+      free(desc);
+    } else {
+      set_waiting(j, reason);
+    }
+    free(never);
+  }
+  free(reason);
+  free(nodes);
+}
+
+static void run_cycle(uv_timer_t *timer) {
+  ffdl_orch *o = timer->data;
+  o->cycle_scheduled = 0;
+  size_t n = 0;
+  for (job *j = o->jobs; j; j = j->next) n += j->st == QUEUED && j->eligible;
+  if (n == 0) return;
+  job **queue = calloc(n, sizeof *queue);
+  if (!queue) return;
+  size_t m = 0;
+  for (job *j = o->jobs; j; j = j->next)
+    if (j->st == QUEUED && j->eligible && admit(j)) queue[m++] = j;
+  order_queue(o, queue, m);
+  for (size_t i = 0; i < m; i++)
+    if (queue[i]->st == QUEUED) try_place(queue[i]);
+  free(queue);
+}
+
+static void schedule_cycle(ffdl_orch *o) {
+  if (o->cycle_scheduled) return;
+  o->cycle_scheduled = 1;
+  uv_timer_start(&o->cycle_timer, run_cycle, 0, 0);
+}
+
+/* ---- staging and storing, on the thread pool ------------------------ */
+
+typedef enum { WORK_STAGE, WORK_STORE, WORK_COLLECT_LOGS } work_kind;
+
+typedef struct {
+  uv_work_t req;
+  job *j;
+  work_kind kind;
+  /* inputs, computed on the loop thread */
+  char *data_src;
+  char *interpreter;
+  int stage_data, wipe_checkpoint, learners;
+  state final_state; /* WORK_COLLECT_LOGS: how the job ends afterwards */
+  char *final_reason;
+  const char *final_code;
+  /* outputs */
+  int rc;
+  char *err;
+  const char *code;
+} work;
+
+static char *job_path(const job *j, const char *rel) {
+  return dup_printf("%s/%s", j->dir, rel);
+}
+
+static void make_dirs(work *w) {
+  const job *j = w->j;
+  static const char *const dirs[] = {"data", "model", "result", "checkpoint", "bin", NULL};
+  for (const char *const *d = dirs; *d; d++) {
+    char *p = job_path(j, *d);
+    ffdl_localstore_mkdirs(p, 0755);
+    free(p);
+  }
+  for (int i = 1; i <= w->learners; i++) {
+    char *logs = dup_printf("%s/learner-%d/logs", j->dir, i);
+    char *state_dir = dup_printf("%s/learner-%d/state/logs", j->dir, i);
+    ffdl_localstore_mkdirs(logs, 0755);
+    ffdl_localstore_mkdirs(state_dir, 0755);
+    free(logs);
+    free(state_dir);
+  }
+}
+
+/* python3 and python in the job's bin/ point at the framework's interpreter,
+ * so that an FfDL command such as "python3 train.py" runs the right one. */
+static void link_interpreter(work *w) {
+  if (!w->interpreter) return;
+  static const char *const names[] = {"python3", "python", NULL};
+  for (const char *const *n = names; *n; n++) {
+    char *link = dup_printf("%s/bin/%s", w->j->dir, *n);
+    unlink(link);
+    if (symlink(w->interpreter, link) != 0)
+      ffdl_log(FFDL_LOG_WARN, "%s: cannot link %s: %s", w->j->id, link, strerror(errno));
+    free(link);
+  }
+}
+
+static void stage(work *w) {
+  job *j = w->j;
+  make_dirs(w);
+  link_interpreter(w);
+  if (w->wipe_checkpoint) {
+    char *cp = job_path(j, "checkpoint");
+    ffdl_localstore_remove_tree(cp);
+    ffdl_localstore_mkdirs(cp, 0755);
+    free(cp);
+  }
+  if (!w->stage_data) return;
+  if (j->model_dir) {
+    char *model = job_path(j, "model");
+    char *code_dir = dup_printf("%s/_submitted_code", j->results_dir);
+    char *zip = dup_printf("%s/model.zip", code_dir);
+    ffdl_localstore_mkdirs(code_dir, 0755);
+    w->rc = ffdl_localstore_copy_tree(j->model_dir, model, NULL, &w->err);
+    if (w->rc == 0) w->rc = ffdl_localstore_zip_dir(j->model_dir, zip, &w->err);
+    if (w->rc != 0) w->code = "S301";
+    free(model);
+    free(code_dir);
+    free(zip);
+    if (w->rc != 0) return;
+  }
+  if (w->data_src) {
+    char *data = job_path(j, "data");
+    uint64_t bytes = 0;
+    w->rc = ffdl_localstore_copy_tree(w->data_src, data, &bytes, &w->err);
+    if (w->rc != 0) w->code = "S302";
+    else ffdl_log(FFDL_LOG_INFO, "%s: staged %llu bytes of training data", j->id, (unsigned long long)bytes);
+    free(data);
+  }
+}
+
+static void copy_logs(work *w) {
+  job *j = w->j;
+  for (int i = 1; i <= w->learners; i++) {
+    char *src = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+    char *dst_dir = dup_printf("%s/learner-%d", j->results_dir, i);
+    char *dst = dup_printf("%s/training-log.txt", dst_dir);
+    char *err = NULL;
+    ffdl_localstore_mkdirs(dst_dir, 0755);
+    if (access(src, F_OK) == 0 && ffdl_localstore_copy_tree(src, dst, NULL, &err) != 0 && w->rc == 0) {
+      w->rc = FFDL_EIO;
+      w->err = err;
+      w->code = "S303";
+    } else {
+      free(err);
+    }
+    free(src);
+    free(dst_dir);
+    free(dst);
+  }
+}
+
+static void store_results(work *w) {
+  char *src = job_path(w->j, "result");
+  char *dst = dup_printf("%s/model", w->j->results_dir);
+  w->rc = ffdl_localstore_copy_tree(src, dst, NULL, &w->err);
+  if (w->rc != 0) w->code = "S303";
+  free(src);
+  free(dst);
+  copy_logs(w);
+}
+
+static void run_work(uv_work_t *req) {
+  work *w = req->data;
+  if (w->kind == WORK_STAGE) stage(w);
+  else if (w->kind == WORK_STORE) store_results(w);
+  else copy_logs(w);
+}
+
+static void after_stage(work *w);
+static void after_store(work *w);
+static void after_collect(work *w);
+
+static void work_done(uv_work_t *req, int status) {
+  work *w = req->data;
+  job *j = w->j;
+  j->work_busy = 0;
+  if (status == UV_ECANCELED) w->rc = FFDL_EIO;
+  if (w->kind == WORK_STAGE) after_stage(w);
+  else if (w->kind == WORK_STORE) after_store(w);
+  else after_collect(w);
+  free(w->data_src);
+  free(w->interpreter);
+  free(w->err);
+  free(w->final_reason);
+  free(w);
+}
+
+static work *new_work(job *j, work_kind kind) {
+  work *w = calloc(1, sizeof *w);
+  if (!w) return NULL;
+  w->req.data = w;
+  w->j = j;
+  w->kind = kind;
+  w->learners = j->learners;
+  return w;
+}
+
+static void queue_work(work *w) {
+  w->j->work_busy = 1;
+  if (uv_queue_work(w->j->o->o.loop, &w->req, run_work, work_done) != 0) {
+    w->rc = FFDL_EIO;
+    w->err = strdup("cannot queue work on the thread pool");
+    work_done(&w->req, 0);
+  }
+}
+
+/* Where a local or host-mount data store keeps the training data. */
+static char *data_source(job *j, const char **code, char **err) {
+  json_t *stores = json_object_get(j->spec, "data_stores");
+  json_t *store = json_array_get(stores, 0);
+  if (!store) return NULL;
+  const char *type = json_string_value(json_object_get(store, "type"));
+  const char *container =
+      json_string_value(json_object_get(json_object_get(store, "training_data"), "container"));
+  json_t *conn = json_object_get(store, "connection");
+  const char *path = json_string_value(json_object_get(conn, "path"));
+  if (type && (strcmp(type, "s3_datastore") == 0 || strcmp(type, "mount_cos") == 0)) {
+    *code = "S302";
+    *err = dup_printf("data store %s is of type %s: this build stages only local directories "
+                      "and mount_volume; S3 staging is not implemented yet",
+                      json_string_value(json_object_get(store, "id")), type);
+    return NULL;
+  }
+  if (!container) return NULL;
+  if (type && strcmp(type, "local") == 0 && !path)
+    return dup_printf("%s/datasets/%s", j->o->home, container);
+  return dup_printf("%s/%s", path ? path : ".", container);
+}
+
+static void start_staging(job *j) {
+  transition(j, DOWNLOADING, j->staged ? "reusing the staged data" : "staging model code and data",
+             NULL);
+  work *w = new_work(j, WORK_STAGE);
+  if (!w) return finish(j, FAILED, "out of memory", "S302");
+  const char *code = NULL;
+  char *err = NULL;
+  w->stage_data = !j->staged;
+  w->wipe_checkpoint = j->wipe_checkpoint;
+  j->wipe_checkpoint = 0;
+  if (w->stage_data) w->data_src = data_source(j, &code, &err);
+  if (err) {
+    free(w);
+    finish(j, FAILED, err, code);
+    free(err);
+    return;
+  }
+  if (w->data_src && access(w->data_src, R_OK) != 0) {
+    char *why = dup_printf("training data %s: %s", w->data_src, strerror(errno));
+    free(w->data_src);
+    free(w);
+    finish(j, FAILED, why, "S302");
+    free(why);
+    return;
+  }
+  w->interpreter = j->interpreter ? strdup(j->interpreter) : NULL;
+  queue_work(w);
+}
+
+/* ---- learners -------------------------------------------------------- */
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 29500;
+  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof addr;
+  int port = 29500;
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0 &&
+      getsockname(fd, (struct sockaddr *)&addr, &len) == 0)
+    port = ntohs(addr.sin_port);
+  close(fd);
+  return port;
+}
+
+typedef struct {
+  char **items;
+  size_t n, cap;
+} strv;
+
+static void strv_add(strv *v, char *s) {
+  if (!s) return;
+  if (v->n + 2 > v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 32;
+    char **grown = realloc(v->items, cap * sizeof *grown);
+    if (!grown) {
+      free(s);
+      return;
+    }
+    v->items = grown;
+    v->cap = cap;
+  }
+  v->items[v->n++] = s;
+  v->items[v->n] = NULL;
+}
+
+static void strv_free(strv *v) {
+  for (size_t i = 0; i < v->n; i++) free(v->items[i]);
+  free(v->items);
+}
+
+/* 'x' with every ' escaped, for /bin/sh. */
+static char *shell_quote(const char *text) {
+  size_t extra = 3;
+  for (const char *p = text; *p; p++) extra += *p == '\'' ? 3 : 0;
+  char *out = malloc(strlen(text) + extra);
+  if (!out) return NULL;
+  char *q = out;
+  *q++ = '\'';
+  for (const char *p = text; *p; p++) {
+    if (*p == '\'') q = stpcpy(q, "'\\''");
+    else *q++ = *p;
+  }
+  *q++ = '\'';
+  *q = '\0';
+  return out;
+}
+
+/* The manifest's command with args appended as --key value. */
+static char *full_command(const job *j) {
+  const char *cmd = json_string_value(json_object_get(json_object_get(j->spec, "framework"), "command"));
+  char *out = strdup(cmd ? cmd : "true");
+  json_t *args = json_object_get(j->spec, "args");
+  const char *key;
+  json_t *value;
+  json_object_foreach(args, key, value) {
+    char *text = json_is_string(value) ? strdup(json_string_value(value))
+                                       : json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *quoted = text ? shell_quote(text) : NULL;
+    char *longer = quoted ? dup_printf("%s --%s %s", out, key, quoted) : NULL;
+    free(text);
+    free(quoted);
+    if (longer) free(out), out = longer;
+  }
+  return out;
+}
+
+static char *tf_config(int learners, const int *ports, int index) {
+  json_t *workers = json_array();
+  for (int i = 0; i < learners; i++)
+    json_array_append_new(workers, json_sprintf("127.0.0.1:%d", ports[i]));
+  json_t *cfg = json_pack("{s:{s:o},s:{s:s,s:i}}", "cluster", "worker", workers, "task", "type",
+                          "worker", "index", index);
+  char *text = json_dumps(cfg, JSON_COMPACT);
+  json_decref(cfg);
+  return text;
+}
+
+static void copy_parent_env(strv *env, const job *j) {
+  static const char *const keep[] = {"HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR",
+                                     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TZ", NULL};
+  for (const char *const *k = keep; *k; k++) {
+    const char *v = getenv(*k);
+    if (v) strv_add(env, dup_printf("%s=%s", *k, v));
+  }
+  const char *path = getenv("PATH");
+  strv_add(env, dup_printf("PATH=%s/bin:%s", j->dir, path ? path : "/usr/bin:/bin"));
+}
+
+static void learner_env(const job *j, int i, int master_port, const int *tf_ports, strv *env) {
+  const learner_slot *s = &j->slots[i - 1];
+  copy_parent_env(env, j);
+  strv_add(env, strdup("PYTHONUNBUFFERED=1"));
+  strv_add(env, dup_printf("TRAINING_ID=%s", j->id));
+  strv_add(env, dup_printf("DATA_DIR=%s/data", j->dir));
+  strv_add(env, dup_printf("MODEL_DIR=%s/model", j->dir));
+  strv_add(env, dup_printf("RESULT_DIR=%s/result", j->dir));
+  strv_add(env, dup_printf("CHECKPOINT_DIR=%s/checkpoint", j->dir));
+  strv_add(env, dup_printf("LOG_DIR=%s/learner-%d/logs", j->dir, i));
+  strv_add(env, dup_printf("JOB_STATE_DIR=%s/learner-%d/state", j->dir, i));
+  strv_add(env, dup_printf("LEARNER_ID=%d", i));
+  strv_add(env, dup_printf("LEARNER_NAME_PREFIX=%s-learner", j->id));
+  strv_add(env, dup_printf("NUM_LEARNERS=%d", j->learners));
+  strv_add(env, dup_printf("GPU_COUNT=%d", j->req.gpus));
+  strv_add(env, dup_printf("RANK=%d", i - 1));
+  strv_add(env, dup_printf("LOCAL_RANK=%d", i - 1));
+  strv_add(env, dup_printf("WORLD_SIZE=%d", j->learners));
+  strv_add(env, strdup("MASTER_ADDR=127.0.0.1"));
+  strv_add(env, dup_printf("MASTER_PORT=%d", master_port));
+  strv_add(env, dup_printf("FFDL_RENDEZVOUS=127.0.0.1:%d", master_port));
+  strv_add(env, dup_printf("FFDL_ATTEMPT=%d", j->attempt));
+  char gpus[FFDL_MAX_NODE_GPUS * 4 + 1] = "";
+  for (int g = 0; g < j->req.gpus; g++)
+    sprintf(gpus + strlen(gpus), "%s%d", g ? "," : "", s->gpu_ids[g]);
+  strv_add(env, dup_printf("CUDA_VISIBLE_DEVICES=%s", gpus));
+  if (j->learners > 1) {
+    char *tf = tf_config(j->learners, tf_ports, i - 1);
+    if (tf) strv_add(env, dup_printf("TF_CONFIG=%s", tf));
+    free(tf);
+  }
+  const char *key;
+  json_t *value;
+  json_object_foreach(json_object_get(j->spec, "env"), key, value)
+    strv_add(env, dup_printf("%s=%s", key, json_string_value(value) ? json_string_value(value) : ""));
+}
+
+static void on_line(void *ud, ffdl_learner *handle, const char *line, size_t len);
+static void on_exit_cb(void *ud, ffdl_learner *handle, ffdl_exit_kind kind, int code, int sig);
+static const ffdl_learner_callbacks learner_callbacks = {on_line, on_exit_cb};
+static void start_emetrics(job *j);
+static void learners_finished(job *j);
+
+static int launch_one(job *j, int i, const char *command, int master_port, const int *tf_ports,
+                      char **err) {
+  learner_slot *s = &j->slots[i - 1];
+  strv env = {0};
+  learner_env(j, i, master_port, tf_ports, &env);
+  char *cwd = job_path(j, "model");
+  char *log = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+  const char *argv[] = {"/bin/sh", "-c", command, NULL};
+  ffdl_launch_spec spec = {.argv = argv, .env = (const char *const *)env.items, .cwd = cwd,
+                           .log_path = log, .memory_limit_bytes = j->req.memory};
+  int rc = ffdl_backend_launch(j->o->o.backend, &spec, &learner_callbacks, s, &s->handle, err);
+  if (rc == 0) {
+    s->running = 1;
+    j->running++;
+    ffdl_jobstore_learner(j->o->o.store, j->id, i, j->attempt, ffdl_learner_pid(s->handle),
+                          "RUNNING", -1, 0, now_ms());
+  }
+  strv_free(&env);
+  free(cwd);
+  free(log);
+  return rc;
+}
+
+static void launch_learners(job *j) {
+  char *command = full_command(j);
+  int master_port = free_port();
+  int *tf_ports = calloc((size_t)j->learners, sizeof *tf_ports);
+  for (int i = 0; tf_ports && i < j->learners; i++) tf_ports[i] = free_port();
+  memset(&j->failure, 0, sizeof j->failure);
+  char *why = dup_printf("%d learner%s running: %s", j->learners, j->learners > 1 ? "s" : "",
+                         command);
+  transition(j, PROCESSING, why, NULL);
+  free(why);
+  char *err = NULL;
+  for (int i = 1; i <= j->learners; i++) {
+    if (launch_one(j, i, command, master_port, tf_ports, &err) == 0) continue;
+    /* the gang starts whole or not at all */
+    j->failure = (failure_info){.set = 1, .kind = FFDL_EXIT_CODE, .exit_code = 127, .learner = i};
+    remember_line(j, i, err, strlen(err));
+    for (int k = 0; k < i - 1; k++)
+      if (j->slots[k].running) ffdl_backend_kill(j->o->o.backend, j->slots[k].handle, 0);
+    free(err);
+    break;
+  }
+  free(command);
+  free(tf_ports);
+  if (j->running == 0) learners_finished(j);
+  else start_emetrics(j);
+}
+
+static void record_metric(job *j, json_t *record) {
+  ffdl_orch *o = j->o;
+  ffdl_jobstore_add_metric(o->o.store, j->id, record);
+  const char *label = json_string_value(json_object_get(record, "grouplabel"));
+  json_object_set(j->last_metrics, label ? label : "", record);
+  if (o->o.observer && o->o.observer->on_metric)
+    o->o.observer->on_metric(o->o.observer_ud, j->id, record);
+}
+
+static void on_line(void *ud, ffdl_learner *handle, const char *line, size_t len) {
+  (void)handle;
+  learner_slot *s = ud;
+  job *j = s->job;
+  remember_line(j, s->index, line, len);
+  ffdl_orch *o = j->o;
+  if (o->o.observer && o->o.observer->on_line)
+    o->o.observer->on_line(o->o.observer_ud, j->id, s->index, line, len);
+  if (s->index != 1 || ffdl_metrics_from_file(j->metrics)) return;
+  json_t *record = ffdl_metrics_line(j->metrics, line, len);
+  if (record) record_metric(j, record);
+  json_decref(record);
+}
+
+/* emetrics_file: new lines of the file named by evaluation_metrics.in */
+static char *emetrics_path(const job *j) {
+  const char *in = ffdl_metrics_file(j->metrics);
+  if (!in) return dup_printf("%s/learner-1/state/logs/evaluation-metrics.txt", j->dir);
+  char *state_dir = dup_printf("%s/learner-1/state", j->dir);
+  const char *vars[] = {"${JOB_STATE_DIR}", "$JOB_STATE_DIR"};
+  char *out = strdup(in);
+  for (int v = 0; v < 2 && out; v++) {
+    char *at = strstr(out, vars[v]);
+    if (!at) continue;
+    char *next = dup_printf("%.*s%s%s", (int)(at - out), out, state_dir, at + strlen(vars[v]));
+    free(out);
+    out = next;
+  }
+  free(state_dir);
+  return out;
+}
+
+static void poll_emetrics(uv_timer_t *t) {
+  job *j = t->data;
+  char *path = emetrics_path(j);
+  FILE *f = path ? fopen(path, "r") : NULL;
+  free(path);
+  if (!f) return;
+  if (fseek(f, j->emetrics_offset, SEEK_SET) == 0) {
+    char line[8192];
+    while (fgets(line, sizeof line, f)) {
+      size_t len = strlen(line);
+      if (len == 0 || line[len - 1] != '\n') break; /* a partial line: next time */
+      j->emetrics_offset += (long)len;
+      json_t *record = ffdl_metrics_emetrics_line(j->metrics, line, len - 1);
+      if (record) record_metric(j, record);
+      json_decref(record);
+    }
+  }
+  fclose(f);
+}
+
+static void start_emetrics(job *j) {
+  if (!ffdl_metrics_from_file(j->metrics)) return;
+  uv_timer_start(&j->emetrics_timer, poll_emetrics, 250, 250);
+}
+
+static void on_exit_cb(void *ud, ffdl_learner *handle, ffdl_exit_kind kind, int code, int sig) {
+  (void)handle;
+  learner_slot *s = ud;
+  job *j = s->job;
+  s->running = 0;
+  s->handle = NULL;
+  j->running--;
+  const char *status = kind == FFDL_EXIT_OK ? "COMPLETED" : j->halting ? "HALTED" : "FAILED";
+  ffdl_jobstore_learner(j->o->o.store, j->id, s->index, j->attempt, 0, status, code, sig, now_ms());
+  if (kind != FFDL_EXIT_OK && !j->failure.set && !j->halting) {
+    j->failure = (failure_info){.set = 1, .kind = kind, .exit_code = code, .signal = sig,
+                                .learner = s->index};
+    /* gang semantics: one learner failing stops the others */
+    for (int k = 0; k < j->learners; k++)
+      if (j->slots[k].running) ffdl_backend_kill(j->o->o.backend, j->slots[k].handle, 2000);
+  }
+  if (j->running == 0) learners_finished(j);
+}
+
+/* ---- endings: success, retry, failure, halt ------------------------- */
+
+static const char *kind_name(ffdl_exit_kind kind) {
+  switch (kind) {
+  case FFDL_EXIT_SIGNAL: return "signal";
+  case FFDL_EXIT_OOM: return "oom";
+  case FFDL_EXIT_NODE_LOST: return "node_lost";
+  default: return "exit";
+  }
+}
+
+static char *describe_failure(const job *j) {
+  const failure_info *f = &j->failure;
+  if (f->kind == FFDL_EXIT_SIGNAL)
+    return dup_printf("learner %d was killed by signal %d", f->learner, f->signal);
+  if (f->kind == FFDL_EXIT_OOM) return dup_printf("learner %d ran out of memory", f->learner);
+  if (f->kind == FFDL_EXIT_NODE_LOST) return dup_printf("learner %d lost its node", f->learner);
+  return dup_printf("learner %d exited with code %d", f->learner, f->exit_code);
+}
+
+static void push_failure(lua_State *L, const job *j) {
+  lua_createtable(L, 0, 6);
+  lua_pushstring(L, kind_name(j->failure.kind));
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, j->failure.exit_code);
+  lua_setfield(L, -2, "exit_code");
+  lua_pushinteger(L, j->failure.signal);
+  lua_setfield(L, -2, "signal");
+  lua_pushinteger(L, j->failure.learner);
+  lua_setfield(L, -2, "learner");
+  lua_pushinteger(L, j->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_createtable(L, TAIL_LINES, 0);
+  int n = 0;
+  for (int k = 0; k < TAIL_LINES; k++) {
+    const char *line = j->tail[(j->tail_next + k) % TAIL_LINES];
+    if (!line) continue;
+    lua_pushstring(L, line);
+    lua_rawseti(L, -2, ++n);
+  }
+  lua_setfield(L, -2, "log_tail");
+}
+
+typedef struct {
+  char action[16];
+  double delay;
+  char *reason;
+} retry_decision;
+
+/* retry.on_failure(job, failure, ctx); a broken hook means "fail". */
+static void decide_retry(job *j, retry_decision *d) {
+  ffdl_orch *o = j->o;
+  lua_State *L = lua_of(o);
+  snprintf(d->action, sizeof d->action, "fail");
+  d->delay = 0;
+  d->reason = NULL;
+  if (push_hook(o, "retry", "on_failure") != 0) {
+    lua_pop(L, 1);
+    return;
+  }
+  push_job(L, j);
+  push_failure(L, j);
+  ffdl_generation_push_ctx(o->o.gen, NULL);
+  char *err = NULL;
+  if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "on_failure", 3, 1, 0, &err) != 0) {
+    d->reason = dup_printf("on_failure() failed: %s", err);
+    free(err);
+    return;
+  }
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "action");
+    lua_getfield(L, -2, "delay");
+    lua_getfield(L, -3, "reason");
+    const char *action = lua_tostring(L, -3);
+    if (action && (!strcmp(action, "restart") || !strcmp(action, "resume") || !strcmp(action, "fail")))
+      snprintf(d->action, sizeof d->action, "%s", action);
+    else
+      d->reason = strdup("on_failure() must return {action = \"restart\"|\"resume\"|\"fail\"}");
+    d->delay = lua_tonumber(L, -2);
+    if (!d->reason && lua_tostring(L, -1)) d->reason = strdup(lua_tostring(L, -1));
+    lua_pop(L, 3);
+  } else {
+    d->reason = strdup("on_failure() must return a table {action=, delay=, reason=}");
+  }
+  lua_pop(L, 1);
+}
+
+static void retry_ready(uv_timer_t *t) {
+  job *j = t->data;
+  if (j->st != QUEUED) return;
+  j->eligible = 1;
+  schedule_cycle(j->o);
+}
+
+static void end_job(job *j, state st, const char *reason, const char *code);
+
+static void handle_failure(job *j) {
+  retry_decision d;
+  decide_retry(j, &d);
+  char *what = describe_failure(j);
+  if (strcmp(d.action, "fail") == 0 || j->halting) {
+    char *tail = tail_text(j);
+    char *why = dup_printf("%s%s%s\nlast log lines:\n%s", what, d.reason ? ": " : "",
+                           d.reason ? d.reason : "", tail ? tail : "");
+    end_job(j, FAILED, why, "C201");
+    free(why);
+    free(tail);
+  } else {
+    if (d.delay < 0 || d.delay != d.delay) d.delay = 0;
+    char *why = dup_printf("%s; attempt %d of %d will %s in %.1f s%s%s", what, j->attempt + 1,
+                           j->max_attempts, d.action, d.delay, d.reason ? ": " : "",
+                           d.reason ? d.reason : "");
+    j->attempt++;
+    j->wipe_checkpoint = strcmp(d.action, "restart") == 0;
+    j->eligible = 0;
+    free(j->wait_reason);
+    j->wait_reason = NULL;
+    transition(j, QUEUED, why, NULL);
+    free(why);
+    uv_timer_start(&j->retry_timer, retry_ready, (uint64_t)(d.delay * 1000), 0);
+  }
+  free(what);
+  free(d.reason);
+}
+
+static void learners_finished(job *j) {
+  uv_timer_stop(&j->emetrics_timer);
+  if (ffdl_metrics_from_file(j->metrics)) poll_emetrics(&j->emetrics_timer);
+  release(j);
+  if (j->halting) return end_job(j, HALTED, "halted: every learner was stopped", NULL);
+  if (j->failure.set) return handle_failure(j);
+  transition(j, STORING, "every learner succeeded; storing results", NULL);
+  work *w = new_work(j, WORK_STORE);
+  if (!w) return finish(j, FAILED, "out of memory", "S303");
+  queue_work(w);
+  schedule_cycle(j->o); /* resources are free for the next job */
+}
+
+static void after_stage(work *w) {
+  job *j = w->j;
+  if (w->rc == 0 && !w->err) j->staged = 1;
+  if (j->halting) {
+    release(j);
+    return end_job(j, HALTED, "halted before the learners started", NULL);
+  }
+  if (w->rc != 0) {
+    release(j);
+    return finish(j, FAILED, w->err ? w->err : "staging failed", w->code ? w->code : "S302");
+  }
+  launch_learners(j);
+}
+
+static void after_store(work *w) {
+  job *j = w->j;
+  if (w->rc != 0) return finish(j, FAILED, w->err ? w->err : "storing results failed", "S303");
+  finish(j, j->halting ? HALTED : COMPLETED,
+         j->halting ? "halted while storing; results kept" : "results stored", NULL);
+}
+
+/* Logs go to the results store for every ending, not only success. */
+static void end_job(job *j, state st, const char *reason, const char *code) {
+  if (!j->staged) return finish(j, st, reason, code);
+  work *w = new_work(j, WORK_COLLECT_LOGS);
+  if (!w) return finish(j, st, reason, code);
+  w->final_state = st;
+  w->final_reason = strdup(reason ? reason : "");
+  w->final_code = code;
+  queue_work(w);
+}
+
+static void after_collect(work *w) {
+  if (w->rc != 0) ffdl_log(FFDL_LOG_WARN, "%s: %s", w->j->id, w->err ? w->err : "cannot copy logs");
+  finish(w->j, w->final_state, w->final_reason, w->final_code);
+}
+
+static void write_job_json(job *j) {
+  json_t *doc = ffdl_jobstore_get(j->o->o.store, j->id);
+  if (!doc) return;
+  json_t *spec = json_object_get(doc, "spec");
+  if (spec) json_object_set_new(doc, "spec", ffdl_spec_redacted(spec));
+  json_object_set_new(doc, "results_dir", json_string(j->results_dir));
+  json_t *final = json_object();
+  const char *label;
+  json_t *record;
+  json_object_foreach(j->last_metrics, label, record) {
+    json_t *values = json_deep_copy(json_object_get(record, "values"));
+    json_t *etimes = json_object_get(record, "etimes");
+    if (json_is_object(etimes)) json_object_update(values, etimes);
+    json_object_set_new(final, label, values);
+  }
+  json_object_set_new(doc, "final_metrics", final);
+  ffdl_localstore_mkdirs(j->results_dir, 0755);
+  char *path = dup_printf("%s/job.json", j->results_dir);
+  if (json_dump_file(doc, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
+    ffdl_log(FFDL_LOG_ERROR, "%s: cannot write %s", j->id, path);
+  free(path);
+  json_decref(doc);
+}
+
+static void finish(job *j, state st, const char *reason, const char *code) {
+  if (is_terminal(j->st)) return;
+  uv_timer_stop(&j->retry_timer);
+  uv_timer_stop(&j->emetrics_timer);
+  release(j);
+  transition(j, st, reason, code);
+  write_job_json(j);
+  ffdl_orch *o = j->o;
+  if (o->o.observer && o->o.observer->on_end)
+    o->o.observer->on_end(o->o.observer_ud, j->id, state_names[st]);
+  schedule_cycle(o);
+}
+
+int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason) {
+  job *j = find_job(o, id);
+  if (!j) return FFDL_ENOENT;
+  if (is_terminal(j->st) || j->halting) return FFDL_OK;
+  j->halting = 1;
+  ffdl_log(FFDL_LOG_INFO, "%s: halting: %s", j->id, reason ? reason : "requested");
+  if (j->st == QUEUED) return end_job(j, HALTED, reason ? reason : "halted while queued", NULL), FFDL_OK;
+  if (j->st == PROCESSING && j->running > 0) {
+    unsigned grace = o->o.halt_grace_ms ? o->o.halt_grace_ms : 3000;
+    for (int k = 0; k < j->learners; k++)
+      if (j->slots[k].running) ffdl_backend_kill(o->o.backend, j->slots[k].handle, grace);
+  }
+  /* PENDING, DOWNLOADING and STORING end when their work returns */
+  return FFDL_OK;
+}
+
+void ffdl_orch_halt_all(ffdl_orch *o, const char *reason) {
+  for (job *j = o->jobs; j; j = j->next) ffdl_orch_halt(o, j->id, reason);
+}
+
+/* ---- submission and lifetime ----------------------------------------- */
+
+/* frameworks[name]["local"]: the interpreter, or a refusal. */
+static int local_runtime(job *j, char **err) {
+  ffdl_orch *o = j->o;
+  lua_State *L = lua_of(o);
+  json_t *fw = json_object_get(j->spec, "framework");
+  const char *name = json_string_value(json_object_get(fw, "name"));
+  ffdl_generation_push_policy(o->o.gen, "frameworks");
+  int rc = 0;
+  if (lua_istable(L, -1) && name && lua_getfield(L, -1, name) == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "local") == LUA_TTABLE) {
+      lua_getfield(L, -1, "installed");
+      lua_getfield(L, -2, "interpreter");
+      if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {
+        const char *image = json_string_value(json_object_get(fw, "image"));
+        *err = dup_printf("%s is not installed on this machine: it runs on the Kubernetes "
+                          "backend, with the image %s",
+                          name, image ? image : "(none)");
+        rc = FFDL_EINVALID;
+      } else if (lua_isstring(L, -1)) {
+        const char *interp = lua_tostring(L, -1);
+        j->interpreter = interp[0] == '/' ? strdup(interp) : dup_printf("%s/%s", o->root, interp);
+        if (access(j->interpreter, X_OK) != 0) {
+          *err = dup_printf("%s runs with %s here, which is missing: run ./scripts/example.sh "
+                            "to install it",
+                            name, j->interpreter);
+          rc = FFDL_EINVALID;
+        }
+      }
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return rc;
+}
+
+static void read_request(job *j) {
+  json_t *res = json_object_get(j->spec, "resources");
+  j->req.cpus = json_number_value(json_object_get(res, "cpus"));
+  j->req.memory = (uint64_t)json_integer_value(json_object_get(res, "memory_bytes"));
+  j->req.gpus = (int)json_integer_value(json_object_get(res, "gpus"));
+  j->req.gpu_type = j->req.gpus > 0 ? json_string_value(json_object_get(res, "gpu_type")) : NULL;
+  j->learners = (int)json_integer_value(json_object_get(j->spec, "learners"));
+  if (j->learners < 1) j->learners = 1;
+  if (j->learners > MAX_LEARNERS) j->learners = MAX_LEARNERS;
+  j->priority = (int)json_integer_value(json_object_get(j->spec, "priority"));
+  j->max_attempts = (int)json_integer_value(json_object_get(json_object_get(j->spec, "retry"), "max_attempts"));
+  if (j->max_attempts < 1) j->max_attempts = 1;
+}
+
+static void free_job(job *j) {
+  json_decref(j->spec);
+  json_decref(j->last_metrics);
+  ffdl_metrics_free(j->metrics);
+  for (int i = 0; i < TAIL_LINES; i++) free(j->tail[i]);
+  for (int i = 0; j->slots && i < j->learners; i++) free(j->slots[i].gpu_ids);
+  free(j->slots);
+  free(j->model_dir);
+  free(j->interpreter);
+  free(j->dir);
+  free(j->results_dir);
+  free(j->wait_reason);
+  free(j);
+}
+
+static job *new_job(ffdl_orch *o, const json_t *spec, const char *model_dir) {
+  job *j = calloc(1, sizeof *j);
+  if (!j) return NULL;
+  j->o = o;
+  make_id(j->id);
+  j->spec = json_deep_copy(spec);
+  j->model_dir = model_dir ? strdup(model_dir) : NULL;
+  j->dir = dup_printf("%s/jobs/%s", o->home, j->id);
+  j->results_dir = dup_printf("%s/%s", o->results, j->id);
+  j->attempt = 1;
+  j->eligible = 1;
+  j->last_metrics = json_object();
+  j->submitted_ms = now_ms();
+  read_request(j);
+  j->slots = calloc((size_t)j->learners, sizeof *j->slots);
+  for (int i = 0; j->slots && i < j->learners; i++) {
+    j->slots[i].job = j;
+    j->slots[i].index = i + 1;
+    j->slots[i].gpu_ids = calloc((size_t)(j->req.gpus > 0 ? j->req.gpus : 1), sizeof(int));
+  }
+  uv_timer_init(o->o.loop, &j->retry_timer);
+  uv_timer_init(o->o.loop, &j->emetrics_timer);
+  j->retry_timer.data = j->emetrics_timer.data = j;
+  j->timers_open = 1;
+  return j;
+}
+
+int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, char *id,
+                     char **err) {
+  *err = NULL;
+  job *j = new_job(o, spec, model_dir);
+  if (!j || !j->spec || !j->slots) return FFDL_ENOMEM;
+  int rc = local_runtime(j, err);
+  if (rc == 0) rc = ffdl_metrics_new(json_object_get(j->spec, "evaluation_metrics"), &j->metrics, err);
+  if (rc == 0 && ffdl_jobstore_create(o->o.store, j->id, j->spec, j->submitted_ms) != 0) {
+    *err = strdup("cannot write the job to the store");
+    rc = FFDL_EIO;
+  }
+  if (rc != 0) {
+    uv_close((uv_handle_t *)&j->retry_timer, NULL);
+    uv_close((uv_handle_t *)&j->emetrics_timer, NULL);
+    /* the timers are closed on the next loop turn; the job memory must live
+     * until then: keep it on the list as an inert, never-started job */
+    j->st = FAILED;
+    j->next = o->jobs;
+    o->jobs = j;
+    j->timers_open = 0;
+    return rc;
+  }
+  snprintf(id, 64, "%s", j->id);
+  j->next = o->jobs;
+  o->jobs = j;
+  if (o->o.observer && o->o.observer->on_transition)
+    o->o.observer->on_transition(o->o.observer_ud, j->id, "QUEUED", "submitted", NULL);
+  schedule_cycle(o);
+  return FFDL_OK;
+}
+
+int ffdl_orch_new(const ffdl_orch_opts *opts, ffdl_orch **out) {
+  ffdl_orch *o = calloc(1, sizeof *o);
+  if (!o) return FFDL_ENOMEM;
+  o->o = *opts;
+  o->home = strdup(opts->home);
+  o->results = strdup(opts->results);
+  o->root = strdup(opts->root ? opts->root : ".");
+  uv_timer_init(opts->loop, &o->cycle_timer);
+  o->cycle_timer.data = o;
+  *out = o;
+  return FFDL_OK;
+}
+
+static void free_after_close(uv_handle_t *h) {
+  (void)h;
+}
+
+void ffdl_orch_free(ffdl_orch *o) {
+  if (!o) return;
+  /* handles close on the next loop turn; callers run the loop once more */
+  uv_close((uv_handle_t *)&o->cycle_timer, free_after_close);
+  for (job *j = o->jobs, *next; j; j = next) {
+    next = j->next;
+    if (j->timers_open) {
+      uv_close((uv_handle_t *)&j->retry_timer, NULL);
+      uv_close((uv_handle_t *)&j->emetrics_timer, NULL);
+    }
+  }
+  uv_run(o->o.loop, UV_RUN_NOWAIT);
+  for (job *j = o->jobs, *next; j; j = next) {
+    next = j->next;
+    free_job(j);
+  }
+  free(o->home);
+  free(o->results);
+  free(o->root);
+  free(o);
+}
+
+size_t ffdl_orch_active(const ffdl_orch *o) {
+  size_t n = 0;
+  for (job *j = o->jobs; j; j = j->next) n += !is_terminal(j->st);
+  return n;
+}
+
+const char *ffdl_orch_status(const ffdl_orch *o, const char *id) {
+  job *j = find_job(o, id);
+  return j ? state_names[j->st] : NULL;
+}
+
+const char *ffdl_orch_results_dir(const ffdl_orch *o, const char *id) {
+  job *j = find_job(o, id);
+  return j ? j->results_dir : NULL;
+}
+
+void ffdl_orch_set_observer(ffdl_orch *o, const ffdl_orch_observer *observer, void *ud) {
+  o->o.observer = observer;
+  o->o.observer_ud = ud;
+}

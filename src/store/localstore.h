@@ -1,0 +1,21 @@
+/*
+ * Local directory data stores: staging training data in, results out, and
+ * zipping model code. Blocking calls: run them on the thread pool.
+ */
+#ifndef FFDL_STORE_LOCALSTORE_H
+#define FFDL_STORE_LOCALSTORE_H
+
+#include <stdint.h>
+
+/* mkdir -p with MODE for each created directory. */
+int ffdl_localstore_mkdirs(const char *path, unsigned mode);
+/* Copies the tree SRC into DST (created), files and directories; symlinks
+ * are copied as links. *err names the path that failed (caller frees).
+ * BYTES (may be NULL) receives the number of bytes copied. */
+int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes, char **err);
+/* rm -rf PATH; a missing PATH is fine. */
+int ffdl_localstore_remove_tree(const char *path);
+/* Writes a zip of the tree DIR (entries relative to DIR) to ZIP_PATH. */
+int ffdl_localstore_zip_dir(const char *dir, const char *zip_path, char **err);
+
+#endif
