@@ -44,6 +44,7 @@ import time
 import numpy as np
 import tensorflow as tf
 import keras
+keras.config.disable_traceback_filtering()
 
 CHECKPOINT_NAME = "checkpoint.npz"
 _log_file = None
@@ -173,8 +174,12 @@ def save_checkpoint(checkpoint_dir, model, epoch):
 
 
 def broadcast_from_chief(strategy, is_chief, arrays):
-    """Give every worker the chief's arrays: a sum where the others add zeros."""
-    mine = [a if is_chief else np.zeros_like(a) for a in arrays]
+    """Give every worker the chief's arrays: a sum where the others add zeros.
+
+    The all-reduce packs its inputs together, so they travel as float64 (exact
+    for the float32 weights and the integer counters) and are cast back.
+    """
+    mine = [(a if is_chief else np.zeros_like(a)).astype(np.float64) for a in arrays]
 
     @tf.function
     def sum_over_workers():
@@ -182,7 +187,8 @@ def broadcast_from_chief(strategy, is_chief, arrays):
         return context.all_reduce("sum", [tf.constant(a) for a in mine])
 
     summed = strategy.run(sum_over_workers)
-    return [strategy.experimental_local_results(t)[0].numpy() for t in summed]
+    local = [strategy.experimental_local_results(t)[0].numpy() for t in summed]
+    return [value.astype(a.dtype) for value, a in zip(local, arrays)]
 
 
 def resume(strategy, num_workers, is_chief, model, checkpoint_dir):

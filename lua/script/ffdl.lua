@@ -128,7 +128,7 @@ function handlers.metric(ev, job)
   for _, fn in ipairs(job.metric_handlers) do fn(ev.record) end
 end
 
-function handlers["end"](ev, job)
+handlers["end"] = function(ev, job)
   job.status_ = ev.status
   local waiters = job.waiters
   job.waiters = {}

@@ -298,8 +298,19 @@ static int traceback(lua_State *L) {
 
 /* Loads the script and hands it to ffdl.__start, which runs it as a
  * coroutine. Returns 0, or 2 with the error printed. */
+/* PATH relative to the current directory when it is below it: Lua cuts
+ * long chunk names, and a short name keeps file:line readable. */
+static const char *short_path(const char *path) {
+  char cwd[4096];
+  size_t n;
+  if (getcwd(cwd, sizeof cwd) && (n = strlen(cwd)) && strncmp(path, cwd, n) == 0 && path[n] == '/')
+    return path + n + 1;
+  return path;
+}
+
 static int start(script *s, const char *path, int *spec_table) {
   lua_State *L = s->L;
+  path = short_path(path);
   lua_pushcfunction(L, traceback);
   if (luaL_loadfilex(L, path, "t") != LUA_OK) {
     fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));

@@ -73,10 +73,9 @@ static int copy_file(const char *src, const char *dst, mode_t mode, uint64_t *by
   return rc;
 }
 
-int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes, char **err) {
-  *err = NULL;
+static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **err, int follow) {
   struct stat st;
-  if (lstat(src, &st) != 0) {
+  if ((follow ? stat(src, &st) : lstat(src, &st)) != 0) {
     *err = path_error("cannot read", src);
     return FFDL_ENOENT;
   }
@@ -105,10 +104,17 @@ int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes,
     char from[4096], to[4096];
     snprintf(from, sizeof from, "%s/%s", src, e->d_name);
     snprintf(to, sizeof to, "%s/%s", dst, e->d_name);
-    rc = ffdl_localstore_copy_tree(from, to, bytes, err);
+    rc = copy_entry(from, to, bytes, err, 0);
   }
   closedir(d);
   return rc;
+}
+
+/* The root is followed when it is a link (a data set linked into place);
+ * links inside the tree are copied as links. */
+int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes, char **err) {
+  *err = NULL;
+  return copy_entry(src, dst, bytes, err, 1);
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILD = pathlib.Path(os.environ.get("FFDL_BUILD", ROOT / "build"))
+BUILD = (ROOT / os.environ.get("FFDL_BUILD", "build")).resolve()
 
 
 def run_ffdl(*args, cwd=ROOT, env=None, timeout=60, binary="ffdl"):

@@ -139,7 +139,7 @@ def test_script_syntax_error(workdir):
     script.write_text('local ffdl = require "ffdl"\nlocal x = = 1\n')
     result = ffdl_run(workdir, script)
     assert result.returncode == 2
-    assert f"{script}:2:" in result.stderr
+    assert "ffdl-run: broken.lua:2: unexpected symbol" in result.stderr
 
 
 def test_script_runtime_error_has_traceback(workdir):
@@ -147,7 +147,7 @@ def test_script_runtime_error_has_traceback(workdir):
     script.write_text('local ffdl = require "ffdl"\nlocal function f() error("boom") end\nf()\n')
     result = ffdl_run(workdir, script)
     assert result.returncode == 2
-    assert f"{script}:2: boom" in result.stderr
+    assert "fails.lua:2: boom" in result.stderr
     assert "stack traceback" in result.stderr
 
 

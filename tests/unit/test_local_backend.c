@@ -1,0 +1,504 @@
+/*
+ * The local backend with real processes: lines, logs, exit kinds, kills of
+ * whole process groups, and backend close. Each case has its own loop, and
+ * kills what it started (by PID, never by name) if it fails half-way.
+ */
+#include "backend/backend.h"
+#include "core/error.h"
+#include "runner.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_LINES 16
+#define WAIT_MS 10000
+
+static const char *const BASE_ENV[] = {"PATH=/usr/bin:/bin", NULL};
+
+/* ---- leftovers: what a failing case must kill on its way out ---------- */
+
+static int live_groups[16], live_pids[16];
+
+static void track(int *set, int id, int on) {
+  for (int i = 0; i < 16; i++)
+    if (on ? set[i] == 0 : set[i] == id) {
+      set[i] = on ? id : 0;
+      return;
+    }
+}
+
+/* Only groups whose on_exit has not run, and pids not yet reaped: those ids
+ * cannot have been reused. Async-signal-safe. */
+static void kill_leftovers(void) {
+  for (int i = 0; i < 16; i++) {
+    if (live_groups[i] > 0) kill(-live_groups[i], SIGKILL);
+    if (live_pids[i] > 0) kill(live_pids[i], SIGKILL);
+  }
+}
+
+static void on_alarm(int sig) {
+  kill_leftovers();
+  _exit(1);
+}
+
+/* ---- recording callbacks ---------------------------------------------- */
+
+typedef struct rec rec;
+struct rec {
+  ffdl_backend *be;
+  uv_loop_t *loop;
+  char *lines[MAX_LINES];
+  size_t lens[MAX_LINES];
+  int n_lines;
+  int exits;
+  ffdl_exit_kind kind;
+  int code, sig;
+  uint64_t exit_ms;
+  void (*hook)(rec *r, ffdl_learner *l, const char *line); /* on each line */
+  const char *fifo; /* for the ordering hook */
+  int grandchild;
+  uint64_t kill_ms;
+};
+
+static void on_line(void *ud, ffdl_learner *l, const char *line, size_t len) {
+  rec *r = ud;
+  CHECK(line[len] == '\0');
+  CHECK(r->n_lines < MAX_LINES);
+  r->lines[r->n_lines] = strndup(line, len);
+  r->lens[r->n_lines++] = len;
+  if (r->hook) r->hook(r, l, line);
+}
+
+static void on_exit_cb(void *ud, ffdl_learner *l, ffdl_exit_kind kind, int code, int sig) {
+  rec *r = ud;
+  r->exits++;
+  r->kind = kind;
+  r->code = code;
+  r->sig = sig;
+  r->exit_ms = uv_now(r->loop);
+  track(live_groups, ffdl_learner_pid(l), 0);
+  ffdl_backend_kill(r->be, l, 0); /* after its exit: a no-op */
+}
+
+static const ffdl_learner_callbacks callbacks = {on_line, on_exit_cb};
+
+static void rec_free(rec *r) {
+  for (int i = 0; i < r->n_lines; i++) free(r->lines[i]);
+}
+
+/* ---- fixture: a loop, a backend, a temporary directory ---------------- */
+
+typedef struct {
+  uv_loop_t loop;
+  uv_timer_t watchdog;
+  ffdl_backend *be;
+  char dir[64];
+  char log[128];
+} fixture;
+
+static void setup(fixture *f) {
+  atexit(kill_leftovers);
+  signal(SIGALRM, on_alarm);
+  CHECK(uv_loop_init(&f->loop) == 0);
+  CHECK(uv_timer_init(&f->loop, &f->watchdog) == 0);
+  CHECK(ffdl_backend_local_new(&f->loop, &f->be) == FFDL_OK);
+  strcpy(f->dir, "/tmp/ffdl-backend-XXXXXX");
+  CHECK(mkdtemp(f->dir) != NULL);
+  snprintf(f->log, sizeof f->log, "%s/training-log.txt", f->dir);
+}
+
+static void set_flag(void *ud) {
+  (*(int *)ud)++;
+}
+
+static void teardown(fixture *f) {
+  int closed = 0;
+  if (f->be) ffdl_backend_close(f->be, set_flag, &closed);
+  uv_close((uv_handle_t *)&f->watchdog, NULL);
+  CHECK(uv_run(&f->loop, UV_RUN_DEFAULT) == 0);
+  CHECK(!f->be || closed == 1);
+  CHECK(uv_loop_close(&f->loop) == 0);
+  unlink(f->log);
+  rmdir(f->dir);
+}
+
+static rec new_rec(fixture *f) {
+  return (rec){.be = f->be, .loop = &f->loop};
+}
+
+static ffdl_learner *launch_env(fixture *f, const char *const *argv, const char *const *env,
+                                rec *r) {
+  ffdl_launch_spec spec = {.argv = argv, .env = env, .cwd = f->dir, .log_path = f->log};
+  ffdl_learner *l = NULL;
+  char *err = NULL;
+  int rc = ffdl_backend_launch(f->be, &spec, &callbacks, r, &l, &err);
+  if (rc) fprintf(stderr, "launch: %s\n", err);
+  CHECK(rc == FFDL_OK && l && ffdl_learner_pid(l) > 0);
+  track(live_groups, ffdl_learner_pid(l), 1);
+  return l;
+}
+
+static ffdl_learner *launch_sh(fixture *f, const char *script, rec *r) {
+  const char *argv[] = {"sh", "-c", script, "sh", r->fifo, NULL};
+  return launch_env(f, argv, BASE_ENV, r);
+}
+
+static void on_watchdog(uv_timer_t *t) {
+  fprintf(stderr, "timed out waiting on the loop\n");
+  exit(1);
+}
+
+/* Runs the loop until *COUNT reaches WANT, failing after WAIT_MS. */
+static void wait_for(fixture *f, const int *count, int want) {
+  uv_timer_start(&f->watchdog, on_watchdog, WAIT_MS, 0);
+  while (*count < want) uv_run(&f->loop, UV_RUN_ONCE);
+  uv_timer_stop(&f->watchdog);
+}
+
+static char *read_file(const char *path) {
+  static char buf[4096];
+  int fd = open(path, O_RDONLY);
+  CHECK(fd >= 0);
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  CHECK(n >= 0);
+  buf[n] = '\0';
+  return buf;
+}
+
+static uint64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Reaps PID (an orphan of ours: we are its subreaper), waiting at most 5 s. */
+static void reap(int pid, int *status) {
+  struct timespec tick = {0, 10 * 1000 * 1000};
+  uint64_t deadline = now_ms() + 5000;
+  int got;
+  while ((got = waitpid(pid, status, WNOHANG)) == 0 && now_ms() < deadline)
+    nanosleep(&tick, NULL);
+  CHECK(got == pid);
+  track(live_pids, pid, 0);
+}
+
+/* ---- cases ------------------------------------------------------------ */
+
+/* The child waits on a FIFO after each line, so arrival order is known. */
+static void release_child(rec *r, ffdl_learner *l, const char *line) {
+  if (strcmp(line, "three") == 0) return;
+  int fd = open(r->fifo, O_WRONLY);
+  CHECK(fd >= 0);
+  CHECK(write(fd, "x\n", 2) == 2);
+  close(fd);
+}
+
+static void lines_arrive_in_order_and_are_logged(void) {
+  fixture f;
+  setup(&f);
+  char fifo[128];
+  snprintf(fifo, sizeof fifo, "%s/go", f.dir);
+  CHECK(mkfifo(fifo, 0600) == 0);
+  rec r = new_rec(&f);
+  r.fifo = fifo;
+  r.hook = release_child;
+  launch_sh(&f, "echo one; read x < \"$1\"; echo two >&2; read x < \"$1\"; echo three", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_OK && r.code == 0 && r.sig == 0);
+  CHECK(r.n_lines == 3);
+  CHECK(strcmp(r.lines[0], "one") == 0);
+  CHECK(strcmp(r.lines[1], "two") == 0);
+  CHECK(strcmp(r.lines[2], "three") == 0);
+  CHECK(strcmp(read_file(f.log), "one\ntwo\nthree\n") == 0);
+  rec_free(&r);
+  unlink(fifo);
+  teardown(&f);
+}
+
+static void exit_codes_are_classified(void) {
+  fixture f;
+  setup(&f);
+  rec ok = new_rec(&f), bad = new_rec(&f);
+  launch_sh(&f, "exit 0", &ok);
+  launch_sh(&f, "exit 3", &bad);
+  CHECK(ffdl_backend_running(f.be) == 2);
+  wait_for(&f, &ok.exits, 1);
+  wait_for(&f, &bad.exits, 1);
+  CHECK(ffdl_backend_running(f.be) == 0);
+  CHECK(ok.kind == FFDL_EXIT_OK && ok.code == 0);
+  CHECK(bad.kind == FFDL_EXIT_CODE && bad.code == 3 && bad.sig == 0);
+  teardown(&f);
+  CHECK(ok.exits == 1 && bad.exits == 1);
+}
+
+static void a_signal_is_classified(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  launch_sh(&f, "kill -9 $$", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_SIGNAL && r.sig == SIGKILL);
+  teardown(&f);
+}
+
+static void missing_command_fails_at_launch(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  const char *argv[] = {"ffdl-no-such-command", "--flag", NULL};
+  ffdl_launch_spec spec = {.argv = argv, .env = BASE_ENV, .cwd = f.dir, .log_path = f.log};
+  ffdl_learner *l = (ffdl_learner *)&r;
+  char *err = NULL;
+  CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) == FFDL_ENOENT);
+  CHECK(l == NULL);
+  CHECK_CONTAINS(err, "ffdl-no-such-command");
+  CHECK_CONTAINS(err, "not found");
+  free(err);
+  /* a spawn that fails later, in uv_spawn: the working directory is missing */
+  const char *sh[] = {"sh", "-c", "true", NULL};
+  spec = (ffdl_launch_spec){.argv = sh, .env = BASE_ENV, .cwd = "/nonexistent-ffdl-dir"};
+  CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) < 0);
+  CHECK(l == NULL);
+  CHECK_CONTAINS(err, "\"sh\"");
+  CHECK_CONTAINS(err, "/nonexistent-ffdl-dir");
+  free(err);
+  CHECK(ffdl_backend_running(f.be) == 0);
+  uv_run(&f.loop, UV_RUN_NOWAIT);
+  teardown(&f);
+  CHECK(r.exits == 0 && r.n_lines == 0);
+}
+
+static void missing_log_directory_fails_at_launch(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  const char *argv[] = {"true", NULL};
+  ffdl_launch_spec spec = {.argv = argv, .env = BASE_ENV, .log_path = "/nonexistent-ffdl/log"};
+  ffdl_learner *l;
+  char *err = NULL;
+  CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) < 0);
+  CHECK_CONTAINS(err, "/nonexistent-ffdl/log");
+  free(err);
+  teardown(&f);
+  CHECK(r.exits == 0);
+}
+
+static void partial_last_line_arrives(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  launch_sh(&f, "printf 'first\\nlast'", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 2);
+  CHECK(strcmp(r.lines[0], "first") == 0);
+  CHECK(strcmp(r.lines[1], "last") == 0);
+  CHECK(strcmp(read_file(f.log), "first\nlast\n") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void long_line_is_cut_at_64k(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  launch_sh(&f, "head -c 70000 /dev/zero | tr '\\0' x; echo; echo end", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 3);
+  CHECK(r.lens[0] == 65536 && r.lens[1] == 70000 - 65536);
+  CHECK(r.lines[0][0] == 'x' && r.lines[1][r.lens[1] - 1] == 'x');
+  CHECK(strcmp(r.lines[2], "end") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void kill_when_ready(rec *r, ffdl_learner *l, const char *line) {
+  if (strcmp(line, "ready") != 0) return;
+  r->kill_ms = uv_now(r->loop);
+  ffdl_backend_kill(r->be, l, 300);
+  ffdl_backend_kill(r->be, l, 5000); /* a longer grace does not postpone the first */
+}
+
+static void kill_escalates_after_grace(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  r.hook = kill_when_ready;
+  launch_sh(&f, "trap '' TERM; echo ready; sleep 30", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_SIGNAL && r.sig == SIGKILL);
+  CHECK(r.exit_ms - r.kill_ms >= 300);
+  CHECK(r.exit_ms - r.kill_ms < 5000);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void kill_on_first_line(rec *r, ffdl_learner *l, const char *line) {
+  r->grandchild = atoi(line);
+  CHECK(r->grandchild > 0);
+  track(live_pids, r->grandchild, 1);
+  ffdl_backend_kill(r->be, l, 2000);
+}
+
+static void kill_reaches_grandchildren(void) {
+  CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0); /* orphans come to us: reap them */
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  r.hook = kill_on_first_line;
+  launch_sh(&f, "sleep 300 & echo $!; wait", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_SIGNAL && r.sig == SIGTERM);
+  int status = 0;
+  reap(r.grandchild, &status);
+  CHECK(WIFSIGNALED(status));
+  CHECK(kill(r.grandchild, 0) == -1 && errno == ESRCH);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void remember_grandchild(rec *r, ffdl_learner *l, const char *line) {
+  r->grandchild = atoi(line);
+  track(live_pids, r->grandchild, 1);
+}
+
+static void exit_kills_what_the_leader_left(void) {
+  CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  r.hook = remember_grandchild;
+  uint64_t start = uv_now(&f.loop);
+  launch_sh(&f, "sleep 300 & echo $!", &r); /* the sleep holds stdout open */
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_OK);
+  CHECK(r.exit_ms - start < 1500); /* the group kill, not the 2 s drain deadline */
+  int status = 0;
+  reap(r.grandchild, &status);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  rec_free(&r);
+  teardown(&f);
+}
+
+typedef struct {
+  rec *a, *b;
+  int calls, exits_seen;
+} close_state;
+
+static void on_backend_closed(void *ud) {
+  close_state *s = ud;
+  s->calls++;
+  s->exits_seen = s->a->exits + s->b->exits;
+}
+
+static void close_kills_running_learners(void) {
+  fixture f;
+  setup(&f);
+  rec a = new_rec(&f), b = new_rec(&f);
+  const char *argv[] = {"sleep", "30", NULL};
+  launch_env(&f, argv, BASE_ENV, &a);
+  launch_env(&f, argv, BASE_ENV, &b);
+  CHECK(ffdl_backend_running(f.be) == 2);
+  close_state s = {&a, &b, 0, 0};
+  ffdl_backend_close(f.be, on_backend_closed, &s);
+  f.be = NULL;
+  wait_for(&f, &s.calls, 1);
+  CHECK(s.calls == 1 && s.exits_seen == 2);
+  CHECK(a.kind == FFDL_EXIT_SIGNAL && a.sig == SIGKILL);
+  CHECK(b.kind == FFDL_EXIT_SIGNAL && b.sig == SIGKILL);
+  teardown(&f);
+}
+
+static void close_without_learners_is_immediate(void) {
+  fixture f;
+  setup(&f);
+  int closed = 0;
+  ffdl_backend_close(f.be, set_flag, &closed);
+  CHECK(closed == 1);
+  f.be = NULL;
+  teardown(&f);
+}
+
+static void env_is_passed_whole(void) {
+  CHECK(setenv("FFDL_PARENT_ONLY", "leaked", 1) == 0);
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  const char *env[] = {"PATH=/usr/bin:/bin", "FOO=bar", NULL};
+  const char *argv[] = {"sh", "-c", "echo \"FOO=$FOO\"; echo \"P=${FFDL_PARENT_ONLY-unset}\"",
+                        NULL};
+  launch_env(&f, argv, env, &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 2);
+  CHECK(strcmp(r.lines[0], "FOO=bar") == 0);
+  CHECK(strcmp(r.lines[1], "P=unset") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void command_is_found_through_the_learners_path(void) {
+  fixture f;
+  setup(&f);
+  char bin[128], tool[160], path[200];
+  snprintf(bin, sizeof bin, "%s/bin", f.dir);
+  snprintf(tool, sizeof tool, "%s/ffdl-test-tool", bin);
+  snprintf(path, sizeof path, "PATH=%s:/usr/bin:/bin", bin);
+  CHECK(mkdir(bin, 0700) == 0);
+  FILE *script = fopen(tool, "w");
+  CHECK(script != NULL);
+  fputs("#!/bin/sh\necho \"tool ran: $1\"\n", script);
+  fclose(script);
+  CHECK(chmod(tool, 0700) == 0);
+  rec r = new_rec(&f);
+  const char *env[] = {path, NULL};
+  const char *argv[] = {"ffdl-test-tool", "arg", NULL};
+  launch_env(&f, argv, env, &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_OK && r.n_lines == 1);
+  CHECK(strcmp(r.lines[0], "tool ran: arg") == 0);
+  rec_free(&r);
+  unlink(tool);
+  rmdir(bin);
+  teardown(&f);
+}
+
+static void stdin_is_dev_null(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  launch_sh(&f, "readlink /proc/self/fd/0; cat; echo done", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 2);
+  CHECK(strcmp(r.lines[0], "/dev/null") == 0);
+  CHECK(strcmp(r.lines[1], "done") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+int main(int argc, char **argv) {
+  static const test_case cases[] = {
+      {"lines_arrive_in_order_and_are_logged", lines_arrive_in_order_and_are_logged},
+      {"exit_codes_are_classified", exit_codes_are_classified},
+      {"a_signal_is_classified", a_signal_is_classified},
+      {"missing_command_fails_at_launch", missing_command_fails_at_launch},
+      {"missing_log_directory_fails_at_launch", missing_log_directory_fails_at_launch},
+      {"partial_last_line_arrives", partial_last_line_arrives},
+      {"long_line_is_cut_at_64k", long_line_is_cut_at_64k},
+      {"kill_escalates_after_grace", kill_escalates_after_grace},
+      {"kill_reaches_grandchildren", kill_reaches_grandchildren},
+      {"exit_kills_what_the_leader_left", exit_kills_what_the_leader_left},
+      {"close_kills_running_learners", close_kills_running_learners},
+      {"close_without_learners_is_immediate", close_without_learners_is_immediate},
+      {"env_is_passed_whole", env_is_passed_whole},
+      {"command_is_found_through_the_learners_path", command_is_found_through_the_learners_path},
+      {"stdin_is_dev_null", stdin_is_dev_null},
+      {NULL, NULL}};
+  return run_tests(cases, argc, argv);
+}
