@@ -5,7 +5,9 @@
 --   ffdl-run examples/sweep.lua
 local ffdl = require "ffdl"
 
-local manifest = "manifests/pytorch-digits.yml"
+-- the manifest next to this script's directory, wherever ffdl-run starts
+local here = (... or ""):match("^(.*)/[^/]*$") or "."
+local manifest = here .. "/../manifests/pytorch-digits.yml"
 local rates = { 0.01, 0.05, 0.1 }
 
 local jobs = {}

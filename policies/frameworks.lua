@@ -18,7 +18,7 @@
 return {
   tensorflow = {
     image = "tensorflow/tensorflow:%s", versions = "*", default_version = "2.16.1",
-    ["local"] = { interpreter = ".venv/bin/python3" },
+    ["local"] = { interpreter = ".venv-tf/bin/python3" },
   },
   pytorch = {
     image = "pytorch/pytorch:%s", versions = "*", default_version = "2.1.0",

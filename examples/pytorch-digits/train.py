@@ -12,7 +12,8 @@ Environment:
     DATA_DIR        where train.npz and test.npz are (required)
     RESULT_DIR      where model.pt and metrics.json go (rank 0 only)
     CHECKPOINT_DIR  checkpoint.pt is written here after every epoch (rank 0
-                    only); when one is there at start, training resumes from it
+                    only); when one is there at start, training resumes from
+                    it. Only rank 0 reads it and sends it to the other ranks.
     LOG_DIR         optional; each rank also appends its log lines to
                     LOG_DIR/train-rank<RANK>.log
     WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT
@@ -107,12 +108,24 @@ class DigitsNet(nn.Module):
         return self.fc2(x)
 
 
-def load_checkpoint(checkpoint_dir, model, optimizer):
-    """Restore model and optimizer if a checkpoint exists; return its epoch."""
+def load_checkpoint(checkpoint_dir, rank, world_size):
+    """Rank 0 reads the checkpoint, if there is one, and sends it to the others
+    (so the checkpoint directory need not be shared); returns it or None."""
+    state = None
     path = os.path.join(checkpoint_dir, CHECKPOINT_NAME) if checkpoint_dir else None
-    if not path or not os.path.exists(path):
+    if rank == 0 and path and os.path.exists(path):
+        state = torch.load(path, map_location="cpu")
+    if world_size > 1:
+        box = [state]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    return state
+
+
+def restore(state, model, optimizer):
+    """Apply a checkpoint; return the number of epochs it had completed."""
+    if state is None:
         return 0
-    state = torch.load(path, map_location="cpu")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"])
@@ -126,15 +139,6 @@ def save_checkpoint(checkpoint_dir, model, optimizer, epoch):
     torch.save({"epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict()}, tmp)
     os.replace(tmp, path)
-
-
-def agree_on_start_epoch(epoch, world_size):
-    """Make every rank start where rank 0 does, even without a shared disk."""
-    if world_size == 1:
-        return epoch
-    value = torch.tensor([epoch], dtype=torch.int64)
-    dist.broadcast(value, src=0)
-    return int(value.item())
 
 
 def train_one_epoch(model, loader, optimizer, world_size):
@@ -199,8 +203,7 @@ def main(argv=None):
 
     net = DigitsNet()
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
-    start_epoch = load_checkpoint(checkpoint_dir, net, optimizer)
-    start_epoch = agree_on_start_epoch(start_epoch, world_size)
+    start_epoch = restore(load_checkpoint(checkpoint_dir, rank, world_size), net, optimizer)
     if start_epoch > 0:
         log(f"resuming from epoch {start_epoch}")
     # DDP copies rank 0's parameters to the other ranks when it wraps the model.

@@ -142,14 +142,16 @@ end)
 
 --- Runs the script's main chunk as a coroutine. A chunk that returns a
 --- table without waiting is a declarative job spec: it is returned.
+--- Returns true and the spec table (or nil), or false and the error with
+--- the script's traceback.
 function M.__start(chunk, path)
   local co = coroutine.create(chunk)
   local ok, result = coroutine.resume(co, path)
-  if not ok then error(debug.traceback(co, result), 0) end
+  if not ok then return false, debug.traceback(co, result) end
   if coroutine.status(co) == "dead" and type(result) == "table" and next(jobs) == nil then
-    return result
+    return true, result
   end
-  return nil
+  return true, nil
 end
 
 return M

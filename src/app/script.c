@@ -326,9 +326,15 @@ static int start(script *s, const char *path, int *spec_table) {
   lua_remove(L, -2);
   lua_insert(L, -2);
   lua_pushstring(L, path);
-  if (lua_pcall(L, 2, 1, 1) != LUA_OK) {
+  if (lua_pcall(L, 2, 2, 1) != LUA_OK) {
     fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
     return 2;
+  }
+  if (!lua_toboolean(L, -2)) {
+    fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
+    ffdl_orch_halt_all(s->rt->orch, "the job script failed");
+    s->failed = 1;
+    return 0; /* the loop still runs, so that the halted jobs end cleanly */
   }
   *spec_table = lua_istable(L, -1);
   return 0;

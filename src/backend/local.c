@@ -55,7 +55,9 @@ typedef struct {
   char buf[LINE_MAX_BYTES + 1]; /* +1: room for the NUL after a cut line */
 } out_stream;
 
-#define STREAM_OF(h) ((out_stream *)((char *)(h) - offsetof(out_stream, pipe)))
+static out_stream *stream_of(void *pipe) {
+  return (out_stream *)((char *)pipe - offsetof(out_stream, pipe));
+}
 
 struct ffdl_learner {
   ffdl_backend *be;
@@ -111,8 +113,7 @@ static void signal_group(ffdl_learner *l, int sig) {
   if (l->pid <= 0) return;
   if (sig == SIGKILL) l->sent_kill = 1;
   if (kill(-l->pid, sig) != 0 && errno != ESRCH)
-    ffdl_log(FFDL_LOG_WARN, "learner %d: kill(-%d, %d): %s", l->pid, l->pid, sig,
-             strerror(errno));
+    ffdl_log(FFDL_LOG_WARN, "learner %d: kill(-%d, %d): %s", l->pid, l->pid, sig, strerror(errno));
 }
 
 /* ---- OOM detection --------------------------------------------------- */
@@ -142,7 +143,8 @@ static long long oom_kills(const ffdl_backend *be) {
 }
 
 static ffdl_exit_kind classify(const ffdl_learner *l) {
-  int sigkill = l->term_signal == SIGKILL || (l->term_signal == 0 && l->exit_status == 128 + SIGKILL);
+  int sigkill =
+      l->term_signal == SIGKILL || (l->term_signal == 0 && l->exit_status == 128 + SIGKILL);
   if (sigkill && !l->sent_kill && l->oom_base >= 0 && oom_kills(l->be) > l->oom_base)
     return FFDL_EXIT_OOM;
   if (l->term_signal) return FFDL_EXIT_SIGNAL;
@@ -233,8 +235,7 @@ static void maybe_finish(ffdl_learner *l) {
   l->done = 1;
   uv_timer_stop(&l->timer);
   l->be->running--;
-  if (l->cb.on_exit)
-    l->cb.on_exit(l->ud, l, classify(l), (int)l->exit_status, l->term_signal);
+  if (l->cb.on_exit) l->cb.on_exit(l->ud, l, classify(l), (int)l->exit_status, l->term_signal);
   close_handles(l);
 }
 
@@ -248,14 +249,16 @@ static void end_stream(ffdl_learner *l, out_stream *s) {
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  out_stream *s = STREAM_OF(h);
+  out_stream *s = stream_of(h);
   *buf = uv_buf_init(s->buf + s->len, (unsigned)(LINE_MAX_BYTES - s->len));
 }
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
   ffdl_learner *l = st->data;
-  if (n > 0) split_lines(l, STREAM_OF(st), (size_t)n);
-  else if (n < 0) end_stream(l, STREAM_OF(st)); /* UV_EOF, or a read error */
+  if (n > 0)
+    split_lines(l, stream_of(st), (size_t)n);
+  else if (n < 0)
+    end_stream(l, stream_of(st)); /* UV_EOF, or a read error */
 }
 
 /* ---- process lifetime ------------------------------------------------ */
@@ -296,8 +299,10 @@ static void backend_free(ffdl_backend *be) {
 
 static void learner_free(ffdl_learner *l) {
   ffdl_backend *be = l->be;
-  if (l->prev) l->prev->next = l->next;
-  else be->learners = l->next;
+  if (l->prev)
+    l->prev->next = l->next;
+  else
+    be->learners = l->next;
   if (l->next) l->next->prev = l->prev;
   if (l->log_fd >= 0) close(l->log_fd);
   free(l);
@@ -313,8 +318,7 @@ static void on_handle_closed(uv_handle_t *h) {
 
 /* A learner with its log open, linked into BE; no handles yet. */
 static int learner_new(ffdl_backend *be, const ffdl_launch_spec *spec,
-                       const ffdl_learner_callbacks *cb, void *ud, ffdl_learner **out,
-                       char **err) {
+                       const ffdl_learner_callbacks *cb, void *ud, ffdl_learner **out, char **err) {
   const char *name = spec->argv[0];
   ffdl_learner *l = calloc(1, sizeof *l);
   if (!l) return fail(err, FFDL_ENOMEM, "cannot start \"%s\": out of memory", name);

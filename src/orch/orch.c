@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -369,6 +370,20 @@ static int reserve(job *j, const int *nodes) {
 
 static void start_staging(job *j);
 
+/* "placed 2 learners on node-1, node-2" (distinct nodes, in order). */
+static char *describe_placement(const job *j, const int *nodes) {
+  char *out = dup_printf("placed %d learner%s on", j->learners, j->learners > 1 ? "s" : "");
+  for (int i = 0; out && i < j->learners; i++) {
+    int seen = 0;
+    for (int k = 0; k < i; k++) seen |= nodes[k] == nodes[i];
+    if (seen) continue;
+    char *longer = dup_printf("%s%s %s", out, i ? "," : "", ffdl_cluster_node_name(j->o->o.cluster, nodes[i]));
+    free(out);
+    out = longer;
+  }
+  return out;
+}
+
 static void try_place(job *j) {
   int *nodes = calloc((size_t)j->learners, sizeof *nodes);
   char *reason = NULL;
@@ -377,9 +392,7 @@ static void try_place(job *j) {
     if (reserve(j, nodes) != 0) {
       set_waiting(j, "place() chose nodes without room; the job stays queued");
     } else {
-      const char *first = ffdl_cluster_node_name(j->o->o.cluster, nodes[0]);
-      char *why = dup_printf("placed %d learner%s on %s%s", j->learners, j->learners > 1 ? "s" : "",
-                             first, j->learners > 1 ? " and others" : "");
+      char *why = describe_placement(j, nodes);
       transition(j, PENDING, why, NULL);
       free(why);
       start_staging(j);
@@ -468,17 +481,24 @@ static void make_dirs(work *w) {
   }
 }
 
-/* python3 and python in the job's bin/ point at the framework's interpreter,
- * so that an FfDL command such as "python3 train.py" runs the right one. */
+/* python3 and python in the job's bin/ run the framework's interpreter, so
+ * that an FfDL command such as "python3 train.py" gets the right one. They
+ * are small scripts, not links: a virtual environment's python finds its
+ * environment from the path it was started as. */
 static void link_interpreter(work *w) {
   if (!w->interpreter) return;
   static const char *const names[] = {"python3", "python", NULL};
   for (const char *const *n = names; *n; n++) {
-    char *link = dup_printf("%s/bin/%s", w->j->dir, *n);
-    unlink(link);
-    if (symlink(w->interpreter, link) != 0)
-      ffdl_log(FFDL_LOG_WARN, "%s: cannot link %s: %s", w->j->id, link, strerror(errno));
-    free(link);
+    char *path = dup_printf("%s/bin/%s", w->j->dir, *n);
+    FILE *f = fopen(path, "w");
+    if (f) {
+      fprintf(f, "#!/bin/sh\nexec '%s' \"$@\"\n", w->interpreter);
+      fclose(f);
+      chmod(path, 0755);
+    } else {
+      ffdl_log(FFDL_LOG_WARN, "%s: cannot write %s: %s", w->j->id, path, strerror(errno));
+    }
+    free(path);
   }
 }
 

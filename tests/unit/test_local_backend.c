@@ -62,7 +62,7 @@ struct rec {
   int code, sig;
   uint64_t exit_ms;
   void (*hook)(rec *r, ffdl_learner *l, const char *line); /* on each line */
-  const char *fifo; /* for the ordering hook */
+  const char *fifo;                                        /* for the ordering hook */
   int grandchild;
   uint64_t kill_ms;
 };
@@ -90,7 +90,8 @@ static void on_exit_cb(void *ud, ffdl_learner *l, ffdl_exit_kind kind, int code,
 static const ffdl_learner_callbacks callbacks = {on_line, on_exit_cb};
 
 static void rec_free(rec *r) {
-  for (int i = 0; i < r->n_lines; i++) free(r->lines[i]);
+  for (int i = 0; i < r->n_lines; i++)
+    free(r->lines[i]);
 }
 
 /* ---- fixture: a loop, a backend, a temporary directory ---------------- */
@@ -158,7 +159,8 @@ static void on_watchdog(uv_timer_t *t) {
 /* Runs the loop until *COUNT reaches WANT, failing after WAIT_MS. */
 static void wait_for(fixture *f, const int *count, int want) {
   uv_timer_start(&f->watchdog, on_watchdog, WAIT_MS, 0);
-  while (*count < want) uv_run(&f->loop, UV_RUN_ONCE);
+  while (*count < want)
+    uv_run(&f->loop, UV_RUN_ONCE);
   uv_timer_stop(&f->watchdog);
 }
 
@@ -255,7 +257,7 @@ static void missing_command_fails_at_launch(void) {
   rec r = new_rec(&f);
   const char *argv[] = {"ffdl-no-such-command", "--flag", NULL};
   ffdl_launch_spec spec = {.argv = argv, .env = BASE_ENV, .cwd = f.dir, .log_path = f.log};
-  ffdl_learner *l = (ffdl_learner *)&r;
+  ffdl_learner *l = (ffdl_learner *)&r; /* any non-NULL: a failed launch resets it */
   char *err = NULL;
   CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) == FFDL_ENOENT);
   CHECK(l == NULL);
