@@ -5,12 +5,15 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 
-# Debian packages: build tools and the libraries the runtime links.
+# Debian packages: build tools, the libraries the runtime links, and
+# PyTorch + scikit-learn for the example learners (Debian's torch imports
+# only under /usr/bin/python3).
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liblua5.4-dev libjansson-dev libyaml-dev libuv1-dev libssl-dev
   libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev
   python3 python3-venv python3-pip
+  python3-torch python3-sklearn python3-numpy
 )
 # PyPI, for test tools only.
 PYPI_TEST_PACKAGES=(pytest==8.3.3)
@@ -80,4 +83,14 @@ build() {
   cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" > "$dir.cmake.log" 2>&1 ||
     { cat "$dir.cmake.log"; return 1; }
   cmake --build "$dir" -j "$(nproc)"
+}
+
+# The digits data set as files in the embedded local data store
+# ($FFDL_HOME/datasets/digits), for the example manifests.
+prepare_digits() {
+  local home="${FFDL_HOME:-$ROOT/.ffdl}"
+  if [ ! -f "$home/datasets/digits/train.npz" ]; then
+    log "writing the digits data set to $home/datasets/digits"
+    /usr/bin/python3 "$ROOT/examples/prepare_digits.py" "$home/datasets/digits"
+  fi
 }

@@ -6,11 +6,14 @@
 source "$(dirname "$0")/lib.sh"
 install_debian_packages
 install_test_venv
+install_tensorflow_venv
 
 run_suite() {
   local dir="$1"
   log "ctest in $dir"
   (cd "$dir" && ctest --output-on-failure)
+  log "policy tests"
+  "$dir/ffdl" policy test "$ROOT/policies"
   log "pytest against $dir"
   # pytest exits 5 when it collects no test: that is a failure here too.
   FFDL_BUILD="$dir" "$VENV/bin/python3" -m pytest -q "$ROOT/tests/integration" || {

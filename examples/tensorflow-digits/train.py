@@ -28,8 +28,10 @@ Every worker prints, per epoch and at the end (the platform parses these):
     epoch 3 loss 0.1234 accuracy 0.9611
     final test accuracy 0.9722
 
-where loss is the mean training loss of the epoch and accuracy is the test
-accuracy after that epoch. --batch-size is per worker.
+where loss is the mean training loss of the epoch over all workers (the same
+line on every worker) and accuracy is the test accuracy after that epoch.
+--batch-size is per worker. Training is a plain tf.distribute loop, not
+model.fit, which in Keras 3 fails under MultiWorkerMirroredStrategy.
 """
 
 import os
@@ -128,8 +130,7 @@ def build_model(lr):
     ])
     optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
     # Compiled only so that the saved model.keras carries loss and optimizer;
-    # training is the loop below, not model.fit (which, in Keras 3, does not
-    # work under MultiWorkerMirroredStrategy).
+    # the training itself is make_train_step's loop.
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     optimizer.build(model.trainable_variables)  # so its state can be restored

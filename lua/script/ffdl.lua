@@ -100,6 +100,9 @@ function Job:results_dir()
   return core.results_dir(self.id)
 end
 
+--- Wall-clock seconds, with sub-microsecond digits.
+M.now = core.now
+
 --- Runs fn(...) as a coroutine on the loop; returns at its first wait.
 function M.spawn(fn, ...)
   local co = coroutine.create(fn)

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct {
@@ -246,7 +247,16 @@ static int l_exit(lua_State *L) {
   return lua_yield(L, 0); /* this coroutine never resumes */
 }
 
+/* core.now(): wall-clock seconds with sub-microsecond digits. */
+static int l_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+    {"now", l_now},
     {"submit", l_submit},       {"status", l_status},
     {"halt", l_halt},           {"results_dir", l_results_dir},
     {"job", l_job},             {"copy_tree", l_copy_tree},

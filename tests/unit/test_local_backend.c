@@ -44,6 +44,7 @@ static void kill_leftovers(void) {
 }
 
 static void on_alarm(int sig) {
+  write(2, "ALARM\n", 6);
   kill_leftovers();
   _exit(1);
 }
