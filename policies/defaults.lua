@@ -3,7 +3,8 @@
 ---@class ffdl.Defaults
 ---@field cpus number        CPUs per learner
 ---@field gpus integer       GPUs per learner
----@field gpu_type string    used when gpus > 0 and the manifest names no type
+---@field gpu_type string?   used when gpus > 0 and the manifest names no type;
+---                          nil matches any GPU (FfDL defaulted to nvidia-TeslaK80)
 ---@field memory string      memory per learner, with a unit
 ---@field learners integer
 ---@field region string      S3 region when a connection names none (FfDL: us-standard)
@@ -12,7 +13,7 @@
 return {
   cpus = 1,
   gpus = 0,
-  gpu_type = "nvidia-TeslaK80",
+  gpu_type = nil, -- any GPU type; set "nvidia-TeslaK80" for FfDL's old default
   memory = "1GiB",
   learners = 1,
   region = "us-standard",

@@ -142,11 +142,21 @@ def save_checkpoint(checkpoint_dir, model, optimizer, epoch):
     os.replace(tmp, path)
 
 
-def train_one_epoch(model, loader, optimizer, world_size):
+def pick_device(world_size):
+    """A GPU when the platform gave this learner one (CUDA_VISIBLE_DEVICES) and
+    torch can use it; distributed runs stay on CPU, where gloo works."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if world_size == 1 and visible and torch.cuda.is_available():
+        return torch.device("cuda:0")
+    return torch.device("cpu")
+
+
+def train_one_epoch(model, loader, optimizer, world_size, device):
     """One pass over this rank's shard; return the mean loss over all ranks."""
     model.train()
     total = torch.zeros(2, dtype=torch.float64)  # loss sum, sample count
     for x, y in loader:
+        x, y = x.to(device), y.to(device)
         optimizer.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -158,10 +168,10 @@ def train_one_epoch(model, loader, optimizer, world_size):
 
 
 @torch.no_grad()
-def evaluate(model, dataset):
+def evaluate(model, dataset, device):
     """Test accuracy over the whole test set (it is small; every rank does it)."""
     model.eval()
-    x, y = dataset.tensors
+    x, y = (t.to(device) for t in dataset.tensors)
     predictions = model(x).argmax(dim=1)
     return (predictions == y).double().mean().item()
 
@@ -202,7 +212,9 @@ def main(argv=None):
     log(f"rank {rank} of {world_size}: {len(train_set)} train, {len(test_set)} test, "
         f"{len(sampler)} samples per epoch on this rank")
 
-    net = DigitsNet()
+    device = pick_device(world_size)
+    log(f"device {device.type}")
+    net = DigitsNet().to(device)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9)
     start_epoch = restore(load_checkpoint(checkpoint_dir, rank, world_size), net, optimizer)
     if start_epoch > 0:
@@ -213,13 +225,13 @@ def main(argv=None):
     loss = None
     for epoch in range(start_epoch + 1, args.epochs + 1):
         sampler.set_epoch(epoch)
-        loss = train_one_epoch(model, loader, optimizer, world_size)
-        accuracy = evaluate(net, test_set)
+        loss = train_one_epoch(model, loader, optimizer, world_size, device)
+        accuracy = evaluate(net, test_set, device)
         log(f"epoch {epoch} loss {loss:.4f} accuracy {accuracy:.4f}")
         if rank == 0 and checkpoint_dir:
             save_checkpoint(checkpoint_dir, net, optimizer, epoch)
 
-    accuracy = evaluate(net, test_set)
+    accuracy = evaluate(net, test_set, device)
     log(f"final test accuracy {accuracy:.4f}")
     if rank == 0 and result_dir:
         write_results(result_dir, net, accuracy, loss, args, world_size,

@@ -144,7 +144,7 @@ def test_gpus_validate_without_a_gpu(ffdl, tmp_path):
     path = write(tmp_path, "g.yml", GOOD + "gpus: 4\nlearners: 2\n")
     spec = print_spec(ffdl, path)
     assert spec["resources"]["gpus"] == 4
-    assert spec["resources"]["gpu_type"] == "nvidia-TeslaK80"  # FfDL's default type
+    assert "gpu_type" not in spec["resources"]  # any type, unless defaults.lua names one
 
 
 def test_secrets_are_redacted_in_print(ffdl):
