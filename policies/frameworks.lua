@@ -45,6 +45,15 @@ return {
     image = "pytorch/pytorch:%s", versions = "*",
     ["local"] = { interpreter = "/usr/bin/python3" },
   },
+  -- the names FfDL's early GPU examples used; the version carries "-gpu"
+  ["tensorflow-gpu"] = {
+    image = "tensorflow/tensorflow:%s", versions = "*",
+    ["local"] = { interpreter = ".venv-tf/bin/python3" },
+  },
+  ["caffe-gpu"] = {
+    image = "bvlc/caffe:%s", versions = "*",
+    ["local"] = { installed = false },
+  },
   custom = {
     image = "%s", versions = "*",
     ["local"] = { command_as_is = true },
