@@ -401,8 +401,9 @@ function M.normalize(doc, pos, ctx)
     end
   end
   if m.framework and m.framework.command then
-    -- a folded (>) command ends in a newline; FfDL ran it as one line
-    m.framework.command = m.framework.command:gsub("%s+$", "")
+    -- FfDL ran the command as one line: a folded (>) block ends in a newline
+    -- and keeps line breaks before more-indented lines; they become spaces
+    m.framework.command = m.framework.command:gsub("%s+$", ""):gsub("\n%s*", " ")
   end
   if m.framework then resolve_framework(m.framework, ctx and ctx.frameworks, "framework", c) end
   if m.evaluation_metrics and m.evaluation_metrics.type == "file" then

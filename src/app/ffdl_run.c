@@ -133,10 +133,13 @@ static int run_manifest(ffdl_runtime *rt, const options *o, manifest_run *run) {
     json_decref(spec);
     return EXIT_BAD_INPUT;
   }
+  char *manifest_dir = strdup(o->file);
   const char *model = o->model ? o->model : json_string_value(json_object_get(spec, "model"));
+  if (!model) model = dirname(manifest_dir); /* FfDL's habit: the code sits beside the manifest */
   char *err = NULL;
   rc = ffdl_orch_submit(rt->orch, spec, model, run->id, &err);
   json_decref(spec);
+  free(manifest_dir);
   if (rc != 0) {
     fprintf(stderr, "ffdl-run: %s: %s\n", o->file, err ? err : ffdl_strerror(rc));
     free(err);

@@ -160,9 +160,12 @@ static int l_submit(lua_State *L) {
   lua_settop(L, 2);
   apply_options(L, 1, spec);
   if (!model) model = json_string_value(json_object_get(spec, "model"));
+  char *manifest_dir = strdup(manifest);
+  if (!model) model = dirname(manifest_dir); /* the code sits beside the manifest */
   char id[64], *err = NULL;
   rc = ffdl_orch_submit(s->rt->orch, spec, model, id, &err);
   json_decref(spec);
+  free(manifest_dir);
   if (rc != 0) {
     lua_pushnil(L);
     lua_pushstring(L, err ? err : ffdl_strerror(rc));

@@ -518,7 +518,7 @@ static void stage(work *w) {
     char *code_dir = dup_printf("%s/_submitted_code", j->results_dir);
     char *zip = dup_printf("%s/model.zip", code_dir);
     ffdl_localstore_mkdirs(code_dir, 0755);
-    w->rc = ffdl_localstore_copy_tree(j->model_dir, model, NULL, &w->err);
+    w->rc = ffdl_localstore_copy_model(j->model_dir, model, &w->err);
     if (w->rc == 0) w->rc = ffdl_localstore_zip_dir(j->model_dir, zip, &w->err);
     if (w->rc != 0) w->code = "S301";
     free(model);

@@ -73,7 +73,14 @@ static int copy_file(const char *src, const char *dst, mode_t mode, uint64_t *by
   return rc;
 }
 
-static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **err, int follow) {
+/* Model code leaves out what is not code: hidden entries (.git, .ffdl) and
+ * ffdl's own results, so that a model directory that holds them is safe. */
+static int skipped_in_model(const char *name) {
+  return name[0] == '.' || strcmp(name, "ffdl-results") == 0 || strcmp(name, "__pycache__") == 0;
+}
+
+static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **err, int follow,
+                      int model_root) {
   struct stat st;
   if ((follow ? stat(src, &st) : lstat(src, &st)) != 0) {
     *err = path_error("cannot read", src);
@@ -101,10 +108,11 @@ static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **
   struct dirent *e;
   while (rc == FFDL_OK && (e = readdir(d))) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    if (model_root && skipped_in_model(e->d_name)) continue;
     char from[4096], to[4096];
     snprintf(from, sizeof from, "%s/%s", src, e->d_name);
     snprintf(to, sizeof to, "%s/%s", dst, e->d_name);
-    rc = copy_entry(from, to, bytes, err, 0);
+    rc = copy_entry(from, to, bytes, err, 0, 0);
   }
   closedir(d);
   return rc;
@@ -114,7 +122,12 @@ static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **
  * links inside the tree are copied as links. */
 int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes, char **err) {
   *err = NULL;
-  return copy_entry(src, dst, bytes, err, 1);
+  return copy_entry(src, dst, bytes, err, 1, 0);
+}
+
+int ffdl_localstore_copy_model(const char *src, const char *dst, char **err) {
+  *err = NULL;
+  return copy_entry(src, dst, NULL, err, 1, 1);
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -151,7 +164,7 @@ static int add_to_zip(zip_t *z, const char *dir, const char *rel, char **err) {
   struct dirent *e;
   while (rc == FFDL_OK && (e = readdir(d))) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-    if (strcmp(e->d_name, "__pycache__") == 0) continue;
+    if (strcmp(e->d_name, "__pycache__") == 0 || (!*rel && skipped_in_model(e->d_name))) continue;
     char child[4096];
     snprintf(child, sizeof child, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
     rc = add_to_zip(z, dir, child, err);

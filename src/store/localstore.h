@@ -13,6 +13,9 @@ int ffdl_localstore_mkdirs(const char *path, unsigned mode);
  * are copied as links. *err names the path that failed (caller frees).
  * BYTES (may be NULL) receives the number of bytes copied. */
 int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes, char **err);
+/* Copies model code: like copy_tree, without hidden entries, __pycache__
+ * and ffdl-results at the top (the zip of ffdl_localstore_zip_dir matches). */
+int ffdl_localstore_copy_model(const char *src, const char *dst, char **err);
 /* rm -rf PATH; a missing PATH is fine. */
 int ffdl_localstore_remove_tree(const char *path);
 /* Writes a zip of the tree DIR (entries relative to DIR) to ZIP_PATH. */

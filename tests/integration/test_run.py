@@ -389,3 +389,26 @@ def test_pytorch_digits_on_a_gpu(workdir):
     result = ffdl_run(workdir, manifest)
     check_digits_results(workdir, result, 1)
     assert "device cuda" in result.stderr
+
+
+def test_model_code_beside_the_manifest_by_default(workdir):
+    model = workdir / "my-model"
+    model.mkdir()
+    (model / "train.py").write_text("import sys\nprint('hello from', sys.executable)\n")
+    (model / "manifest.yml").write_text("name: beside\nframework:\n  name: pytorch\n"
+                                        "  version: '2.1.0'\n  command: python3 train.py\n")
+    result = ffdl_run(workdir, model / "manifest.yml")
+    assert result.returncode == 0, result.stderr
+    assert "[1] hello from" in result.stderr
+    tid = training_id(result.stderr)
+    import zipfile
+    names = zipfile.ZipFile(workdir / "ffdl-results" / tid / "_submitted_code" / "model.zip").namelist()
+    assert sorted(names) == ["manifest.yml", "train.py"]
+
+
+def test_the_workdir_as_model_leaves_out_ffdl_state(workdir):
+    # the manifest sits in the directory that also holds .ffdl and ffdl-results
+    result = ffdl_run(workdir, custom_manifest(workdir, "ls -a"))
+    assert result.returncode == 0, result.stderr
+    assert "[1] .ffdl" not in result.stderr and "[1] ffdl-results" not in result.stderr
+    assert "[1] custom.yml" in result.stderr

@@ -289,3 +289,22 @@ def test_info_reports_cpus_memory_and_gpus(ffdl):
         assert reason, "no GPU must come with a reason"
     else:
         assert "GPU-" in result.stdout  # each GPU is listed with its UUID
+
+
+def test_real_ffdl_manifests_validate_unchanged(ffdl):
+    """FfDL's own example manifests, kept outside the repo (they are FfDL's
+    text): point FFDL_REAL_MANIFESTS at a directory of them."""
+    import os
+    directory = os.environ.get("FFDL_REAL_MANIFESTS")
+    if not directory:
+        pytest.skip("FFDL_REAL_MANIFESTS is not set: no FfDL manifests to check on this machine")
+    files = sorted(pathlib.Path(directory).glob("*.y*ml"))
+    assert files, f"no manifests in {directory}"
+    result = ffdl("validate", *files)
+    assert result.returncode == 0, result.stderr
+
+
+def test_more_indented_folded_lines_join_too(ffdl, tmp_path):
+    path = write(tmp_path, "f.yml", "name: t\nframework:\n  name: pytorch\n  version: '1'\n"
+                 "  command: >\n    python3 train.py\n      --a 1\n      --b 2\n    --c 3\n")
+    assert print_spec(ffdl, path)["framework"]["command"] == "python3 train.py --a 1 --b 2 --c 3"
