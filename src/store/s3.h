@@ -1,0 +1,90 @@
+/*
+ * An S3 client on the libuv loop: libcurl's multi interface with AWS
+ * Signature V4 (CURLOPT_AWS_SIGV4, plus an explicit x-amz-content-sha256
+ * header, which libcurl 7.88 needs). Works with AWS S3 and S3-compatible
+ * stores (MinIO, Ceph, IBM COS, moto). Never blocks the loop: file reads and
+ * writes of parts happen on the thread pool or in curl callbacks of bounded
+ * size; memory stays constant whatever the object size.
+ */
+#ifndef FFDL_STORE_S3_H
+#define FFDL_STORE_S3_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct ffdl_s3 ffdl_s3;
+
+typedef struct {
+  const char *endpoint;   /* FfDL's auth_url: "http://127.0.0.1:9000", "https://s3.amazonaws.com" */
+  const char *access_key; /* FfDL's user_name */
+  const char *secret_key; /* FfDL's password: never logged */
+  const char *region;     /* NULL or FfDL's "us-standard": us-east-1 */
+  int virtual_host;       /* 1: https://bucket.host/key; 0 (default): https://host/bucket/key */
+  size_t part_size;       /* multipart part size; 0: 8 MiB (S3's minimum is 5 MiB) */
+  int concurrency;        /* parallel requests; 0: 8 */
+  int max_retries;        /* per request, on 5xx, throttling and connection errors; 0: 5 */
+  unsigned retry_base_ms; /* first backoff; 0: 200 ms (exponential, with full jitter) */
+} ffdl_s3_config;
+
+/* What S3 said when a request failed for good. */
+typedef struct {
+  int http_status;     /* 0 for a connection error */
+  char code[64];       /* S3's code: "NoSuchBucket", "InvalidAccessKeyId", ... or "ConnectionError" */
+  char message[512];   /* S3's message, or curl's */
+  char bucket[256];
+  char key[1024];
+} ffdl_s3_error;
+
+typedef struct {
+  uint64_t bytes_done, bytes_total; /* total is 0 while unknown (a listing in progress) */
+  uint64_t objects_done, objects_total;
+  double rate_bytes_per_s;
+  double eta_s; /* < 0 while unknown */
+} ffdl_s3_progress;
+
+/* STATUS is 0 or a negative FFDL_E* code; ERR is set (borrowed) when status != 0. */
+typedef void (*ffdl_s3_done_cb)(void *ud, int status, const ffdl_s3_error *err);
+/* Called at most every 250 ms while a transfer runs. */
+typedef void (*ffdl_s3_progress_cb)(void *ud, const ffdl_s3_progress *progress);
+/* One object of a listing (borrowed strings). */
+typedef void (*ffdl_s3_object_cb)(void *ud, const char *key, uint64_t size, const char *etag);
+
+/* All strings in CONFIG are copied. Caller closes. */
+int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out);
+/* Cancels what runs (their done callbacks get FFDL_ECANCELED-like errors),
+ * then frees the client and calls CB. */
+void ffdl_s3_close(ffdl_s3 *s3, void (*cb)(void *ud), void *ud);
+
+/* Each operation below: returns 0 and later calls DONE exactly once, or
+ * returns a negative code at once and never calls DONE. PROGRESS may be NULL. */
+
+int ffdl_s3_create_bucket(ffdl_s3 *s3, const char *bucket, ffdl_s3_done_cb done, void *ud);
+/* ListObjectsV2 with pagination; OBJECT is called for every key under PREFIX. */
+int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_object_cb object,
+                 ffdl_s3_done_cb done, void *ud);
+/* Small objects through memory (at most 64 MiB). GET hands the body to
+ * BODY (borrowed) before DONE. */
+int ffdl_s3_put_buffer(ffdl_s3 *s3, const char *bucket, const char *key, const void *data,
+                       size_t len, ffdl_s3_done_cb done, void *ud);
+int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
+                       void (*body)(void *ud, const void *data, size_t len),
+                       ffdl_s3_done_cb done, void *ud);
+/* A file: one PUT when small, else multipart with parts in parallel and a
+ * checksum per part; a failed multipart upload is aborted, so no partial
+ * object is ever visible. */
+int ffdl_s3_upload_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
+                        ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
+/* A file: ranged GETs in parallel into PATH.partial, the size verified, then
+ * renamed to PATH. */
+int ffdl_s3_download_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
+                          ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
+/* Every file under DIR to PREFIX/relative-path (PREFIX may be ""). */
+int ffdl_s3_upload_dir(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
+                       ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
+/* Every object under PREFIX into DIR/key-without-prefix. */
+int ffdl_s3_download_prefix(ffdl_s3 *s3, const char *bucket, const char *prefix,
+                            const char *dir, ffdl_s3_progress_cb progress, ffdl_s3_done_cb done,
+                            void *ud);
+
+#endif
