@@ -167,7 +167,11 @@ static int is_executable(const char *path) {
   return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
 }
 
-/* FILE looked up in PATH, as execvp would in the child (caller frees); NULL: not found. */
+/* FILE looked up in the learner's PATH (caller frees); NULL: not found. Done
+ * here, not left to execvp in the child, so that the lookup does not depend on
+ * the libuv version (1.44 happens to search the child's PATH, as it sets
+ * environ before execvp) and a missing command fails at launch with a clear
+ * message. Empty PATH entries (the working directory) are skipped. */
 static char *search_path(const char *file, const char *path) {
   size_t flen = strlen(file);
   if (strchr(file, '/')) return strdup(file);
@@ -342,13 +346,13 @@ static int learner_new(ffdl_backend *be, const ffdl_launch_spec *spec,
   return FFDL_OK;
 }
 
-static int init_handles(ffdl_learner *l) {
+/* On Unix these inits cannot fail (libuv returns 0). */
+static void init_handles(ffdl_learner *l) {
   uv_loop_t *loop = l->be->loop;
-  int rc = uv_timer_init(loop, &l->timer);
-  if (rc == 0) rc = uv_pipe_init(loop, &l->out[0].pipe, 0);
-  if (rc == 0) rc = uv_pipe_init(loop, &l->out[1].pipe, 0);
+  uv_timer_init(loop, &l->timer);
+  uv_pipe_init(loop, &l->out[0].pipe, 0);
+  uv_pipe_init(loop, &l->out[1].pipe, 0);
   l->proc.data = l->timer.data = l->out[0].pipe.data = l->out[1].pipe.data = l;
-  return rc; /* these inits cannot fail on Unix; libuv returns 0 */
 }
 
 /* stdin is /dev/null (libuv's UV_IGNORE for fds 0-2); stdout and stderr are pipes. */
@@ -376,9 +380,9 @@ static void start_reading(ffdl_learner *l) {
 
 /* Spawns L; on failure its handles close and it is freed without a callback. */
 static int start(ffdl_learner *l, const ffdl_launch_spec *spec, const char *file, char **err) {
-  int rc = init_handles(l);
-  if (rc == 0) rc = spawn(l, spec, file);
-  if (rc != 0) {
+  init_handles(l);
+  int rc = spawn(l, spec, file);
+  if (rc != 0) { /* uv_spawn's contract: the process handle is closed even so */
     l->done = 1;
     close_handles(l);
     return fail(err, code_of_uv(rc), "cannot start \"%s\"%s%s: %s", spec->argv[0],

@@ -104,7 +104,7 @@ static const char *const statement_sql[SQL_COUNT] = {
                             " started_ms, ended_ms FROM learners WHERE job_id = ?1"
                             " ORDER BY learner, attempt",
     [SQL_SELECT_METRICS] = "SELECT record_json FROM metrics WHERE job_id = ?1 ORDER BY seq",
-    [SQL_LIST_JOBS] = "SELECT id, name, framework, status, submitted_ms, completed_ms,"
+    [SQL_LIST_JOBS] = "SELECT id, name, user, framework, status, submitted_ms, completed_ms,"
                       " error_code FROM jobs ORDER BY submitted_ms DESC, rowid DESC",
 };
 
@@ -623,4 +623,28 @@ int ffdl_jobstore_set_extra(ffdl_jobstore *st, const char *id, const char *key,
   if (rc == FFDL_OK) rc = write_extra(st, id, extra);
   json_decref(extra);
   return finish(st, rc);
+}
+
+/* ---- deletion ---------------------------------------------------------- */
+
+static int delete_rows(ffdl_jobstore *st, const char *sql, const char *id) {
+  sqlite3_stmt *s;
+  if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) return sqlite_failure(st, sql);
+  bind_text(s, 1, id);
+  int rc = sqlite3_step(s) == SQLITE_DONE ? FFDL_OK : sqlite_failure(st, sql);
+  sqlite3_finalize(s);
+  return rc;
+}
+
+int ffdl_jobstore_delete(ffdl_jobstore *st, const char *id) {
+  static const char *const sql[] = {"DELETE FROM transitions WHERE job_id = ?1",
+                                     "DELETE FROM learners WHERE job_id = ?1",
+                                     "DELETE FROM metrics WHERE job_id = ?1",
+                                     "DELETE FROM jobs WHERE id = ?1", NULL};
+  int rc = begin_write(st);
+  for (const char *const *q = sql; rc == FFDL_OK && *q; q++) rc = delete_rows(st, *q, id);
+  int deleted = rc == FFDL_OK && sqlite3_changes(st->db) > 0;
+  rc = finish(st, rc);
+  if (rc == FFDL_OK && !deleted) return FFDL_ENOENT;
+  return rc;
 }

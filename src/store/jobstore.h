@@ -41,6 +41,9 @@ int ffdl_jobstore_add_metric(ffdl_jobstore *st, const char *id, const json_t *re
 int ffdl_jobstore_set_extra(ffdl_jobstore *st, const char *id, const char *key,
                             const json_t *value);
 
+/* Deletes job ID with its transitions, learners and metrics. */
+int ffdl_jobstore_delete(ffdl_jobstore *st, const char *id);
+
 /*
  * The whole job as a new JSON object (caller decrefs), or NULL when there
  * is no such job:
@@ -52,7 +55,7 @@ int ffdl_jobstore_set_extra(ffdl_jobstore *st, const char *id, const char *key,
 json_t *ffdl_jobstore_get(ffdl_jobstore *st, const char *id);
 
 /* Every job, newest first, without transitions/learners/metrics/spec
- * (caller decrefs): [{id, name, framework, status, submitted_ms,
+ * (caller decrefs): [{id, name, user, framework, status, submitted_ms,
  * completed_ms, error_code}] */
 json_t *ffdl_jobstore_list(ffdl_jobstore *st);
 

@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_LINES 16
+#define MAX_LINES 16 /* lines kept; more are only counted */
 #define WAIT_MS 10000
 
 static const char *const BASE_ENV[] = {"PATH=/usr/bin:/bin", NULL};
@@ -44,7 +44,6 @@ static void kill_leftovers(void) {
 }
 
 static void on_alarm(int sig) {
-  write(2, "ALARM\n", 6);
   kill_leftovers();
   _exit(1);
 }
@@ -58,6 +57,7 @@ struct rec {
   char *lines[MAX_LINES];
   size_t lens[MAX_LINES];
   int n_lines;
+  char *last; /* the latest line */
   int exits;
   ffdl_exit_kind kind;
   int code, sig;
@@ -71,9 +71,13 @@ struct rec {
 static void on_line(void *ud, ffdl_learner *l, const char *line, size_t len) {
   rec *r = ud;
   CHECK(line[len] == '\0');
-  CHECK(r->n_lines < MAX_LINES);
-  r->lines[r->n_lines] = strndup(line, len);
-  r->lens[r->n_lines++] = len;
+  if (r->n_lines < MAX_LINES) {
+    r->lines[r->n_lines] = strndup(line, len);
+    r->lens[r->n_lines] = len;
+  }
+  r->n_lines++;
+  free(r->last);
+  r->last = strndup(line, len);
   if (r->hook) r->hook(r, l, line);
 }
 
@@ -91,8 +95,9 @@ static void on_exit_cb(void *ud, ffdl_learner *l, ffdl_exit_kind kind, int code,
 static const ffdl_learner_callbacks callbacks = {on_line, on_exit_cb};
 
 static void rec_free(rec *r) {
-  for (int i = 0; i < r->n_lines; i++)
+  for (int i = 0; i < r->n_lines && i < MAX_LINES; i++)
     free(r->lines[i]);
+  free(r->last);
 }
 
 /* ---- fixture: a loop, a backend, a temporary directory ---------------- */
@@ -195,10 +200,13 @@ static void reap(int pid, int *status) {
 
 /* ---- cases ------------------------------------------------------------ */
 
-/* The child waits on a FIFO after each line, so arrival order is known. */
+/* After each line but the last the child waits on its own FIFO (one per line,
+ * so a reopen cannot meet the previous writer): arrival order is known. */
 static void release_child(rec *r, ffdl_learner *l, const char *line) {
+  char fifo[160];
   if (strcmp(line, "three") == 0) return;
-  int fd = open(r->fifo, O_WRONLY);
+  snprintf(fifo, sizeof fifo, "%s/%s", r->fifo, line);
+  int fd = open(fifo, O_WRONLY);
   CHECK(fd >= 0);
   CHECK(write(fd, "x\n", 2) == 2);
   close(fd);
@@ -207,13 +215,14 @@ static void release_child(rec *r, ffdl_learner *l, const char *line) {
 static void lines_arrive_in_order_and_are_logged(void) {
   fixture f;
   setup(&f);
-  char fifo[128];
-  snprintf(fifo, sizeof fifo, "%s/go", f.dir);
-  CHECK(mkfifo(fifo, 0600) == 0);
+  char one[128], two[128];
+  snprintf(one, sizeof one, "%s/one", f.dir);
+  snprintf(two, sizeof two, "%s/two", f.dir);
+  CHECK(mkfifo(one, 0600) == 0 && mkfifo(two, 0600) == 0);
   rec r = new_rec(&f);
-  r.fifo = fifo;
+  r.fifo = f.dir;
   r.hook = release_child;
-  launch_sh(&f, "echo one; read x < \"$1\"; echo two >&2; read x < \"$1\"; echo three", &r);
+  launch_sh(&f, "echo one; read x < \"$1/one\"; echo two >&2; read x < \"$1/two\"; echo three", &r);
   wait_for(&f, &r.exits, 1);
   CHECK(r.kind == FFDL_EXIT_OK && r.code == 0 && r.sig == 0);
   CHECK(r.n_lines == 3);
@@ -222,7 +231,8 @@ static void lines_arrive_in_order_and_are_logged(void) {
   CHECK(strcmp(r.lines[2], "three") == 0);
   CHECK(strcmp(read_file(f.log), "one\ntwo\nthree\n") == 0);
   rec_free(&r);
-  unlink(fifo);
+  unlink(one);
+  unlink(two);
   teardown(&f);
 }
 
@@ -252,29 +262,48 @@ static void a_signal_is_classified(void) {
   teardown(&f);
 }
 
+static int open_fds(void) {
+  char path[64];
+  int n = 0;
+  for (int fd = 0; fd < 1024; fd++) {
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    n += access(path, F_OK) == 0;
+  }
+  return n;
+}
+
+/* A spawn that fails in uv_spawn (the working directory is missing). */
+static void launch_in_missing_dir(fixture *f, rec *r) {
+  const char *argv[] = {"sh", "-c", "true", NULL};
+  ffdl_launch_spec spec = {.argv = argv, .env = BASE_ENV, .cwd = "/nonexistent-ffdl-dir"};
+  ffdl_learner *l = (ffdl_learner *)r; /* any non-NULL: a failed launch resets it */
+  char *err = NULL;
+  CHECK(ffdl_backend_launch(f->be, &spec, &callbacks, r, &l, &err) < 0);
+  CHECK(l == NULL);
+  CHECK_CONTAINS(err, "\"sh\"");
+  CHECK_CONTAINS(err, "/nonexistent-ffdl-dir");
+  free(err);
+  CHECK(ffdl_backend_running(f->be) == 0);
+  uv_run(&f->loop, UV_RUN_NOWAIT); /* its handles close */
+}
+
 static void missing_command_fails_at_launch(void) {
   fixture f;
   setup(&f);
   rec r = new_rec(&f);
   const char *argv[] = {"ffdl-no-such-command", "--flag", NULL};
   ffdl_launch_spec spec = {.argv = argv, .env = BASE_ENV, .cwd = f.dir, .log_path = f.log};
-  ffdl_learner *l = (ffdl_learner *)&r; /* any non-NULL: a failed launch resets it */
+  ffdl_learner *l = (ffdl_learner *)&r;
   char *err = NULL;
   CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) == FFDL_ENOENT);
   CHECK(l == NULL);
   CHECK_CONTAINS(err, "ffdl-no-such-command");
   CHECK_CONTAINS(err, "not found");
   free(err);
-  /* a spawn that fails later, in uv_spawn: the working directory is missing */
-  const char *sh[] = {"sh", "-c", "true", NULL};
-  spec = (ffdl_launch_spec){.argv = sh, .env = BASE_ENV, .cwd = "/nonexistent-ffdl-dir"};
-  CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) < 0);
-  CHECK(l == NULL);
-  CHECK_CONTAINS(err, "\"sh\"");
-  CHECK_CONTAINS(err, "/nonexistent-ffdl-dir");
-  free(err);
-  CHECK(ffdl_backend_running(f.be) == 0);
-  uv_run(&f.loop, UV_RUN_NOWAIT);
+  launch_in_missing_dir(&f, &r); /* the first spawn also opens libuv's signal pipes */
+  int fds = open_fds();
+  launch_in_missing_dir(&f, &r);
+  CHECK(open_fds() == fds); /* the failed spawn's pipes are closed */
   teardown(&f);
   CHECK(r.exits == 0 && r.n_lines == 0);
 }
@@ -304,6 +333,20 @@ static void partial_last_line_arrives(void) {
   CHECK(strcmp(r.lines[0], "first") == 0);
   CHECK(strcmp(r.lines[1], "last") == 0);
   CHECK(strcmp(read_file(f.log), "first\nlast\n") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+/* More output than a pipe holds is still unread when the leader exits. */
+static void no_line_is_lost_after_exit(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  launch_sh(&f, "seq 1 50000; seq 1 50000 >&2", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_OK);
+  CHECK(r.n_lines == 100000);
+  CHECK(strcmp(r.last, "50000") == 0);
   rec_free(&r);
   teardown(&f);
 }
@@ -493,6 +536,7 @@ int main(int argc, char **argv) {
       {"missing_command_fails_at_launch", missing_command_fails_at_launch},
       {"missing_log_directory_fails_at_launch", missing_log_directory_fails_at_launch},
       {"partial_last_line_arrives", partial_last_line_arrives},
+      {"no_line_is_lost_after_exit", no_line_is_lost_after_exit},
       {"long_line_is_cut_at_64k", long_line_is_cut_at_64k},
       {"kill_escalates_after_grace", kill_escalates_after_grace},
       {"kill_reaches_grandchildren", kill_reaches_grandchildren},
