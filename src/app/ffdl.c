@@ -3,6 +3,7 @@
  * Owns: argument parsing, exit codes and what the user reads. Must not:
  * hold policy, schema or placement logic.
  */
+#include "app/client.h"
 #include "app/paths.h"
 #include "app/runtime.h"
 #include "core/error.h"
@@ -28,6 +29,10 @@ static void usage(FILE *out) {
         "  list                                          jobs in the store ($FFDL_HOME)\n"
         "  show [--json] ID                              one job: status, transitions, metrics\n"
         "  policy test [DIR]                             run DIR/tests/*.lua (default: policies/)\n"
+        "\nwith FFDL_URL (+ FFDL_TOKEN) or DLAAS_URL (+ DLAAS_USERNAME, DLAAS_PASSWORD):\n"
+        "  train MANIFEST MODEL_DIR_OR_ZIP   list   show [--json] ID   logs [--follow] ID\n"
+        "  halt ID   delete ID   download ID --trainedmodel|--definition [--filename F]\n"
+        "  user add NAME [--admin] | user list | user remove NAME\n"
         "  version                                       print the version\n"
         "\n"
         "validate exits 0 when every file is valid and 2 when any is not;\n"
@@ -243,6 +248,12 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   if (strcmp(cmd, "validate") == 0) return cmd_validate(argc - 1, argv + 1);
   if (strcmp(cmd, "info") == 0) return cmd_info();
+  /* with a server configured, the FfDL verbs go to it; list and show read
+   * the local store otherwise */
+  if (ffdl_client_url() || (strcmp(cmd, "list") != 0 && strcmp(cmd, "show") != 0)) {
+    int rc = ffdl_client_main(argc - 1, argv + 1);
+    if (rc >= 0) return rc;
+  }
   if (strcmp(cmd, "list") == 0) return cmd_list();
   if (strcmp(cmd, "policy") == 0) return cmd_policy(argc - 1, argv + 1);
   if (strcmp(cmd, "show") == 0) return cmd_show(argc - 1, argv + 1);

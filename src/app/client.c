@@ -1,0 +1,344 @@
+/*
+ * client.c: train, list, show, logs, halt, delete, download and user, over
+ * HTTP with libcurl. Configured like FfDL's client: FFDL_URL + FFDL_TOKEN,
+ * or DLAAS_URL + DLAAS_USERNAME + DLAAS_PASSWORD (basic auth).
+ * Owns: requests, output formats, exit statuses. Must not: read the store.
+ */
+#include "app/client.h"
+#include "store/localstore.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+  char *data;
+  size_t len;
+  int stream; /* write straight to stdout */
+} body;
+
+static size_t collect(char *ptr, size_t size, size_t n, void *ud) {
+  body *b = ud;
+  size_t len = size * n;
+  if (b->stream) {
+    fwrite(ptr, 1, len, stdout);
+    fflush(stdout);
+    return len;
+  }
+  char *grown = realloc(b->data, b->len + len + 1);
+  if (!grown) return 0;
+  memcpy(grown + b->len, ptr, len);
+  b->data = grown;
+  b->len += len;
+  b->data[b->len] = '\0';
+  return len;
+}
+
+const char *ffdl_client_url(void) {
+  const char *url = getenv("FFDL_URL");
+  if (url && *url) return url;
+  url = getenv("DLAAS_URL");
+  return url && *url ? url : NULL;
+}
+
+/* One request; returns the HTTP status (0: no answer) and fills B. */
+static long request(const char *method, const char *path, const char *json_body,
+                    curl_mime *form, body *b, const char *save_to) {
+  CURL *c = curl_easy_init();
+  char url[4096];
+  const char *base = ffdl_client_url();
+  snprintf(url, sizeof url, "%s%s", base, path);
+  struct curl_slist *headers = NULL;
+  const char *token = getenv("FFDL_TOKEN");
+  const char *user = getenv("DLAAS_USERNAME"), *password = getenv("DLAAS_PASSWORD");
+  char auth[600];
+  if (token && *token) {
+    snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    headers = curl_slist_append(headers, auth);
+  } else if (user && password) {
+    curl_easy_setopt(c, CURLOPT_USERNAME, user);
+    curl_easy_setopt(c, CURLOPT_PASSWORD, password);
+    char info[300];
+    snprintf(info, sizeof info, "X-Watson-Userinfo: bluemix-instance-id=%s", user);
+    headers = curl_slist_append(headers, info);
+  }
+  if (json_body) {
+    headers = curl_slist_append(headers, "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, json_body);
+  }
+  if (form) curl_easy_setopt(c, CURLOPT_MIMEPOST, form);
+  curl_easy_setopt(c, CURLOPT_URL, url);
+  curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+  curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+  FILE *out = save_to ? fopen(save_to, "wb") : NULL;
+  if (out) {
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+  } else {
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
+  }
+  long status = 0;
+  CURLcode rc = curl_easy_perform(c);
+  if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  else fprintf(stderr, "ffdl: %s: %s\n", url, curl_easy_strerror(rc));
+  if (out) fclose(out);
+  curl_slist_free_all(headers);
+  curl_easy_cleanup(c);
+  return status;
+}
+
+/* Prints an FfDL error body; returns the exit status for it. */
+static int report(long status, const body *b) {
+  if (status == 0) return 1;
+  json_t *err = b->data ? json_loads(b->data, 0, NULL) : NULL;
+  const char *code = json_string_value(json_object_get(err, "error"));
+  const char *desc = json_string_value(json_object_get(err, "description"));
+  fprintf(stderr, "ffdl: HTTP %ld %s\n%s\n", status, code ? code : "", desc ? desc : (b->data ? b->data : ""));
+  json_decref(err);
+  return status == 400 ? 2 : 1;
+}
+
+static json_t *get_json(const char *path, int *exit_status) {
+  body b = {0};
+  long status = request("GET", path, NULL, NULL, &b, NULL);
+  json_t *doc = status == 200 && b.data ? json_loads(b.data, 0, NULL) : NULL;
+  *exit_status = doc ? 0 : report(status, &b);
+  free(b.data);
+  return doc;
+}
+
+static int cmd_train(int argc, char **argv) {
+  if (argc < 3) {
+    fputs("usage: ffdl train MANIFEST MODEL_DIR_OR_ZIP\n", stderr);
+    return 2;
+  }
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", argv[2]);
+  size_t n = strlen(dir);
+  while (n > 1 && dir[n - 1] == '/') dir[--n] = '\0'; /* "model/" works as "model" */
+  char zip[] = "/tmp/ffdl-model-XXXXXX";
+  int fd = -1;
+  const char *upload = dir;
+  if (n < 4 || strcmp(dir + n - 4, ".zip") != 0) {
+    fd = mkstemp(zip);
+    char *err = NULL;
+    if (fd < 0 || ffdl_localstore_zip_dir(dir, zip, &err) != 0) {
+      fprintf(stderr, "ffdl: cannot zip %s: %s\n", dir, err ? err : "no such directory");
+      free(err);
+      if (fd >= 0) close(fd), unlink(zip);
+      return 2;
+    }
+    upload = zip;
+  }
+  CURL *c = curl_easy_init();
+  curl_mime *form = curl_mime_init(c);
+  curl_mimepart *part = curl_mime_addpart(form);
+  curl_mime_name(part, "manifest");
+  curl_mime_filedata(part, argv[1]);
+  part = curl_mime_addpart(form);
+  curl_mime_name(part, "model_definition");
+  curl_mime_filedata(part, upload);
+  curl_mime_type(part, "application/zip");
+  body b = {0};
+  long status = request("POST", "/v1/models", NULL, form, &b, NULL);
+  curl_mime_free(form);
+  curl_easy_cleanup(c);
+  if (fd >= 0) close(fd), unlink(zip);
+  json_t *reply = status == 201 && b.data ? json_loads(b.data, 0, NULL) : NULL;
+  int rc = 0;
+  if (reply) printf("Model ID: %s\n", json_string_value(json_object_get(reply, "model_id")));
+  else rc = report(status, &b);
+  json_decref(reply);
+  free(b.data);
+  return rc;
+}
+
+static void format_ms(const char *ms, char *out, size_t cap) {
+  if (!ms || !*ms) {
+    snprintf(out, cap, "-");
+    return;
+  }
+  time_t secs = (time_t)(strtoll(ms, NULL, 10) / 1000);
+  struct tm tm;
+  localtime_r(&secs, &tm);
+  strftime(out, cap, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static int cmd_list(void) {
+  int rc;
+  json_t *doc = get_json("/v1/models", &rc);
+  if (!doc) return rc;
+  printf("%-22s %-24s %-12s %-11s %-19s %-19s\n", "ID", "Name", "Framework", "Status", "Submitted",
+         "Completed");
+  size_t i;
+  json_t *m;
+  json_array_foreach(json_object_get(doc, "models"), i, m) {
+    json_t *st = json_object_get(json_object_get(m, "training"), "training_status");
+    char submitted[32], completed[32];
+    format_ms(json_string_value(json_object_get(st, "submitted")), submitted, sizeof submitted);
+    format_ms(json_string_value(json_object_get(st, "completed")), completed, sizeof completed);
+    const char *name = json_string_value(json_object_get(m, "name"));
+    const char *fw = json_string_value(json_object_get(json_object_get(m, "framework"), "name"));
+    const char *status = json_string_value(json_object_get(st, "status"));
+    printf("%-22s %-24s %-12s %-11s %-19s %-19s\n", json_string_value(json_object_get(m, "model_id")),
+           name ? name : "-", fw ? fw : "-", status ? status : "-", submitted, completed);
+  }
+  json_decref(doc);
+  return 0;
+}
+
+static int cmd_show(int argc, char **argv) {
+  const char *id = NULL;
+  int as_json = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--json")) as_json = 1;
+    else id = argv[i];
+  }
+  if (!id) return fputs("usage: ffdl show [--json] ID\n", stderr), 2;
+  char path[256];
+  snprintf(path, sizeof path, "/v1/models/%s", id);
+  int rc;
+  json_t *doc = get_json(path, &rc);
+  if (!doc) return rc;
+  if (as_json) {
+    char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    printf("%s\n", text);
+    free(text);
+  } else {
+    json_t *st = json_object_get(json_object_get(doc, "training"), "training_status");
+    printf("ID:        %s\nName:      %s\nFramework: %s %s\nStatus:    %s\nMessage:   %s\n",
+           json_string_value(json_object_get(doc, "model_id")),
+           json_string_value(json_object_get(doc, "name")),
+           json_string_value(json_object_get(json_object_get(doc, "framework"), "name")),
+           json_string_value(json_object_get(json_object_get(doc, "framework"), "version")),
+           json_string_value(json_object_get(st, "status")),
+           json_string_value(json_object_get(st, "status_message")) ? json_string_value(json_object_get(st, "status_message")) : "");
+  }
+  json_decref(doc);
+  return 0;
+}
+
+static int cmd_logs(int argc, char **argv) {
+  const char *id = NULL;
+  int follow = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--follow") || !strcmp(argv[i], "-f")) follow = 1;
+    else id = argv[i];
+  }
+  if (!id) return fputs("usage: ffdl logs [--follow] ID\n", stderr), 2;
+  char path[256];
+  snprintf(path, sizeof path, "/v1/models/%s/logs%s", id, follow ? "?follow=true" : "");
+  body b = {.stream = 1};
+  long status = request("GET", path, NULL, NULL, &b, NULL);
+  if (status != 200) {
+    body e = {0};
+    request("GET", path, NULL, NULL, &e, NULL);
+    int rc = report(status, &e);
+    free(e.data);
+    return rc;
+  }
+  return 0;
+}
+
+static int simple(const char *method, const char *fmt, const char *id, const char *json_body,
+                  const char *done) {
+  char path[256];
+  snprintf(path, sizeof path, fmt, id);
+  body b = {0};
+  long status = request(method, path, json_body, NULL, &b, NULL);
+  int rc = status >= 200 && status < 300 ? 0 : report(status, &b);
+  if (!rc) printf("%s %s\n", done, id);
+  free(b.data);
+  return rc;
+}
+
+static int cmd_download(int argc, char **argv) {
+  const char *id = NULL, *filename = NULL, *what = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--trainedmodel")) what = "trained_model";
+    else if (!strcmp(argv[i], "--definition")) what = "definition";
+    else if (!strcmp(argv[i], "--filename") && i + 1 < argc) filename = argv[++i];
+    else id = argv[i];
+  }
+  if (!id || !what)
+    return fputs("usage: ffdl download ID --trainedmodel|--definition [--filename F]\n", stderr), 2;
+  char path[256], name[300];
+  snprintf(path, sizeof path, "/v1/models/%s/%s", id, what);
+  snprintf(name, sizeof name, "%s-%s.zip", id, strcmp(what, "definition") ? "trainedmodel" : "definition");
+  if (!filename) filename = name;
+  body b = {0};
+  long status = request("GET", path, NULL, NULL, &b, filename);
+  if (status != 200) {
+    unlink(filename);
+    body e = {0};
+    request("GET", path, NULL, NULL, &e, NULL);
+    int rc = report(status, &e);
+    free(e.data);
+    return rc;
+  }
+  printf("Downloaded %s\n", filename);
+  return 0;
+}
+
+static int cmd_user(int argc, char **argv) {
+  if (argc >= 3 && !strcmp(argv[1], "add")) {
+    int admin = argc > 3 && !strcmp(argv[3], "--admin");
+    json_t *req = json_pack("{s:s,s:b}", "name", argv[2], "admin", admin);
+    char *text = json_dumps(req, 0);
+    json_decref(req);
+    body b = {0};
+    long status = request("POST", "/v1/users", text, NULL, &b, NULL);
+    free(text);
+    json_t *reply = status == 201 ? json_loads(b.data, 0, NULL) : NULL;
+    int rc = reply ? 0 : report(status, &b);
+    if (reply) printf("%s\n", json_string_value(json_object_get(reply, "token")));
+    json_decref(reply);
+    free(b.data);
+    return rc;
+  }
+  if (argc >= 2 && !strcmp(argv[1], "list")) {
+    int rc;
+    json_t *doc = get_json("/v1/users", &rc);
+    if (!doc) return rc;
+    size_t i;
+    json_t *u;
+    json_array_foreach(json_object_get(doc, "users"), i, u)
+      printf("%s%s\n", json_string_value(json_object_get(u, "name")),
+             json_is_true(json_object_get(u, "admin")) ? " (admin)" : "");
+    json_decref(doc);
+    return 0;
+  }
+  if (argc >= 3 && !strcmp(argv[1], "remove")) return simple("DELETE", "/v1/users/%s", argv[2], NULL, "Removed");
+  fputs("usage: ffdl user add NAME [--admin] | list | remove NAME\n", stderr);
+  return 2;
+}
+
+int ffdl_client_main(int argc, char **argv) {
+  const char *cmd = argv[0];
+  static const char *const verbs[] = {"train", "list", "show", "logs", "halt", "delete",
+                                      "download", "user", NULL};
+  int known = 0;
+  for (const char *const *v = verbs; *v; v++) known |= !strcmp(cmd, *v);
+  if (!known) return -1;
+  if (!ffdl_client_url()) {
+    fprintf(stderr, "ffdl %s: set FFDL_URL (and FFDL_TOKEN), or DLAAS_URL, to reach a server\n", cmd);
+    return 2;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  int rc;
+  if (!strcmp(cmd, "train")) rc = cmd_train(argc, argv);
+  else if (!strcmp(cmd, "list")) rc = cmd_list();
+  else if (!strcmp(cmd, "show")) rc = cmd_show(argc, argv);
+  else if (!strcmp(cmd, "logs")) rc = cmd_logs(argc, argv);
+  else if (!strcmp(cmd, "halt") && argc > 1) rc = simple("PATCH", "/v1/models/%s", argv[1], "{\"status\":\"halt\"}", "Halted");
+  else if (!strcmp(cmd, "delete") && argc > 1) rc = simple("DELETE", "/v1/models/%s", argv[1], NULL, "Deleted");
+  else if (!strcmp(cmd, "download")) rc = cmd_download(argc, argv);
+  else if (!strcmp(cmd, "user")) rc = cmd_user(argc, argv);
+  else rc = (fprintf(stderr, "usage: ffdl %s ID\n", cmd), 2);
+  curl_global_cleanup();
+  return rc;
+}

@@ -1,0 +1,11 @@
+/* The `ffdl` client: FfDL's verbs against an ffdl-server (or FfDL's API). */
+#ifndef FFDL_APP_CLIENT_H
+#define FFDL_APP_CLIENT_H
+
+/* The server's URL from FFDL_URL or DLAAS_URL, or NULL. */
+const char *ffdl_client_url(void);
+/* Runs client command ARGV[0]; returns the exit status, or -1 when ARGV[0]
+ * is not a client command. */
+int ffdl_client_main(int argc, char **argv);
+
+#endif

@@ -1,0 +1,210 @@
+/*
+ * ffdl_server.c: `ffdl-server`: the orchestrator as a long-running,
+ * multi-user service behind FfDL's REST API.
+ *   ffdl-server --listen 127.0.0.1:8080 --data DIR [--config FILE] [--policies DIR]
+ * Owns: start-up (first admin), configuration, signals, the observer that
+ * feeds the API. Must not: handle requests itself (src/api does).
+ */
+#include "api/api.h"
+#include "api/http.h"
+#include "app/paths.h"
+#include "app/runtime.h"
+#include "core/error.h"
+#include "core/log.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+typedef struct {
+  const char *listen, *data, *config, *policies;
+  size_t max_upload;
+  uint64_t max_unzipped;
+  double creates_per_minute;
+} options;
+
+typedef struct {
+  ffdl_runtime rt;
+  ffdl_api *api;
+  ffdl_http *http;
+  ffdl_users *users;
+  uv_signal_t sigint, sigterm;
+  int stopping;
+} server;
+
+static void usage(FILE *out) {
+  fputs("usage: ffdl-server --listen HOST:PORT --data DIR [--config FILE] [--policies DIR]\n"
+        "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
+        "               creates_per_minute\n",
+        out);
+}
+
+/* Reads the flat YAML config; command-line flags win. */
+static int read_config(const char *path, options *o) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "ffdl-server: %s: cannot open the config file\n", path);
+    return -1;
+  }
+  yaml_parser_t parser;
+  yaml_document_t doc;
+  yaml_parser_initialize(&parser);
+  yaml_parser_set_input_file(&parser, f);
+  int ok = yaml_parser_load(&parser, &doc);
+  if (!ok) {
+    fprintf(stderr, "ffdl-server: %s:%d:%d: YAML syntax error: %s\n", path,
+            (int)parser.problem_mark.line + 1, (int)parser.problem_mark.column + 1,
+            parser.problem ? parser.problem : "?");
+  }
+  yaml_node_t *root = ok ? yaml_document_get_root_node(&doc) : NULL;
+  int rc = ok ? 0 : -1;
+  for (yaml_node_pair_t *p = root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
+       p && p < root->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = yaml_document_get_node(&doc, p->key), *v = yaml_document_get_node(&doc, p->value);
+    if (k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) continue;
+    const char *key = (const char *)k->data.scalar.value, *val = (const char *)v->data.scalar.value;
+    if (!strcmp(key, "listen") && !o->listen) o->listen = strdup(val);
+    else if (!strcmp(key, "data") && !o->data) o->data = strdup(val);
+    else if (!strcmp(key, "policies") && !o->policies) o->policies = strdup(val);
+    else if (!strcmp(key, "max_upload_mb")) o->max_upload = (size_t)strtoull(val, NULL, 10) << 20;
+    else if (!strcmp(key, "max_unzipped_mb")) o->max_unzipped = strtoull(val, NULL, 10) << 20;
+    else if (!strcmp(key, "creates_per_minute")) o->creates_per_minute = strtod(val, NULL);
+    else {
+      fprintf(stderr, "ffdl-server: %s:%d:%d: %s: unknown setting\n", path,
+              (int)k->start_mark.line + 1, (int)k->start_mark.column + 1, key);
+      rc = -1;
+    }
+  }
+  if (ok) yaml_document_delete(&doc);
+  yaml_parser_delete(&parser);
+  fclose(f);
+  return rc;
+}
+
+static int parse_args(int argc, char **argv, options *o) {
+  memset(o, 0, sizeof *o);
+  o->max_upload = 256u << 20;
+  o->max_unzipped = 1024u << 20;
+  o->creates_per_minute = 120;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--listen") && i + 1 < argc) o->listen = argv[++i];
+    else if (!strcmp(argv[i], "--data") && i + 1 < argc) o->data = argv[++i];
+    else if (!strcmp(argv[i], "--config") && i + 1 < argc) o->config = argv[++i];
+    else if (!strcmp(argv[i], "--policies") && i + 1 < argc) o->policies = argv[++i];
+    else if (!strcmp(argv[i], "--help")) return usage(stdout), 1;
+    else {
+      fprintf(stderr, "ffdl-server: unknown argument %s\n", argv[i]);
+      return usage(stderr), -1;
+    }
+  }
+  if (o->config && read_config(o->config, o) != 0) return -1;
+  if (!o->listen) o->listen = "127.0.0.1:8080";
+  if (!o->data) o->data = ".ffdl-server";
+  return 0;
+}
+
+static void on_transition(void *ud, const char *id, const char *status, const char *reason,
+                          const char *code) {
+  (void)ud;
+  ffdl_log(FFDL_LOG_INFO, "%s: %s%s%s%s%.*s", id, status, code ? " " : "", code ? code : "",
+           reason ? ": " : "", reason ? (int)strcspn(reason, "\n") : 0, reason ? reason : "");
+}
+static void on_line(void *ud, const char *id, int learner, const char *line, size_t len) {
+  ffdl_api_on_line(((server *)ud)->api, id, learner, line, len);
+}
+static void on_end(void *ud, const char *id, const char *status) {
+  ffdl_api_on_end(((server *)ud)->api, id, status);
+}
+static const ffdl_orch_observer observer = {on_transition, NULL, on_line, NULL, on_end};
+
+static void on_signal(uv_signal_t *h, int signum) {
+  server *s = h->data;
+  if (s->stopping++) return;
+  ffdl_log(FFDL_LOG_WARN, "%s: no new requests; halting running jobs",
+           signum == SIGINT ? "interrupted" : "terminated");
+  ffdl_http_stop(s->http);
+  ffdl_orch_halt_all(s->rt.orch, "the server is shutting down");
+  uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->sigterm, NULL);
+}
+
+/* The first start creates an admin: FFDL_ADMIN_TOKEN, or a printed token. */
+static int bootstrap_admin(ffdl_users *users) {
+  if (ffdl_users_count(users) > 0) return 0;
+  const char *given = getenv("FFDL_ADMIN_TOKEN");
+  char token[80];
+  if (ffdl_users_add(users, "admin", 1, given && *given ? given : NULL, token) != FFDL_OK) {
+    fprintf(stderr, "ffdl-server: cannot create the admin user\n");
+    return -1;
+  }
+  if (!(given && *given))
+    printf("admin token (shown once, only its hash is stored): %s\n", token);
+  fflush(stdout);
+  return 0;
+}
+
+static int split_listen(const char *listen, char *host, size_t cap, int *port) {
+  const char *colon = strrchr(listen, ':');
+  if (!colon) return -1;
+  snprintf(host, cap, "%.*s", (int)(colon - listen), listen);
+  *port = atoi(colon + 1);
+  return *port >= 0 && *port < 65536 ? 0 : -1;
+}
+
+int main(int argc, char **argv) {
+  ffdl_log_init();
+  if (!getenv("FFDL_LOG")) ffdl_log_set_level(FFDL_LOG_INFO);
+  signal(SIGPIPE, SIG_IGN);
+  options o;
+  int rc = parse_args(argc, argv, &o);
+  if (rc != 0) return rc > 0 ? 0 : 2;
+  char host[256];
+  int port;
+  if (split_listen(o.listen, host, sizeof host, &port) != 0) {
+    fprintf(stderr, "ffdl-server: --listen wants HOST:PORT, got %s\n", o.listen);
+    return 2;
+  }
+  setenv("FFDL_HOME", o.data, 1);
+  char results[4096];
+  snprintf(results, sizeof results, "%s/results", o.data);
+  setenv("FFDL_RESULTS", results, 1);
+
+  server s = {0};
+  char *err = NULL;
+  if (ffdl_runtime_open(&s.rt, o.policies, &observer, &s, &err) != 0) {
+    fprintf(stderr, "ffdl-server: %s\n", err ? err : "cannot start");
+    return 2;
+  }
+  char db[4200];
+  snprintf(db, sizeof db, "%s/ffdl.db", s.rt.home);
+  if (ffdl_users_open(db, &s.users, &err) != 0 || bootstrap_admin(s.users) != 0) {
+    fprintf(stderr, "ffdl-server: %s\n", err ? err : "cannot open the user table");
+    return 2;
+  }
+  char openapi[4200];
+  snprintf(openapi, sizeof openapi, "%s/docs/openapi.json", ffdl_paths_root());
+  ffdl_api_opts ao = {.orch = s.rt.orch, .store = s.rt.store, .users = s.users, .gen = s.rt.gen,
+                      .home = s.rt.home, .results = s.rt.results, .openapi = openapi,
+                      .max_unzipped = o.max_unzipped, .creates_per_minute = o.creates_per_minute};
+  ffdl_api_new(&ao, &s.api);
+  if (ffdl_http_listen(s.rt.loop, host, port, o.max_upload, ffdl_api_handle, s.api, &s.http, &err) != 0) {
+    fprintf(stderr, "ffdl-server: %s\n", err);
+    return 2;
+  }
+  uv_signal_init(s.rt.loop, &s.sigint);
+  uv_signal_init(s.rt.loop, &s.sigterm);
+  s.sigint.data = s.sigterm.data = &s;
+  uv_signal_start(&s.sigint, on_signal, SIGINT);
+  uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+  printf("ffdl-server listening on http://%s:%d (data in %s)\n", host, ffdl_http_port(s.http), s.rt.home);
+  fflush(stdout);
+  /* after a stop, the loop runs until halted jobs have ended and
+   * connections have closed */
+  while (uv_run(s.rt.loop, UV_RUN_DEFAULT) && !s.stopping) {
+  }
+  ffdl_log(FFDL_LOG_INFO, "stopped");
+  ffdl_users_close(s.users);
+  _exit(0); /* h2o's context has no teardown that is safe with live connections */
+}
