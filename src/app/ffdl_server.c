@@ -31,6 +31,7 @@ typedef struct {
   ffdl_http *http;
   ffdl_users *users;
   uv_signal_t sigint, sigterm;
+  uv_timer_t drain;
   int stopping;
 } server;
 
@@ -119,6 +120,12 @@ static void on_end(void *ud, const char *id, const char *status) {
 }
 static const ffdl_orch_observer observer = {on_transition, NULL, on_line, NULL, on_end};
 
+/* Stops the loop once every halted job has ended and been recorded. */
+static void check_drained(uv_timer_t *t) {
+  server *s = t->data;
+  if (ffdl_orch_active(s->rt.orch) == 0) uv_stop(t->loop);
+}
+
 static void on_signal(uv_signal_t *h, int signum) {
   server *s = h->data;
   if (s->stopping++) return;
@@ -126,8 +133,7 @@ static void on_signal(uv_signal_t *h, int signum) {
            signum == SIGINT ? "interrupted" : "terminated");
   ffdl_http_stop(s->http);
   ffdl_orch_halt_all(s->rt.orch, "the server is shutting down");
-  uv_close((uv_handle_t *)&s->sigint, NULL);
-  uv_close((uv_handle_t *)&s->sigterm, NULL);
+  uv_timer_start(&s->drain, check_drained, 0, 50);
 }
 
 /* The first start creates an admin: FFDL_ADMIN_TOKEN, or a printed token. */
@@ -198,12 +204,13 @@ int main(int argc, char **argv) {
   s.sigint.data = s.sigterm.data = &s;
   uv_signal_start(&s.sigint, on_signal, SIGINT);
   uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+  uv_timer_init(s.rt.loop, &s.drain);
+  s.drain.data = &s;
   printf("ffdl-server listening on http://%s:%d (data in %s)\n", host, ffdl_http_port(s.http), s.rt.home);
   fflush(stdout);
   /* after a stop, the loop runs until halted jobs have ended and
    * connections have closed */
-  while (uv_run(s.rt.loop, UV_RUN_DEFAULT) && !s.stopping) {
-  }
+  uv_run(s.rt.loop, UV_RUN_DEFAULT);
   ffdl_log(FFDL_LOG_INFO, "stopped");
   ffdl_users_close(s.users);
   _exit(0); /* h2o's context has no teardown that is safe with live connections */

@@ -1,0 +1,386 @@
+"""ffdl-server and the ffdl client: FfDL's REST API, auth, tenants, uploads."""
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+import pytest
+
+from conftest import BUILD, ROOT
+
+ADMIN = "admin-token-for-tests"
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, data, extra_args=(), env=None):
+        self.port = free_port()
+        self.data = data
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(data.parent / f"server-{self.port}.log", "w+")
+        full_env = dict(os.environ, FFDL_ADMIN_TOKEN=ADMIN)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [str(BUILD / "ffdl-server"), "--listen", f"127.0.0.1:{self.port}", "--data", str(data),
+             *map(str, extra_args)], stdout=subprocess.PIPE, stderr=self.log, text=True, env=full_env)
+        self.banner = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.banner.append(line)
+            if "listening on" in line:
+                return
+        self.stop()
+        raise AssertionError("the server did not start: " + "".join(self.banner))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def server(tmp_path, digits):
+    data = tmp_path / "data"
+    (data / "datasets").mkdir(parents=True)
+    (data / "datasets" / "digits").symlink_to(digits)
+    srv = Server(data)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("server-datasets") / "digits"
+    subprocess.run(["/usr/bin/python3", str(ROOT / "examples" / "prepare_digits.py"), str(dest)],
+                   check=True, capture_output=True, timeout=300)
+    return dest
+
+
+def call(server, method, path, token=ADMIN, body=None, headers=None, raw=False):
+    req = urllib.request.Request(server.url + path, method=method, data=body,
+                                 headers=dict(headers or {}))
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            data = resp.read()
+            return resp.status, (data if raw else json.loads(data) if data[:1] in b"{[" else data), resp.headers
+    except urllib.error.HTTPError as e:
+        data = e.read()
+        return e.code, json.loads(data) if data[:1] == b"{" else data, e.headers
+
+
+def cli(server, *args, token=ADMIN, timeout=120, env=None, cwd=None):
+    full_env = dict(os.environ, FFDL_URL=server.url, FFDL_TOKEN=token or "")
+    full_env.update(env or {})
+    return subprocess.run([str(BUILD / "ffdl"), *map(str, args)], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def add_user(server, name, admin=False):
+    result = cli(server, "user", "add", name, *(["--admin"] if admin else []))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def multipart(fields):
+    boundary = "ffdltestboundary7"
+    out = io.BytesIO()
+    for name, (filename, data) in fields.items():
+        out.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                  f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n".encode())
+        out.write(data)
+        out.write(b"\r\n")
+    out.write(f"--{boundary}--\r\n".encode())
+    return out.getvalue(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def zip_bytes(entries):
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    return out.getvalue()
+
+
+CUSTOM = ("name: {name}\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n  version: local\n"
+          "  command: {command}\n")
+
+
+def create(server, token, command="echo hi", name="job", zip_data=None):
+    body, headers = multipart({
+        "manifest": ("manifest.yml", CUSTOM.format(name=name, command=json.dumps(command)).encode()),
+        "model_definition": ("model.zip", zip_data or zip_bytes({"run.sh": "echo model\n"}))})
+    return call(server, "POST", "/v1/models", token=token, body=body, headers=headers)
+
+
+def wait_status(server, model_id, statuses, token=ADMIN, timeout=120):
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        code, doc, _ = call(server, "GET", f"/v1/models/{model_id}", token=token)
+        assert code == 200, doc
+        status = doc["training"]["training_status"]["status"]
+        if status in statuses:
+            return doc
+        time.sleep(0.1)
+    raise AssertionError(f"{model_id} stayed {status}")
+
+
+def test_health_and_no_credentials(server):
+    with urllib.request.urlopen(server.url + "/health") as resp:
+        assert resp.read() == b"OK"
+    code, doc, _ = call(server, "GET", "/v1/models", token=None)
+    assert code == 401 and set(doc) == {"code", "error", "description"}
+    code, _, _ = call(server, "GET", "/v1/models", token="wrong")
+    assert code == 401
+
+
+def test_first_start_prints_a_generated_admin_token_once(tmp_path):
+    data = tmp_path / "fresh"
+    env = {"FFDL_ADMIN_TOKEN": ""}
+    first = Server(data, env=env)
+    first.stop()
+    token = re.search(r"admin token .*: (ffdl_[0-9a-f]{64})", "".join(first.banner))
+    assert token, first.banner
+    assert token.group(1) not in (data / "ffdl.db").read_bytes().decode("latin-1")
+    second = Server(data, env=env)
+    try:
+        assert "admin token" not in "".join(second.banner)
+        code, _, _ = call(second, "GET", "/v1/models", token=token.group(1))
+        assert code == 200
+    finally:
+        second.stop()
+
+
+def test_users_are_managed_by_the_admin(server):
+    token = add_user(server, "alice")
+    assert token.startswith("ffdl_")
+    assert "alice" in cli(server, "user", "list").stdout
+    denied = cli(server, "user", "add", "mallory", token=token)
+    assert denied.returncode != 0 and "only an admin" in denied.stderr
+    assert cli(server, "user", "remove", "alice").returncode == 0
+    code, _, _ = call(server, "GET", "/v1/models", token=token)
+    assert code == 401
+
+
+def test_train_follow_show_download_through_the_cli(server, tmp_path):
+    token = add_user(server, "alice")
+    result = cli(server, "train", ROOT / "manifests" / "pytorch-digits.yml",
+                 str(ROOT / "examples" / "pytorch-digits") + "/", token=token)
+    assert result.returncode == 0, result.stderr
+    model_id = re.fullmatch(r"Model ID: (training-[a-z0-9]+)\n", result.stdout).group(1)
+    listing = cli(server, "list", token=token).stdout
+    assert re.search(rf"^{model_id}\s+pytorch-digits\s+pytorch\s+", listing, re.M)
+    assert listing.splitlines()[0].split() == ["ID", "Name", "Framework", "Status", "Submitted",
+                                               "Completed"]
+    logs = cli(server, "logs", "--follow", model_id, token=token, timeout=300)
+    assert logs.returncode == 0 and "final test accuracy" in logs.stdout
+    shown = json.loads(cli(server, "show", "--json", model_id, token=token).stdout)
+    assert shown["training"]["training_status"]["status"] == "COMPLETED"
+    assert shown["model_id"] == model_id and shown["framework"]["name"] == "pytorch"
+    got = cli(server, "download", model_id, "--trainedmodel", token=token, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    names = zipfile.ZipFile(tmp_path / f"{model_id}-trainedmodel.zip").namelist()
+    assert "model/model.pt" in names and "learner-1/training-log.txt" in names
+    got = cli(server, "download", model_id, "--definition", "--filename", "def.zip", token=token,
+              cwd=tmp_path)
+    assert got.returncode == 0 and "train.py" in zipfile.ZipFile(tmp_path / "def.zip").namelist()
+
+
+def test_create_answers_201_with_a_location(server):
+    token = add_user(server, "alice")
+    code, doc, headers = create(server, token)
+    assert code == 201, doc
+    assert doc["location"] == f"/v1/models/{doc['model_id']}" == headers["Location"]
+    wait_status(server, doc["model_id"], {"COMPLETED"}, token=token)
+    code, lines, _ = call(server, "GET", f"/v1/logs/{doc['model_id']}/loglines?pagesize=5&version=2017-02-13",
+                          token=token)
+    assert code == 200 and lines["models"][0]["line"] == "hi"
+    assert lines["models"][0]["meta"]["training_id"] == doc["model_id"]
+
+
+def test_tenants_do_not_see_each_other(server):
+    alice, bob = add_user(server, "alice"), add_user(server, "bob")
+    code, doc, _ = create(server, alice, command="sleep 30")
+    model_id = doc["model_id"]
+    for method, path, body in [("GET", "", None), ("PATCH", "", b'{"status":"halt"}'),
+                               ("DELETE", "", None), ("GET", "/definition", None),
+                               ("GET", "/trained_model", None), ("GET", "/logs", None)]:
+        code, doc, _ = call(server, method, f"/v1/models/{model_id}{path}", token=bob, body=body)
+        assert code == 404, (method, path, doc)
+    code, doc, _ = call(server, "GET", f"/v1/logs/{model_id}/loglines", token=bob)
+    assert code == 404
+    code, doc, _ = call(server, "GET", "/v1/models", token=bob)
+    assert doc["models"] == []
+    # FfDL's identity header does nothing for a non-admin...
+    code, doc, _ = call(server, "GET", "/v1/models", token=bob,
+                        headers={"X-Watson-Userinfo": "bluemix-instance-id=alice"})
+    assert doc["models"] == []
+    # ...and lets an authenticated admin act for a user
+    code, doc, _ = call(server, "GET", "/v1/models", headers={"X-Watson-Userinfo": "bluemix-instance-id=alice"})
+    assert [m["model_id"] for m in doc["models"]] == [model_id]
+    code, doc, _ = call(server, "GET", f"/v1/models/{model_id}")
+    assert code == 200  # the admin sees all
+    call(server, "PATCH", f"/v1/models/{model_id}", token=alice, body=b'{"status":"halt"}')
+    wait_status(server, model_id, {"HALTED"}, token=alice)
+
+
+def test_basic_auth_as_ffdl_clients_send_it(server):
+    token = add_user(server, "carol")
+    result = cli(server, "list", token=None, env={"FFDL_URL": "", "DLAAS_URL": server.url,
+                                                  "DLAAS_USERNAME": "carol", "DLAAS_PASSWORD": token})
+    assert result.returncode == 0, result.stderr
+    auth = base64.b64encode(f"dave:{token}".encode()).decode()
+    code, _, _ = call(server, "GET", "/v1/models", token=None, headers={"Authorization": f"Basic {auth}"})
+    assert code == 401  # the password is carol's, not dave's
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def test_halt_really_stops_the_learners(server, tmp_path):
+    token = add_user(server, "alice")
+    pidfile = tmp_path / "pid"
+    code, doc, _ = create(server, token, command=f"echo $$ > {pidfile}; sleep 300")
+    model_id = doc["model_id"]
+    wait_status(server, model_id, {"PROCESSING"}, token=token)
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    assert alive(pid)
+    code, doc, _ = call(server, "PATCH", f"/v1/models/{model_id}", token=token, body=b'{"status":"halt"}')
+    assert code == 202 and doc == {"model_id": model_id}
+    wait_status(server, model_id, {"HALTED"}, token=token)
+    assert not alive(pid)
+    code, doc, _ = call(server, "PATCH", f"/v1/models/{model_id}", token=token, body=b'{"status":"run"}')
+    assert code == 400
+
+
+def test_bad_manifest_is_c101_with_file_line_col(server):
+    token = add_user(server, "alice")
+    body, headers = multipart({"manifest": ("job.yml", b"name: t\nlearners: two\nframework:\n  name: pytorch\n"),
+                               "model_definition": ("m.zip", zip_bytes({"a.py": "x"}))})
+    code, doc, _ = call(server, "POST", "/v1/models", token=token, body=body, headers=headers)
+    assert code == 400 and doc["error"] == "C101"
+    assert 'job.yml:2:11: learners: must be an integer >= 1, got "two"' in doc["description"]
+    assert "job.yml:3:1: framework.command: is required" in doc["description"]
+
+
+@pytest.mark.parametrize("entries", [{"../evil.sh": "x"}, {"/etc/evil": "x"}, {"a/../../b": "x"}])
+def test_zip_slip_is_c102_and_leaves_nothing(server, entries):
+    token = add_user(server, "alice")
+    code, doc, _ = create(server, token, zip_data=zip_bytes(entries))
+    assert code == 400 and doc["error"] == "C102" and "outside the model directory" in doc["description"]
+    uploads = server.data / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+    assert call(server, "GET", "/v1/models", token=token)[1]["models"] == []
+
+
+def test_zip_bomb_stops_at_the_cap(tmp_path, digits):
+    data = tmp_path / "data"
+    config = tmp_path / "server.yml"
+    config.write_text("max_unzipped_mb: 1\n")
+    srv = Server(data, extra_args=["--config", config])
+    try:
+        token = add_user(srv, "alice")
+        code, doc, _ = create(srv, token, zip_data=zip_bytes({"big.bin": b"\0" * (8 << 20)}))
+        assert code == 400 and doc["error"] == "C102" and "size limit" in doc["description"]
+        code, doc, _ = create(srv, token, zip_data=b"this is not a zip")
+        assert code == 400 and doc["error"] == "C102"
+    finally:
+        srv.stop()
+
+
+def test_rate_limit_answers_429(tmp_path):
+    data = tmp_path / "data"
+    config = tmp_path / "server.yml"
+    config.write_text("creates_per_minute: 2\n")
+    srv = Server(data, extra_args=["--config", config])
+    try:
+        token = add_user(srv, "alice")
+        codes = [create(srv, token)[0] for _ in range(3)]
+        assert codes == [201, 201, 429]
+    finally:
+        srv.stop()
+
+
+def test_config_file_errors_name_the_line(tmp_path):
+    config = tmp_path / "server.yml"
+    config.write_text("max_upload_mb: 10\ncolour: blue\n")
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"{config}:2:1: colour: unknown setting" in result.stderr
+
+
+def test_a_hundred_followers_get_every_line(server):
+    token = add_user(server, "alice")
+    code, doc, _ = create(server, token, command="sleep 1; for i in $(seq 1 50); do echo line-$i; sleep 0.02; done")
+    model_id = doc["model_id"]
+    results = [None] * 100
+
+    def follow(i):
+        req = urllib.request.Request(f"{server.url}/v1/models/{model_id}/logs?follow=true",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            results[i] = resp.read().decode()
+
+    threads = [threading.Thread(target=follow, args=(i,)) for i in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    expected = "".join(f"line-{i}\n" for i in range(1, 51))
+    assert all(r == expected for r in results), [r for r in results if r != expected][:1]
+
+
+def test_emetrics_and_metrics_endpoint(server):
+    token = add_user(server, "alice")
+    code, doc, _ = create(server, token)
+    wait_status(server, doc["model_id"], {"COMPLETED"}, token=token)
+    code, em, _ = call(server, "GET", f"/v1/logs/{doc['model_id']}/emetrics?pos=0&pagesize=10", token=token)
+    assert code == 200 and em["models"] == []
+    with urllib.request.urlopen(server.url + "/metrics") as resp:
+        text = resp.read().decode()
+    assert re.search(r"^ffdl_trainings_created_total 1$", text, re.M)
+    assert re.search(r"^ffdl_trainings_completed_total 1$", text, re.M)
+
+
+def test_delete_removes_the_job(server):
+    token = add_user(server, "alice")
+    code, doc, _ = create(server, token)
+    model_id = doc["model_id"]
+    wait_status(server, model_id, {"COMPLETED"}, token=token)
+    assert cli(server, "delete", model_id, token=token).returncode == 0
+    code, _, _ = call(server, "GET", f"/v1/models/{model_id}", token=token)
+    assert code == 404
