@@ -16,7 +16,7 @@ DEBIAN_PACKAGES=(
   python3-torch python3-sklearn python3-numpy
 )
 # PyPI, for test tools only.
-PYPI_TEST_PACKAGES=(pytest==8.3.3)
+PYPI_TEST_PACKAGES=(pytest==8.3.3 openapi-spec-validator==0.7.1 schemathesis==3.36.0 hypothesis==6.112.1)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

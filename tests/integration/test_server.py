@@ -384,3 +384,30 @@ def test_delete_removes_the_job(server):
     assert cli(server, "delete", model_id, token=token).returncode == 0
     code, _, _ = call(server, "GET", f"/v1/models/{model_id}", token=token)
     assert code == 404
+
+
+def test_openapi_document_is_valid_and_served(server):
+    from openapi_spec_validator import validate
+    doc = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    validate(doc)
+    code, served, _ = call(server, "GET", "/v1/openapi.json", token=None, raw=True)
+    assert code == 200 and json.loads(served) == doc
+    documented = set(doc["paths"])
+    for path in ["/v1/models", "/v1/models/{id}", "/v1/models/{id}/definition",
+                 "/v1/models/{id}/trained_model", "/v1/models/{id}/logs",
+                 "/v1/logs/{id}/loglines", "/v1/logs/{id}/emetrics", "/health"]:
+        assert path in documented
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_break(server):
+    add_user(server, "alice")
+    create(server, ADMIN)
+    schemathesis = ROOT / ".venv" / "bin" / "schemathesis"
+    result = subprocess.run(
+        [str(schemathesis), "run", str(ROOT / "docs" / "openapi.json"), "--base-url", server.url,
+         "-H", f"Authorization: Bearer {ADMIN}",
+         "--checks", "not_a_server_error,response_schema_conformance",
+         "--hypothesis-max-examples", "25", "--hypothesis-seed", "7", "--hypothesis-derandomize"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.search(r"not_a_server_error\s+(\d+) / \1 passed", result.stdout), result.stdout[-2000:]
