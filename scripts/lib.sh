@@ -11,7 +11,7 @@ VENV="$ROOT/.venv"
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liblua5.4-dev libjansson-dev libyaml-dev libuv1-dev libssl-dev
-  libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev
+  libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev libh2o-dev
   python3 python3-venv python3-pip
   python3-torch python3-sklearn python3-numpy
 )
