@@ -11,12 +11,13 @@ VENV="$ROOT/.venv"
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liblua5.4-dev libjansson-dev libyaml-dev libuv1-dev libssl-dev
-  libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev libh2o-dev
+  libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev libh2o-dev libexpat1-dev
   python3 python3-venv python3-pip
   python3-torch python3-sklearn python3-numpy
 )
 # PyPI, for test tools only.
-PYPI_TEST_PACKAGES=(pytest==8.3.3 openapi-spec-validator==0.7.1 schemathesis==3.36.0 hypothesis==6.112.1)
+PYPI_TEST_PACKAGES=(pytest==8.3.3 openapi-spec-validator==0.7.1 schemathesis==3.36.0 hypothesis==6.112.1
+  "moto[server]==5.2.5" boto3==1.44.5)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -39,20 +40,29 @@ install_debian_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
 }
 
-# A virtual environment on Debian's own interpreter, with its site packages
-# visible (Debian's torch imports only under /usr/bin/python3).
-install_test_venv() {
-  if [ ! -x "$VENV/bin/python3" ]; then
-    log "creating $VENV"
-    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+# ensure_venv DIR DESCRIPTION VENV_FLAGS PACKAGES...: a virtual environment on
+# Debian's own interpreter with exactly PACKAGES installed; a stamp file
+# makes reruns instant and notices when the list changes.
+ensure_venv() {
+  local dir="$1" what="$2" flags="$3"
+  shift 3
+  if [ ! -x "$dir/bin/python3" ]; then
+    log "creating $dir"
+    # shellcheck disable=SC2086
+    /usr/bin/python3 -m venv $flags "$dir"
   fi
-  local stamp="$VENV/.ffdl-test-packages"
-  local want="${PYPI_TEST_PACKAGES[*]}"
+  local stamp="$dir/.ffdl-packages" want="$*"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    log "installing test tools from PyPI: $want"
-    "$VENV/bin/python3" -m pip install -q --disable-pip-version-check "${PYPI_TEST_PACKAGES[@]}"
+    log "installing $what from PyPI: $want"
+    "$dir/bin/python3" -m pip install -q --disable-pip-version-check "$@"
     echo "$want" > "$stamp"
   fi
+}
+
+# The test tools, with Debian's site packages visible (Debian's torch
+# imports only under /usr/bin/python3).
+install_test_venv() {
+  ensure_venv "$VENV" "test tools" --system-site-packages "${PYPI_TEST_PACKAGES[@]}"
 }
 
 # TensorFlow for the tensorflow-digits example learner. A separate virtual
@@ -62,17 +72,7 @@ VENV_TF="$ROOT/.venv-tf"
 PYPI_TF_PACKAGES=(tensorflow-cpu==2.18.1 keras==3.8.0 numpy==2.0.2)
 
 install_tensorflow_venv() {
-  if [ ! -x "$VENV_TF/bin/python3" ]; then
-    log "creating $VENV_TF"
-    /usr/bin/python3 -m venv "$VENV_TF"
-  fi
-  local stamp="$VENV_TF/.ffdl-tf-packages"
-  local want="${PYPI_TF_PACKAGES[*]}"
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    log "installing TensorFlow from PyPI (large download): $want"
-    "$VENV_TF/bin/python3" -m pip install -q --disable-pip-version-check "${PYPI_TF_PACKAGES[@]}"
-    echo "$want" > "$stamp"
-  fi
+  ensure_venv "$VENV_TF" "TensorFlow (a large download)" "" "${PYPI_TF_PACKAGES[@]}"
 }
 
 # build DIR [cmake options...]

@@ -235,7 +235,7 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   text[manifest->len] = '\0';
   ffdl_diags diags = {0};
   json_t *spec = NULL;
-  int rc = ffdl_spec_check_buffer(api->o.gen, name, text, manifest->len, FFDL_SPEC_AUTO, &diags, &spec);
+  int rc = ffdl_spec_check_buffer(ffdl_policies_active(api->o.policies), name, text, manifest->len, FFDL_SPEC_AUTO, &diags, &spec);
   free(text);
   if (rc != FFDL_OK || !spec) {
     char *msg = diags_text(&diags, name);
@@ -439,9 +439,13 @@ static void metrics_text(ffdl_api *api, h2o_req_t *req) {
                    "# TYPE ffdl_api_requests_total counter\n"
                    "ffdl_api_requests_total %lu\n"
                    "# TYPE ffdl_trainings_active gauge\n"
-                   "ffdl_trainings_active %zu\n",
+                   "ffdl_trainings_active %zu\n"
+                   "# HELP ffdl_policy_reload_failures_total Policy reloads rejected.\n"
+                   "# TYPE ffdl_policy_reload_failures_total counter\n"
+                   "ffdl_policy_reload_failures_total %lu\n",
                    api->created, api->rejected, api->completed, api->failed, api->halted,
-                   api->deleted, api->requests, ffdl_orch_active(api->o.orch));
+                   api->deleted, api->requests, ffdl_orch_active(api->o.orch),
+                   ffdl_policies_failures(api->o.policies));
   ffdl_http_text(req, 200, "text/plain; version=0.0.4", buf, (size_t)n);
 }
 
@@ -468,6 +472,22 @@ static void users_route(ffdl_api *api, h2o_req_t *req, const caller *who, const 
     return ffdl_http_json(req, 200, json_pack("{s:s}", "name", rest + 1));
   }
   ffdl_http_error(req, 405, "Method Not Allowed", "users: GET, POST, DELETE /v1/users/NAME");
+}
+
+static void policies_route(ffdl_api *api, h2o_req_t *req, const caller *who, const char *rest) {
+  if (!*rest && ffdl_http_method_is(req, "GET"))
+    return ffdl_http_json(req, 200, ffdl_policies_status(api->o.policies));
+  if (!strcmp(rest, "/reload") && ffdl_http_method_is(req, "POST")) {
+    if (!who->admin) return ffdl_http_error(req, 403, "Forbidden", "only an admin reloads policies");
+    char *err = NULL;
+    if (ffdl_policies_reload(api->o.policies, &err) != FFDL_OK) {
+      ffdl_http_error(req, 422, "policy rejected", err ? err : "the new policies were rejected");
+      free(err);
+      return;
+    }
+    return ffdl_http_json(req, 200, ffdl_policies_status(api->o.policies));
+  }
+  ffdl_http_error(req, 404, "Not Found", "policies: GET /v1/policies, POST /v1/policies/reload");
 }
 
 /* /v1/models/{id}[/sub] and /v1/logs/{id}/sub for an authenticated caller. */
@@ -530,6 +550,7 @@ void ffdl_api_handle(void *ud, h2o_req_t *req) {
     return job_route(api, req, &who, id, sub);
   }
   if (!strncmp(path, "/v1/users", 9)) return users_route(api, req, &who, path + 9);
+  if (!strncmp(path, "/v1/policies", 12)) return policies_route(api, req, &who, path + 12);
   ffdl_http_error(req, 404, "Not Found", "no such path");
 }
 

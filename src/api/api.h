@@ -6,6 +6,7 @@
 #define FFDL_API_API_H
 
 #include "orch/orch.h"
+#include "policy/reload.h"
 #include "store/users.h"
 
 #include <h2o.h>
@@ -16,7 +17,7 @@ typedef struct {
   ffdl_orch *orch;
   ffdl_jobstore *store;
   ffdl_users *users;
-  ffdl_generation *gen;    /* for manifest validation */
+  ffdl_policies *policies; /* the live generation (manifest validation) and reloads */
   const char *home;        /* jobs' work directories and uploads */
   const char *results;     /* <results>/<id>/ */
   const char *openapi;     /* path of the OpenAPI document */

@@ -342,3 +342,33 @@ int ffdl_client_main(int argc, char **argv) {
   curl_global_cleanup();
   return rc;
 }
+
+int ffdl_client_policy(const char *verb) {
+  if (!ffdl_client_url()) {
+    fprintf(stderr, "ffdl policy %s: set FFDL_URL (and FFDL_TOKEN) to reach a server\n", verb);
+    return 2;
+  }
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  body b = {0};
+  long status = !strcmp(verb, "reload") ? request("POST", "/v1/policies/reload", "{}", NULL, &b, NULL)
+                                        : request("GET", "/v1/policies", NULL, NULL, &b, NULL);
+  json_t *doc = status == 200 && b.data ? json_loads(b.data, 0, NULL) : NULL;
+  int rc = 0;
+  if (doc) {
+    printf("generation %s\n", json_string_value(json_object_get(doc, "hash")));
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(doc, "files"), i, f)
+      printf("  %s  %.12s\n", json_string_value(json_object_get(f, "name")),
+             json_string_value(json_object_get(f, "sha256")));
+    const char *last = json_string_value(json_object_get(doc, "last_error"));
+    if (last) printf("last rejected reload:\n%s\n", last);
+  } else {
+    rc = report(status, &b);
+    if (rc == 0) rc = 1;
+  }
+  json_decref(doc);
+  free(b.data);
+  curl_global_cleanup();
+  return rc;
+}

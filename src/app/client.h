@@ -8,4 +8,8 @@ const char *ffdl_client_url(void);
  * is not a client command. */
 int ffdl_client_main(int argc, char **argv);
 
+/* `ffdl policy reload|status` against the server: exit 0, or non-zero with
+ * the errors of a rejected reload on stderr. */
+int ffdl_client_policy(const char *verb);
+
 #endif

@@ -11,6 +11,7 @@
 #include "gpu/inventory.h"
 #include "policy/generation.h"
 #include "policy/policytest.h"
+#include "policy/reload.h"
 #include "policy/spec.h"
 
 #include <stdio.h>
@@ -28,7 +29,8 @@ static void usage(FILE *out) {
         "  info                                          CPUs, memory and GPUs on this machine\n"
         "  list                                          jobs in the store ($FFDL_HOME)\n"
         "  show [--json] ID                              one job: status, transitions, metrics\n"
-        "  policy test [DIR]                             run DIR/tests/*.lua (default: policies/)\n"
+        "  policy test [DIR]                             hook checks and DIR/tests/*.lua\n"
+        "  policy reload | status                        on the server (FFDL_URL)\n"
         "\nwith FFDL_URL (+ FFDL_TOKEN) or DLAAS_URL (+ DLAAS_USERNAME, DLAAS_PASSWORD):\n"
         "  train MANIFEST MODEL_DIR_OR_ZIP   list   show [--json] ID   logs [--follow] ID\n"
         "  halt ID   delete ID   download ID --trainedmodel|--definition [--filename F]\n"
@@ -118,15 +120,22 @@ static int cmd_info(void) {
 }
 
 static int cmd_policy(int argc, char **argv) {
+  if (argc >= 2 && (!strcmp(argv[1], "reload") || !strcmp(argv[1], "status")))
+    return ffdl_client_policy(argv[1]);
   if (argc < 2 || strcmp(argv[1], "test") != 0) {
-    fputs("usage: ffdl policy test [DIR]\n", stderr);
+    fputs("usage: ffdl policy test [DIR] | reload | status\n", stderr);
     return EXIT_INVALID;
   }
   const char *dir = argc > 2 ? argv[2] : ffdl_paths_default_policies();
   ffdl_generation *gen;
   if (load_generation(dir, &gen) != FFDL_OK) return EXIT_FAILED;
   int passed, failed;
+  char *problems = NULL;
+  int conform = ffdl_policies_check_hooks(gen, &problems);
+  if (conform != FFDL_OK) fprintf(stdout, "FAIL %s: %s\n", dir, problems);
+  free(problems);
   int rc = ffdl_policy_test_run(gen, dir, stdout, &passed, &failed);
+  if (conform != FFDL_OK) rc = FFDL_EINVALID;
   ffdl_generation_free(gen);
   if (passed + failed == 0) {
     fprintf(stderr, "ffdl policy test: no tests in %s/tests\n", dir);

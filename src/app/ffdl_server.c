@@ -23,6 +23,7 @@ typedef struct {
   size_t max_upload;
   uint64_t max_unzipped;
   double creates_per_minute;
+  int halt_on_shutdown; /* 0: leave learners running for the next start */
 } options;
 
 typedef struct {
@@ -30,15 +31,16 @@ typedef struct {
   ffdl_api *api;
   ffdl_http *http;
   ffdl_users *users;
-  uv_signal_t sigint, sigterm;
+  ffdl_policies *policies;
+  uv_signal_t sigint, sigterm, sighup;
   uv_timer_t drain;
-  int stopping;
+  int stopping, halt_on_shutdown;
 } server;
 
 static void usage(FILE *out) {
   fputs("usage: ffdl-server --listen HOST:PORT --data DIR [--config FILE] [--policies DIR]\n"
         "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
-        "               creates_per_minute\n",
+        "               creates_per_minute, on_shutdown (leave | halt)\n",
         out);
 }
 
@@ -72,6 +74,8 @@ static int read_config(const char *path, options *o) {
     else if (!strcmp(key, "max_upload_mb")) o->max_upload = (size_t)strtoull(val, NULL, 10) << 20;
     else if (!strcmp(key, "max_unzipped_mb")) o->max_unzipped = strtoull(val, NULL, 10) << 20;
     else if (!strcmp(key, "creates_per_minute")) o->creates_per_minute = strtod(val, NULL);
+    else if (!strcmp(key, "on_shutdown") && (!strcmp(val, "halt") || !strcmp(val, "leave")))
+      o->halt_on_shutdown = !strcmp(val, "halt");
     else {
       fprintf(stderr, "ffdl-server: %s:%d:%d: %s: unknown setting\n", path,
               (int)k->start_mark.line + 1, (int)k->start_mark.column + 1, key);
@@ -120,6 +124,21 @@ static void on_end(void *ud, const char *id, const char *status) {
 }
 static const ffdl_orch_observer observer = {on_transition, NULL, on_line, NULL, on_end};
 
+static void on_swap(void *ud, ffdl_generation *now, ffdl_generation *old) {
+  (void)old;
+  server *s = ud;
+  ffdl_orch_set_generation(s->rt.orch, now);
+}
+
+static void on_sighup(uv_signal_t *h, int signum) {
+  (void)signum;
+  server *s = h->data;
+  char *err = NULL;
+  ffdl_log(FFDL_LOG_INFO, "SIGHUP: reloading the policies");
+  ffdl_policies_reload(s->policies, &err);
+  free(err);
+}
+
 /* Stops the loop once every halted job has ended and been recorded. */
 static void check_drained(uv_timer_t *t) {
   server *s = t->data;
@@ -129,9 +148,18 @@ static void check_drained(uv_timer_t *t) {
 static void on_signal(uv_signal_t *h, int signum) {
   server *s = h->data;
   if (s->stopping++) return;
+  ffdl_http_stop(s->http);
+  if (!s->halt_on_shutdown) {
+    /* every state is in the store already; the next start reattaches */
+    ffdl_log(FFDL_LOG_WARN, "%s: stopping; %zu job(s) keep running for the next start",
+             signum == SIGINT ? "interrupted" : "terminated", ffdl_orch_active(s->rt.orch));
+    ffdl_backend_abandon(s->rt.backend);
+    s->rt.backend = NULL;
+    uv_stop(h->loop);
+    return;
+  }
   ffdl_log(FFDL_LOG_WARN, "%s: no new requests; halting running jobs",
            signum == SIGINT ? "interrupted" : "terminated");
-  ffdl_http_stop(s->http);
   ffdl_orch_halt_all(s->rt.orch, "the server is shutting down");
   uv_timer_start(&s->drain, check_drained, 0, 50);
 }
@@ -177,12 +205,23 @@ int main(int argc, char **argv) {
   snprintf(results, sizeof results, "%s/results", o.data);
   setenv("FFDL_RESULTS", results, 1);
 
-  server s = {0};
+  server s = {.halt_on_shutdown = o.halt_on_shutdown};
   char *err = NULL;
   if (ffdl_runtime_open(&s.rt, o.policies, &observer, &s, &err) != 0) {
     fprintf(stderr, "ffdl-server: %s\n", err ? err : "cannot start");
     return 2;
   }
+  /* the live generation is checked (hooks, shapes, tests) and hot-reloaded */
+  ffdl_generation_opts gopts = {.policies_dir = o.policies ? o.policies : ffdl_paths_default_policies(),
+                                .lua_dir = ffdl_paths_lua_dir()};
+  if (ffdl_policies_open(s.rt.loop, &gopts, on_swap, &s, &s.policies, &err) != 0) {
+    fprintf(stderr, "ffdl-server: the policies in %s are rejected:\n%s\n", gopts.policies_dir, err);
+    return 2;
+  }
+  ffdl_orch_set_generation(s.rt.orch, ffdl_policies_active(s.policies));
+  ffdl_generation_free(s.rt.gen);
+  s.rt.gen = NULL;
+  ffdl_policies_watch(s.policies, 200);
   char db[4200];
   snprintf(db, sizeof db, "%s/ffdl.db", s.rt.home);
   if (ffdl_users_open(db, &s.users, &err) != 0 || bootstrap_admin(s.users) != 0) {
@@ -191,10 +230,13 @@ int main(int argc, char **argv) {
   }
   char openapi[4200];
   snprintf(openapi, sizeof openapi, "%s/docs/openapi.json", ffdl_paths_root());
-  ffdl_api_opts ao = {.orch = s.rt.orch, .store = s.rt.store, .users = s.users, .gen = s.rt.gen,
+  ffdl_api_opts ao = {.orch = s.rt.orch, .store = s.rt.store, .users = s.users, .policies = s.policies,
                       .home = s.rt.home, .results = s.rt.results, .openapi = openapi,
                       .max_unzipped = o.max_unzipped, .creates_per_minute = o.creates_per_minute};
   ffdl_api_new(&ao, &s.api);
+  size_t recovered = 0;
+  ffdl_orch_recover(s.rt.orch, &recovered);
+  if (recovered) ffdl_log(FFDL_LOG_INFO, "took over %zu unfinished job(s) from the store", recovered);
   if (ffdl_http_listen(s.rt.loop, host, port, o.max_upload, ffdl_api_handle, s.api, &s.http, &err) != 0) {
     fprintf(stderr, "ffdl-server: %s\n", err);
     return 2;
@@ -204,6 +246,9 @@ int main(int argc, char **argv) {
   s.sigint.data = s.sigterm.data = &s;
   uv_signal_start(&s.sigint, on_signal, SIGINT);
   uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+  uv_signal_init(s.rt.loop, &s.sighup);
+  s.sighup.data = &s;
+  uv_signal_start(&s.sighup, on_sighup, SIGHUP);
   uv_timer_init(s.rt.loop, &s.drain);
   s.drain.data = &s;
   printf("ffdl-server listening on http://%s:%d (data in %s)\n", host, ffdl_http_port(s.http), s.rt.home);

@@ -36,6 +36,7 @@ typedef struct {
   const char *const *env;      /* NULL-terminated "K=V" strings: the whole environment */
   const char *cwd;             /* working directory */
   const char *log_path;        /* every output line is appended here too */
+  const char *exit_path;       /* where the learner's exit status is left (NULL: nowhere) */
   uint64_t memory_limit_bytes; /* 0: none (RLIMIT_AS is not used: it breaks runtimes) */
 } ffdl_launch_spec;
 
@@ -54,6 +55,13 @@ int ffdl_backend_launch(ffdl_backend *be, const ffdl_launch_spec *spec,
 void ffdl_backend_kill(ffdl_backend *be, ffdl_learner *learner, unsigned grace_ms);
 
 int ffdl_learner_pid(const ffdl_learner *learner);
+
+/* Adopts a learner started by an earlier process (after a restart). */
+int ffdl_backend_adopt(ffdl_backend *be, int pid, const char *log_path, uint64_t log_offset,
+                       const char *exit_path, const ffdl_learner_callbacks *cb, void *ud,
+                       ffdl_learner **out, char **err);
+/* Frees the backend's handles and leaves every learner running. */
+void ffdl_backend_abandon(ffdl_backend *be);
 
 /* The local backend: learners are process groups on this machine. */
 int ffdl_backend_local_new(uv_loop_t *loop, ffdl_backend **out);

@@ -461,3 +461,17 @@ void ffdl_backend_close(ffdl_backend *be, void (*cb)(void *ud), void *ud) {
 size_t ffdl_backend_running(const ffdl_backend *be) {
   return be->running;
 }
+
+/* TEMPORARY until the file-output backend lands: adoption is refused. */
+int ffdl_backend_adopt(ffdl_backend *be, int pid, const char *log_path, uint64_t log_offset,
+                       const char *exit_path, const ffdl_learner_callbacks *cb, void *ud,
+                       ffdl_learner **out, char **err) {
+  (void)be, (void)pid, (void)log_path, (void)log_offset, (void)exit_path, (void)cb, (void)ud;
+  *out = NULL;
+  *err = strdup("adoption is not available in this backend yet");
+  return FFDL_EINVALID;
+}
+
+void ffdl_backend_abandon(ffdl_backend *be) {
+  (void)be;
+}

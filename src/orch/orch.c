@@ -10,12 +10,14 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "orch/metrics.h"
+#include "orch/s3stage.h"
 #include "policy/ljson.h"
 #include "policy/spec.h"
 #include "store/localstore.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <lauxlib.h>
 #include <netinet/in.h>
@@ -355,6 +357,16 @@ static void release(job *j) {
   j->placed = 0;
 }
 
+/* The placement goes to the store, so that a restarted server can hold the
+ * same resources for the learners it reattaches. */
+static void save_placement(job *j) {
+  json_t *nodes = json_array();
+  for (int i = 0; i < j->learners; i++)
+    json_array_append_new(nodes, json_string(ffdl_cluster_node_name(j->o->o.cluster, j->slots[i].node)));
+  ffdl_jobstore_set_extra(j->o->o.store, j->id, "placement", nodes);
+  json_decref(nodes);
+}
+
 static int reserve(job *j, const int *nodes) {
   for (int i = 0; i < j->learners; i++) {
     j->slots[i].node = nodes[i];
@@ -365,6 +377,7 @@ static int reserve(job *j, const int *nodes) {
     }
   }
   j->placed = 1;
+  save_placement(j);
   return 0;
 }
 
@@ -613,7 +626,7 @@ static void queue_work(work *w) {
 }
 
 /* Where a local or host-mount data store keeps the training data. */
-static char *data_source(job *j, const char **code, char **err) {
+static char *data_source(job *j) {
   json_t *stores = json_object_get(j->spec, "data_stores");
   json_t *store = json_array_get(stores, 0);
   if (!store) return NULL;
@@ -622,13 +635,7 @@ static char *data_source(job *j, const char **code, char **err) {
       json_string_value(json_object_get(json_object_get(store, "training_data"), "container"));
   json_t *conn = json_object_get(store, "connection");
   const char *path = json_string_value(json_object_get(conn, "path"));
-  if (type && (strcmp(type, "s3_datastore") == 0 || strcmp(type, "mount_cos") == 0)) {
-    *code = "S302";
-    *err = dup_printf("data store %s is of type %s: this build stages only local directories "
-                      "and mount_volume; S3 staging is not implemented yet",
-                      json_string_value(json_object_get(store, "id")), type);
-    return NULL;
-  }
+  if (ffdl_s3stage_is_s3(store)) return NULL; /* downloaded after the local staging */
   if (!container) return NULL;
   if (type && strcmp(type, "local") == 0 && !path)
     return dup_printf("%s/datasets/%s", j->o->home, container);
@@ -640,18 +647,10 @@ static void start_staging(job *j) {
              NULL);
   work *w = new_work(j, WORK_STAGE);
   if (!w) return finish(j, FAILED, "out of memory", "S302");
-  const char *code = NULL;
-  char *err = NULL;
   w->stage_data = !j->staged;
   w->wipe_checkpoint = j->wipe_checkpoint;
   j->wipe_checkpoint = 0;
-  if (w->stage_data) w->data_src = data_source(j, &code, &err);
-  if (err) {
-    free(w);
-    finish(j, FAILED, err, code);
-    free(err);
-    return;
-  }
+  if (w->stage_data) w->data_src = data_source(j);
   if (w->data_src && access(w->data_src, R_OK) != 0) {
     char *why = dup_printf("training data %s: %s", w->data_src, strerror(errno));
     free(w->data_src);
@@ -813,9 +812,12 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
   learner_env(j, i, master_port, tf_ports, &env);
   char *cwd = job_path(j, "model");
   char *log = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+  char *exit_path = dup_printf("%s/learner-%d/exit_status", j->dir, i);
+  unlink(exit_path); /* an earlier attempt's */
   const char *argv[] = {"/bin/sh", "-c", command, NULL};
   ffdl_launch_spec spec = {.argv = argv, .env = (const char *const *)env.items, .cwd = cwd,
-                           .log_path = log, .memory_limit_bytes = j->req.memory};
+                           .log_path = log, .exit_path = exit_path,
+                           .memory_limit_bytes = j->req.memory};
   int rc = ffdl_backend_launch(j->o->o.backend, &spec, &learner_callbacks, s, &s->handle, err);
   if (rc == 0) {
     s->running = 1;
@@ -826,6 +828,7 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
   strv_free(&env);
   free(cwd);
   free(log);
+  free(exit_path);
   return rc;
 }
 
@@ -1079,25 +1082,59 @@ static void learners_finished(job *j) {
   schedule_cycle(j->o); /* resources are free for the next job */
 }
 
-static void after_stage(work *w) {
-  job *j = w->j;
-  if (w->rc == 0 && !w->err) j->staged = 1;
+static json_t *first_store(const job *j) {
+  return json_array_get(json_object_get(j->spec, "data_stores"), 0);
+}
+
+/* Launches once staging is done, unless the job was halted or staging failed. */
+static void staged(job *j, const char *code, const char *message) {
   if (j->halting) {
     release(j);
     return end_job(j, HALTED, "halted before the learners started", NULL);
   }
-  if (w->rc != 0) {
+  if (code) {
     release(j);
-    return finish(j, FAILED, w->err ? w->err : "staging failed", w->code ? w->code : "S302");
+    return finish(j, FAILED, message ? message : "staging failed", code);
   }
+  j->staged = 1;
   launch_learners(j);
+}
+
+static void s3_staged(void *ud, const char *code, const char *message) {
+  staged(ud, code, message);
+}
+
+static void after_stage(work *w) {
+  job *j = w->j;
+  if (w->rc != 0) return staged(j, w->code ? w->code : "S302", w->err ? w->err : "staging failed");
+  json_t *store = first_store(j);
+  if (w->stage_data && ffdl_s3stage_is_s3(store) && !j->halting) {
+    char *data = job_path(j, "data");
+    int rc = ffdl_s3stage_download(j->o->o.loop, store, data, s3_staged, j);
+    free(data);
+    if (rc == 0) return;
+    return staged(j, "S302", "cannot start the S3 download (check the connection fields)");
+  }
+  staged(j, NULL, NULL);
+}
+
+static void stored(void *ud, const char *code, const char *message) {
+  job *j = ud;
+  if (code) return finish(j, FAILED, message ? message : "storing results failed", code);
+  finish(j, j->halting ? HALTED : COMPLETED,
+         j->halting ? "halted while storing; results kept" : "results stored", NULL);
 }
 
 static void after_store(work *w) {
   job *j = w->j;
-  if (w->rc != 0) return finish(j, FAILED, w->err ? w->err : "storing results failed", "S303");
-  finish(j, j->halting ? HALTED : COMPLETED,
-         j->halting ? "halted while storing; results kept" : "results stored", NULL);
+  if (w->rc != 0) return stored(j, "S303", w->err ? w->err : "storing results failed");
+  json_t *store = first_store(j);
+  if (ffdl_s3stage_is_s3(store) && json_object_get(store, "training_results")) {
+    /* <training-id>/ in the results bucket: model/, learner logs, submitted code */
+    if (ffdl_s3stage_upload(j->o->o.loop, store, j->id, j->results_dir, stored, j) == 0) return;
+    return stored(j, "S303", "cannot start the S3 upload (check the connection fields)");
+  }
+  stored(j, NULL, NULL);
 }
 
 /* Logs go to the results store for every ending, not only success. */
@@ -1290,6 +1327,11 @@ int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, ch
     return rc;
   }
   snprintf(id, 64, "%s", j->id);
+  if (model_dir) {
+    json_t *dir = json_string(model_dir);
+    ffdl_jobstore_set_extra(o->o.store, j->id, "model_dir", dir);
+    json_decref(dir);
+  }
   j->next = o->jobs;
   o->jobs = j;
   if (o->o.observer && o->o.observer->on_transition)
@@ -1356,4 +1398,137 @@ const char *ffdl_orch_results_dir(const ffdl_orch *o, const char *id) {
 void ffdl_orch_set_observer(ffdl_orch *o, const ffdl_orch_observer *observer, void *ud) {
   o->o.observer = observer;
   o->o.observer_ud = ud;
+}
+
+/* ---- recovery after a restart --------------------------------------- */
+
+static state state_from_name(const char *name) {
+  for (int s = QUEUED; s <= HALTED; s++)
+    if (name && strcmp(state_names[s], name) == 0) return (state)s;
+  return FAILED;
+}
+
+/* Holds the stored placement again; 0 when every learner has its node. */
+static int restore_placement(job *j, const json_t *extra) {
+  json_t *nodes = json_object_get(extra, "placement");
+  if (json_array_size(nodes) != (size_t)j->learners) return -1;
+  int *idx = calloc((size_t)j->learners, sizeof *idx);
+  if (!idx) return -1;
+  int ok = 1;
+  for (int i = 0; i < j->learners && ok; i++) {
+    idx[i] = ffdl_cluster_find(j->o->o.cluster, json_string_value(json_array_get(nodes, (size_t)i)));
+    ok = idx[i] >= 0;
+  }
+  int rc = ok ? reserve(j, idx) : -1;
+  free(idx);
+  return rc;
+}
+
+/* Adopts the learners of the latest attempt; one that ended while nobody
+ * watched is reported with the status it left on disk. */
+static void adopt_learners(job *j, const json_t *doc) {
+  size_t i;
+  json_t *l;
+  json_array_foreach(json_object_get(doc, "learners"), i, l) {
+    int n = (int)json_integer_value(json_object_get(l, "learner"));
+    if ((int)json_integer_value(json_object_get(l, "attempt")) != j->attempt || n < 1 || n > j->learners)
+      continue;
+    learner_slot *s = &j->slots[n - 1];
+    int pid = (int)json_integer_value(json_object_get(l, "pid"));
+    char *log = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, n);
+    char *exit_path = dup_printf("%s/learner-%d/exit_status", j->dir, n);
+    char *err = NULL;
+    if (pid > 0 && ffdl_backend_adopt(j->o->o.backend, pid, log, 0, exit_path, &learner_callbacks,
+                                      s, &s->handle, &err) == 0) {
+      s->running = 1;
+      j->running++;
+    } else {
+      ffdl_log(FFDL_LOG_WARN, "%s: learner %d cannot be reattached: %s", j->id, n, err ? err : "no pid");
+      if (!j->failure.set)
+        j->failure = (failure_info){.set = 1, .kind = FFDL_EXIT_NODE_LOST, .learner = n};
+    }
+    free(err);
+    free(log);
+    free(exit_path);
+  }
+}
+
+static void kill_stored_learners(const json_t *doc, int attempt) {
+  size_t i;
+  json_t *l;
+  json_array_foreach(json_object_get(doc, "learners"), i, l) {
+    int pid = (int)json_integer_value(json_object_get(l, "pid"));
+    if (pid > 0 && (int)json_integer_value(json_object_get(l, "attempt")) == attempt)
+      kill(-pid, SIGKILL);
+  }
+}
+
+static void recover_job(ffdl_orch *o, const json_t *doc) {
+  const char *id = json_string_value(json_object_get(doc, "id"));
+  json_t *extra = json_object_get(doc, "extra");
+  const char *model = json_string_value(json_object_get(extra, "model_dir"));
+  job *j = new_job(o, json_object_get(doc, "spec"), model);
+  if (!j) return;
+  snprintf(j->id, sizeof j->id, "%s", id);
+  free(j->dir);
+  free(j->results_dir);
+  j->dir = dup_printf("%s/jobs/%s", o->home, j->id);
+  j->results_dir = dup_printf("%s/%s", o->results, j->id);
+  j->submitted_ms = json_integer_value(json_object_get(doc, "submitted_ms"));
+  size_t i;
+  json_t *l;
+  json_array_foreach(json_object_get(doc, "learners"), i, l) {
+    int attempt = (int)json_integer_value(json_object_get(l, "attempt"));
+    if (attempt > j->attempt) j->attempt = attempt;
+  }
+  char *err = NULL;
+  local_runtime(j, &err);
+  free(err);
+  ffdl_metrics_new(json_object_get(j->spec, "evaluation_metrics"), &j->metrics, &err);
+  free(err);
+  j->next = o->jobs;
+  o->jobs = j;
+  state was = state_from_name(json_string_value(json_object_get(doc, "status")));
+  if (was == PROCESSING && restore_placement(j, extra) == 0) {
+    j->st = PROCESSING;
+    j->staged = 1;
+    ffdl_jobstore_delete_metrics(o->o.store, j->id); /* re-read from the whole log */
+    adopt_learners(j, doc);
+    ffdl_log(FFDL_LOG_INFO, "%s: reattached %d learner(s)", j->id, j->running);
+    if (j->running == 0) learners_finished(j);
+    else start_emetrics(j);
+  } else if (was == STORING) {
+    j->st = STORING;
+    j->staged = 1;
+    work *w = new_work(j, WORK_STORE);
+    if (w) queue_work(w);
+  } else {
+    /* queued, staging, or a placement that cannot be held again: start over,
+     * after making sure nothing of the old run is left (no job runs twice) */
+    if (was == PROCESSING) kill_stored_learners(doc, j->attempt);
+    transition(j, QUEUED, "requeued after a server restart", NULL);
+  }
+}
+
+int ffdl_orch_recover(ffdl_orch *o, size_t *recovered) {
+  *recovered = 0;
+  json_t *list = ffdl_jobstore_list(o->o.store);
+  size_t i;
+  json_t *row;
+  json_array_foreach(list, i, row) {
+    state st = state_from_name(json_string_value(json_object_get(row, "status")));
+    if (is_terminal(st)) continue;
+    json_t *doc = ffdl_jobstore_get(o->o.store, json_string_value(json_object_get(row, "id")));
+    if (!doc) continue;
+    recover_job(o, doc);
+    json_decref(doc);
+    (*recovered)++;
+  }
+  json_decref(list);
+  schedule_cycle(o);
+  return FFDL_OK;
+}
+
+void ffdl_orch_set_generation(ffdl_orch *o, ffdl_generation *gen) {
+  o->o.gen = gen;
 }

@@ -56,6 +56,17 @@ void ffdl_orch_free(ffdl_orch *o);
  */
 int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, char *id,
                      char **err);
+/*
+ * Takes over the jobs the store holds in a non-terminal state, after a
+ * restart: learners that still run are reattached (their logs are complete:
+ * they write to files), learners that ended meanwhile get the exit status
+ * they left on disk, queued or staging jobs start over, storing is redone.
+ */
+int ffdl_orch_recover(ffdl_orch *o, size_t *recovered);
+
+/* Switches to generation GEN (borrowed) for every later hook call. */
+void ffdl_orch_set_generation(ffdl_orch *o, ffdl_generation *gen);
+
 /* Replaces the observer (both may be NULL). */
 void ffdl_orch_set_observer(ffdl_orch *o, const ffdl_orch_observer *observer, void *ud);
 /* Halts a job: its learners' process groups are killed; it ends HALTED. */

@@ -27,6 +27,7 @@ struct ffdl_generation {
   ffdl_sandbox *sb;
   char hash[65];
   char *policies_dir;
+  json_t *files; /* [{name, sha256}] of the policy files */
 };
 
 static const char POLICIES_KEY = 'p';
@@ -70,6 +71,15 @@ static char *format_error(const char *fmt, const char *a, const char *b) {
   return out;
 }
 
+static void record_file(ffdl_generation *gen, const char *name, const char *text, size_t len) {
+  unsigned char digest[32];
+  unsigned int n = 0;
+  char hex[65];
+  EVP_Digest(text, len, digest, &n, EVP_sha256(), NULL);
+  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  json_array_append_new(gen->files, json_pack("{s:s,s:s}", "name", name, "sha256", hex));
+}
+
 /* Loads DIR/NAME, runs it, and stores its table in registry[KEY][module]. */
 static int load_module(ffdl_generation *gen, EVP_MD_CTX *md, const void *key, const char *dir,
                        const char *name, char **err) {
@@ -84,6 +94,7 @@ static int load_module(ffdl_generation *gen, EVP_MD_CTX *md, const void *key, co
   }
   EVP_DigestUpdate(md, name, strlen(name) + 1);
   EVP_DigestUpdate(md, text, len);
+  if (key == &POLICIES_KEY) record_file(gen, name, text, len);
 
   lua_State *L = ffdl_sandbox_state(gen->sb);
   char chunk[4200];
@@ -144,6 +155,7 @@ int ffdl_generation_load(const ffdl_generation_opts *opts, ffdl_generation **out
   ffdl_generation *gen = calloc(1, sizeof *gen);
   if (!gen) return FFDL_ENOMEM;
   gen->policies_dir = strdup(opts->policies_dir);
+  gen->files = json_array();
   int rc = ffdl_sandbox_new(&opts->limits, &gen->sb);
   EVP_MD_CTX *md = EVP_MD_CTX_new();
   if (rc == FFDL_OK && (!md || !gen->policies_dir)) rc = FFDL_ENOMEM;
@@ -173,6 +185,7 @@ void ffdl_generation_free(ffdl_generation *gen) {
   if (!gen) return;
   ffdl_sandbox_free(gen->sb);
   free(gen->policies_dir);
+  json_decref(gen->files);
   free(gen);
 }
 
@@ -182,6 +195,10 @@ ffdl_sandbox *ffdl_generation_sandbox(ffdl_generation *gen) {
 
 const char *ffdl_generation_hash(const ffdl_generation *gen) {
   return gen->hash;
+}
+
+json_t *ffdl_generation_files(const ffdl_generation *gen) {
+  return gen->files;
 }
 
 const char *ffdl_generation_policies_dir(const ffdl_generation *gen) {

@@ -7,6 +7,8 @@
 
 #include "policy/sandbox.h"
 
+#include <jansson.h>
+
 typedef struct ffdl_generation ffdl_generation;
 
 typedef struct {
@@ -24,6 +26,8 @@ void ffdl_generation_free(ffdl_generation *gen);
 ffdl_sandbox *ffdl_generation_sandbox(ffdl_generation *gen);
 const char *ffdl_generation_hash(const ffdl_generation *gen);
 const char *ffdl_generation_policies_dir(const ffdl_generation *gen);
+/* [{name, sha256}] of the policy files (borrowed). */
+json_t *ffdl_generation_files(const ffdl_generation *gen);
 
 /* Push the table a policy file (e.g. "validate") or runtime module
  * (e.g. "manifest") returned, or nil when there is none.  [-0, +1, -] */

@@ -648,3 +648,9 @@ int ffdl_jobstore_delete(ffdl_jobstore *st, const char *id) {
   if (rc == FFDL_OK && !deleted) return FFDL_ENOENT;
   return rc;
 }
+
+int ffdl_jobstore_delete_metrics(ffdl_jobstore *st, const char *id) {
+  int rc = begin_write(st);
+  if (rc == FFDL_OK) rc = delete_rows(st, "DELETE FROM metrics WHERE job_id = ?1", id);
+  return finish(st, rc);
+}

@@ -41,6 +41,9 @@ int ffdl_jobstore_add_metric(ffdl_jobstore *st, const char *id, const json_t *re
 int ffdl_jobstore_set_extra(ffdl_jobstore *st, const char *id, const char *key,
                             const json_t *value);
 
+/* Deletes the metrics records of job ID (they are read again from its log). */
+int ffdl_jobstore_delete_metrics(ffdl_jobstore *st, const char *id);
+
 /* Deletes job ID with its transitions, learners and metrics. */
 int ffdl_jobstore_delete(ffdl_jobstore *st, const char *id);
 

@@ -20,10 +20,13 @@ typedef struct {
   const char *access_key; /* FfDL's user_name */
   const char *secret_key; /* FfDL's password: never logged */
   const char *region;     /* NULL or FfDL's "us-standard": us-east-1 */
-  int virtual_host;       /* 1: https://bucket.host/key; 0 (default): https://host/bucket/key */
+  int virtual_host;       /* 1: https://bucket.host/key (bucket names must then be DNS names);
+                           * 0 (default): https://host/bucket/key */
   size_t part_size;       /* multipart part size; 0: 8 MiB (S3's minimum is 5 MiB) */
-  int concurrency;        /* parallel requests; 0: 8 */
-  int max_retries;        /* per request, on 5xx, throttling and connection errors; 0: 5 */
+  int concurrency;        /* parallel requests, client-wide (also the parts in flight of one
+                           * file and the files in flight of a directory); 0: 8 */
+  int max_retries;        /* per request, on 5xx, throttling and connection errors; 0: 5;
+                           * < 0: none */
   unsigned retry_base_ms; /* first backoff; 0: 200 ms (exponential, with full jitter) */
 } ffdl_s3_config;
 
@@ -43,17 +46,23 @@ typedef struct {
   double eta_s; /* < 0 while unknown */
 } ffdl_s3_progress;
 
-/* STATUS is 0 or a negative FFDL_E* code; ERR is set (borrowed) when status != 0. */
+/* STATUS is 0 or a negative FFDL_E* code; ERR is set (borrowed) when status != 0.
+ * FFDL_ENOENT: HTTP 404 (NoSuchBucket, NoSuchKey) or a missing local file;
+ * FFDL_ETOOBIG: an in-memory GET over 64 MiB; FFDL_EINVALID: an unsafe key in a
+ * prefix download; FFDL_EIO: everything else, S3's code in ERR->code
+ * ("Canceled" when ffdl_s3_close stopped the operation). */
 typedef void (*ffdl_s3_done_cb)(void *ud, int status, const ffdl_s3_error *err);
 /* Called at most every 250 ms while a transfer runs. */
 typedef void (*ffdl_s3_progress_cb)(void *ud, const ffdl_s3_progress *progress);
-/* One object of a listing (borrowed strings). */
+/* One object of a listing (borrowed strings; ETAG without its quotes). */
 typedef void (*ffdl_s3_object_cb)(void *ud, const char *key, uint64_t size, const char *etag);
 
 /* All strings in CONFIG are copied. Caller closes. */
 int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out);
-/* Cancels what runs (their done callbacks get FFDL_ECANCELED-like errors),
- * then frees the client and calls CB. */
+/* Cancels what runs (their done callbacks get FFDL_EIO with code "Canceled";
+ * a canceled multipart upload is not aborted, PATH.partial files are
+ * removed), then frees the client and calls CB (may be NULL) from the loop.
+ * May be called from any callback of the client. */
 void ffdl_s3_close(ffdl_s3 *s3, void (*cb)(void *ud), void *ud);
 
 /* Each operation below: returns 0 and later calls DONE exactly once, or
@@ -63,8 +72,8 @@ int ffdl_s3_create_bucket(ffdl_s3 *s3, const char *bucket, ffdl_s3_done_cb done,
 /* ListObjectsV2 with pagination; OBJECT is called for every key under PREFIX. */
 int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_object_cb object,
                  ffdl_s3_done_cb done, void *ud);
-/* Small objects through memory (at most 64 MiB). GET hands the body to
- * BODY (borrowed) before DONE. */
+/* Small objects through memory (at most 64 MiB). PUT copies DATA. GET hands
+ * the body to BODY (borrowed) before DONE. */
 int ffdl_s3_put_buffer(ffdl_s3 *s3, const char *bucket, const char *key, const void *data,
                        size_t len, ffdl_s3_done_cb done, void *ud);
 int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
@@ -82,7 +91,9 @@ int ffdl_s3_download_file(ffdl_s3 *s3, const char *bucket, const char *key, cons
 /* Every file under DIR to PREFIX/relative-path (PREFIX may be ""). */
 int ffdl_s3_upload_dir(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
                        ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
-/* Every object under PREFIX into DIR/key-without-prefix. */
+/* Every object under PREFIX into DIR/key-without-prefix (directories made as
+ * needed; keys ending in '/' skipped). A key with ".", ".." or empty path
+ * components fails the whole operation before anything is written. */
 int ffdl_s3_download_prefix(ffdl_s3 *s3, const char *bucket, const char *prefix,
                             const char *dir, ffdl_s3_progress_cb progress, ffdl_s3_done_cb done,
                             void *ud);

@@ -36,7 +36,8 @@ char *ffdl_s3_uri_encode(const char *s, int keep_slash) {
 
 unsigned ffdl_s3_backoff_ms(unsigned base_ms, unsigned cap_ms, int attempt, double r) {
   double ceiling = base_ms;
-  for (int i = 0; i < attempt && ceiling < cap_ms; i++) ceiling *= 2;
+  for (int i = 0; i < attempt && ceiling < cap_ms; i++)
+    ceiling *= 2;
   if (ceiling > cap_ms) ceiling = cap_ms;
   if (r < 0) r = 0;
   if (r >= 1) r = 0.999999;
@@ -46,9 +47,15 @@ unsigned ffdl_s3_backoff_ms(unsigned base_ms, unsigned cap_ms, int attempt, doub
 int ffdl_s3_retryable(long status, const char *code) {
   if (status >= 500 || status == 429) return 1;
   if (!code || !*code) return 0;
-  static const char *const retry_codes[] = {
-      "SlowDown",     "Throttling",    "ThrottlingException", "RequestTimeout",
-      "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequests", NULL};
+  static const char *const retry_codes[] = {"SlowDown",
+                                            "Throttling",
+                                            "ThrottlingException",
+                                            "RequestTimeout",
+                                            "InternalError",
+                                            "ServiceUnavailable",
+                                            "RequestLimitExceeded",
+                                            "TooManyRequests",
+                                            NULL};
   for (const char *const *c = retry_codes; *c; c++)
     if (strcmp(code, *c) == 0) return 1;
   return 0;
@@ -69,14 +76,17 @@ static int parse_u64(const char **p, uint64_t *out) {
 }
 
 int ffdl_s3_parse_content_range(const char *v, uint64_t *start, uint64_t *end, uint64_t *total) {
-  while (*v == ' ' || *v == '\t') v++;
+  while (*v == ' ' || *v == '\t')
+    v++;
   if (strncmp(v, "bytes", 5) != 0) return -1;
   v += 5;
-  while (*v == ' ') v++;
+  while (*v == ' ')
+    v++;
   if (parse_u64(&v, start) != 0 || *v++ != '-' || parse_u64(&v, end) != 0 || *v++ != '/' ||
       parse_u64(&v, total) != 0)
     return -1;
-  while (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n') v++;
+  while (*v == ' ' || *v == '\t' || *v == '\r' || *v == '\n')
+    v++;
   if (*v || *start > *end || *end >= *total) return -1;
   return 0;
 }
@@ -84,7 +94,8 @@ int ffdl_s3_parse_content_range(const char *v, uint64_t *start, uint64_t *end, u
 uint64_t ffdl_s3_part_size_for(uint64_t size, uint64_t part_size) {
   const uint64_t mib = 1024 * 1024;
   if (part_size == 0) part_size = 8 * mib;
-  while ((size + part_size - 1) / part_size > FFDL_S3_MAX_PARTS) part_size += mib;
+  while ((size + part_size - 1) / part_size > FFDL_S3_MAX_PARTS)
+    part_size += mib;
   return part_size;
 }
 
@@ -110,7 +121,8 @@ int ffdl_s3_key_to_relpath(const char *prefix, const char *key, char **out) {
   size_t pn = strlen(prefix);
   if (strncmp(key, prefix, pn) != 0) return -1;
   const char *rel = key + pn;
-  while (*rel == '/') rel++;
+  while (*rel == '/')
+    rel++;
   size_t rn = strlen(rel);
   if (rn == 0 || rel[rn - 1] == '/') return 1;
   /* every component must be a plain name */

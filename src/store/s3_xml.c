@@ -41,8 +41,7 @@ static void on_start(void *ud, const XML_Char *name, const XML_Char **attrs) {
   walk *w = ud;
   (void)attrs;
   w->depth++;
-  if (w->depth <= MAX_DEPTH)
-    snprintf(w->names[w->depth], MAX_NAME, "%s", local_name(name));
+  if (w->depth <= MAX_DEPTH) snprintf(w->names[w->depth], MAX_NAME, "%s", local_name(name));
   w->text_len = 0;
 }
 
@@ -66,8 +65,8 @@ static void on_text(void *ud, const XML_Char *s, int len) {
   w->text_len += n;
 }
 
-static void on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
-                       const XML_Char *pubid, int has_internal_subset) {
+static void on_doctype(void *ud, const XML_Char *name, const XML_Char *sysid, const XML_Char *pubid,
+                       int has_internal_subset) {
   walk *w = ud;
   (void)name, (void)sysid, (void)pubid, (void)has_internal_subset;
   w->failed = 1;
@@ -114,10 +113,14 @@ static void error_end(walk *w, int depth, const char *name, const char *text, si
   ffdl_s3_xml_error *e = w->ud;
   (void)len;
   if (depth != 2 || strcmp(w->names[1], "Error") != 0) return;
-  if (strcmp(name, "Code") == 0) copy_field(e->code, sizeof e->code, text);
-  else if (strcmp(name, "Message") == 0) copy_field(e->message, sizeof e->message, text);
-  else if (strcmp(name, "BucketName") == 0) copy_field(e->bucket, sizeof e->bucket, text);
-  else if (strcmp(name, "Key") == 0) copy_field(e->key, sizeof e->key, text);
+  if (strcmp(name, "Code") == 0)
+    copy_field(e->code, sizeof e->code, text);
+  else if (strcmp(name, "Message") == 0)
+    copy_field(e->message, sizeof e->message, text);
+  else if (strcmp(name, "BucketName") == 0)
+    copy_field(e->bucket, sizeof e->bucket, text);
+  else if (strcmp(name, "Key") == 0)
+    copy_field(e->key, sizeof e->key, text);
 }
 
 int ffdl_s3_xml_parse_error(const char *body, size_t len, ffdl_s3_xml_error *out) {

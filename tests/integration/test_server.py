@@ -27,8 +27,15 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data, extra_args=(), env=None):
+    def __init__(self, data, extra_args=(), env=None, leave=False):
+        """A server on a free port. Unless LEAVE, its config halts the jobs on
+        SIGTERM, so that stopping it stops every learner a test started."""
         self.port = free_port()
+        extra_args = list(extra_args)
+        if not leave and "--config" not in extra_args:
+            config = data.parent / f"server-{self.port}.yml"
+            config.write_text("on_shutdown: halt\n")
+            extra_args += ["--config", config]
         self.data = data
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(data.parent / f"server-{self.port}.log", "w+")
@@ -309,7 +316,7 @@ def test_zip_slip_is_c102_and_leaves_nothing(server, entries):
 def test_zip_bomb_stops_at_the_cap(tmp_path, digits):
     data = tmp_path / "data"
     config = tmp_path / "server.yml"
-    config.write_text("max_unzipped_mb: 1\n")
+    config.write_text("max_unzipped_mb: 1\non_shutdown: halt\n")
     srv = Server(data, extra_args=["--config", config])
     try:
         token = add_user(srv, "alice")
@@ -324,7 +331,7 @@ def test_zip_bomb_stops_at_the_cap(tmp_path, digits):
 def test_rate_limit_answers_429(tmp_path):
     data = tmp_path / "data"
     config = tmp_path / "server.yml"
-    config.write_text("creates_per_minute: 2\n")
+    config.write_text("creates_per_minute: 2\non_shutdown: halt\n")
     srv = Server(data, extra_args=["--config", config])
     try:
         token = add_user(srv, "alice")
@@ -411,3 +418,72 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(server):
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:]
     assert re.search(r"not_a_server_error\s+(\d+) / \1 passed", result.stdout), result.stdout[-2000:]
+
+
+def wait_file(path, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text().strip()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_no_job_is_lost_when_the_server_is_killed(tmp_path):
+    data = tmp_path / "data"
+    nodes = tmp_path / "cluster.yml"
+    nodes.write_text("nodes:\n  - {name: box, cpus: 2, memory: 8GiB}\n")
+    env = {"FFDL_NODES": str(nodes)}
+    srv = Server(data, env=env)
+    token = add_user(srv, "alice")
+    # one keeps running across the crash, one ends while the server is down,
+    # one waits in QUEUED for room
+    code, keeps, _ = create(srv, token, name="keeps",
+                            command="for i in $(seq 1 40); do echo tick-$i; sleep 0.1; done")
+    code, ends, _ = create(srv, token, name="ends", command="echo bye; sleep 0.5; exit 3")
+    for model_id in (keeps["model_id"], ends["model_id"]):
+        wait_status(srv, model_id, {"PROCESSING"}, token=token)
+    body_more = CUSTOM.replace("cpus: 0.5", "cpus: 2")
+    from test_server import multipart as mp, zip_bytes as zb
+    body, headers = mp({"manifest": ("m.yml", body_more.format(name="queued", command='"echo later"').encode()),
+                        "model_definition": ("m.zip", zb({"a": "b"}))})
+    code, queued, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
+    assert code == 201
+    srv.proc.kill()  # SIGKILL: no chance to save anything
+    srv.proc.wait()
+    srv.log.close()
+    wait_file(data / "jobs" / ends["model_id"] / "learner-1" / "exit_status")
+    srv = Server(data, env=env)
+    try:
+        done = {m: wait_status(srv, m, {"COMPLETED", "FAILED", "HALTED"}, token=token)
+                for m in (keeps["model_id"], ends["model_id"], queued["model_id"])}
+        status = {m: d["training"]["training_status"] for m, d in done.items()}
+        assert status[keeps["model_id"]]["status"] == "COMPLETED"
+        assert status[ends["model_id"]]["status"] == "FAILED"
+        assert "exited with code 3" in status[ends["model_id"]]["status_message"]
+        assert status[queued["model_id"]]["status"] == "COMPLETED"
+        code, lines, _ = call(srv, "GET", f"/v1/logs/{keeps['model_id']}/loglines?pagesize=1000", token=token)
+        assert [l["line"] for l in lines["models"]] == [f"tick-{i}" for i in range(1, 41)]
+        job = json.loads((data / "results" / keeps["model_id"] / "job.json").read_text())
+        assert [(l["learner"], l["attempt"]) for l in job["learners"]] == [(1, 1)]  # never ran twice
+    finally:
+        srv.stop()
+
+
+def test_sigterm_leaves_learners_running_for_the_next_start(tmp_path):
+    data = tmp_path / "data"
+    srv = Server(data, leave=True)
+    token = add_user(srv, "alice")
+    pidfile = tmp_path / "pid"
+    code, doc, _ = create(srv, token, command=f"echo $$ > {pidfile}; sleep 2; echo finished")
+    pid = int(wait_file(pidfile))
+    srv.proc.terminate()
+    assert srv.proc.wait(timeout=30) == 0
+    srv.log.close()
+    assert alive(pid)
+    srv = Server(data)
+    try:
+        finished = wait_status(srv, doc["model_id"], {"COMPLETED", "FAILED"}, token=token)
+        assert finished["training"]["training_status"]["status"] == "COMPLETED"
+    finally:
+        srv.stop()

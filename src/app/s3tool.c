@@ -1,0 +1,292 @@
+/*
+ * s3tool.c: one S3 operation of src/store/s3.h on a uv loop, for tests,
+ * benchmarks and people.
+ * Owns: argument parsing, progress lines on stderr, the exit status.
+ * Must not: print the secret key, or do any S3 work itself.
+ *
+ *   s3tool [OPTIONS] ENDPOINT ACCESS SECRET COMMAND ARGS...
+ *     mb BUCKET                       create a bucket
+ *     put BUCKET KEY [FILE|-]         one PUT from memory (at most 64 MiB)
+ *     get BUCKET KEY [FILE|-]         one GET into memory, then FILE or stdout
+ *     upload BUCKET KEY FILE          a file (multipart above the part size)
+ *     download BUCKET KEY FILE        a file (ranged GETs in parallel)
+ *     upload-dir BUCKET PREFIX DIR    every file under DIR
+ *     download-prefix BUCKET PREFIX DIR
+ *     list BUCKET [PREFIX]            "SIZE<TAB>ETAG<TAB>KEY" lines (--json: one JSON array)
+ *
+ * SECRET "-" reads the secret from $S3_SECRET_KEY (keeps it out of ps).
+ * Exit status: 0 done, 1 the operation failed (S3's code and message on
+ * stderr), 2 bad usage.
+ */
+#include "core/error.h"
+#include "core/log.h"
+#include "store/s3.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+typedef struct {
+  const char *name;
+  int status;
+  ffdl_s3_error err;
+  int finished;
+  int quiet;
+  int json;
+  json_t *listing;
+  FILE *out;
+  int out_failed;
+} tool;
+
+static void usage(void) {
+  fprintf(stderr,
+          "usage: s3tool [--region=R] [--virtual-host] [--part-size=N[MiB]] [--concurrency=N]\n"
+          "              [--max-retries=N] [--retry-base-ms=N] [--quiet] [--json]\n"
+          "              ENDPOINT ACCESS SECRET COMMAND ARGS...\n"
+          "commands: mb BUCKET | put BUCKET KEY [FILE|-] | get BUCKET KEY [FILE|-] |\n"
+          "          upload BUCKET KEY FILE | download BUCKET KEY FILE |\n"
+          "          upload-dir BUCKET PREFIX DIR | download-prefix BUCKET PREFIX DIR |\n"
+          "          list BUCKET [PREFIX]\n"
+          "SECRET \"-\" reads $S3_SECRET_KEY.\n");
+}
+
+static void human(double bytes, char *out, size_t cap) {
+  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4)
+    bytes /= 1024, u++;
+  snprintf(out, cap, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+}
+
+static void on_progress(void *ud, const ffdl_s3_progress *p) {
+  tool *t = ud;
+  if (t->quiet) return;
+  char done[32], total[32], rate[32];
+  human((double)p->bytes_done, done, sizeof done);
+  human((double)p->bytes_total, total, sizeof total);
+  human(p->rate_bytes_per_s, rate, sizeof rate);
+  char eta[32] = "?";
+  if (p->eta_s >= 0) snprintf(eta, sizeof eta, "%.0fs", p->eta_s);
+  if (p->bytes_total)
+    fprintf(stderr, "s3tool: %s: %s / %s (%.0f%%), %llu/%llu objects, %s/s, ETA %s\n", t->name,
+            done, total, 100.0 * (double)p->bytes_done / (double)p->bytes_total,
+            (unsigned long long)p->objects_done, (unsigned long long)p->objects_total, rate, eta);
+  else
+    fprintf(stderr, "s3tool: %s: %s, %s/s (size not known yet)\n", t->name, done, rate);
+}
+
+static void on_done(void *ud, int status, const ffdl_s3_error *err) {
+  tool *t = ud;
+  t->finished = 1;
+  t->status = status;
+  if (status && err) t->err = *err;
+}
+
+static void on_object(void *ud, const char *key, uint64_t size, const char *etag) {
+  tool *t = ud;
+  if (t->json) {
+    json_array_append_new(t->listing, json_pack("{s:s, s:I, s:s}", "key", key, "size",
+                                                (json_int_t)size, "etag", etag));
+    return;
+  }
+  printf("%llu\t%s\t%s\n", (unsigned long long)size, etag, key);
+}
+
+static void on_body(void *ud, const void *data, size_t len) {
+  tool *t = ud;
+  if (fwrite(data, 1, len, t->out) != len) t->out_failed = 1;
+}
+
+static int parse_size(const char *s, size_t *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || v < 0) return -1;
+  if (*end == '\0' || strcmp(end, "B") == 0)
+    *out = (size_t)v;
+  else if (strcmp(end, "K") == 0 || strcmp(end, "KiB") == 0)
+    *out = (size_t)(v * 1024);
+  else if (strcmp(end, "M") == 0 || strcmp(end, "MiB") == 0)
+    *out = (size_t)(v * 1024 * 1024);
+  else if (strcmp(end, "G") == 0 || strcmp(end, "GiB") == 0)
+    *out = (size_t)(v * 1024 * 1024 * 1024);
+  else
+    return -1;
+  return 0;
+}
+
+/* Reads FILE ("-": stdin) into memory, at most 64 MiB + 1 bytes. */
+static int slurp(const char *path, char **data, size_t *len) {
+  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+  if (!f) return -1;
+  size_t cap = 1 << 16, n = 0;
+  char *buf = malloc(cap);
+  while (buf) {
+    if (n == cap) {
+      if (cap > 64u * 1024 * 1024) break;
+      char *b = realloc(buf, cap * 2);
+      if (!b) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = b;
+      cap *= 2;
+    }
+    size_t r = fread(buf + n, 1, cap - n, f);
+    if (r == 0) break;
+    n += r;
+  }
+  int bad = !buf || ferror(f);
+  if (f != stdin) fclose(f);
+  if (bad) {
+    free(buf);
+    return -1;
+  }
+  *data = buf;
+  *len = n;
+  return 0;
+}
+
+static void on_closed(void *ud) {
+  (void)ud;
+}
+
+int main(int argc, char **argv) {
+  ffdl_log_init();
+  ffdl_s3_config cfg = {0};
+  tool t = {.out = stdout};
+  int i = 1;
+  for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+    const char *a = argv[i];
+    size_t size;
+    if (strncmp(a, "--region=", 9) == 0)
+      cfg.region = a + 9;
+    else if (strcmp(a, "--virtual-host") == 0)
+      cfg.virtual_host = 1;
+    else if (strncmp(a, "--part-size=", 12) == 0 && parse_size(a + 12, &size) == 0)
+      cfg.part_size = size;
+    else if (strncmp(a, "--concurrency=", 14) == 0)
+      cfg.concurrency = atoi(a + 14);
+    else if (strncmp(a, "--max-retries=", 14) == 0)
+      cfg.max_retries = atoi(a + 14);
+    else if (strncmp(a, "--retry-base-ms=", 16) == 0)
+      cfg.retry_base_ms = (unsigned)atoi(a + 16);
+    else if (strcmp(a, "--quiet") == 0)
+      t.quiet = 1;
+    else if (strcmp(a, "--json") == 0)
+      t.json = 1;
+    else {
+      fprintf(stderr, "s3tool: unknown option %s\n", a);
+      usage();
+      return 2;
+    }
+  }
+  if (argc - i < 5) {
+    usage();
+    return 2;
+  }
+  cfg.endpoint = argv[i];
+  cfg.access_key = argv[i + 1];
+  cfg.secret_key = argv[i + 2];
+  if (strcmp(cfg.secret_key, "-") == 0) {
+    cfg.secret_key = getenv("S3_SECRET_KEY");
+    if (!cfg.secret_key) {
+      fprintf(stderr, "s3tool: SECRET is \"-\" but S3_SECRET_KEY is not set\n");
+      return 2;
+    }
+  }
+  const char *cmd = argv[i + 3];
+  char **a = argv + i + 4;
+  int n = argc - i - 4;
+  t.name = cmd;
+
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  ffdl_s3 *s3;
+  int rc = ffdl_s3_new(&loop, &cfg, &s3);
+  if (rc) {
+    fprintf(stderr, "s3tool: bad client settings (endpoint %s, part size at least 5 MiB): %s\n",
+            cfg.endpoint, ffdl_strerror(rc));
+    return 2;
+  }
+  ffdl_s3_progress_cb progress = t.quiet ? NULL : on_progress;
+  char *data = NULL;
+  size_t len = 0;
+  FILE *out_file = NULL;
+  rc = FFDL_EUSAGE;
+  if (strcmp(cmd, "mb") == 0 && n == 1) {
+    rc = ffdl_s3_create_bucket(s3, a[0], on_done, &t);
+  } else if (strcmp(cmd, "put") == 0 && (n == 2 || n == 3)) {
+    if (slurp(n == 3 ? a[2] : "-", &data, &len) != 0) {
+      fprintf(stderr, "s3tool: cannot read %s\n", n == 3 ? a[2] : "stdin");
+      return 1;
+    }
+    rc = ffdl_s3_put_buffer(s3, a[0], a[1], data, len, on_done, &t);
+  } else if (strcmp(cmd, "get") == 0 && (n == 2 || n == 3)) {
+    if (n == 3 && strcmp(a[2], "-") != 0) {
+      out_file = fopen(a[2], "wb");
+      if (!out_file) {
+        fprintf(stderr, "s3tool: cannot write %s\n", a[2]);
+        return 1;
+      }
+      t.out = out_file;
+    }
+    rc = ffdl_s3_get_buffer(s3, a[0], a[1], on_body, on_done, &t);
+  } else if (strcmp(cmd, "upload") == 0 && n == 3) {
+    rc = ffdl_s3_upload_file(s3, a[0], a[1], a[2], progress, on_done, &t);
+  } else if (strcmp(cmd, "download") == 0 && n == 3) {
+    rc = ffdl_s3_download_file(s3, a[0], a[1], a[2], progress, on_done, &t);
+  } else if (strcmp(cmd, "upload-dir") == 0 && n == 3) {
+    rc = ffdl_s3_upload_dir(s3, a[0], a[1], a[2], progress, on_done, &t);
+  } else if (strcmp(cmd, "download-prefix") == 0 && n == 3) {
+    rc = ffdl_s3_download_prefix(s3, a[0], a[1], a[2], progress, on_done, &t);
+  } else if (strcmp(cmd, "list") == 0 && (n == 1 || n == 2)) {
+    if (t.json) t.listing = json_array();
+    rc = ffdl_s3_list(s3, a[0], n == 2 ? a[1] : "", on_object, on_done, &t);
+  }
+  if (rc == FFDL_EUSAGE) {
+    usage();
+    ffdl_s3_close(s3, on_closed, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    return 2;
+  }
+  if (rc != 0) {
+    fprintf(stderr, "s3tool: %s: %s (check the bucket name and key)\n", cmd, ffdl_strerror(rc));
+    t.finished = 1;
+    t.status = rc;
+    t.err.code[0] = '\0';
+  }
+  uv_run(&loop, UV_RUN_DEFAULT);
+  ffdl_s3_close(s3, on_closed, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  free(data);
+  if (out_file && fclose(out_file) != 0) t.out_failed = 1;
+  if (t.listing) {
+    if (t.status == 0) {
+      json_dumpf(t.listing, stdout, JSON_INDENT(0) | JSON_COMPACT);
+      putchar('\n');
+    }
+    json_decref(t.listing);
+  }
+  if (t.status != 0) {
+    if (t.err.code[0]) {
+      fprintf(stderr, "s3tool: %s failed: %s", cmd, t.err.code);
+      if (t.err.http_status) fprintf(stderr, " (HTTP %d)", t.err.http_status);
+      fprintf(stderr, ": %s", t.err.message[0] ? t.err.message : ffdl_strerror(t.status));
+      if (t.err.bucket[0]) fprintf(stderr, " [bucket %s", t.err.bucket);
+      if (t.err.bucket[0] && t.err.key[0]) fprintf(stderr, ", key %s", t.err.key);
+      if (t.err.bucket[0]) fprintf(stderr, "]");
+      fprintf(stderr, "\n");
+    }
+    return 1;
+  }
+  if (t.out_failed) {
+    fprintf(stderr, "s3tool: %s: cannot write the output\n", cmd);
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,108 @@
+/*
+ * s3stage.c: the S3 side of DOWNLOADING and STORING.
+ * Owns: turning an FfDL connection (auth_url, user_name, password, region)
+ * into a client, and S3 errors into FfDL's codes. Must not: log or return
+ * a secret.
+ */
+#include "orch/s3stage.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "store/s3.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  ffdl_s3 *s3;
+  ffdl_s3stage_cb done;
+  void *ud;
+  const char *fail_code;
+  char what[64];
+  char code[8];
+  char message[1024];
+  int failed;
+} op;
+
+int ffdl_s3stage_is_s3(const json_t *store) {
+  const char *type = json_string_value(json_object_get(store, "type"));
+  return type && (!strcmp(type, "s3_datastore") || !strcmp(type, "mount_cos"));
+}
+
+static void closed(void *ud) {
+  op *o = ud;
+  o->done(o->ud, o->failed ? o->code : NULL, o->failed ? o->message : NULL);
+  free(o);
+}
+
+static int is_credentials_error(const char *code) {
+  static const char *const codes[] = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+                                      "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
+                                      NULL};
+  for (const char *const *c = codes; *c; c++)
+    if (!strcmp(code, *c)) return 1;
+  return 0;
+}
+
+static void finished(void *ud, int status, const ffdl_s3_error *err) {
+  op *o = ud;
+  if (status != 0) {
+    o->failed = 1;
+    const char *s3code = err && err->code[0] ? err->code : "Error";
+    snprintf(o->code, sizeof o->code, "%s", is_credentials_error(s3code) ? "C103" : o->fail_code);
+    snprintf(o->message, sizeof o->message, "%s failed: S3 %s (HTTP %d): %s%s%s", o->what, s3code,
+             err ? err->http_status : 0, err ? err->message : "",
+             err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
+  }
+  ffdl_s3_close(o->s3, closed, o);
+}
+
+static void progress(void *ud, const ffdl_s3_progress *p) {
+  op *o = ud;
+  if (p->bytes_total)
+    ffdl_log(FFDL_LOG_INFO, "%s: %.1f of %.1f MiB, %.1f MiB/s", o->what, p->bytes_done / 1048576.0,
+             p->bytes_total / 1048576.0, p->rate_bytes_per_s / 1048576.0);
+}
+
+static op *start(uv_loop_t *loop, const json_t *store, const char *what, const char *fail_code,
+                 ffdl_s3stage_cb done, void *ud) {
+  json_t *conn = json_object_get(store, "connection");
+  ffdl_s3_config cfg = {.endpoint = json_string_value(json_object_get(conn, "auth_url")),
+                        .access_key = json_string_value(json_object_get(conn, "user_name")),
+                        .secret_key = json_string_value(json_object_get(conn, "password")),
+                        .region = json_string_value(json_object_get(conn, "region"))};
+  op *o = calloc(1, sizeof *o);
+  if (!o) return NULL;
+  o->done = done;
+  o->ud = ud;
+  o->fail_code = fail_code;
+  snprintf(o->what, sizeof o->what, "%s", what);
+  if (ffdl_s3_new(loop, &cfg, &o->s3) != 0) {
+    free(o);
+    return NULL;
+  }
+  return o;
+}
+
+int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
+                          ffdl_s3stage_cb done, void *ud) {
+  json_t *data = json_object_get(store, "training_data");
+  const char *bucket = json_string_value(json_object_get(data, "container"));
+  const char *prefix = json_string_value(json_object_get(data, "prefix"));
+  op *o = start(loop, store, "downloading the training data", "S302", done, ud);
+  if (!o || !bucket) return free(o), FFDL_EINVALID;
+  int rc = ffdl_s3_download_prefix(o->s3, bucket, prefix ? prefix : "", dir, progress, finished, o);
+  if (rc != 0) ffdl_s3_close(o->s3, free, o);
+  return rc;
+}
+
+int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
+                        const char *results, ffdl_s3stage_cb done, void *ud) {
+  json_t *res = json_object_get(store, "training_results");
+  const char *bucket = json_string_value(json_object_get(res, "container"));
+  op *o = start(loop, store, "uploading the results", "S303", done, ud);
+  if (!o || !bucket) return free(o), FFDL_EINVALID;
+  int rc = ffdl_s3_upload_dir(o->s3, bucket, prefix, results, progress, finished, o);
+  if (rc != 0) ffdl_s3_close(o->s3, free, o);
+  return rc;
+}

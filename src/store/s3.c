@@ -1,0 +1,2390 @@
+/*
+ * s3.c: an S3 client on the libuv loop.
+ * Owns: libcurl's multi handle driven by uv_poll (one per socket) and one
+ * uv_timer; requests with Signature V4 (CURLOPT_AWS_SIGV4), retries with
+ * backoff, and the operations built on them (listing, single PUT/GET,
+ * multipart upload, ranged parallel download, directory transfers).
+ * Must not: block the loop (file opening, hashing, renaming and directory
+ * walks run on the thread pool; curl's read and write callbacks move at
+ * most one buffer of CURLOPT_(UPLOAD_)BUFFERSIZE with pread/pwrite), hold a
+ * whole large object in memory, call into curl from inside a curl
+ * callback, or ever log the secret key.
+ *
+ * Life of a request (s3_req): queued READY -> RUNNING in the multi (at most
+ * `concurrency` at once, client-wide) -> on completion classified: success,
+ * retry (backoff on the RETRY list, then READY again) or final failure ->
+ * its operation's on_done -> freed. An operation (s3_op) counts what it
+ * waits for in `refs` (requests, thread-pool items, child operations) and
+ * only finishes, calling DONE exactly once, when that count is zero; a
+ * failed one first runs its clean-up (AbortMultipartUpload, unlinking
+ * PATH.partial).
+ */
+#define _GNU_SOURCE
+#include "store/s3.h"
+#include "store/s3_util.h"
+#include "store/s3_xml.h"
+#include "core/error.h"
+#include "core/log.h"
+
+#include <curl/curl.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MIB (1024u * 1024u)
+#define DEFAULT_PART_SIZE (8 * MIB)
+#define MIN_PART_SIZE (5 * MIB)
+#define DEFAULT_CONCURRENCY 8
+#define MAX_CONCURRENCY 256
+#define DEFAULT_RETRIES 5
+#define DEFAULT_RETRY_BASE_MS 200
+#define BACKOFF_CAP_MS 20000
+#define BUFFER_LIMIT (64 * MIB)    /* put_buffer / get_buffer */
+#define LIST_BODY_LIMIT (16 * MIB) /* one listing page: 1,000 keys of at most 1 KiB */
+#define ERROR_BODY_LIMIT (64 * 1024)
+#define IO_BUFFER (256 * 1024) /* curl's upload and download buffers, the hash buffer */
+#define PROGRESS_MS 250
+#define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+typedef struct s3_req s3_req;
+typedef struct s3_op s3_op;
+typedef struct s3_work s3_work;
+typedef struct sock_ctx sock_ctx;
+
+typedef void (*req_done_fn)(s3_req *r, int status, const ffdl_s3_error *err);
+typedef void (*work_fn)(s3_work *w);
+typedef void (*after_fn)(s3_work *w, s3_op *op);
+
+enum { BODY_NONE, BODY_MEM, BODY_FILE };
+enum { SINK_BUFFER, SINK_FILE };
+enum { Q_NONE, Q_READY, Q_RETRY, Q_RUNNING };
+enum {
+  OP_BUCKET,
+  OP_PUT,
+  OP_GET,
+  OP_LIST,
+  OP_UPLOAD,
+  OP_DOWNLOAD,
+  OP_UPLOAD_DIR,
+  OP_DOWNLOAD_PREFIX
+};
+
+struct sock_ctx {
+  uv_poll_t poll;
+  ffdl_s3 *s3;
+  curl_socket_t fd;
+  sock_ctx *next, *prev;
+};
+
+struct ffdl_s3 {
+  uv_loop_t *loop;
+  CURLM *multi;
+  uv_timer_t curl_timer, retry_timer, progress_timer, pump_timer;
+  char *scheme, *host, *base_path; /* "https", "host[:port]", "" or "/path" */
+  char *access, *secret, *region, *sigv4;
+  int virtual_host;
+  uint64_t part_size;
+  int concurrency, max_retries;
+  unsigned retry_base_ms;
+  int running; /* requests in the multi */
+  s3_req *ready_head, *ready_tail;
+  s3_req *retry_head; /* sorted by due time */
+  s3_op *ops;         /* top-level operations */
+  sock_ctx *socks;
+  int works;        /* thread-pool items in flight */
+  int handles_open; /* uv handles not yet closed */
+  uint64_t rng;
+  int closing, close_started, in_cleanup, close_done;
+  void (*close_cb)(void *ud);
+  void *close_ud;
+};
+
+struct s3_req {
+  ffdl_s3 *s3;
+  s3_op *op;
+  s3_req *next, *prev;       /* in the ready or retry queue */
+  s3_req *op_next, *op_prev; /* the operation's live requests */
+  int where;
+  CURL *easy;
+  struct curl_slist *headers;
+  const char *method;       /* static */
+  const char *bucket, *key; /* borrowed from the operation; key may be NULL */
+  char *query;              /* canonical: sorted names, encoded, "name=value" */
+  char range[64];
+  char *if_match;
+  const char *content_type; /* static */
+  int body;
+  const char *mem; /* BODY_MEM: borrowed from the operation */
+  size_t mem_len;
+  int fd; /* BODY_FILE: borrowed from the operation */
+  uint64_t off, len, pos;
+  char sha256[65];
+  int sink;
+  char *buf; /* SINK_BUFFER body, or any error body */
+  size_t buf_len, buf_cap, buf_limit;
+  int out_fd; /* SINK_FILE: borrowed */
+  uint64_t out_off, expect_len, received;
+  int need_206, check_error_body, cleanup, counts, slow_ok;
+  uint64_t counted; /* bytes added to the progress in this attempt */
+  long status;
+  char etag[256], content_range[128];
+  int too_big, overrun, io_errno, io_read;
+  int attempt;
+  uint64_t due;
+  char curl_err[CURL_ERROR_SIZE];
+  req_done_fn on_done;
+  uint64_t tag;
+};
+
+typedef struct {
+  char *rel; /* the path under the directory */
+  char *key; /* a prefix download: the exact key listed; NULL for uploads */
+  uint64_t size;
+} dir_entry;
+
+struct s3_op {
+  ffdl_s3 *s3;
+  int kind;
+  s3_op *parent, *next, *prev, *children;
+  s3_req *reqs;
+  int refs;
+  int failed, complete, cleanup_started;
+  int status;
+  ffdl_s3_error err;
+  ffdl_s3_done_cb done;
+  void *ud;
+  ffdl_s3_progress_cb progress;
+  ffdl_s3_object_cb object;
+  void (*body)(void *ud, const void *data, size_t len);
+  /* progress, kept on the root operation */
+  uint64_t bytes_done, bytes_total, objects_done, objects_total, last_bytes, last_ms;
+  double rate;
+  char *bucket, *key, *prefix, *path, *partial;
+  char *data; /* put_buffer's copy, create_bucket's and complete's bodies */
+  size_t len;
+  char sha256[65];
+  char *token; /* listing */
+  /* upload */
+  int fd;
+  uint64_t size, part_size;
+  uint32_t nparts, next_part, parts_busy, parts_done;
+  char *upload_id;
+  char **etags;
+  /* download */
+  int mkdirs, partial_made;
+  uint64_t total, next_off;
+  int ranges_busy;
+  char *etag;
+  /* directory transfers */
+  dir_entry *entries;
+  size_t n_entries, cap_entries, next_entry;
+  int children_busy;
+};
+
+struct s3_work {
+  uv_work_t req;
+  s3_op *op;
+  work_fn run;
+  after_fn after;
+  int err_no;
+  const char *what; /* the failed step, static */
+  int fd;
+  uint64_t off, len, size, limit;
+  char sha256[65];
+  char *path, *path2;
+  int mkdirs;
+  const void *mem;
+  dir_entry *entries;
+  size_t n, cap;
+  uint64_t bytes;
+};
+
+static void op_check(s3_op *op);
+static void op_fail(s3_op *op, int status, const ffdl_s3_error *err);
+static void op_failf(s3_op *op, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void close_maybe_finish(ffdl_s3 *s3);
+static void pump(ffdl_s3 *s3);
+static void upload_start(s3_op *op);
+static void download_start(s3_op *op);
+static void list_next_page(s3_op *op);
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *s = NULL;
+  if (vasprintf(&s, fmt, ap) < 0) s = NULL;
+  va_end(ap);
+  return s;
+}
+
+static char *dup_or_null(const char *s) {
+  return s ? strdup(s) : NULL;
+}
+
+static double rand01(ffdl_s3 *s3) {
+  /* xorshift64*: jitter only, nothing secret */
+  uint64_t x = s3->rng;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  s3->rng = x;
+  return (double)((x * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+
+static void hex(const unsigned char *d, size_t n, char *out) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = digits[d[i] >> 4];
+    out[2 * i + 1] = digits[d[i] & 15];
+  }
+  out[2 * n] = '\0';
+}
+
+static int sha256_mem(const void *data, size_t len, char out[65]) {
+  unsigned char md[32];
+  unsigned int n = 0;
+  if (!EVP_Digest(data, len, md, &n, EVP_sha256(), NULL)) return -1;
+  hex(md, 32, out);
+  return 0;
+}
+
+/* SHA-256 of LEN bytes of FD at OFF, in IO_BUFFER slices (thread pool). */
+static int sha256_file(int fd, uint64_t off, uint64_t len, char out[65]) {
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  unsigned char *buf = malloc(IO_BUFFER);
+  int rc = -1;
+  if (!ctx || !buf || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) goto done;
+  uint64_t done = 0;
+  while (done < len) {
+    size_t want = len - done > IO_BUFFER ? IO_BUFFER : (size_t)(len - done);
+    ssize_t n = pread(fd, buf, want, (off_t)(off + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) goto done;
+    if (n == 0) {
+      errno = ESPIPE; /* the file shrank */
+      goto done;
+    }
+    if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) goto done;
+    done += (uint64_t)n;
+  }
+  unsigned char md[32];
+  unsigned int mdn = 0;
+  if (!EVP_DigestFinal_ex(ctx, md, &mdn)) goto done;
+  hex(md, 32, out);
+  rc = 0;
+done:
+  free(buf);
+  EVP_MD_CTX_free(ctx);
+  return rc;
+}
+
+static void set_field(char *dst, size_t cap, const char *s) {
+  snprintf(dst, cap, "%s", s ? s : "");
+}
+
+/* ---- operations: bookkeeping ------------------------------------------ */
+
+static s3_op *op_root(s3_op *op) {
+  while (op->parent)
+    op = op->parent;
+  return op;
+}
+
+static s3_op *op_new(ffdl_s3 *s3, int kind, s3_op *parent) {
+  s3_op *op = calloc(1, sizeof *op);
+  if (!op) return NULL;
+  op->s3 = s3;
+  op->kind = kind;
+  op->fd = -1;
+  op->parent = parent;
+  s3_op **head = parent ? &parent->children : &s3->ops;
+  op->next = *head;
+  if (*head) (*head)->prev = op;
+  *head = op;
+  if (parent) parent->refs++;
+  op->last_ms = uv_now(s3->loop);
+  return op;
+}
+
+static void op_free(s3_op *op) {
+  free(op->bucket);
+  free(op->key);
+  free(op->prefix);
+  free(op->path);
+  free(op->partial);
+  free(op->data);
+  free(op->token);
+  free(op->upload_id);
+  if (op->etags) {
+    for (uint32_t i = 0; i < op->nparts; i++)
+      free(op->etags[i]);
+    free(op->etags);
+  }
+  free(op->etag);
+  for (size_t i = 0; i < op->n_entries; i++) {
+    free(op->entries[i].rel);
+    free(op->entries[i].key);
+  }
+  free(op->entries);
+  free(op);
+}
+
+static void op_unlink(s3_op *op) {
+  s3_op **head = op->parent ? &op->parent->children : &op->s3->ops;
+  if (op->prev)
+    op->prev->next = op->next;
+  else
+    *head = op->next;
+  if (op->next) op->next->prev = op->prev;
+  op->next = op->prev = NULL;
+}
+
+static void on_progress_tick(uv_timer_t *t);
+
+static void progress_start(s3_op *op) {
+  ffdl_s3 *s3 = op->s3;
+  if (!op->progress || uv_is_active((uv_handle_t *)&s3->progress_timer)) return;
+  uv_timer_start(&s3->progress_timer, on_progress_tick, PROGRESS_MS, PROGRESS_MS);
+}
+
+static void on_progress_tick(uv_timer_t *t) {
+  ffdl_s3 *s3 = t->data;
+  uint64_t now = uv_now(s3->loop);
+  int any = 0;
+  for (s3_op *op = s3->ops, *next; op; op = next) {
+    next = op->next;
+    if (!op->progress || op->failed) continue;
+    any = 1;
+    double dt = (double)(now - op->last_ms) / 1000.0;
+    if (dt <= 0) continue;
+    uint64_t moved = op->bytes_done > op->last_bytes ? op->bytes_done - op->last_bytes : 0;
+    op->rate = ffdl_s3_rate_update(op->rate, moved, dt);
+    op->last_ms = now;
+    op->last_bytes = op->bytes_done;
+    ffdl_s3_progress p = {
+        .bytes_done = op->bytes_done,
+        .bytes_total = op->bytes_total,
+        .objects_done = op->objects_done,
+        .objects_total = op->objects_total,
+        .rate_bytes_per_s = op->rate,
+        .eta_s = -1,
+    };
+    if (op->bytes_total && op->rate > 0)
+      p.eta_s = op->bytes_total > op->bytes_done
+                    ? (double)(op->bytes_total - op->bytes_done) / op->rate
+                    : 0;
+    op->progress(op->ud, &p);
+    if (s3->closing) return; /* the callback closed the client: the list changed */
+  }
+  if (!any) uv_timer_stop(t);
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+static void progress_add(s3_req *r, uint64_t n) {
+  if (!r->counts) return;
+  r->counted += n;
+  op_root(r->op)->bytes_done += n;
+}
+
+static void progress_rollback(s3_req *r) {
+  s3_op *root = op_root(r->op);
+  root->bytes_done = root->bytes_done >= r->counted ? root->bytes_done - r->counted : 0;
+  r->counted = 0;
+}
+
+static s3_req *req_new(s3_op *op, const char *method, const char *key, char *query) {
+  s3_req *r = calloc(1, sizeof *r);
+  if (!r) {
+    free(query);
+    return NULL;
+  }
+  r->s3 = op->s3;
+  r->op = op;
+  r->method = method;
+  r->bucket = op->bucket;
+  r->key = key;
+  r->query = query;
+  r->fd = -1;
+  r->out_fd = -1;
+  r->buf_limit = ERROR_BODY_LIMIT;
+  memcpy(r->sha256, EMPTY_SHA256, sizeof EMPTY_SHA256);
+  r->op_next = op->reqs;
+  if (op->reqs) op->reqs->op_prev = r;
+  op->reqs = r;
+  op->refs++;
+  return r;
+}
+
+static void req_unlink_op(s3_req *r) {
+  s3_op *op = r->op;
+  if (r->op_prev)
+    r->op_prev->op_next = r->op_next;
+  else if (op->reqs == r)
+    op->reqs = r->op_next;
+  if (r->op_next) r->op_next->op_prev = r->op_prev;
+  r->op_next = r->op_prev = NULL;
+}
+
+static void req_free(s3_req *r) {
+  free(r->query);
+  free(r->if_match);
+  free(r->buf);
+  free(r);
+}
+
+static void queue_remove(s3_req **head, s3_req **tail, s3_req *r) {
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    *head = r->next;
+  if (r->next)
+    r->next->prev = r->prev;
+  else if (tail)
+    *tail = r->prev;
+  r->next = r->prev = NULL;
+}
+
+static void on_pump(uv_timer_t *t) {
+  pump(t->data);
+}
+
+/* Queues R; the pump timer starts it on the next loop iteration, never from
+ * inside the caller (which may still be using R's operation). */
+static void req_submit(s3_req *r) {
+  ffdl_s3 *s3 = r->s3;
+  r->where = Q_READY;
+  r->prev = s3->ready_tail;
+  r->next = NULL;
+  if (s3->ready_tail)
+    s3->ready_tail->next = r;
+  else
+    s3->ready_head = r;
+  s3->ready_tail = r;
+  if (!uv_is_active((uv_handle_t *)&s3->pump_timer)) uv_timer_start(&s3->pump_timer, on_pump, 0, 0);
+}
+
+static void req_detach_easy(s3_req *r) {
+  if (r->easy) {
+    curl_multi_remove_handle(r->s3->multi, r->easy);
+    curl_easy_cleanup(r->easy);
+    r->easy = NULL;
+    r->s3->running--;
+  }
+  curl_slist_free_all(r->headers);
+  r->headers = NULL;
+}
+
+/* Drops R wherever it is, without calling on_done. The caller runs
+ * op_check on R's operation afterwards. */
+static void req_cancel(s3_req *r) {
+  ffdl_s3 *s3 = r->s3;
+  if (r->where == Q_RUNNING)
+    req_detach_easy(r);
+  else if (r->where == Q_READY)
+    queue_remove(&s3->ready_head, &s3->ready_tail, r);
+  else if (r->where == Q_RETRY)
+    queue_remove(&s3->retry_head, NULL, r);
+  r->where = Q_NONE;
+  s3_op *op = r->op;
+  req_unlink_op(r);
+  req_free(r);
+  op->refs--;
+}
+
+/* R is done for good: hands the result to its operation, then frees it. */
+static void req_complete(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  r->where = Q_NONE;
+  req_unlink_op(r);
+  r->on_done(r, status, err);
+  req_free(r);
+  op->refs--;
+  op_check(op);
+}
+
+static int header_is(const char *line, size_t n, const char *name) {
+  size_t k = strlen(name);
+  return n > k && strncasecmp(line, name, k) == 0 && line[k] == ':';
+}
+
+static void header_value(const char *line, size_t n, size_t skip, char *out, size_t cap) {
+  const char *v = line + skip;
+  const char *end = line + n;
+  while (v < end && (*v == ' ' || *v == '\t'))
+    v++;
+  while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+    end--;
+  size_t len = (size_t)(end - v);
+  if (len >= cap) len = cap - 1;
+  memcpy(out, v, len);
+  out[len] = '\0';
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+  s3_req *r = ud;
+  size_t n = size * nmemb;
+  if (n > 5 && strncmp(data, "HTTP/", 5) == 0) {
+    const char *sp = memchr(data, ' ', n);
+    r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+    r->etag[0] = r->content_range[0] = '\0';
+  } else if (header_is(data, n, "etag")) {
+    header_value(data, n, 5, r->etag, sizeof r->etag);
+  } else if (header_is(data, n, "content-range")) {
+    header_value(data, n, 14, r->content_range, sizeof r->content_range);
+  }
+  return n;
+}
+
+static int buf_append(s3_req *r, const char *data, size_t n) {
+  if (r->buf_len + n + 1 > r->buf_cap) {
+    size_t cap = r->buf_cap ? r->buf_cap : 4096;
+    while (cap < r->buf_len + n + 1)
+      cap *= 2;
+    char *b = realloc(r->buf, cap);
+    if (!b) return -1;
+    r->buf = b;
+    r->buf_cap = cap;
+  }
+  memcpy(r->buf + r->buf_len, data, n);
+  r->buf_len += n;
+  r->buf[r->buf_len] = '\0';
+  return 0;
+}
+
+static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
+  s3_req *r = ud;
+  size_t n = size * nmemb;
+  int ok_status = r->status >= 200 && r->status < 300;
+  if (!ok_status || r->sink == SINK_BUFFER) {
+    size_t limit = ok_status ? r->buf_limit : ERROR_BODY_LIMIT;
+    if (r->buf_len + n > limit) {
+      if (!ok_status) return n; /* keep the head of an overlong error body */
+      r->too_big = 1;
+      return 0;
+    }
+    if (buf_append(r, data, n) != 0) {
+      r->io_errno = ENOMEM;
+      return 0;
+    }
+    if (ok_status) {
+      r->received += n;
+      progress_add(r, n);
+    }
+    return n;
+  }
+  if (r->expect_len && r->received + n > r->expect_len) {
+    r->overrun = 1;
+    return 0;
+  }
+  size_t done = 0;
+  while (done < n) {
+    ssize_t w = pwrite(r->out_fd, data + done, n - done, (off_t)(r->out_off + r->received + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      r->io_errno = w < 0 ? errno : EIO;
+      return 0;
+    }
+    done += (size_t)w;
+  }
+  r->received += n;
+  progress_add(r, n);
+  return n;
+}
+
+static size_t on_read(char *out, size_t size, size_t nmemb, void *ud) {
+  s3_req *r = ud;
+  size_t want = size * nmemb;
+  if (r->pos >= r->len) return 0;
+  if (want > r->len - r->pos) want = (size_t)(r->len - r->pos);
+  if (r->body == BODY_MEM) {
+    memcpy(out, r->mem + r->pos, want);
+  } else {
+    ssize_t n;
+    do
+      n = pread(r->fd, out, want, (off_t)(r->off + r->pos));
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+      r->io_errno = n < 0 ? errno : ESPIPE; /* ESPIPE: the file shrank */
+      r->io_read = 1;
+      return CURL_READFUNC_ABORT;
+    }
+    want = (size_t)n;
+  }
+  r->pos += want;
+  progress_add(r, want);
+  return want;
+}
+
+static int on_seek(void *ud, curl_off_t offset, int origin) {
+  s3_req *r = ud;
+  if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > r->len) return CURL_SEEKFUNC_FAIL;
+  r->pos = (uint64_t)offset;
+  progress_rollback(r);
+  progress_add(r, r->pos);
+  return CURL_SEEKFUNC_OK;
+}
+
+static char *make_url(ffdl_s3 *s3, const char *bucket, const char *key, const char *query) {
+  char *ekey = key ? ffdl_s3_uri_encode(key, 1) : strdup("");
+  if (!ekey) return NULL;
+  const char *q = query && *query ? "?" : "";
+  const char *qs = query ? query : "";
+  char *url;
+  if (!bucket)
+    url = xasprintf("%s://%s%s/%s", s3->scheme, s3->host, s3->base_path, q);
+  else if (s3->virtual_host)
+    /* bucket.host: libcurl resolves "*.localhost" to the loopback itself
+     * (RFC 6761), which is how the tests reach moto this way. */
+    url =
+        xasprintf("%s://%s.%s%s/%s%s%s", s3->scheme, bucket, s3->host, s3->base_path, ekey, q, qs);
+  else if (key)
+    url =
+        xasprintf("%s://%s%s/%s/%s%s%s", s3->scheme, s3->host, s3->base_path, bucket, ekey, q, qs);
+  else
+    url = xasprintf("%s://%s%s/%s%s%s", s3->scheme, s3->host, s3->base_path, bucket, q, qs);
+  free(ekey);
+  return url;
+}
+
+static int add_header(struct curl_slist **list, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int add_header(struct curl_slist **list, const char *fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  if (n < 0 || (size_t)n >= sizeof line) return -1;
+  struct curl_slist *l = curl_slist_append(*list, line);
+  if (!l) return -1;
+  *list = l;
+  return 0;
+}
+
+static int req_start(s3_req *r) {
+  ffdl_s3 *s3 = r->s3;
+  progress_rollback(r);
+  r->status = 0;
+  r->received = 0;
+  r->buf_len = 0;
+  r->pos = 0;
+  r->too_big = r->overrun = r->io_errno = r->io_read = 0;
+  r->etag[0] = r->content_range[0] = r->curl_err[0] = '\0';
+
+  char *url = make_url(s3, r->bucket, r->key, r->query);
+  CURL *e = curl_easy_init();
+  struct curl_slist *h = NULL;
+  int bad = !url || !e;
+  /* SigV4 with libcurl 7.88 needs the payload hash as a header; every
+   * request names it, so the server checks the body against it. */
+  bad = bad || add_header(&h, "x-amz-content-sha256: %s", r->sha256) != 0;
+  /* No "Expect:" header to turn 100-continue off: libcurl 7.88 would sign
+   * the empty header and every signature would be wrong. The wait for
+   * "100 Continue" is bounded below instead. */
+  if (r->range[0]) bad = bad || add_header(&h, "Range: %s", r->range) != 0;
+  if (r->if_match) bad = bad || add_header(&h, "If-Match: %s", r->if_match) != 0;
+  if (r->content_type) bad = bad || add_header(&h, "Content-Type: %s", r->content_type) != 0;
+  if (bad) {
+    free(url);
+    if (e) curl_easy_cleanup(e);
+    curl_slist_free_all(h);
+    return FFDL_ENOMEM;
+  }
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  if (ffdl_log_enabled(FFDL_LOG_DEBUG)) /* the URL holds no credential */
+    ffdl_log(FFDL_LOG_DEBUG, "s3: %s %s (attempt %d)", r->method, url, r->attempt + 1);
+  free(url); /* libcurl copies it */
+  curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L); /* keys may hold "../" */
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->curl_err);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)IO_BUFFER);
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)IO_BUFFER);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+  curl_easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 300L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  /* a stalled transfer is a connection error; CompleteMultipartUpload may
+   * legitimately stay silent while the server assembles a large object */
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, r->slow_ok ? 600L : 60L);
+  if (*s3->access) {
+    curl_easy_setopt(e, CURLOPT_AWS_SIGV4, s3->sigv4);
+    curl_easy_setopt(e, CURLOPT_USERNAME, s3->access);
+    curl_easy_setopt(e, CURLOPT_PASSWORD, s3->secret);
+  }
+  if (strcmp(r->method, "PUT") == 0) {
+    curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->len);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, r);
+    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+    curl_easy_setopt(e, CURLOPT_SEEKDATA, r);
+  } else if (strcmp(r->method, "POST") == 0) {
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body == BODY_MEM ? r->mem : "");
+  } else if (strcmp(r->method, "DELETE") == 0) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "DELETE");
+  } else if (strcmp(r->method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  }
+  if (curl_multi_add_handle(s3->multi, e) != CURLM_OK) {
+    curl_easy_cleanup(e);
+    curl_slist_free_all(h);
+    return FFDL_ENOMEM;
+  }
+  r->easy = e;
+  r->headers = h;
+  r->where = Q_RUNNING;
+  s3->running++;
+  return 0;
+}
+
+static void pump(ffdl_s3 *s3) {
+  while (!s3->close_started && s3->running < s3->concurrency && s3->ready_head) {
+    s3_req *r = s3->ready_head;
+    queue_remove(&s3->ready_head, &s3->ready_tail, r);
+    r->where = Q_NONE;
+    int rc = req_start(r);
+    if (rc != 0) {
+      ffdl_s3_error err = {0};
+      set_field(err.code, sizeof err.code, "OutOfMemory");
+      set_field(err.message, sizeof err.message, "out of memory starting a request");
+      req_complete(r, rc, &err);
+    }
+  }
+}
+
+static void on_retry_timer(uv_timer_t *t);
+
+static void retry_arm(ffdl_s3 *s3) {
+  if (!s3->retry_head) {
+    uv_timer_stop(&s3->retry_timer);
+    return;
+  }
+  uint64_t now = uv_now(s3->loop);
+  uint64_t due = s3->retry_head->due;
+  uv_timer_start(&s3->retry_timer, on_retry_timer, due > now ? due - now : 0, 0);
+}
+
+static void on_retry_timer(uv_timer_t *t) {
+  ffdl_s3 *s3 = t->data;
+  uint64_t now = uv_now(s3->loop);
+  while (s3->retry_head && s3->retry_head->due <= now) {
+    s3_req *r = s3->retry_head;
+    queue_remove(&s3->retry_head, NULL, r);
+    req_submit(r);
+  }
+  retry_arm(s3);
+}
+
+static void retry_schedule(s3_req *r, unsigned delay_ms) {
+  ffdl_s3 *s3 = r->s3;
+  r->due = uv_now(s3->loop) + delay_ms;
+  r->where = Q_RETRY;
+  s3_req **p = &s3->retry_head, *prev = NULL;
+  while (*p && (*p)->due <= r->due) {
+    prev = *p;
+    p = &(*p)->next;
+  }
+  r->next = *p;
+  r->prev = prev;
+  if (*p) (*p)->prev = r;
+  *p = r;
+  retry_arm(s3);
+}
+
+static int curl_retryable(CURLcode rc) {
+  switch (rc) {
+  case CURLE_COULDNT_RESOLVE_HOST:
+  case CURLE_COULDNT_CONNECT:
+  case CURLE_PARTIAL_FILE:
+  case CURLE_OPERATION_TIMEDOUT:
+  case CURLE_SEND_ERROR:
+  case CURLE_RECV_ERROR:
+  case CURLE_GOT_NOTHING:
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_HTTP2:
+  case CURLE_HTTP2_STREAM:
+  case CURLE_SEND_FAIL_REWIND:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+static const char *status_code_name(long status) {
+  switch (status) {
+  case 400:
+    return "BadRequest";
+  case 403:
+    return "AccessDenied";
+  case 404:
+    return "NotFound";
+  case 405:
+    return "MethodNotAllowed";
+  case 409:
+    return "Conflict";
+  case 412:
+    return "PreconditionFailed";
+  case 416:
+    return "InvalidRange";
+  case 429:
+    return "SlowDown";
+  case 500:
+    return "InternalError";
+  case 503:
+    return "ServiceUnavailable";
+  default:
+    return "HTTPError";
+  }
+}
+
+/* Sorts out how R ended. Returns 0 for success, else a negative code with
+ * ERR filled and *RETRY set when another attempt may succeed. */
+static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
+  memset(err, 0, sizeof *err);
+  *retry = 0;
+  set_field(err->bucket, sizeof err->bucket, r->bucket);
+  set_field(err->key, sizeof err->key, r->key);
+  err->http_status = (int)r->status;
+  s3_op *op = r->op;
+  if (r->io_errno) {
+    set_field(err->code, sizeof err->code, "LocalIOError");
+    snprintf(err->message, sizeof err->message, "cannot %s %s: %s", r->io_read ? "read" : "write",
+             op->partial ? op->partial
+             : op->path  ? op->path
+                         : "",
+             r->io_errno == ESPIPE ? "the file shrank while it was uploaded"
+                                   : strerror(r->io_errno));
+    return FFDL_EIO;
+  }
+  if (r->too_big) {
+    set_field(err->code, sizeof err->code, "EntityTooLarge");
+    snprintf(err->message, sizeof err->message,
+             "the body is larger than %zu bytes, the limit of an in-memory transfer: "
+             "download the object to a file",
+             r->buf_limit);
+    return FFDL_ETOOBIG;
+  }
+  if (r->overrun) {
+    set_field(err->code, sizeof err->code, "InvalidResponse");
+    snprintf(err->message, sizeof err->message,
+             "the server sent more than the %" PRIu64 " bytes of range %s", r->expect_len,
+             r->range);
+    *retry = 1;
+    return FFDL_EIO;
+  }
+  if (rc != CURLE_OK) {
+    set_field(err->code, sizeof err->code,
+              rc == CURLE_OPERATION_TIMEDOUT ? "RequestTimeout" : "ConnectionError");
+    snprintf(err->message, sizeof err->message, "%s %s: %s", r->method,
+             r->key ? "object" : "bucket", r->curl_err[0] ? r->curl_err : curl_easy_strerror(rc));
+    *retry = curl_retryable(rc);
+    return FFDL_EIO;
+  }
+  int ok = r->status >= 200 && r->status < 300;
+  if (ok && r->need_206 && r->status != 206) {
+    set_field(err->code, sizeof err->code, "InvalidResponse");
+    snprintf(err->message, sizeof err->message,
+             "the server answered HTTP %ld to a ranged GET (%s), not 206", r->status, r->range);
+    return FFDL_EIO;
+  }
+  if (ok && r->expect_len && r->received != r->expect_len) {
+    set_field(err->code, sizeof err->code, "IncompleteBody");
+    snprintf(err->message, sizeof err->message, "got %" PRIu64 " of the %" PRIu64 " bytes of %s",
+             r->received, r->expect_len, r->range);
+    *retry = 1;
+    return FFDL_EIO;
+  }
+  ffdl_s3_xml_error x;
+  if (ok &&
+      !(r->check_error_body && r->buf_len && ffdl_s3_xml_parse_error(r->buf, r->buf_len, &x) == 0))
+    return 0;
+  if (!ok && (!r->buf_len || ffdl_s3_xml_parse_error(r->buf, r->buf_len, &x) != 0)) {
+    memset(&x, 0, sizeof x);
+    set_field(x.code, sizeof x.code, status_code_name(r->status));
+    snprintf(x.message, sizeof x.message, "HTTP %ld for %s %s", r->status, r->method,
+             r->key ? "object" : "bucket");
+  }
+  set_field(err->code, sizeof err->code, x.code[0] ? x.code : status_code_name(r->status));
+  set_field(err->message, sizeof err->message, x.message);
+  if (!err->bucket[0]) set_field(err->bucket, sizeof err->bucket, x.bucket);
+  if (!err->key[0]) set_field(err->key, sizeof err->key, x.key);
+  /* a 200 with an <Error> body: only the code tells */
+  *retry = ffdl_s3_retryable(ok ? 0 : r->status, err->code);
+  return r->status == 404 ? FFDL_ENOENT : FFDL_EIO;
+}
+
+static void req_finished(s3_req *r, CURLcode rc) {
+  ffdl_s3 *s3 = r->s3;
+  req_detach_easy(r);
+  r->where = Q_NONE;
+  ffdl_s3_error err;
+  int retry = 0;
+  int status = classify(r, rc, &err, &retry);
+  if (status == 0) {
+    req_complete(r, 0, NULL);
+    return;
+  }
+  if (retry && r->attempt < s3->max_retries && !s3->closing && (!r->op->failed || r->cleanup)) {
+    unsigned delay = ffdl_s3_backoff_ms(s3->retry_base_ms, BACKOFF_CAP_MS, r->attempt, rand01(s3));
+    r->attempt++;
+    progress_rollback(r);
+    ffdl_log(FFDL_LOG_INFO, "s3: %s %s/%s failed (%s: %s), retry %d of %d in %u ms", r->method,
+             r->bucket ? r->bucket : "", r->key ? r->key : "", err.code, err.message, r->attempt,
+             s3->max_retries, delay);
+    retry_schedule(r, delay);
+    return;
+  }
+  if (r->attempt > 0) {
+    size_t n = strlen(err.message);
+    snprintf(err.message + n, sizeof err.message - n, " (after %d attempts)", r->attempt + 1);
+  }
+  req_complete(r, status, &err);
+}
+
+/* ---- libcurl on libuv ---------------------------------------------------- */
+
+static void check_multi_info(ffdl_s3 *s3) {
+  CURLMsg *m;
+  int left;
+  while (s3->multi && (m = curl_multi_info_read(s3->multi, &left))) {
+    if (m->msg != CURLMSG_DONE) continue;
+    s3_req *r = NULL;
+    curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    req_finished(r, m->data.result);
+  }
+  pump(s3);
+}
+
+static void on_sock_closed(uv_handle_t *h) {
+  sock_ctx *c = h->data;
+  ffdl_s3 *s3 = c->s3;
+  free(c);
+  s3->handles_open--;
+  close_maybe_finish(s3);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  sock_ctx *c = h->data;
+  ffdl_s3 *s3 = c->s3;
+  int flags = 0;
+  if (status < 0) flags = CURL_CSELECT_ERR;
+  if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  int running;
+  curl_multi_socket_action(s3->multi, c->fd, flags, &running);
+  check_multi_info(s3);
+}
+
+static void sock_close(sock_ctx *c) {
+  ffdl_s3 *s3 = c->s3;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    s3->socks = c->next;
+  if (c->next) c->next->prev = c->prev;
+  uv_poll_stop(&c->poll);
+  uv_close((uv_handle_t *)&c->poll, on_sock_closed);
+}
+
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp, void *socketp) {
+  ffdl_s3 *s3 = userp;
+  sock_ctx *c = socketp;
+  if (what == CURL_POLL_REMOVE) {
+    if (c) {
+      if (!s3->in_cleanup) curl_multi_assign(s3->multi, s, NULL);
+      sock_close(c);
+    }
+    return 0;
+  }
+  if (!c) {
+    c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    c->s3 = s3;
+    c->fd = s;
+    if (uv_poll_init_socket(s3->loop, &c->poll, s) != 0) {
+      free(c);
+      return -1;
+    }
+    c->poll.data = c;
+    s3->handles_open++;
+    c->next = s3->socks;
+    if (s3->socks) s3->socks->prev = c;
+    s3->socks = c;
+    curl_multi_assign(s3->multi, s, c);
+  }
+  int events = 0;
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&c->poll, events, on_poll);
+  return 0;
+}
+
+static void on_curl_timeout(uv_timer_t *t) {
+  ffdl_s3 *s3 = t->data;
+  int running;
+  curl_multi_socket_action(s3->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+  check_multi_info(s3);
+}
+
+static int on_curl_timer(CURLM *m, long timeout_ms, void *userp) {
+  ffdl_s3 *s3 = userp;
+  if (timeout_ms < 0)
+    uv_timer_stop(&s3->curl_timer);
+  else
+    uv_timer_start(&s3->curl_timer, on_curl_timeout, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+/* ---- thread-pool work ----------------------------------------------------- */
+
+static void work_run(uv_work_t *req) {
+  s3_work *w = req->data;
+  w->run(w);
+}
+
+static void work_after(uv_work_t *req, int status) {
+  s3_work *w = req->data;
+  s3_op *op = w->op;
+  ffdl_s3 *s3 = op->s3;
+  s3->works--;
+  w->after(w, op);
+  free(w->path);
+  free(w->path2);
+  for (size_t i = 0; i < w->n; i++)
+    free(w->entries[i].rel);
+  free(w->entries);
+  free(w);
+  op->refs--;
+  op_check(op);
+  close_maybe_finish(s3);
+}
+
+static s3_work *work_new(s3_op *op, work_fn run, after_fn after) {
+  s3_work *w = calloc(1, sizeof *w);
+  if (!w) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return NULL;
+  }
+  w->op = op;
+  w->run = run;
+  w->after = after;
+  w->fd = -1;
+  w->req.data = w;
+  return w;
+}
+
+static void work_queue(s3_work *w) {
+  s3_op *op = w->op;
+  op->refs++;
+  op->s3->works++;
+  if (uv_queue_work(op->s3->loop, &w->req, work_run, work_after) != 0) {
+    op->refs--;
+    op->s3->works--;
+    op_failf(op, FFDL_EIO, "InternalError", "cannot queue work on the thread pool");
+    free(w->path);
+    free(w->path2);
+    free(w);
+  }
+}
+
+/* ---- operations: failure, clean-up, completion ---------------------------- */
+
+static void op_fail(s3_op *op, int status, const ffdl_s3_error *err) {
+  if (op->failed) return;
+  op->failed = 1;
+  op->status = status ? status : FFDL_EIO;
+  if (err) op->err = *err;
+  if (!op->err.bucket[0]) set_field(op->err.bucket, sizeof op->err.bucket, op->bucket);
+  if (!op->err.key[0]) set_field(op->err.key, sizeof op->err.key, op->key);
+  op->refs++; /* nothing below may finish OP under the caller */
+  while (op->reqs)
+    req_cancel(op->reqs);
+  ffdl_s3_error canceled = {0};
+  set_field(canceled.code, sizeof canceled.code, "Canceled");
+  set_field(canceled.message, sizeof canceled.message, "another transfer of the operation failed");
+  for (s3_op *c = op->children, *next; c; c = next) {
+    next = c->next;
+    op_fail(c, FFDL_EIO, &canceled);
+    op_check(c);
+  }
+  op->refs--;
+}
+
+static void op_failf(s3_op *op, int status, const char *code, const char *fmt, ...) {
+  ffdl_s3_error err = {0};
+  set_field(err.code, sizeof err.code, code);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err.message, sizeof err.message, fmt, ap);
+  va_end(ap);
+  op_fail(op, status, &err);
+}
+
+static void fail_from_errno(s3_op *op, const char *what, const char *path, int err_no) {
+  op_failf(op, err_no == ENOENT ? FFDL_ENOENT : FFDL_EIO, "LocalIOError", "cannot %s %s: %s", what,
+           path, err_no == ESPIPE ? "the file shrank while it was read" : strerror(err_no));
+}
+
+static void abort_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0)
+    ffdl_log(FFDL_LOG_WARN,
+             "s3: could not abort multipart upload %s of %s/%s (%s: %s); its parts stay until a "
+             "lifecycle rule removes incomplete uploads",
+             op->upload_id, op->bucket, op->key, err->code, err->message);
+}
+
+static void work_unlink(s3_work *w) {
+  if (unlink(w->path) != 0 && errno != ENOENT) w->err_no = errno;
+}
+
+static void after_unlink(s3_work *w, s3_op *op) {
+  if (w->err_no) ffdl_log(FFDL_LOG_WARN, "s3: cannot remove %s: %s", w->path, strerror(w->err_no));
+}
+
+/* Starts the clean-up of a failed OP; returns 1 when something runs. */
+static int op_cleanup(s3_op *op) {
+  ffdl_s3 *s3 = op->s3;
+  int started = 0;
+  if (op->fd >= 0) {
+    close(op->fd);
+    op->fd = -1;
+  }
+  if (op->kind == OP_UPLOAD && op->upload_id && !op->complete && !s3->closing) {
+    char *id = ffdl_s3_uri_encode(op->upload_id, 0);
+    s3_req *r = id ? req_new(op, "DELETE", op->key, xasprintf("uploadId=%s", id)) : NULL;
+    free(id);
+    if (r && r->query) {
+      r->cleanup = 1;
+      r->on_done = abort_done;
+      req_submit(r);
+      started = 1;
+    } else if (r) {
+      req_cancel(r);
+    }
+  }
+  if (op->kind == OP_DOWNLOAD && op->partial_made) {
+    s3_work *w = calloc(1, sizeof *w);
+    if (w) {
+      w->op = op;
+      w->run = work_unlink;
+      w->after = after_unlink;
+      w->fd = -1;
+      w->req.data = w;
+      w->path = strdup(op->partial);
+      op->partial_made = 0;
+      if (w->path) {
+        work_queue(w);
+        started = op->refs > 0;
+      } else {
+        free(w);
+      }
+    }
+  }
+  return started;
+}
+
+static void child_done(s3_op *parent, s3_op *child);
+
+static void op_finish(s3_op *op) {
+  ffdl_s3 *s3 = op->s3;
+  if (op->fd >= 0) {
+    close(op->fd);
+    op->fd = -1;
+  }
+  op_unlink(op);
+  s3_op *parent = op->parent;
+  if (parent) {
+    child_done(parent, op);
+    op_free(op);
+    parent->refs--;
+    op_check(parent);
+    return;
+  }
+  if (op->failed)
+    op->done(op->ud, op->status, &op->err);
+  else
+    op->done(op->ud, 0, NULL);
+  op_free(op);
+  close_maybe_finish(s3);
+}
+
+static void op_check(s3_op *op) {
+  if (op->refs > 0) return;
+  if (!op->failed && !op->complete)
+    op_failf(op, FFDL_EIO, "InternalError", "the operation stopped without a result");
+  if (op->failed && !op->cleanup_started) {
+    op->cleanup_started = 1;
+    if (op_cleanup(op)) return;
+  }
+  op_finish(op);
+}
+
+/* ---- create_bucket, put_buffer, get_buffer ------------------------------ */
+
+static void simple_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  if (op->kind == OP_GET && op->body) op->body(op->ud, r->buf ? r->buf : "", r->buf_len);
+  op->objects_done = 1;
+  if (!op->failed) op->complete = 1;
+}
+
+static int check_names(ffdl_s3 *s3, const char *bucket, const char *key, int key_needed) {
+  if (!bucket || !ffdl_s3_bucket_ok(bucket, !s3->virtual_host)) return FFDL_EINVALID;
+  if (key_needed && (!key || !*key || strlen(key) > 1024)) return FFDL_EINVALID;
+  return 0;
+}
+
+static s3_op *op_start(ffdl_s3 *s3, int kind, const char *bucket, const char *key,
+                       ffdl_s3_done_cb done, void *ud) {
+  s3_op *op = op_new(s3, kind, NULL);
+  if (!op) return NULL;
+  op->done = done;
+  op->ud = ud;
+  op->bucket = strdup(bucket);
+  op->key = dup_or_null(key);
+  if (!op->bucket || (key && !op->key)) {
+    op_unlink(op);
+    op_free(op);
+    return NULL;
+  }
+  return op;
+}
+
+static void op_abandon(s3_op *op) {
+  while (op->reqs)
+    req_cancel(op->reqs);
+  op_unlink(op);
+  op_free(op);
+}
+
+int ffdl_s3_create_bucket(ffdl_s3 *s3, const char *bucket, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, NULL, 0);
+  if (rc) return rc;
+  s3_op *op = op_start(s3, OP_BUCKET, bucket, NULL, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  if (strcmp(s3->region, "us-east-1") != 0) {
+    op->data = xasprintf("<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/"
+                         "2006-03-01/\"><LocationConstraint>%s</LocationConstraint>"
+                         "</CreateBucketConfiguration>",
+                         s3->region);
+    if (!op->data) {
+      op_abandon(op);
+      return FFDL_ENOMEM;
+    }
+    op->len = strlen(op->data);
+  }
+  s3_req *r = req_new(op, "PUT", NULL, NULL);
+  if (!r) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  if (op->data) {
+    r->body = BODY_MEM;
+    r->mem = op->data;
+    r->len = op->len;
+    sha256_mem(op->data, op->len, r->sha256);
+  }
+  r->on_done = simple_done;
+  req_submit(r);
+  return 0;
+}
+
+static void work_hash_mem(s3_work *w) {
+  if (sha256_mem(w->mem, w->len, w->sha256) != 0) w->err_no = ENOMEM;
+}
+
+static void after_put_hash(s3_work *w, s3_op *op) {
+  if (op->failed) return;
+  if (w->err_no) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "cannot hash the body");
+    return;
+  }
+  s3_req *r = req_new(op, "PUT", op->key, NULL);
+  if (!r) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  r->body = BODY_MEM;
+  r->mem = op->data;
+  r->len = op->len;
+  r->counts = 1;
+  memcpy(r->sha256, w->sha256, sizeof r->sha256);
+  r->on_done = simple_done;
+  req_submit(r);
+}
+
+int ffdl_s3_put_buffer(ffdl_s3 *s3, const char *bucket, const char *key, const void *data,
+                       size_t len, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || s3->closing || (!data && len)) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, key, 1);
+  if (rc) return rc;
+  if (len > BUFFER_LIMIT) return FFDL_ETOOBIG;
+  s3_op *op = op_start(s3, OP_PUT, bucket, key, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  op->data = malloc(len ? len : 1);
+  if (!op->data) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  if (len) memcpy(op->data, data, len);
+  op->len = len;
+  op->bytes_total = len;
+  op->objects_total = 1;
+  s3_work *w = calloc(1, sizeof *w);
+  if (!w) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  w->op = op;
+  w->run = work_hash_mem;
+  w->after = after_put_hash;
+  w->fd = -1;
+  w->req.data = w;
+  w->mem = op->data;
+  w->len = len;
+  work_queue(w);
+  if (op->failed) { /* the pool refused: nothing runs, so report at once */
+    op_abandon(op);
+    return FFDL_EIO;
+  }
+  return 0;
+}
+
+int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
+                       void (*body)(void *ud, const void *data, size_t len), ffdl_s3_done_cb done,
+                       void *ud) {
+  if (!s3 || !done || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, key, 1);
+  if (rc) return rc;
+  s3_op *op = op_start(s3, OP_GET, bucket, key, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  op->body = body;
+  s3_req *r = req_new(op, "GET", op->key, NULL);
+  if (!r) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  r->sink = SINK_BUFFER;
+  r->buf_limit = BUFFER_LIMIT;
+  r->on_done = simple_done;
+  req_submit(r);
+  return 0;
+}
+
+/* ---- listing ---------------------------------------------------------------- */
+
+static void list_finished(s3_op *op);
+
+static void list_object(void *ud, const char *key, uint64_t size, const char *etag) {
+  s3_op *op = ud;
+  if (op->failed) return;
+  if (op->kind == OP_LIST) {
+    op->object(op->ud, key, size, etag);
+    return;
+  }
+  /* a prefix download: where the object goes */
+  char *rel = NULL;
+  int rc = ffdl_s3_key_to_relpath(op->prefix, key, &rel);
+  if (rc == 1) return;
+  if (rc != 0) {
+    op_failf(op, FFDL_EINVALID, "UnsafeKey",
+             "key \"%s\" would be written outside %s (\"..\", \".\" or empty path components); "
+             "nothing was downloaded",
+             key, op->path);
+    return;
+  }
+  if (op->n_entries == op->cap_entries) {
+    size_t cap = op->cap_entries ? op->cap_entries * 2 : 64;
+    dir_entry *e = realloc(op->entries, cap * sizeof *e);
+    if (!e) {
+      free(rel);
+      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+      return;
+    }
+    op->entries = e;
+    op->cap_entries = cap;
+  }
+  op->entries[op->n_entries].rel = rel;
+  op->entries[op->n_entries].key = strdup(key);
+  op->entries[op->n_entries].size = size;
+  if (!op->entries[op->n_entries].key) {
+    free(rel);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+    return;
+  }
+  op->n_entries++;
+}
+
+static void list_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  ffdl_s3_xml_list page;
+  if (ffdl_s3_xml_parse_list(r->buf ? r->buf : "", r->buf_len, list_object, op, &page) != 0) {
+    op_failf(op, FFDL_EIO, "InvalidResponse", "cannot parse the listing of bucket %s", op->bucket);
+    return;
+  }
+  if (op->failed) {
+    free(page.next_token);
+    return;
+  }
+  if (page.truncated) {
+    if (!page.next_token || !*page.next_token) {
+      free(page.next_token);
+      op_failf(op, FFDL_EIO, "InvalidResponse",
+               "a truncated listing of bucket %s without NextContinuationToken", op->bucket);
+      return;
+    }
+    free(op->token);
+    op->token = page.next_token;
+    list_next_page(op);
+    return;
+  }
+  free(page.next_token);
+  list_finished(op);
+}
+
+static void list_next_page(s3_op *op) {
+  const char *prefix = op->prefix ? op->prefix : "";
+  char *etoken = op->token ? ffdl_s3_uri_encode(op->token, 0) : NULL;
+  char *eprefix = ffdl_s3_uri_encode(prefix, 0);
+  char *query = NULL;
+  if (eprefix && (etoken || !op->token))
+    /* names in order: libcurl 7.88 signs the query string as written */
+    query = xasprintf("%s%s%slist-type=2&max-keys=1000%s%s", etoken ? "continuation-token=" : "",
+                      etoken ? etoken : "", etoken ? "&" : "", *prefix ? "&prefix=" : "",
+                      *prefix ? eprefix : "");
+  free(etoken);
+  free(eprefix);
+  s3_req *r = query ? req_new(op, "GET", NULL, query) : NULL;
+  if (!r) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+    return;
+  }
+  r->sink = SINK_BUFFER;
+  r->buf_limit = LIST_BODY_LIMIT;
+  r->on_done = list_page_done;
+  req_submit(r);
+}
+
+int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_object_cb object,
+                 ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || !object || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, NULL, 0);
+  if (rc) return rc;
+  s3_op *op = op_start(s3, OP_LIST, bucket, NULL, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  op->object = object;
+  op->prefix = strdup(prefix ? prefix : "");
+  if (!op->prefix) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  list_next_page(op);
+  if (op->failed) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  return 0;
+}
+
+/* ---- upload_file ------------------------------------------------------------ */
+
+static void work_open(s3_work *w) {
+  w->fd = open(w->path, O_RDONLY | O_CLOEXEC);
+  if (w->fd < 0) {
+    w->err_no = errno;
+    w->what = "open";
+    return;
+  }
+  struct stat st;
+  if (fstat(w->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    w->err_no = S_ISDIR(st.st_mode) ? EISDIR : errno ? errno : EINVAL;
+    w->what = "read";
+    close(w->fd);
+    w->fd = -1;
+    return;
+  }
+  w->size = (uint64_t)st.st_size;
+  if (w->size <= w->limit && sha256_file(w->fd, 0, w->size, w->sha256) != 0) {
+    w->err_no = errno;
+    w->what = "read";
+    close(w->fd);
+    w->fd = -1;
+  }
+}
+
+static void work_hash_part(s3_work *w) {
+  if (sha256_file(w->fd, w->off, w->len, w->sha256) != 0) {
+    w->err_no = errno;
+    w->what = "read";
+  }
+}
+
+static void upload_single_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  if (!op->parent) op->objects_done = 1;
+  op->complete = 1;
+}
+
+static void parts_pump(s3_op *op);
+
+static void upload_completed(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  if (!op->parent) op->objects_done = 1;
+  op->complete = 1;
+}
+
+static void append_xml_text(char **p, const char *s) {
+  for (; *s; s++) {
+    switch (*s) {
+    case '&':
+      *p += sprintf(*p, "&amp;");
+      break;
+    case '<':
+      *p += sprintf(*p, "&lt;");
+      break;
+    case '>':
+      *p += sprintf(*p, "&gt;");
+      break;
+    default:
+      *(*p)++ = *s;
+    }
+  }
+  **p = '\0';
+}
+
+static void upload_complete_start(s3_op *op) {
+  size_t cap = 128;
+  for (uint32_t i = 0; i < op->nparts; i++)
+    cap += 64 + 5 * strlen(op->etags[i]);
+  free(op->data);
+  op->data = malloc(cap);
+  char *id = ffdl_s3_uri_encode(op->upload_id, 0);
+  if (!op->data || !id) {
+    free(id);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory completing the upload");
+    return;
+  }
+  char *p = op->data;
+  p += sprintf(p, "<CompleteMultipartUpload>");
+  for (uint32_t i = 0; i < op->nparts; i++) {
+    p += sprintf(p, "<Part><PartNumber>%u</PartNumber><ETag>", i + 1);
+    append_xml_text(&p, op->etags[i]);
+    p += sprintf(p, "</ETag></Part>");
+  }
+  p += sprintf(p, "</CompleteMultipartUpload>");
+  op->len = (size_t)(p - op->data);
+  s3_req *r = req_new(op, "POST", op->key, xasprintf("uploadId=%s", id));
+  free(id);
+  if (!r || !r->query) {
+    if (r) req_cancel(r);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory completing the upload");
+    return;
+  }
+  r->body = BODY_MEM;
+  r->mem = op->data;
+  r->len = op->len;
+  sha256_mem(op->data, op->len, r->sha256);
+  r->content_type = "application/xml";
+  r->sink = SINK_BUFFER;
+  r->buf_limit = ERROR_BODY_LIMIT;
+  r->check_error_body = 1; /* S3 may answer 200 with an <Error> body */
+  r->slow_ok = 1;
+  r->on_done = upload_completed;
+  req_submit(r);
+}
+
+static void upload_part_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  op->parts_busy--;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  if (!r->etag[0]) {
+    op_failf(op, FFDL_EIO, "InvalidResponse", "no ETag in the answer to part %" PRIu64, r->tag);
+    return;
+  }
+  op->etags[r->tag - 1] = strdup(r->etag);
+  if (!op->etags[r->tag - 1]) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  op->parts_done++;
+  if (op->parts_done == op->nparts)
+    upload_complete_start(op);
+  else
+    parts_pump(op);
+}
+
+static void after_part_hash(s3_work *w, s3_op *op) {
+  if (op->failed) {
+    op->parts_busy--;
+    return;
+  }
+  if (w->err_no) {
+    op->parts_busy--;
+    fail_from_errno(op, w->what, op->path, w->err_no);
+    return;
+  }
+  char *id = ffdl_s3_uri_encode(op->upload_id, 0);
+  char *q = id ? xasprintf("partNumber=%" PRIu64 "&uploadId=%s", w->bytes, id) : NULL;
+  free(id);
+  s3_req *r = q ? req_new(op, "PUT", op->key, q) : NULL;
+  if (!r) {
+    op->parts_busy--;
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  r->body = BODY_FILE;
+  r->fd = op->fd;
+  r->off = w->off;
+  r->len = w->len;
+  r->counts = 1;
+  r->tag = w->bytes;
+  memcpy(r->sha256, w->sha256, sizeof r->sha256);
+  r->on_done = upload_part_done;
+  req_submit(r);
+}
+
+static void parts_pump(s3_op *op) {
+  while (!op->failed && op->next_part < op->nparts &&
+         op->parts_busy < (uint32_t)op->s3->concurrency) {
+    uint32_t i = op->next_part++;
+    s3_work *w = work_new(op, work_hash_part, after_part_hash);
+    if (!w) return;
+    w->fd = op->fd;
+    w->off = (uint64_t)i * op->part_size;
+    w->len = op->size - w->off < op->part_size ? op->size - w->off : op->part_size;
+    w->bytes = i + 1; /* the part number */
+    op->parts_busy++;
+    work_queue(w);
+  }
+}
+
+static void upload_created(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  if (ffdl_s3_xml_parse_upload_id(r->buf ? r->buf : "", r->buf_len, &op->upload_id) != 0) {
+    op_failf(op, FFDL_EIO, "InvalidResponse", "no UploadId in the answer to CreateMultipartUpload");
+    return;
+  }
+  ffdl_log(FFDL_LOG_DEBUG, "s3: multipart upload %s of %s/%s: %u parts of %" PRIu64 " bytes",
+           op->upload_id, op->bucket, op->key, op->nparts, op->part_size);
+  parts_pump(op);
+}
+
+static void after_open(s3_work *w, s3_op *op) {
+  if (op->failed) {
+    if (w->fd >= 0) close(w->fd);
+    return;
+  }
+  if (w->err_no) {
+    fail_from_errno(op, w->what, op->path, w->err_no);
+    return;
+  }
+  op->fd = w->fd;
+  op->size = w->size;
+  if (!op->parent) {
+    op->bytes_total = w->size;
+    op->objects_total = 1;
+  }
+  s3_req *r;
+  if (w->size <= w->limit) {
+    r = req_new(op, "PUT", op->key, NULL);
+    if (!r) goto oom;
+    r->body = BODY_FILE;
+    r->fd = op->fd;
+    r->off = 0;
+    r->len = w->size;
+    r->counts = 1;
+    memcpy(r->sha256, w->sha256, sizeof r->sha256);
+    r->on_done = upload_single_done;
+    req_submit(r);
+    return;
+  }
+  op->part_size = ffdl_s3_part_size_for(w->size, op->s3->part_size);
+  op->nparts = (uint32_t)((w->size + op->part_size - 1) / op->part_size);
+  op->etags = calloc(op->nparts, sizeof *op->etags);
+  if (!op->etags) goto oom;
+  r = req_new(op, "POST", op->key, strdup("uploads="));
+  if (!r || !r->query) {
+    if (r) req_cancel(r);
+    goto oom;
+  }
+  r->sink = SINK_BUFFER;
+  r->buf_limit = ERROR_BODY_LIMIT;
+  r->on_done = upload_created;
+  req_submit(r);
+  return;
+oom:
+  op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+}
+
+static void upload_start(s3_op *op) {
+  s3_work *w = work_new(op, work_open, after_open);
+  if (!w) return;
+  w->path = strdup(op->path);
+  w->limit = op->s3->part_size;
+  if (!w->path) {
+    free(w);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  work_queue(w);
+}
+
+int ffdl_s3_upload_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
+                        ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || !path || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, key, 1);
+  if (rc) return rc;
+  s3_op *op = op_start(s3, OP_UPLOAD, bucket, key, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  op->progress = progress;
+  op->path = strdup(path);
+  if (!op->path) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  upload_start(op);
+  if (op->failed) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  progress_start(op);
+  return 0;
+}
+
+/* ---- download_file ------------------------------------------------------------ */
+
+static int mkdirs_for(const char *path) {
+  char *p = strdup(path);
+  if (!p) return ENOMEM;
+  int rc = 0;
+  for (char *s = p + 1; *s; s++) {
+    if (*s != '/') continue;
+    *s = '\0';
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+      rc = errno;
+      break;
+    }
+    *s = '/';
+  }
+  free(p);
+  return rc;
+}
+
+static void work_open_partial(s3_work *w) {
+  if (w->mkdirs && (w->err_no = mkdirs_for(w->path)) != 0) {
+    w->what = "create the directory of";
+    return;
+  }
+  w->fd = open(w->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w->fd < 0) {
+    w->err_no = errno;
+    w->what = "create";
+  }
+}
+
+static void work_finish_download(s3_work *w) {
+  struct stat st;
+  if (fstat(w->fd, &st) != 0) {
+    w->err_no = errno;
+    w->what = "check";
+  } else if ((uint64_t)st.st_size != w->size) {
+    w->err_no = EIO;
+    w->what = "verify the size of";
+    w->bytes = (uint64_t)st.st_size;
+  }
+  if (close(w->fd) != 0 && !w->err_no) {
+    w->err_no = errno;
+    w->what = "write";
+  }
+  w->fd = -1;
+  if (!w->err_no && rename(w->path, w->path2) != 0) {
+    w->err_no = errno;
+    w->what = "rename";
+  }
+}
+
+static void after_finish_download(s3_work *w, s3_op *op) {
+  if (w->err_no) {
+    if (w->err_no == EIO && w->bytes != w->size)
+      op_failf(op, FFDL_EIO, "SizeMismatch", "%s has %" PRIu64 " bytes, the object %" PRIu64,
+               op->partial, w->bytes, w->size);
+    else
+      fail_from_errno(op, w->what, op->partial, w->err_no);
+    return;
+  }
+  op->partial_made = 0;
+  if (!op->parent) op->objects_done = 1;
+  if (!op->failed) op->complete = 1;
+}
+
+static void download_finalize(s3_op *op) {
+  s3_work *w = work_new(op, work_finish_download, after_finish_download);
+  if (!w) return;
+  w->fd = op->fd;
+  op->fd = -1; /* the work closes it */
+  w->size = op->total;
+  w->path = strdup(op->partial);
+  w->path2 = strdup(op->path);
+  if (!w->path || !w->path2) {
+    close(w->fd);
+    free(w->path);
+    free(w->path2);
+    free(w);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  work_queue(w);
+}
+
+static void ranges_pump(s3_op *op);
+
+static void download_range_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  op->ranges_busy--;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  if (op->next_off >= op->total && op->ranges_busy == 0)
+    download_finalize(op);
+  else
+    ranges_pump(op);
+}
+
+static void ranges_pump(s3_op *op) {
+  while (!op->failed && op->next_off < op->total && op->ranges_busy < op->s3->concurrency) {
+    uint64_t off = op->next_off;
+    uint64_t len = op->total - off < op->part_size ? op->total - off : op->part_size;
+    s3_req *r = req_new(op, "GET", op->key, NULL);
+    if (!r || (op->etag && !(r->if_match = strdup(op->etag)))) {
+      if (r) req_cancel(r);
+      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+      return;
+    }
+    op->next_off += len;
+    snprintf(r->range, sizeof r->range, "bytes=%" PRIu64 "-%" PRIu64, off, off + len - 1);
+    r->sink = SINK_FILE;
+    r->out_fd = op->fd;
+    r->out_off = off;
+    r->expect_len = len;
+    r->need_206 = 1;
+    r->counts = 1;
+    r->on_done = download_range_done;
+    op->ranges_busy++;
+    req_submit(r);
+  }
+}
+
+static void download_first_done(s3_req *r, int status, const ffdl_s3_error *err);
+
+static void download_first(s3_op *op, int ranged) {
+  s3_req *r = req_new(op, "GET", op->key, NULL);
+  if (!r) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  if (ranged) snprintf(r->range, sizeof r->range, "bytes=0-%" PRIu64, op->part_size - 1);
+  r->sink = SINK_FILE;
+  r->out_fd = op->fd;
+  r->counts = 1;
+  r->tag = (uint64_t)ranged;
+  r->on_done = download_first_done;
+  req_submit(r);
+}
+
+static void download_first_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    if (r->tag && err->http_status == 416) {
+      /* an empty object has no byte 0: ask again without a range */
+      download_first(op, 0);
+      return;
+    }
+    op_fail(op, status, err);
+    return;
+  }
+  uint64_t start = 0, end = 0, total = r->received;
+  if (r->status == 206) {
+    if (ffdl_s3_parse_content_range(r->content_range, &start, &end, &total) != 0 || start != 0 ||
+        end + 1 != r->received) {
+      op_failf(op, FFDL_EIO, "InvalidResponse",
+               "bad Content-Range \"%s\" for %" PRIu64 " bytes received", r->content_range,
+               r->received);
+      return;
+    }
+  }
+  op->total = total;
+  op->next_off = r->received;
+  if (!op->parent) {
+    op->bytes_total = total;
+    op->objects_total = 1;
+  }
+  if (r->etag[0] && !(op->etag = strdup(r->etag))) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  if (op->next_off >= op->total)
+    download_finalize(op);
+  else
+    ranges_pump(op);
+}
+
+static void after_open_partial(s3_work *w, s3_op *op) {
+  if (op->failed) {
+    if (w->fd >= 0) {
+      close(w->fd);
+      op->partial_made = 1; /* the clean-up unlinks it */
+    }
+    return;
+  }
+  if (w->err_no) {
+    fail_from_errno(op, w->what, op->partial, w->err_no);
+    return;
+  }
+  op->fd = w->fd;
+  op->partial_made = 1;
+  download_first(op, 1);
+}
+
+static void download_start(s3_op *op) {
+  op->part_size = op->s3->part_size;
+  op->partial = xasprintf("%s.partial", op->path);
+  s3_work *w = op->partial ? work_new(op, work_open_partial, after_open_partial) : NULL;
+  if (!w) {
+    if (!op->failed) op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  w->path = strdup(op->partial);
+  w->mkdirs = op->mkdirs;
+  if (!w->path) {
+    free(w);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  work_queue(w);
+}
+
+int ffdl_s3_download_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
+                          ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || !path || !*path || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, key, 1);
+  if (rc) return rc;
+  s3_op *op = op_start(s3, OP_DOWNLOAD, bucket, key, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  op->progress = progress;
+  op->path = strdup(path);
+  if (!op->path) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  download_start(op);
+  if (op->failed) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  progress_start(op);
+  return 0;
+}
+
+/* ---- directory transfers ----------------------------------------------------- */
+
+static void dir_pump(s3_op *op);
+
+static void child_done(s3_op *parent, s3_op *child) {
+  parent->children_busy--;
+  if (child->failed) {
+    if (!parent->failed) op_fail(parent, child->status, &child->err);
+    return;
+  }
+  parent->objects_done++;
+  if (parent->failed) return;
+  if (parent->next_entry == parent->n_entries && parent->children_busy == 0)
+    parent->complete = 1;
+  else
+    dir_pump(parent);
+}
+
+static void dir_pump(s3_op *op) {
+  while (!op->failed && op->next_entry < op->n_entries && op->children_busy < op->s3->concurrency) {
+    dir_entry *e = &op->entries[op->next_entry++];
+    int up = op->kind == OP_UPLOAD_DIR;
+    s3_op *c = op_new(op->s3, up ? OP_UPLOAD : OP_DOWNLOAD, op);
+    if (!c) {
+      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+      return;
+    }
+    op->children_busy++;
+    c->bucket = strdup(op->bucket);
+    /* a download takes the exact key listed: PREFIX + REL may differ */
+    c->key = up ? ffdl_s3_join_key(op->prefix, e->rel) : strdup(e->key);
+    c->path = xasprintf("%s/%s", op->path, e->rel);
+    c->mkdirs = 1;
+    if (!c->bucket || !c->key || !c->path) {
+      op_failf(c, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+      op_check(c);
+      return;
+    }
+    if (up)
+      upload_start(c);
+    else
+      download_start(c);
+    if (c->failed) op_check(c);
+  }
+}
+
+static int walk_add(s3_work *w, const char *rel, uint64_t size) {
+  if (w->n == w->cap) {
+    size_t cap = w->cap ? w->cap * 2 : 64;
+    dir_entry *e = realloc(w->entries, cap * sizeof *e);
+    if (!e) return ENOMEM;
+    w->entries = e;
+    w->cap = cap;
+  }
+  w->entries[w->n].rel = strdup(rel);
+  w->entries[w->n].key = NULL;
+  if (!w->entries[w->n].rel) return ENOMEM;
+  w->entries[w->n].size = size;
+  w->n++;
+  w->bytes += size;
+  return 0;
+}
+
+/* Regular files under ROOT/REL (REL "" at the top), symbolic links to
+ * regular files included, links to directories not followed. */
+static int walk_dir(s3_work *w, const char *root, const char *rel, int depth) {
+  if (depth > 64) return ELOOP;
+  char *dir = *rel ? xasprintf("%s/%s", root, rel) : strdup(root);
+  if (!dir) return ENOMEM;
+  DIR *d = opendir(dir);
+  if (!d) {
+    int e = errno;
+    free(dir);
+    return e;
+  }
+  int rc = 0;
+  struct dirent *de;
+  while (rc == 0 && (de = readdir(d))) {
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    char *sub = *rel ? xasprintf("%s/%s", rel, de->d_name) : strdup(de->d_name);
+    if (!sub) {
+      rc = ENOMEM;
+      break;
+    }
+    struct stat st;
+    if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      rc = errno;
+    } else if (S_ISDIR(st.st_mode)) {
+      rc = walk_dir(w, root, sub, depth + 1);
+    } else if (S_ISREG(st.st_mode)) {
+      rc = walk_add(w, sub, (uint64_t)st.st_size);
+    } else if (S_ISLNK(st.st_mode) && fstatat(dirfd(d), de->d_name, &st, 0) == 0 &&
+               S_ISREG(st.st_mode)) {
+      rc = walk_add(w, sub, (uint64_t)st.st_size);
+    }
+    free(sub);
+  }
+  closedir(d);
+  free(dir);
+  return rc;
+}
+
+static int entry_cmp(const void *a, const void *b) {
+  return strcmp(((const dir_entry *)a)->rel, ((const dir_entry *)b)->rel);
+}
+
+static void work_walk(s3_work *w) {
+  w->err_no = walk_dir(w, w->path, "", 0);
+  w->what = "list";
+  if (!w->err_no) qsort(w->entries, w->n, sizeof *w->entries, entry_cmp);
+}
+
+static void after_walk(s3_work *w, s3_op *op) {
+  if (op->failed) return;
+  if (w->err_no) {
+    fail_from_errno(op, w->what, op->path, w->err_no);
+    return;
+  }
+  op->entries = w->entries;
+  op->n_entries = op->cap_entries = w->n;
+  w->entries = NULL;
+  w->n = 0;
+  op->objects_total = op->n_entries;
+  op->bytes_total = w->bytes;
+  if (op->n_entries == 0)
+    op->complete = 1;
+  else
+    dir_pump(op);
+}
+
+static void list_finished(s3_op *op) {
+  if (op->kind == OP_LIST) {
+    op->complete = 1;
+    return;
+  }
+  op->objects_total = op->n_entries;
+  for (size_t i = 0; i < op->n_entries; i++)
+    op->bytes_total += op->entries[i].size;
+  if (op->n_entries == 0)
+    op->complete = 1;
+  else
+    dir_pump(op);
+}
+
+static s3_op *dir_op(ffdl_s3 *s3, int kind, const char *bucket, const char *prefix, const char *dir,
+                     ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
+  s3_op *op = op_start(s3, kind, bucket, NULL, done, ud);
+  if (!op) return NULL;
+  op->progress = progress;
+  op->prefix = strdup(prefix ? prefix : "");
+  op->path = strdup(dir);
+  if (!op->prefix || !op->path) {
+    op_abandon(op);
+    return NULL;
+  }
+  size_t n = strlen(op->path);
+  while (n > 1 && op->path[n - 1] == '/')
+    op->path[--n] = '\0';
+  return op;
+}
+
+int ffdl_s3_upload_dir(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
+                       ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || !dir || !*dir || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, NULL, 0);
+  if (rc) return rc;
+  s3_op *op = dir_op(s3, OP_UPLOAD_DIR, bucket, prefix, dir, progress, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  s3_work *w = work_new(op, work_walk, after_walk);
+  if (w) w->path = strdup(op->path);
+  if (!w || !w->path) {
+    free(w);
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  work_queue(w);
+  if (op->failed) {
+    op_abandon(op);
+    return FFDL_EIO;
+  }
+  progress_start(op);
+  return 0;
+}
+
+int ffdl_s3_download_prefix(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
+                            ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || !dir || !*dir || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, NULL, 0);
+  if (rc) return rc;
+  s3_op *op = dir_op(s3, OP_DOWNLOAD_PREFIX, bucket, prefix, dir, progress, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  list_next_page(op);
+  if (op->failed) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  progress_start(op);
+  return 0;
+}
+
+/* ---- the client ---------------------------------------------------------------- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static int curl_init_rc;
+
+static void curl_init_once(void) {
+  curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
+}
+
+static int parse_endpoint(ffdl_s3 *s3, const char *endpoint) {
+  const char *sep = strstr(endpoint, "://");
+  if (!sep) return FFDL_EINVALID;
+  s3->scheme = strndup(endpoint, (size_t)(sep - endpoint));
+  if (!s3->scheme) return FFDL_ENOMEM;
+  if (strcmp(s3->scheme, "http") != 0 && strcmp(s3->scheme, "https") != 0) return FFDL_EINVALID;
+  const char *host = sep + 3;
+  const char *slash = strchr(host, '/');
+  size_t hn = slash ? (size_t)(slash - host) : strlen(host);
+  if (hn == 0 || memchr(host, '?', hn) || memchr(host, '@', hn)) return FFDL_EINVALID;
+  s3->host = strndup(host, hn);
+  s3->base_path = strdup(slash ? slash : "");
+  if (!s3->host || !s3->base_path) return FFDL_ENOMEM;
+  size_t bn = strlen(s3->base_path);
+  while (bn > 0 && s3->base_path[bn - 1] == '/')
+    s3->base_path[--bn] = '\0';
+  return 0;
+}
+
+static void client_free(ffdl_s3 *s3) {
+  free(s3->scheme);
+  free(s3->host);
+  free(s3->base_path);
+  free(s3->access);
+  if (s3->secret) {
+    explicit_bzero(s3->secret, strlen(s3->secret));
+    free(s3->secret);
+  }
+  free(s3->region);
+  free(s3->sigv4);
+  free(s3);
+}
+
+int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
+  *out = NULL;
+  if (!loop || !config || !config->endpoint) return FFDL_EINVALID;
+  if (config->part_size && config->part_size < MIN_PART_SIZE) return FFDL_EINVALID;
+  if (config->concurrency < 0 || config->concurrency > MAX_CONCURRENCY) return FFDL_EINVALID;
+  pthread_once(&curl_once, curl_init_once);
+  if (curl_init_rc != 0) return FFDL_EIO;
+  ffdl_s3 *s3 = calloc(1, sizeof *s3);
+  if (!s3) return FFDL_ENOMEM;
+  int rc = parse_endpoint(s3, config->endpoint);
+  if (rc) {
+    client_free(s3);
+    return rc;
+  }
+  s3->loop = loop;
+  s3->access = strdup(config->access_key ? config->access_key : "");
+  s3->secret = strdup(config->secret_key ? config->secret_key : "");
+  s3->region = strdup(ffdl_s3_region(config->region));
+  s3->sigv4 = s3->region ? xasprintf("aws:amz:%s:s3", s3->region) : NULL;
+  if (!s3->access || !s3->secret || !s3->region || !s3->sigv4) {
+    client_free(s3);
+    return FFDL_ENOMEM;
+  }
+  s3->virtual_host = config->virtual_host;
+  s3->part_size = config->part_size ? config->part_size : DEFAULT_PART_SIZE;
+  s3->concurrency = config->concurrency ? config->concurrency : DEFAULT_CONCURRENCY;
+  s3->max_retries = config->max_retries > 0   ? config->max_retries
+                    : config->max_retries < 0 ? 0
+                                              : DEFAULT_RETRIES;
+  s3->retry_base_ms = config->retry_base_ms ? config->retry_base_ms : DEFAULT_RETRY_BASE_MS;
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  s3->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid() ^
+            (uint64_t)(uintptr_t)s3;
+  if (!s3->rng) s3->rng = 88172645463325252ull;
+  s3->multi = curl_multi_init();
+  if (!s3->multi) {
+    client_free(s3);
+    return FFDL_ENOMEM;
+  }
+  curl_multi_setopt(s3->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+  curl_multi_setopt(s3->multi, CURLMOPT_SOCKETDATA, s3);
+  curl_multi_setopt(s3->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  curl_multi_setopt(s3->multi, CURLMOPT_TIMERDATA, s3);
+  curl_multi_setopt(s3->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)s3->concurrency);
+  uv_timer_t *timers[] = {&s3->curl_timer, &s3->retry_timer, &s3->progress_timer, &s3->pump_timer};
+  for (size_t i = 0; i < 4; i++) {
+    uv_timer_init(loop, timers[i]);
+    timers[i]->data = s3;
+    s3->handles_open++;
+  }
+  *out = s3;
+  return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  ffdl_s3 *s3 = h->data;
+  s3->handles_open--;
+  close_maybe_finish(s3);
+}
+
+static void close_maybe_finish(ffdl_s3 *s3) {
+  if (!s3->closing || s3->ops || s3->works) return;
+  if (!s3->close_started) {
+    s3->close_started = 1;
+    /* every request belonged to an operation, so the multi holds no easy
+     * handle now; its cleanup closes the cached connections and may call
+     * on_socket with CURL_POLL_REMOVE */
+    s3->in_cleanup = 1;
+    curl_multi_cleanup(s3->multi);
+    s3->multi = NULL;
+    while (s3->socks)
+      sock_close(s3->socks);
+    uv_timer_t *timers[] = {&s3->curl_timer, &s3->retry_timer, &s3->progress_timer,
+                            &s3->pump_timer};
+    for (size_t i = 0; i < 4; i++)
+      uv_close((uv_handle_t *)timers[i], on_timer_closed);
+    return;
+  }
+  if (s3->handles_open > 0 || s3->close_done) return;
+  s3->close_done = 1;
+  void (*cb)(void *) = s3->close_cb;
+  void *ud = s3->close_ud;
+  client_free(s3);
+  if (cb) cb(ud);
+}
+
+void ffdl_s3_close(ffdl_s3 *s3, void (*cb)(void *ud), void *ud) {
+  if (!s3 || s3->closing) return;
+  s3->closing = 1;
+  s3->close_cb = cb;
+  s3->close_ud = ud;
+  ffdl_s3_error canceled = {0};
+  set_field(canceled.code, sizeof canceled.code, "Canceled");
+  set_field(canceled.message, sizeof canceled.message,
+            "the S3 client was closed before the transfer ended");
+  /* each failed operation finishes once its thread-pool items return */
+  while (s3->ops) {
+    s3_op *op = s3->ops;
+    int busy = 0;
+    for (s3_op *o = s3->ops; o; o = o->next)
+      if (!o->failed) {
+        op = o;
+        busy = 1;
+        break;
+      }
+    if (!busy) break;
+    op_fail(op, FFDL_EIO, &canceled);
+    op_check(op);
+  }
+  close_maybe_finish(s3);
+}

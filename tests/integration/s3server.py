@@ -1,0 +1,290 @@
+"""A local S3 for the tests: moto's server as a subprocess on loopback.
+
+MotoServer starts `moto_server` from the test virtual environment on a free
+loopback port, waits until it answers (polling with a deadline, never a blind
+sleep) and stops it by its PID. With auth=True moto checks SigV4 signatures:
+INITIAL_NO_AUTH_ACTION_COUNT lets exactly the IAM calls that create a user
+and its access key through unauthenticated; every later request must be
+signed with those keys (moto's own IAM).
+
+CutProxy is a loopback TCP proxy the tests control: it forwards to the
+server and can cut connections after a number of client bytes, to inject
+connection failures in the middle of a transfer.
+"""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+# The IAM calls of create_iam_keys(): the unauthenticated actions to allow.
+IAM_SETUP_ACTIONS = 3
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, what):
+    """Polls PREDICATE until it is true; raises TimeoutError after TIMEOUT s."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)  # a poll interval, not a wait for the condition
+        delay = min(delay * 2, 0.2)
+
+
+class MotoServer:
+    def __init__(self, log_dir, auth=False, port=None, ssl=False):
+        self.log_dir = pathlib.Path(log_dir)
+        self.auth = auth
+        self.ssl = ssl  # HTTPS with moto's self-signed, ad-hoc certificate
+        self.port = port or free_port()
+        self.proc = None
+        self.log_path = self.log_dir / f"moto-{self.port}.log"
+
+    @property
+    def endpoint(self):
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n"
+                               + self.log_path.read_text(errors="replace")[-3000:])
+        try:
+            # the dashboard: answers without counting as an S3/IAM action
+            import ssl
+            context = ssl._create_unverified_context() if self.ssl else None
+            with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1,
+                                        context=context) as r:
+                return r.status == 200
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            return False
+
+    def start(self, timeout=30):
+        env = dict(os.environ)
+        env.pop("AWS_ACCESS_KEY_ID", None)
+        env.pop("AWS_SECRET_ACCESS_KEY", None)
+        if self.auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(IAM_SETUP_ACTIONS)
+        moto = VENV_BIN / "moto_server"
+        cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        args = ["-H", "127.0.0.1", "-p", str(self.port)] + (["--ssl"] if self.ssl else [])
+        self.proc = subprocess.Popen(cmd + args, env=env,
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        log.close()
+        try:
+            wait_until(self._answers, timeout, f"moto_server on port {self.port}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self):
+        """Stops the server by its PID (SIGTERM, then SIGKILL)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def kill(self):
+        """Kills the server at once by its PID (SIGKILL), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, timeout=30):
+        self.stop()
+        return self.start(timeout)
+
+    def reset(self):
+        """Forgets every bucket and object (moto's /moto-api/reset)."""
+        req = urllib.request.Request(self.endpoint + "/moto-api/reset", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            json.loads(r.read() or b"{}")
+
+    def client(self, access="test", secret="test", **config):
+        import boto3
+        from botocore.config import Config
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=access, aws_secret_access_key=secret,
+                            config=Config(s3={"addressing_style": "path"}, **config))
+
+    def create_iam_keys(self, user="ffdl-test"):
+        """A user allowed everything on S3 and its access key: (id, secret).
+
+        On an auth server these are the IAM_SETUP_ACTIONS unauthenticated
+        actions; afterwards moto checks every signature."""
+        import boto3
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="all-s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class CutProxy:
+    """A TCP proxy on loopback in front of TARGET_PORT.
+
+    cut_after(n, times, direction): the next TIMES connections that carry
+    more than N bytes in DIRECTION ("up": client to server, "down": server
+    to client) are cut there, both sides closed; times=None cuts every such
+    connection. refuse(): new connections are closed at once. `cuts` counts
+    the connections cut."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.limit = None
+        self.times = 0
+        self.direction = "up"
+        self.cuts = 0
+        self.refusing = False
+        self.rate = None
+        self.closed = False
+        self.conns = set()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut_after(self, nbytes, times=1, direction="up"):
+        with self.lock:
+            self.limit, self.times, self.direction = nbytes, times, direction
+
+    def throttle(self, bytes_per_s):
+        """Slows each connection's client-to-server bytes to BYTES_PER_S
+        (None: full speed), so that a test can act in mid-transfer."""
+        with self.lock:
+            self.rate = bytes_per_s
+
+    def refuse(self, on=True):
+        with self.lock:
+            self.refusing = on
+
+    def _may_cut(self, direction, carried, n):
+        """How many of the N next bytes pass, or None to pass them all."""
+        with self.lock:
+            if self.limit is None or direction != self.direction or carried + n <= self.limit:
+                return None
+            if self.times is not None:
+                if self.times <= 0:
+                    return None
+                self.times -= 1
+            self.cuts += 1
+            return max(0, self.limit - carried)
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                refusing = self.refusing
+            if refusing:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            state = {"decided": False}
+            with self.lock:
+                self.conns.update((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream, state, "up"),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, state, "down"),
+                             daemon=True).start()
+
+    def _close_pair(self, a, b):
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+            with self.lock:
+                self.conns.discard(s)
+
+    def _pipe(self, src, dst, state, direction):
+        carried = 0
+        started = time.monotonic()
+        try:
+            while True:
+                with self.lock:
+                    rate = self.rate if direction == "up" else None
+                if rate:
+                    # pacing the stream, not waiting for a condition
+                    ahead = carried / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                data = src.recv(16384 if rate else 65536)
+                if not data:
+                    break
+                if not state["decided"]:
+                    keep = self._may_cut(direction, carried, len(data))
+                    if keep is not None:
+                        state["decided"] = True
+                        dst.sendall(data[:keep])
+                        self._close_pair(src, dst)
+                        return
+                carried += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        self._close_pair(src, dst)
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        with self.lock:
+            conns = list(self.conns)
+        for s in conns:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -1,0 +1,120 @@
+"""Policies in production: checked hot reload on a running server."""
+import json
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from conftest import BUILD, ROOT
+from test_server import ADMIN, Server, add_user, call, cli, create, wait_status
+
+
+@pytest.fixture
+def live(tmp_path):
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    srv = Server(tmp_path / "data", extra_args=["--policies", policies])
+    yield srv, policies
+    srv.stop()
+
+
+def status(srv):
+    code, doc, _ = call(srv, "GET", "/v1/policies")
+    assert code == 200
+    return doc
+
+
+def wait_for_hash_change(srv, old, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = status(srv)
+        if doc["hash"] != old:
+            return doc
+        time.sleep(0.05)
+    raise AssertionError("the edit was not picked up")
+
+
+def failures_metric(srv):
+    with urllib.request.urlopen(srv.url + "/metrics") as resp:
+        return int(re.search(r"^ffdl_policy_reload_failures_total (\d+)$", resp.read().decode(), re.M).group(1))
+
+
+def test_status_shows_the_generation(live):
+    srv, policies = live
+    doc = status(srv)
+    assert re.fullmatch(r"[0-9a-f]{64}", doc["hash"])
+    names = {f["name"] for f in doc["files"]}
+    assert {"validate.lua", "scheduler.lua", "budget.lua", "retry.lua"} <= names
+    assert doc["last_error"] is None if "last_error" in doc else True
+
+
+def test_a_file_change_is_picked_up(live):
+    srv, policies = live
+    old = status(srv)["hash"]
+    budget = policies / "budget.lua"
+    budget.write_text(budget.read_text().replace("max_running_jobs_by_user = nil", "max_running_jobs_by_user = 50"))
+    new = wait_for_hash_change(srv, old)
+    sha = {f["name"]: f["sha256"] for f in new["files"]}
+    import hashlib
+    assert sha["budget.lua"] == hashlib.sha256(budget.read_bytes()).hexdigest()
+    assert new["last_error"] is None if "last_error" in new else True
+
+
+def test_sighup_reloads(live):
+    srv, policies = live
+    old = status(srv)["hash"]
+    srv_watchless = policies / "budget.lua"
+    srv_watchless.write_text(srv_watchless.read_text() + "\n-- touched\n")
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for_hash_change(srv, old)
+
+
+BROKEN = {
+    "syntax_error": ("scheduler.lua", lambda t: t.replace("local M = {}", "local M = {", 1), r"scheduler\.lua:\d+:"),
+    "runtime_error_at_load": ("budget.lua", lambda t: "local x = nil; x.y = 1\n" + t, r"budget\.lua:1: attempt to index"),
+    "failing_policy_test": ("tests/retry_test.lua", lambda t: t.replace('T.eq(d.action, "fail")', 'T.eq(d.action, "retry")', 1), r"FAIL .*retry_test\.lua"),
+    "infinite_loop": ("validate.lua", lambda t: "while true do end\n" + t, r"validate\.lua:1: deadline of \d+ ms exceeded"),
+    "memory_bomb": ("validate.lua", lambda t: "local t = {} for i = 1, 1e9 do t[i] = {i} end\n" + t, r"memory limit of \d+ MiB exceeded"),
+    "uses_os": ("retry.lua", lambda t: t.replace("local M = {}", "local M = {}\nos.remove('x')", 1), r"retry\.lua:\d+: attempt to index a nil value \(global 'os'\)"),
+    "hook_missing": ("budget.lua", lambda t: t.replace("function M.admit(", "function M.admit_renamed(", 1), r"budget\.lua: admit\(\) is missing"),
+    "wrong_return_shape": ("scheduler.lua", lambda t: t.replace("function M.place(job, cluster, ctx)", "function M.place(job, cluster, ctx)\n  do return 42 end", 1), r"scheduler\.lua: place\(\) must return"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_policy_is_rejected_and_the_old_one_serves(live, case):
+    srv, policies = live
+    file, edit, pattern = BROKEN[case]
+    before = status(srv)["hash"]
+    failures = failures_metric(srv)
+    path = policies / file
+    path.write_text(edit(path.read_text()))
+    result = cli(srv, "policy", "reload")
+    assert result.returncode != 0
+    assert re.search(pattern, result.stderr), result.stderr
+    doc = status(srv)
+    assert doc["hash"] == before
+    assert re.search(pattern, doc["last_error"])
+    assert failures_metric(srv) >= failures + 1
+    # jobs still run on the old generation
+    token = add_user(srv, f"u{abs(hash(case)) % 10000}")
+    code, created, _ = create(srv, token)
+    assert code == 201
+    wait_status(srv, created["model_id"], {"COMPLETED"}, token=token)
+
+
+def test_policy_test_command_fails_with_file_and_line(tmp_path):
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    test = policies / "tests" / "budget_test.lua"
+    test.write_text(test.read_text().replace("T.eq(budget.admit(T.job { gpus = 8 }, T.usage(), T.ctx()), true)",
+                                             "T.eq(budget.admit(T.job { gpus = 8 }, T.usage(), T.ctx()), false)"))
+    result = subprocess.run([str(BUILD / "ffdl"), "policy", "test", str(policies)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert re.search(r"FAIL .*budget_test\.lua everything_is_admitted_by_default: .*budget_test\.lua:\d+: expected false, got true", result.stdout), result.stdout
+    assert re.search(r"^\d+ passed, 1 failed$", result.stdout, re.M)

@@ -1,0 +1,592 @@
+"""The S3 client (src/store/s3.c) through the real s3tool binary, against
+moto's server on loopback: round trips, key encoding, pagination,
+multipart, interop with boto3, credentials, errors, and failures injected
+with a proxy that cuts connections or with the server killed by its PID."""
+import hashlib
+import os
+import pathlib
+import re
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import BUILD
+
+boto3 = pytest.importorskip("boto3", reason="boto3 is installed by scripts/lib.sh (test venv)")
+pytest.importorskip("moto", reason="moto[server] is installed by scripts/lib.sh (test venv)")
+
+from s3server import CutProxy, MotoServer, wait_until  # noqa: E402
+
+MIB = 1024 * 1024
+S3TOOL = BUILD / "s3tool"
+# keys that need every part of the URI encoding
+ODD_KEYS = ["with space.txt", "plus+sign", "a b+c/d%20e", "unicodé/日本語/ファイル.bin",
+            "sym~!*'()$,;=@", "q?uery&x=1#frag", "dots/../and/./dots", "emoji-\U0001F600"]
+
+
+def s3tool(endpoint, *args, access="test", secret="test", options=(), timeout=120, env=None,
+           input=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([str(S3TOOL), *options, endpoint, access, secret, *map(str, args)],
+                          capture_output=True, timeout=timeout, env=full_env, input=input)
+
+
+def ok(p):
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    return p
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(MIB), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def random_file(path, size, seed=0):
+    """SIZE pseudo-random bytes, written in 1 MiB blocks."""
+    import random
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(MIB, left)
+            f.write(rng.randbytes(n))
+            left -= n
+    return path
+
+
+def multipart_etag(path, part_size):
+    """S3's ETag of a multipart object: MD5 of the parts' MD5s, "-N"."""
+    digests = []
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(part_size), b""):
+            digests.append(hashlib.md5(block).digest())
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    if not S3TOOL.exists():
+        pytest.fail(f"{S3TOOL} is missing: build it (cmake --build {BUILD})")
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_auth(tmp_path_factory):
+    """A server that checks SigV4 signatures against its own IAM."""
+    server = MotoServer(tmp_path_factory.mktemp("moto-auth"), auth=True).start()
+    server.keys = server.create_iam_keys()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(moto):
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    ok(s3tool(moto.endpoint, "mb", name))
+    return name
+
+
+@pytest.fixture
+def boto(moto):
+    return moto.client()
+
+
+def test_put_get_round_trip(moto, bucket, tmp_path):
+    src = tmp_path / "hello.txt"
+    src.write_bytes(b"hello, s3\n" * 100)
+    ok(s3tool(moto.endpoint, "put", bucket, "greeting.txt", src))
+    got = ok(s3tool(moto.endpoint, "get", bucket, "greeting.txt"))
+    assert got.stdout == src.read_bytes()
+    listing = ok(s3tool(moto.endpoint, "list", bucket)).stdout.decode()
+    assert listing == f"1000\t{hashlib.md5(src.read_bytes()).hexdigest()}\tgreeting.txt\n"
+
+
+def test_put_from_stdin_and_empty_object(moto, bucket, tmp_path, boto):
+    ok(s3tool(moto.endpoint, "put", bucket, "empty", "-", input=b""))
+    assert boto.head_object(Bucket=bucket, Key="empty")["ContentLength"] == 0
+    out = tmp_path / "empty.out"
+    ok(s3tool(moto.endpoint, "download", bucket, "empty", out))
+    assert out.read_bytes() == b""
+    assert not (tmp_path / "empty.out.partial").exists()
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_odd_keys_round_trip_and_interop(moto, bucket, boto, tmp_path, key):
+    src = tmp_path / "src"
+    src.write_bytes(key.encode() * 10)
+    ok(s3tool(moto.endpoint, "upload", bucket, key, src))
+    assert boto.get_object(Bucket=bucket, Key=key)["Body"].read() == src.read_bytes()
+    out = tmp_path / "out"
+    ok(s3tool(moto.endpoint, "download", bucket, key, out))
+    assert out.read_bytes() == src.read_bytes()
+    listed = ok(s3tool(moto.endpoint, "list", bucket)).stdout.decode().splitlines()
+    assert [line.split("\t", 2)[2] for line in listed] == [key]
+    # and the other way: boto3 writes, ffdl reads
+    boto.put_object(Bucket=bucket, Key=key + ".b", Body=b"from boto3")
+    assert ok(s3tool(moto.endpoint, "get", bucket, key + ".b")).stdout == b"from boto3"
+
+
+def test_list_paginates_past_1000_keys(moto, bucket, boto, tmp_path):
+    tree = tmp_path / "tree"
+    names = [f"d{i % 7}/file {i:04d}+x.txt" for i in range(1203)]
+    for name in names:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(name)
+    ok(s3tool(moto.endpoint, "upload-dir", bucket, "many", tree, options=["--quiet"]))
+    listed = ok(s3tool(moto.endpoint, "list", bucket)).stdout.decode().splitlines()
+    keys = [line.split("\t", 2)[2] for line in listed]
+    assert keys == sorted(f"many/{n}" for n in names)
+    # the same as boto3's paginator
+    pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    assert keys == [o["Key"] for page in pages for o in page.get("Contents", [])]
+    # a prefix, on a page boundary of its own
+    d3 = ok(s3tool(moto.endpoint, "list", bucket, "many/d3/")).stdout.decode().splitlines()
+    assert len(d3) == len([n for n in names if n.startswith("d3/")])
+    # more than one request carried a continuation token
+    assert "continuation-token=" in moto.log_path.read_text()
+
+
+def test_list_json(moto, bucket, boto):
+    boto.put_object(Bucket=bucket, Key="k 1", Body=b"abc")
+    import json
+    out = json.loads(ok(s3tool(moto.endpoint, "list", bucket, options=["--json"])).stdout)
+    assert out == [{"key": "k 1", "size": 3, "etag": hashlib.md5(b"abc").hexdigest()}]
+
+
+def test_multipart_upload_checksum_end_to_end(moto, bucket, boto, tmp_path):
+    src = random_file(tmp_path / "big.bin", 40 * MIB + 12345, seed=1)
+    p = ok(s3tool(moto.endpoint, "upload", bucket, "big/obj.bin", src,
+                  options=["--part-size=5MiB", "--concurrency=4"]))
+    head = boto.head_object(Bucket=bucket, Key="big/obj.bin")
+    assert head["ContentLength"] == src.stat().st_size
+    # S3's multipart ETag proves each part arrived intact, in order
+    assert head["ETag"].strip('"') == multipart_etag(src, 5 * MIB)
+    assert head["ETag"].strip('"').endswith("-9")
+    assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    # read back by boto3 and by ffdl (ranged parallel GETs)
+    via_boto = tmp_path / "via-boto"
+    boto.download_file(bucket, "big/obj.bin", str(via_boto))
+    via_ffdl = tmp_path / "via-ffdl"
+    ok(s3tool(moto.endpoint, "download", bucket, "big/obj.bin", via_ffdl,
+              options=["--part-size=5MiB"]))
+    assert sha256(via_boto) == sha256(src) == sha256(via_ffdl)
+    assert not pathlib.Path(str(via_ffdl) + ".partial").exists()
+    assert "upload" in p.stderr.decode() or p.stderr == b""
+
+
+def test_boto3_multipart_upload_ffdl_download(moto, bucket, boto, tmp_path):
+    from boto3.s3.transfer import TransferConfig
+    src = random_file(tmp_path / "boto.bin", 23 * MIB + 7, seed=2)
+    boto.upload_file(str(src), bucket, "from boto/x+y.bin",
+                     Config=TransferConfig(multipart_threshold=5 * MIB,
+                                           multipart_chunksize=5 * MIB))
+    out = tmp_path / "sub" / "out.bin"
+    out.parent.mkdir()
+    ok(s3tool(moto.endpoint, "download", bucket, "from boto/x+y.bin", out,
+              options=["--part-size=6MiB", "--concurrency=3"]))
+    assert sha256(out) == sha256(src)
+
+
+def test_upload_dir_download_prefix_round_trip(moto, bucket, tmp_path):
+    tree = tmp_path / "tree"
+    files = {"a.txt": b"a", "sub dir/b+c.bin": os.urandom(6 * MIB + 3),
+             "sub dir/deeper/ü.txt": b"u" * 1000, "empty": b""}
+    for name, data in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    ok(s3tool(moto.endpoint, "upload-dir", bucket, "run/1/", tree,
+              options=["--part-size=5MiB"]))
+    out = tmp_path / "out"
+    p = ok(s3tool(moto.endpoint, "download-prefix", bucket, "run/1", out,
+                  options=["--part-size=5MiB"]))
+    got = {str(f.relative_to(out)): f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    assert got == files
+    assert p.returncode == 0
+
+
+def test_download_prefix_refuses_keys_escaping_the_directory(moto, bucket, boto, tmp_path):
+    boto.put_object(Bucket=bucket, Key="p/ok.txt", Body=b"fine")
+    boto.put_object(Bucket=bucket, Key="p/../../escape.txt", Body=b"evil")
+    out = tmp_path / "deep" / "out"
+    p = s3tool(moto.endpoint, "download-prefix", bucket, "p/", out)
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert "UnsafeKey" in err and "p/../../escape.txt" in err
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "deep" / "escape.txt").exists()
+
+
+def test_virtual_host_style(moto, bucket, boto, tmp_path):
+    # bucket.localhost: libcurl resolves *.localhost to the loopback itself
+    vhost = f"http://localhost:{moto.port}"
+    src = tmp_path / "v.bin"
+    src.write_bytes(os.urandom(7 * MIB))
+    ok(s3tool(vhost, "upload", bucket, "v key+.bin", src,
+              options=["--virtual-host", "--part-size=5MiB"]))
+    assert boto.get_object(Bucket=bucket, Key="v key+.bin")["Body"].read() == src.read_bytes()
+    listed = ok(s3tool(vhost, "list", bucket, options=["--virtual-host"])).stdout.decode()
+    assert "v key+.bin" in listed
+    p = ok(s3tool(vhost, "get", bucket, "v key+.bin", options=["--virtual-host"],
+                  env={"FFDL_LOG": "debug"}))
+    assert p.stdout == src.read_bytes()
+    assert f"GET http://{bucket}.localhost:{moto.port}/v%20key%2B.bin" in p.stderr.decode()
+
+
+def test_https_verifies_the_certificate(tmp_path):
+    """TLS is plain libcurl with its default verification: moto's ad-hoc
+    self-signed certificate is refused at once (no retry), clearly."""
+    server = MotoServer(tmp_path / "moto-tls", ssl=True).start()
+    try:
+        assert server.endpoint.startswith("https://")
+        p = s3tool(server.endpoint, "mb", "tls-bucket", options=["--retry-base-ms=5"],
+                   env={"FFDL_LOG": "info"})
+        assert p.returncode == 1
+        err = p.stderr.decode()
+        assert "mb failed: ConnectionError" in err and "certificate" in err, err
+        assert "retry" not in err
+    finally:
+        server.stop()
+
+
+def test_signature_checked_right_keys_work(moto_auth, tmp_path):
+    access, secret = moto_auth.keys
+    ep = moto_auth.endpoint
+    ok(s3tool(ep, "mb", "signed", access=access, secret=secret))
+    src = random_file(tmp_path / "s.bin", 11 * MIB, seed=3)
+    for key in ["plain", *ODD_KEYS[:5]]:
+        ok(s3tool(ep, "upload", "signed", key, src, access=access, secret=secret,
+                  options=["--part-size=5MiB"]))
+        out = tmp_path / "out"
+        ok(s3tool(ep, "download", "signed", key, out, access=access, secret=secret,
+                  options=["--part-size=5MiB"]))
+        assert sha256(out) == sha256(src)
+    listed = ok(s3tool(ep, "list", "signed", "a b", access=access, secret=secret)).stdout
+    assert listed.decode().split("\t")[2].strip() == "a b+c/d%20e"
+    # the secret may come from the environment
+    ok(s3tool(ep, "get", "signed", "plain", access=access, secret="-",
+              env={"S3_SECRET_KEY": secret}))
+
+
+def test_signature_checked_wrong_secret_fails_with_s3s_code(moto_auth):
+    access, secret = moto_auth.keys
+    wrong = "not-the-secret-" + uuid.uuid4().hex
+    p = s3tool(moto_auth.endpoint, "list", "signed-missing", access=access, secret=wrong,
+               env={"FFDL_LOG": "debug"})
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert "SignatureDoesNotMatch (HTTP 403)" in err
+    assert wrong not in err and wrong not in p.stdout.decode()
+    p = s3tool(moto_auth.endpoint, "mb", "other", access="AKIAEXAMPLEEXAMPLE00", secret=secret)
+    assert p.returncode == 1
+    assert "InvalidAccessKeyId (HTTP 403)" in p.stderr.decode()
+    assert secret not in p.stderr.decode()
+
+
+def test_missing_bucket_names_the_bucket(moto, tmp_path):
+    name = f"missing-{uuid.uuid4().hex[:8]}"
+    for args in (["list", name], ["get", name, "k"],
+                 ["download", name, "k", tmp_path / "x"]):
+        p = s3tool(moto.endpoint, *args)
+        assert p.returncode == 1, args
+        err = p.stderr.decode()
+        assert "NoSuchBucket (HTTP 404)" in err, err
+        assert f"bucket {name}" in err, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
+
+
+def test_missing_key_and_missing_file(moto, bucket, tmp_path):
+    p = s3tool(moto.endpoint, "download", bucket, "nope", tmp_path / "nope")
+    assert p.returncode == 1
+    assert "NoSuchKey (HTTP 404)" in p.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
+    p = s3tool(moto.endpoint, "upload", bucket, "k", tmp_path / "does-not-exist")
+    assert p.returncode == 1
+    assert f"cannot open {tmp_path / 'does-not-exist'}: No such file" in p.stderr.decode()
+
+
+def test_retry_survives_one_cut_connection(moto, bucket, boto, tmp_path):
+    proxy = CutProxy(moto.port)
+    try:
+        src = random_file(tmp_path / "r.bin", 17 * MIB, seed=4)
+        proxy.cut_after(2 * MIB, times=1, direction="up")
+        ok(s3tool(proxy.endpoint, "upload", bucket, "retried", src,
+                  options=["--part-size=5MiB", "--retry-base-ms=20"]))
+        assert proxy.cuts == 1
+        assert boto.head_object(Bucket=bucket, Key="retried")["ETag"].strip('"') == \
+            multipart_etag(src, 5 * MIB)
+        proxy.cut_after(3 * MIB, times=1, direction="down")
+        out = tmp_path / "r.out"
+        ok(s3tool(proxy.endpoint, "download", bucket, "retried", out,
+                  options=["--part-size=5MiB", "--retry-base-ms=20"]))
+        assert proxy.cuts == 2
+        assert sha256(out) == sha256(src)
+    finally:
+        proxy.close()
+
+
+def test_cut_parts_fail_cleanly_and_are_aborted(moto, bucket, boto, tmp_path):
+    """Every connection that carries more than 1 MiB is cut: each part
+    fails after its retries, the upload fails with a clear message, and the
+    (small) AbortMultipartUpload gets through: nothing is left."""
+    proxy = CutProxy(moto.port)
+    try:
+        proxy.cut_after(1 * MIB, times=None, direction="up")
+        src = random_file(tmp_path / "c.bin", 16 * MIB, seed=5)
+        p = s3tool(proxy.endpoint, "upload", bucket, "cut", src,
+                   options=["--part-size=5MiB", "--max-retries=2", "--retry-base-ms=10",
+                            "--quiet"])
+        assert p.returncode == 1
+        err = p.stderr.decode()
+        assert "upload failed: ConnectionError" in err, err
+        assert f"[bucket {bucket}, key cut]" in err
+        assert proxy.cuts >= 3
+        assert boto.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+        assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        # a download cut every time leaves neither the file nor PATH.partial
+        boto.put_object(Bucket=bucket, Key="d", Body=os.urandom(3 * MIB))
+        proxy.cut_after(1 * MIB, times=None, direction="down")
+        out = tmp_path / "d.out"
+        p = s3tool(proxy.endpoint, "download", bucket, "d", out,
+                   options=["--max-retries=1", "--retry-base-ms=10", "--quiet"])
+        assert p.returncode == 1
+        assert "download failed: ConnectionError" in p.stderr.decode()
+        assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
+    finally:
+        proxy.close()
+
+
+def test_server_killed_mid_multipart_upload(tmp_path):
+    """moto is killed by its PID while parts are in flight: the upload fails
+    with a connection error after its retries; after a restart no object
+    and no multipart upload is visible."""
+    server = MotoServer(tmp_path / "moto").start()
+    proxy = CutProxy(server.port)
+    proc = None
+    try:
+        ok(s3tool(server.endpoint, "mb", "killed"))
+        src = random_file(tmp_path / "k.bin", 40 * MIB, seed=6)
+        proxy.throttle(8 * MIB)  # about 5 s for the whole file: time to act
+        proc = subprocess.Popen(
+            [str(S3TOOL), "--part-size=5MiB", "--concurrency=2", "--max-retries=2",
+             "--retry-base-ms=50", proxy.endpoint, "test", "test", "upload", "killed", "obj",
+             str(src)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        watchdog = threading.Timer(120, proc.kill)
+        watchdog.start()
+        lines = []
+        for raw in proc.stderr:
+            line = raw.decode()
+            lines.append(line)
+            m = re.search(r"upload: ([\d.]+) (\w+) / ", line)
+            if m and float(m.group(1)) > 0 and m.group(2) in ("MiB", "KiB"):
+                break
+        server.kill()  # mid-transfer, by PID
+        rest = proc.stderr.read().decode()
+        proc.wait()
+        watchdog.cancel()
+        assert proc.returncode == 1, "".join(lines) + rest
+        assert "upload failed: ConnectionError" in rest, rest
+        assert "key obj" in rest
+        server.start()
+        boto = server.client()
+        # moto keeps its state in memory: the bucket itself went with it
+        names = [b["Name"] for b in boto.list_buckets().get("Buckets", [])]
+        assert "killed" not in names
+        ok(s3tool(server.endpoint, "mb", "killed"))
+        assert boto.list_objects_v2(Bucket="killed").get("KeyCount") == 0
+        assert boto.list_multipart_uploads(Bucket="killed").get("Uploads", []) == []
+    finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.close()
+        server.stop()
+
+
+def test_progress_lines(moto, bucket, tmp_path):
+    proxy = CutProxy(moto.port)
+    try:
+        proxy.throttle(10 * MIB)
+        src = random_file(tmp_path / "p.bin", 12 * MIB, seed=7)
+        start = time.monotonic()
+        p = ok(s3tool(proxy.endpoint, "upload", bucket, "p", src,
+                      options=["--part-size=5MiB", "--concurrency=1"]))
+        elapsed = time.monotonic() - start
+        lines = [line for line in p.stderr.decode().splitlines() if "upload:" in line]
+        assert lines, p.stderr
+        assert re.search(r"upload: [\d.]+ \w+ / 12.0 MiB \(\d+%\), 0/1 objects, [\d.]+ \w+/s, "
+                         r"ETA \d+s", lines[-1]), lines[-1]
+        # at most one line every 250 ms
+        assert len(lines) <= elapsed / 0.25 + 1
+    finally:
+        proxy.close()
+
+
+class FakeS3:
+    """A scripted S3 on loopback for what moto never does: 5xx, throttling,
+    a 200 whose body is an <Error>. FAILURES maps (method, query-name) to a
+    list of (status, code) answers served first; then it answers like S3.
+    Every request is recorded with its headers and body."""
+
+    def __init__(self, failures=None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.failures = {k: list(v) for k, v in (failures or {}).items()}
+        self.requests = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                status, headers, out = fake.answer(self.command, self.path, self.headers, body)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, method, path, headers, body):
+        from urllib.parse import parse_qs, urlsplit
+        query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+        name = ("uploadId" if "uploadId" in query and "partNumber" not in query
+                else "partNumber" if "partNumber" in query
+                else "uploads" if "uploads" in query else "")
+        with self.lock:
+            self.requests.append((method, path, dict(headers), body))
+            script = self.failures.get((method, name))
+            fail = script.pop(0) if script else None
+        if fail:
+            status, code = fail
+            return status, {}, (f"<Error><Code>{code}</Code><Message>scripted {code}</Message>"
+                                f"</Error>").encode()
+        if method == "POST" and name == "uploads":
+            return 200, {}, (b"<InitiateMultipartUploadResult><UploadId>fake-id</UploadId>"
+                             b"</InitiateMultipartUploadResult>")
+        if method == "POST" and name == "uploadId":
+            return 200, {}, b"<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"
+        if method == "PUT":
+            return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+        if method == "GET":
+            return 200, {"ETag": '"x"'}, b"fake body"
+        return 204, {}, b""
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_retries_on_throttling_and_5xx():
+    fake = FakeS3({("PUT", ""): [(503, "SlowDown"), (500, "InternalError")],
+                   ("GET", ""): [(429, "TooManyRequests")]})
+    try:
+        ok(s3tool(fake.endpoint, "put", "bucket", "k", "-", input=b"payload",
+                  options=["--retry-base-ms=5"]))
+        puts = [r for r in fake.requests if r[0] == "PUT"]
+        assert len(puts) == 3
+        for _, path, headers, body in puts:
+            assert path == "/bucket/k" and body == b"payload"
+            assert headers["x-amz-content-sha256"] == hashlib.sha256(b"payload").hexdigest()
+            assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=test/")
+        assert ok(s3tool(fake.endpoint, "get", "bucket", "k",
+                         options=["--retry-base-ms=5"])).stdout == b"fake body"
+    finally:
+        fake.close()
+
+
+def test_retries_give_up_with_s3s_code():
+    fake = FakeS3({("PUT", ""): [(503, "SlowDown")] * 10, ("GET", ""): [(403, "AccessDenied")]})
+    try:
+        p = s3tool(fake.endpoint, "put", "bucket", "k", "-", input=b"x",
+                   options=["--max-retries=2", "--retry-base-ms=5"])
+        assert p.returncode == 1
+        assert ("put failed: SlowDown (HTTP 503): scripted SlowDown (after 3 attempts) "
+                "[bucket bucket, key k]") in p.stderr.decode()
+        assert len([r for r in fake.requests if r[0] == "PUT"]) == 3
+        p = s3tool(fake.endpoint, "get", "bucket", "k", options=["--retry-base-ms=5"])
+        assert p.returncode == 1 and "AccessDenied (HTTP 403)" in p.stderr.decode()
+        assert len([r for r in fake.requests if r[0] == "GET"]) == 1  # 4xx: no retry
+    finally:
+        fake.close()
+
+
+def test_multipart_part_hashes_and_complete_error_body(tmp_path):
+    """Each part carries the SHA-256 of its own bytes; a 200 whose body is
+    an <Error> is a failure (retried when the code says so)."""
+    fake = FakeS3({("POST", "uploadId"): [(200, "InternalError")],
+                   ("PUT", "partNumber"): [(500, "InternalError")]})
+    try:
+        src = random_file(tmp_path / "f.bin", 12 * MIB + 5, seed=9)
+        ok(s3tool(fake.endpoint, "upload", "bucket", "a b+", src,
+                  options=["--part-size=5MiB", "--retry-base-ms=5"]))
+        data = src.read_bytes()
+        parts = {}
+        for method, path, headers, body in fake.requests:
+            if method == "PUT":
+                assert path.startswith("/bucket/a%20b%2B?partNumber=")
+                assert path.endswith("&uploadId=fake-id")
+                assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+                parts[int(path.split("partNumber=")[1].split("&")[0])] = body
+        assert sorted(parts) == [1, 2, 3]
+        assert b"".join(parts[i] for i in (1, 2, 3)) == data
+        completes = [r for r in fake.requests if r[0] == "POST" and "uploadId=" in r[1]]
+        assert len(completes) == 2
+        assert b"<PartNumber>3</PartNumber>" in completes[-1][3]
+        assert not [r for r in fake.requests if r[0] == "DELETE"]
+    finally:
+        fake.close()
+
+
+def test_failed_multipart_is_aborted():
+    fake = FakeS3({("PUT", "partNumber"): [(400, "InvalidPart")] * 10})
+    try:
+        import tempfile
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(os.urandom(6 * MIB))
+            f.flush()
+            p = s3tool(fake.endpoint, "upload", "bucket", "k", f.name,
+                       options=["--part-size=5MiB", "--quiet"])
+        assert p.returncode == 1 and "InvalidPart (HTTP 400)" in p.stderr.decode()
+        deletes = [r for r in fake.requests if r[0] == "DELETE"]
+        assert len(deletes) == 1 and deletes[0][1] == "/bucket/k?uploadId=fake-id"
+    finally:
+        fake.close()
+
+
+def test_wait_until_times_out():
+    with pytest.raises(TimeoutError):
+        wait_until(lambda: False, 0.05, "nothing")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FFDL_SLOW_TESTS") != "1",
+                    reason="1 GiB round trip: set FFDL_SLOW_TESTS=1 to run it")
+def test_one_gib_round_trip(moto, bucket, boto, tmp_path):
+    src = random_file(tmp_path / "g.bin", 1024 * MIB, seed=8)
+    ok(s3tool(moto.endpoint, "upload", bucket, "gib", src, timeout=900))
+    assert boto.head_object(Bucket=bucket, Key="gib")["ContentLength"] == 1024 * MIB
+    out = tmp_path / "g.out"
+    ok(s3tool(moto.endpoint, "download", bucket, "gib", out, timeout=900))
+    assert sha256(out) == sha256(src)
