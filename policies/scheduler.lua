@@ -46,6 +46,24 @@ local function describe_request(job)
     table.concat(parts, ", "))
 end
 
+--- "best node n3 has 2 GPUs, 4 CPUs free": what comes closest.
+local function best_free(cluster, job)
+  local best
+  for node in cluster:nodes() do
+    if not best or node.free_gpus > best.free_gpus
+        or (node.free_gpus == best.free_gpus and node.free_cpus > best.free_cpus) then
+      best = node
+    end
+  end
+  if not best then return "the cluster has no nodes" end
+  if (job.gpus or 0) > 0 then
+    return string.format("best node %s has %d GPUs free (%s)", best.name, best.free_gpus,
+      best.gpu_type or "no GPU type")
+  end
+  return string.format("best node %s has %g CPUs and %.1f GiB free", best.name, best.free_cpus,
+    best.free_memory / 2^30)
+end
+
 ---@param job table
 ---@param cluster table  cluster:candidates(req, taken), cluster:nodes(), cluster:describe()
 ---@param ctx table
@@ -65,7 +83,8 @@ function M.place(job, cluster, ctx)
       if learner > 1 then
         reason = reason .. string.format("; only %d would fit now", learner - 1)
       end
-      return nil, reason .. "; free now: " .. cluster:describe()
+      ctx:explain(reason .. "; " .. best_free(cluster, job))
+      return nil, reason .. "; nodes: " .. cluster:describe()
     end
     placement[learner] = best.name
     local t = taken[best.name] or { cpus = 0, memory = 0, gpus = 0 }

@@ -419,6 +419,16 @@ static void emetrics(ffdl_api *api, h2o_req_t *req, const char *id, json_t *job)
   ffdl_http_json(req, 200, json_pack("{s:o}", "models", models));
 }
 
+/* Why the job is where it is: its status and the policy decision log. */
+static void explain(ffdl_api *api, h2o_req_t *req, const char *id, json_t *job) {
+  json_t *transitions = json_object_get(job, "transitions");
+  json_t *last = json_array_get(transitions, json_array_size(transitions) - 1);
+  ffdl_http_json(req, 200, json_pack("{s:s,s:O?,s:O?,s:o}", "model_id", id, "status",
+                                     json_object_get(job, "status"), "since",
+                                     json_object_get(last, "time_ms"), "decisions",
+                                     ffdl_jobstore_decisions(api->o.store, id)));
+}
+
 static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   char buf[2048];
   int n = snprintf(buf, sizeof buf,
@@ -508,6 +518,7 @@ static void job_route(ffdl_api *api, h2o_req_t *req, const caller *who, const ch
   else if (get && !strcmp(sub, "logs")) logs(api, req, id, job);
   else if (get && !strcmp(sub, "loglines")) loglines(api, req, id, job);
   else if (get && !strcmp(sub, "emetrics")) emetrics(api, req, id, job);
+  else if (get && !strcmp(sub, "explain")) explain(api, req, id, job);
   else ffdl_http_error(req, 405, "Method Not Allowed", "no such operation on a model");
   json_decref(job);
 }

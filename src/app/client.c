@@ -372,3 +372,52 @@ int ffdl_client_policy(const char *verb) {
   curl_global_cleanup();
   return rc;
 }
+
+static const char *dash(json_t *v) {
+  return json_is_string(v) ? json_string_value(v) : "-";
+}
+
+static void clock_text(json_t *ms, char *out, size_t cap) {
+  if (!json_is_integer(ms)) {
+    snprintf(out, cap, "--:--:--");
+    return;
+  }
+  time_t secs = (time_t)(json_integer_value(ms) / 1000);
+  struct tm tm;
+  localtime_r(&secs, &tm);
+  strftime(out, cap, "%H:%M:%S", &tm);
+}
+
+/* Prints an explanation document: {model_id, status, since, decisions}. */
+void ffdl_print_explanation(json_t *doc) {
+  char since[16];
+  clock_text(json_object_get(doc, "since"), since, sizeof since);
+  printf("%s: %s since %s\n", dash(json_object_get(doc, "model_id")),
+         dash(json_object_get(doc, "status")), since);
+  size_t i, k;
+  json_t *d, *msg;
+  json_array_foreach(json_object_get(doc, "decisions"), i, d) {
+    char when[16];
+    clock_text(json_object_get(d, "time_ms"), when, sizeof when);
+    const char *reason = json_string_value(json_object_get(d, "reason"));
+    printf("  %s  %s(): %s%s%.*s  [generation %.12s]\n", when, dash(json_object_get(d, "hook")),
+           dash(json_object_get(d, "outcome")), reason ? ": " : "",
+           reason ? (int)strcspn(reason, "\n") : 0, reason ? reason : "",
+           dash(json_object_get(d, "generation")));
+    json_array_foreach(json_object_get(d, "explanations"), k, msg)
+      printf("            policy: %s\n", json_string_value(msg));
+  }
+}
+
+
+int ffdl_client_explain(const char *id) {
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  char path[256];
+  snprintf(path, sizeof path, "/v1/models/%s/explain", id);
+  int rc;
+  json_t *doc = get_json(path, &rc);
+  if (doc) ffdl_print_explanation(doc);
+  json_decref(doc);
+  curl_global_cleanup();
+  return rc;
+}

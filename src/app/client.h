@@ -12,4 +12,10 @@ int ffdl_client_main(int argc, char **argv);
  * the errors of a rejected reload on stderr. */
 int ffdl_client_policy(const char *verb);
 
+/* Prints {model_id, status, since, decisions: [...]} for people. */
+#include <jansson.h>
+void ffdl_print_explanation(json_t *doc);
+/* `ffdl explain ID` against the server. */
+int ffdl_client_explain(const char *id);
+
 #endif

@@ -29,6 +29,7 @@ static void usage(FILE *out) {
         "  info                                          CPUs, memory and GPUs on this machine\n"
         "  list                                          jobs in the store ($FFDL_HOME)\n"
         "  show [--json] ID                              one job: status, transitions, metrics\n"
+        "  explain ID                                    why the job is where it is (decisions)\n"
         "  policy test [DIR]                             hook checks and DIR/tests/*.lua\n"
         "  policy reload | status                        on the server (FFDL_URL)\n"
         "\nwith FFDL_URL (+ FFDL_TOKEN) or DLAAS_URL (+ DLAAS_USERNAME, DLAAS_PASSWORD):\n"
@@ -216,6 +217,29 @@ static void print_job_text(json_t *job) {
   }
 }
 
+static int cmd_explain(int argc, char **argv) {
+  if (argc < 2) return fputs("usage: ffdl explain ID\n", stderr), EXIT_INVALID;
+  if (ffdl_client_url()) return ffdl_client_explain(argv[1]);
+  ffdl_jobstore *store = open_store();
+  if (!store) return EXIT_FAILED;
+  json_t *job = ffdl_jobstore_get(store, argv[1]);
+  if (!job) {
+    ffdl_jobstore_close(store);
+    fprintf(stderr, "ffdl: no job %s in the store\n", argv[1]);
+    return EXIT_FAILED;
+  }
+  json_t *transitions = json_object_get(job, "transitions");
+  json_t *last = json_array_get(transitions, json_array_size(transitions) - 1);
+  json_t *doc = json_pack("{s:s,s:O?,s:O?,s:o}", "model_id", argv[1], "status",
+                          json_object_get(job, "status"), "since", json_object_get(last, "time_ms"),
+                          "decisions", ffdl_jobstore_decisions(store, argv[1]));
+  ffdl_print_explanation(doc);
+  json_decref(doc);
+  json_decref(job);
+  ffdl_jobstore_close(store);
+  return EXIT_OK;
+}
+
 static int cmd_show(int argc, char **argv) {
   int as_json = 0;
   const char *id = NULL;
@@ -265,6 +289,7 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "list") == 0) return cmd_list();
   if (strcmp(cmd, "policy") == 0) return cmd_policy(argc - 1, argv + 1);
+  if (strcmp(cmd, "explain") == 0) return cmd_explain(argc - 1, argv + 1);
   if (strcmp(cmd, "show") == 0) return cmd_show(argc - 1, argv + 1);
   if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
     printf("ffdl %s\n", FFDL_VERSION);

@@ -72,6 +72,7 @@ struct job {
   char *tail[TAIL_LINES];
   int tail_next;
   char *wait_reason;
+  char *last_decision[4]; /* admit, order, place, retry: to log changes only */
   ffdl_metrics *metrics;
   json_t *last_metrics; /* {grouplabel: record} */
   uv_timer_t retry_timer;
@@ -226,6 +227,32 @@ static void push_usage(ffdl_orch *o) {
   json_decref(usage);
 }
 
+typedef enum { HOOK_ADMIT, HOOK_ORDER, HOOK_PLACE, HOOK_RETRY } hook_kind;
+static const char *const hook_names[] = {"admit", "order", "place", "retry"};
+
+/* Appends to the job's decision log when the outcome or reason changed
+ * since its last decision of this kind, with what the policy explained. */
+static void record_decision_with(job *j, hook_kind hook, const char *outcome, const char *reason,
+                                 json_t *explained) {
+  char *key = dup_printf("%s|%s", outcome, reason ? reason : "");
+  if (key && j->last_decision[hook] && !strcmp(key, j->last_decision[hook])) {
+    free(key);
+    json_decref(explained);
+    return;
+  }
+  free(j->last_decision[hook]);
+  j->last_decision[hook] = key;
+  json_t *d = json_pack("{s:I,s:s,s:s,s:s,s:s?,s:o}", "time_ms", (json_int_t)now_ms(), "generation",
+                        ffdl_generation_hash(j->o->o.gen), "hook", hook_names[hook], "outcome",
+                        outcome, "reason", reason, "explanations", explained);
+  if (d) ffdl_jobstore_add_decision(j->o->o.store, j->id, d);
+  json_decref(d);
+}
+
+static void record_decision(job *j, hook_kind hook, const char *outcome, const char *reason) {
+  record_decision_with(j, hook, outcome, reason, ffdl_generation_take_explanations(j->o->o.gen));
+}
+
 static void set_waiting(job *j, const char *reason) {
   if (j->wait_reason && strcmp(j->wait_reason, reason) == 0) return;
   free(j->wait_reason);
@@ -250,6 +277,7 @@ static int admit(job *j) {
   char *err = NULL;
   if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "admit", 3, 2, 0, &err) != 0) {
     char *why = dup_printf("admit() failed, the job stays queued: %s", err);
+    record_decision(j, HOOK_ADMIT, "error", why);
     set_waiting(j, why);
     free(why);
     free(err);
@@ -259,8 +287,11 @@ static int admit(job *j) {
   if (!ok) {
     const char *reason = lua_tostring(L, -1);
     char *why = dup_printf("admit(): %s", reason ? reason : "not admitted");
+    record_decision(j, HOOK_ADMIT, "not admitted", why);
     set_waiting(j, why);
     free(why);
+  } else {
+    record_decision(j, HOOK_ADMIT, "admitted", NULL);
   }
   lua_pop(L, 2);
   return ok;
@@ -403,23 +434,28 @@ static void try_place(job *j) {
   if (!nodes) return;
   if (call_place(j, 0, nodes, &reason) == 0) {
     if (reserve(j, nodes) != 0) {
+      record_decision(j, HOOK_PLACE, "invalid", "place() chose nodes without room");
       set_waiting(j, "place() chose nodes without room; the job stays queued");
     } else {
       char *why = describe_placement(j, nodes);
+      record_decision(j, HOOK_PLACE, "placed", why);
       transition(j, PENDING, why, NULL);
       free(why);
       start_staging(j);
     }
   } else {
+    json_t *explained = ffdl_generation_take_explanations(j->o->o.gen);
     /* would it fit an empty cluster? If not, it never will */
     char *never = NULL;
     if (call_place(j, 1, nodes, &never) != 0 && strncmp(never, "place() failed", 14) != 0) {
-      char *desc = ffdl_cluster_describe(j->o->o.cluster);
-      char *why = dup_printf("%s; this cluster can never run it (%s)", never, desc ? desc : "");
+      char *why = dup_printf("%s; it can never fit this cluster", never);
+      json_decref(ffdl_generation_take_explanations(j->o->o.gen));
+      record_decision_with(j, HOOK_PLACE, "never fits", why, explained);
       finish(j, FAILED, why, "S100");
       free(why);
-      free(desc);
     } else {
+      json_decref(ffdl_generation_take_explanations(j->o->o.gen)); /* the probe's */
+      record_decision_with(j, HOOK_PLACE, "waiting", reason, explained);
       set_waiting(j, reason);
     }
     free(never);
@@ -1044,6 +1080,9 @@ static void handle_failure(job *j) {
   retry_decision d;
   decide_retry(j, &d);
   char *what = describe_failure(j);
+  char *verdict = dup_printf("%s: %s%s%s", what, d.action, d.reason ? ", " : "", d.reason ? d.reason : "");
+  record_decision(j, HOOK_RETRY, d.action, verdict);
+  free(verdict);
   if (strcmp(d.action, "fail") == 0 || j->halting) {
     char *tail = tail_text(j);
     char *why = dup_printf("%s%s%s\nlast log lines:\n%s", what, d.reason ? ": " : "",
@@ -1274,6 +1313,7 @@ static void free_job(job *j) {
   free(j->dir);
   free(j->results_dir);
   free(j->wait_reason);
+  for (int i = 0; i < 4; i++) free(j->last_decision[i]);
   free(j);
 }
 

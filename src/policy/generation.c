@@ -31,6 +31,7 @@ struct ffdl_generation {
 };
 
 static const char POLICIES_KEY = 'p';
+static const char EXPLAINED_KEY = 'e'; /* messages of ctx:explain() since the last take */
 static const char RUNTIME_KEY = 'r';
 
 static int compare_names(const void *a, const void *b) {
@@ -237,7 +238,33 @@ static int l_ctx_explain(lua_State *L) {
   }
   lua_pushstring(L, msg);
   lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  /* and for the decision log, which C reads after the call */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &EXPLAINED_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &EXPLAINED_KEY);
+  }
+  lua_pushstring(L, msg);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
   return 0;
+}
+
+json_t *ffdl_generation_take_explanations(ffdl_generation *gen) {
+  lua_State *L = ffdl_sandbox_state(gen->sb);
+  json_t *out = json_array();
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &EXPLAINED_KEY) == LUA_TTABLE) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      if (lua_isstring(L, -1)) json_array_append_new(out, json_string(lua_tostring(L, -1)));
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &EXPLAINED_KEY);
+  return out;
 }
 
 /* ctx.log(msg) or ctx:log(msg): one info line in the server log. */

@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define BUSY_TIMEOUT_MS 5000
 
 static const char SCHEMA_V1[] =
@@ -44,6 +44,12 @@ static const char SCHEMA_V1[] =
     "CREATE TABLE metrics ("
     "  job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,"
     "  record_json TEXT NOT NULL, PRIMARY KEY (job_id, seq));";
+
+/* Version 2: the policy decision log behind `ffdl explain`. */
+static const char SCHEMA_V2[] =
+    "CREATE TABLE decisions ("
+    "  job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,"
+    "  decision_json TEXT NOT NULL, PRIMARY KEY (job_id, seq));";
 
 enum {
   SQL_BEGIN_READ,
@@ -270,9 +276,10 @@ static int read_schema_version(ffdl_jobstore *st, int *version) {
   return rc;
 }
 
-static int create_schema(ffdl_jobstore *st) {
-  char sql[sizeof SCHEMA_V1 + 64];
-  snprintf(sql, sizeof sql, "%sPRAGMA user_version = %d;", SCHEMA_V1, SCHEMA_VERSION);
+static int create_schema(ffdl_jobstore *st, int from_version) {
+  char sql[sizeof SCHEMA_V1 + sizeof SCHEMA_V2 + 64];
+  snprintf(sql, sizeof sql, "%s%sPRAGMA user_version = %d;", from_version < 1 ? SCHEMA_V1 : "",
+           from_version < 2 ? SCHEMA_V2 : "", SCHEMA_VERSION);
   if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
     return sqlite_failure(st, "create schema");
   return FFDL_OK;
@@ -285,7 +292,7 @@ static int migrate(ffdl_jobstore *st, char **err) {
     return sqlite_failure(st, "begin migration");
   int version = 0;
   int rc = read_schema_version(st, &version);
-  if (rc == FFDL_OK && version == 0) rc = create_schema(st);
+  if (rc == FFDL_OK && version < SCHEMA_VERSION) rc = create_schema(st, version);
   if (rc == FFDL_OK && version > SCHEMA_VERSION) {
     set_error(err, "%s: schema version %d is newer than this ffdl supports (%d); upgrade ffdl",
               st->path, version, SCHEMA_VERSION);
@@ -640,6 +647,7 @@ int ffdl_jobstore_delete(ffdl_jobstore *st, const char *id) {
   static const char *const sql[] = {"DELETE FROM transitions WHERE job_id = ?1",
                                      "DELETE FROM learners WHERE job_id = ?1",
                                      "DELETE FROM metrics WHERE job_id = ?1",
+                                     "DELETE FROM decisions WHERE job_id = ?1",
                                      "DELETE FROM jobs WHERE id = ?1", NULL};
   int rc = begin_write(st);
   for (const char *const *q = sql; rc == FFDL_OK && *q; q++) rc = delete_rows(st, *q, id);
@@ -653,4 +661,39 @@ int ffdl_jobstore_delete_metrics(ffdl_jobstore *st, const char *id) {
   int rc = begin_write(st);
   if (rc == FFDL_OK) rc = delete_rows(st, "DELETE FROM metrics WHERE job_id = ?1", id);
   return finish(st, rc);
+}
+
+/* ---- decisions ---------------------------------------------------------- */
+
+int ffdl_jobstore_add_decision(ffdl_jobstore *st, const char *id, const json_t *decision) {
+  char *text = json_dumps(decision, JSON_COMPACT);
+  if (!text) return FFDL_ENOMEM;
+  sqlite3_stmt *s;
+  static const char sql[] =
+      "INSERT INTO decisions (job_id, seq, decision_json) VALUES (?1,"
+      " (SELECT COALESCE(MAX(seq), 0) + 1 FROM decisions WHERE job_id = ?1), ?2)";
+  int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK ? FFDL_OK : sqlite_failure(st, sql);
+  if (rc == FFDL_OK) {
+    bind_text(s, 1, id);
+    bind_text(s, 2, text);
+    int step = sqlite3_step(s);
+    rc = step == SQLITE_DONE ? FFDL_OK : step == SQLITE_CONSTRAINT ? FFDL_ENOENT : sqlite_failure(st, sql);
+    sqlite3_finalize(s);
+  }
+  free(text);
+  return rc;
+}
+
+json_t *ffdl_jobstore_decisions(ffdl_jobstore *st, const char *id) {
+  json_t *out = json_array();
+  sqlite3_stmt *s;
+  static const char sql[] = "SELECT decision_json FROM decisions WHERE job_id = ?1 ORDER BY seq";
+  if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) return out;
+  bind_text(s, 1, id);
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    json_t *d = json_loads((const char *)sqlite3_column_text(s, 0), 0, NULL);
+    if (d) json_array_append_new(out, d);
+  }
+  sqlite3_finalize(s);
+  return out;
 }

@@ -41,6 +41,12 @@ int ffdl_jobstore_add_metric(ffdl_jobstore *st, const char *id, const json_t *re
 int ffdl_jobstore_set_extra(ffdl_jobstore *st, const char *id, const char *key,
                             const json_t *value);
 
+/* Appends a policy decision (borrowed JSON object: time_ms, generation,
+ * hook, outcome, reason, explanations) to job ID's decision log. */
+int ffdl_jobstore_add_decision(ffdl_jobstore *st, const char *id, const json_t *decision);
+/* The decision log of job ID, oldest first (caller decrefs). */
+json_t *ffdl_jobstore_decisions(ffdl_jobstore *st, const char *id);
+
 /* Deletes the metrics records of job ID (they are read again from its log). */
 int ffdl_jobstore_delete_metrics(ffdl_jobstore *st, const char *id);
 

@@ -244,7 +244,7 @@ def test_job_that_can_never_fit_fails_with_s100(workdir):
     result = ffdl_run(workdir, manifest, timeout=60)
     assert result.returncode == 1
     tid = training_id(result.stderr)
-    assert re.search(rf"{tid}: FAILED S100: .*4 GPUs.*never run it.*no GPU", result.stderr)
+    assert re.search(rf"{tid}: FAILED S100: .*4 GPUs.*nodes: local: .*no GPU.*can never fit", result.stderr)
 
 
 def nodes_file(workdir, text):
@@ -295,6 +295,17 @@ def test_jobs_wait_in_queued_until_resources_free(workdir):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "COMPLETED\tCOMPLETED"
     assert "QUEUED, waiting: needs 1 learner x 1 CPUs" in result.stderr
+    waited = re.search(r"(training-[a-z0-9]+): QUEUED, waiting", result.stderr).group(1)
+    explained = subprocess.run([str(BUILD / "ffdl"), "explain", waited], cwd=workdir,
+                               env=env_for(workdir), capture_output=True, text=True, timeout=30)
+    assert explained.returncode == 0
+    lines = explained.stdout.splitlines()
+    assert lines[0].startswith(f"{waited}: COMPLETED since ")
+    assert any(re.search(r"admit\(\): admitted  \[generation [0-9a-f]{12}\]", l) for l in lines)
+    assert any("place(): waiting: needs 1 learner x 1 CPUs" in l for l in lines), explained.stdout
+    assert any("policy: needs 1 learner x 1 CPUs" in l and "best node small has 0 CPUs" in l
+               for l in lines), explained.stdout
+    assert any("place(): placed: placed 1 learner on small" in l for l in lines), explained.stdout
     ids = re.findall(r"training-[a-z0-9]+", result.stderr)
     first, second = (job_json(workdir, tid) for tid in dict.fromkeys(ids))
     started = sorted(t["time_ms"] for d in (first, second) for t in d["transitions"]
