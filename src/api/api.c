@@ -15,6 +15,7 @@
 #include "store/localstore.h"
 
 #include <openssl/evp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,8 +37,21 @@ typedef struct rate {
   struct rate *next;
 } rate;
 
+#define LATENCY_BUCKETS 8
+static const double latency_bounds[LATENCY_BUCKETS] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5};
+
+/* Request latency per route and status, for /metrics. */
+typedef struct latency {
+  char route[48];
+  int status;
+  unsigned long buckets[LATENCY_BUCKETS], count;
+  double sum;
+  struct latency *next;
+} latency;
+
 struct ffdl_api {
   ffdl_api_opts o;
+  latency *latencies;
   follower *followers;
   rate *rates;
   /* counters for /metrics */
@@ -60,6 +74,7 @@ int ffdl_api_new(const ffdl_api_opts *opts, ffdl_api **out) {
 void ffdl_api_free(ffdl_api *api) {
   if (!api) return;
   for (rate *r = api->rates, *next; r; r = next) next = r->next, free(r);
+  for (latency *l = api->latencies, *next; l; l = next) next = l->next, free(l);
   for (follower *f = api->followers, *next; f; f = next) next = f->next, free(f);
   free(api);
 }
@@ -429,6 +444,86 @@ static void explain(ffdl_api *api, h2o_req_t *req, const char *id, json_t *job) 
                                      ffdl_jobstore_decisions(api->o.store, id)));
 }
 
+/* "/v1/models/training-abc/logs" -> "/v1/models/{id}/logs": few labels. */
+static void route_of(const char *path, char *out, size_t cap) {
+  static const char *const prefixes[] = {"/v1/models/", "/v1/logs/", "/v1/users/", NULL};
+  for (const char *const *p = prefixes; *p; p++) {
+    size_t n = strlen(*p);
+    if (strncmp(path, *p, n) != 0) continue;
+    const char *rest = strchr(path + n, '/');
+    snprintf(out, cap, "%s{id}%s", *p, rest ? rest : "");
+    return;
+  }
+  snprintf(out, cap, "%s", strncmp(path, "/v1/", 4) == 0 || !strcmp(path, "/health") ||
+                           !strcmp(path, "/metrics") ? path : "other");
+}
+
+static void observe_latency(ffdl_api *api, const char *path, int status, double seconds) {
+  char route[48];
+  route_of(path, route, sizeof route);
+  latency *l = api->latencies;
+  while (l && (l->status != status || strcmp(l->route, route) != 0)) l = l->next;
+  if (!l) {
+    if (!(l = calloc(1, sizeof *l))) return;
+    snprintf(l->route, sizeof l->route, "%s", route);
+    l->status = status;
+    l->next = api->latencies;
+    api->latencies = l;
+  }
+  for (int b = 0; b < LATENCY_BUCKETS; b++)
+    if (seconds <= latency_bounds[b]) l->buckets[b]++;
+  l->count++;
+  l->sum += seconds;
+}
+
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
+  va_list ap;
+  for (;;) {
+    va_start(ap, fmt);
+    int n = vsnprintf(*buf + *len, *cap - *len, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < *cap - *len) {
+      *len += (size_t)n;
+      return;
+    }
+    char *grown = realloc(*buf, *cap * 2 + (size_t)n);
+    if (!grown) return;
+    *buf = grown;
+    *cap = *cap * 2 + (size_t)n;
+  }
+}
+
+static void metrics_latency(ffdl_api *api, char **buf, size_t *len, size_t *cap) {
+  append(buf, len, cap, "# HELP ffdl_api_request_seconds API request latency.\n"
+                        "# TYPE ffdl_api_request_seconds histogram\n");
+  for (latency *l = api->latencies; l; l = l->next) {
+    for (int b = 0; b < LATENCY_BUCKETS; b++)
+      append(buf, len, cap, "ffdl_api_request_seconds_bucket{route=\"%s\",status=\"%d\",le=\"%g\"} %lu\n",
+             l->route, l->status, latency_bounds[b], l->buckets[b]);
+    append(buf, len, cap, "ffdl_api_request_seconds_bucket{route=\"%s\",status=\"%d\",le=\"+Inf\"} %lu\n"
+                          "ffdl_api_request_seconds_sum{route=\"%s\",status=\"%d\"} %g\n"
+                          "ffdl_api_request_seconds_count{route=\"%s\",status=\"%d\"} %lu\n",
+           l->route, l->status, l->count, l->route, l->status, l->sum, l->route, l->status, l->count);
+  }
+}
+
+static void metrics_cluster(ffdl_api *api, char **buf, size_t *len, size_t *cap) {
+  json_t *st = ffdl_orch_stats(api->o.orch);
+  append(buf, len, cap,
+         "# TYPE ffdl_queue_length gauge\nffdl_queue_length %lld\n"
+         "# TYPE ffdl_cpus gauge\nffdl_cpus{state=\"used\"} %g\nffdl_cpus{state=\"free\"} %g\n"
+         "# TYPE ffdl_gpus gauge\nffdl_gpus{state=\"used\"} %lld\nffdl_gpus{state=\"free\"} %lld\n",
+         (long long)json_integer_value(json_object_get(st, "queued")),
+         json_number_value(json_object_get(st, "cpus_used")),
+         json_number_value(json_object_get(st, "cpus_total")) - json_number_value(json_object_get(st, "cpus_used")),
+         (long long)json_integer_value(json_object_get(st, "gpus_used")),
+         (long long)(json_integer_value(json_object_get(st, "gpus_total")) - json_integer_value(json_object_get(st, "gpus_used"))));
+  json_decref(st);
+}
+
 static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   char buf[2048];
   int n = snprintf(buf, sizeof buf,
@@ -456,7 +551,15 @@ static void metrics_text(ffdl_api *api, h2o_req_t *req) {
                    api->created, api->rejected, api->completed, api->failed, api->halted,
                    api->deleted, api->requests, ffdl_orch_active(api->o.orch),
                    ffdl_policies_failures(api->o.policies));
-  ffdl_http_text(req, 200, "text/plain; version=0.0.4", buf, (size_t)n);
+  size_t len = 0, cap = 8192;
+  char *all = malloc(cap);
+  if (!all) return ffdl_http_text(req, 200, "text/plain; version=0.0.4", buf, (size_t)n);
+  all[0] = '\0';
+  append(&all, &len, &cap, "%s", buf);
+  metrics_cluster(api, &all, &len, &cap);
+  metrics_latency(api, &all, &len, &cap);
+  ffdl_http_text(req, 200, "text/plain; version=0.0.4", all, len);
+  free(all);
 }
 
 static void users_route(ffdl_api *api, h2o_req_t *req, const caller *who, const char *rest) {
@@ -530,9 +633,19 @@ static void split_id(h2o_req_t *req, const char *rest, const char **id, const ch
   *sub = rest[n] == '/' ? rest + n + 1 : "";
 }
 
+static void route(ffdl_api *api, h2o_req_t *req);
+
 void ffdl_api_handle(void *ud, h2o_req_t *req) {
   ffdl_api *api = ud;
   api->requests++;
+  uint64_t start = uv_hrtime();
+  const char *path = ffdl_http_path(req);
+  route(api, req);
+  /* streams answer later; their status is known at start */
+  observe_latency(api, path, req->res.status, (double)(uv_hrtime() - start) / 1e9);
+}
+
+static void route(ffdl_api *api, h2o_req_t *req) {
   const char *path = ffdl_http_path(req);
   if (!strcmp(path, "/health")) return ffdl_http_text(req, 200, "text/plain", "OK", 2);
   if (!strcmp(path, "/metrics")) return metrics_text(api, req);

@@ -1572,3 +1572,15 @@ int ffdl_orch_recover(ffdl_orch *o, size_t *recovered) {
 void ffdl_orch_set_generation(ffdl_orch *o, ffdl_generation *gen) {
   o->o.gen = gen;
 }
+
+json_t *ffdl_orch_stats(const ffdl_orch *o) {
+  json_t *stats = ffdl_cluster_usage(o->o.cluster);
+  json_int_t queued = 0, active = 0;
+  for (job *j = o->jobs; j; j = j->next) {
+    queued += j->st == QUEUED;
+    active += !is_terminal(j->st);
+  }
+  json_object_set_new(stats, "queued", json_integer(queued));
+  json_object_set_new(stats, "active", json_integer(active));
+  return stats;
+}

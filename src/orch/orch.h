@@ -74,6 +74,10 @@ int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason);
 void ffdl_orch_halt_all(ffdl_orch *o, const char *reason);
 /* Jobs not yet COMPLETED, FAILED or HALTED. */
 size_t ffdl_orch_active(const ffdl_orch *o);
+/* Figures for /metrics: {queued, active, cpus_total, cpus_used, gpus_total,
+ * gpus_used, memory_total, memory_used} (caller decrefs). */
+json_t *ffdl_orch_stats(const ffdl_orch *o);
+
 /* The job's status, or NULL when the orchestrator does not hold it. */
 const char *ffdl_orch_status(const ffdl_orch *o, const char *id);
 /* Where the job's results are (borrowed, valid while the orchestrator lives). */
