@@ -1,12 +1,15 @@
 /*
- * The local backend with real processes: lines, logs, exit kinds, kills of
- * whole process groups, and backend close. Each case has its own loop, and
- * kills what it started (by PID, never by name) if it fails half-way.
+ * The local backend with real processes: lines read back from the log file,
+ * exit kinds and exit files, kills of whole process groups, backend close and
+ * abandon, and adoption of learners by another backend. Each case has its own
+ * loop (two for adoption), and kills what it started (by PID or process group,
+ * never by name) if it fails half-way.
  */
 #include "backend/backend.h"
 #include "core/error.h"
 #include "runner.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -66,6 +69,10 @@ struct rec {
   const char *fifo;                                        /* for the ordering hook */
   int grandchild;
   uint64_t kill_ms;
+  char exit_path[160]; /* where launch_env asked for the exit status ("": nowhere) */
+  int pid;             /* the learner's, as the hooks and on_exit saw it */
+  uint64_t offset;     /* ffdl_learner_log_offset, as the hooks and on_exit saw it */
+  int abandoned;
 };
 
 static void on_line(void *ud, ffdl_learner *l, const char *line, size_t len) {
@@ -88,6 +95,8 @@ static void on_exit_cb(void *ud, ffdl_learner *l, ffdl_exit_kind kind, int code,
   r->code = code;
   r->sig = sig;
   r->exit_ms = uv_now(r->loop);
+  r->pid = ffdl_learner_pid(l);
+  r->offset = ffdl_learner_log_offset(l);
   track(live_groups, ffdl_learner_pid(l), 0);
   ffdl_backend_kill(r->be, l, 0); /* after its exit: a no-op */
 }
@@ -108,9 +117,12 @@ typedef struct {
   ffdl_backend *be;
   char dir[64];
   char log[128];
+  int unwrapped; /* launch without an exit_path (no wrapper) */
+  int launches;  /* numbers the exit files */
 } fixture;
 
 static void setup(fixture *f) {
+  memset(f, 0, sizeof *f);
   atexit(kill_leftovers);
   signal(SIGALRM, on_alarm);
   CHECK(uv_loop_init(&f->loop) == 0);
@@ -125,6 +137,20 @@ static void set_flag(void *ud) {
   (*(int *)ud)++;
 }
 
+/* Removes the files of DIR (logs, exit files, FIFOs), then DIR. */
+static void remove_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  char path[512];
+  while (d && (e = readdir(d)))
+    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+      unlink(path);
+    }
+  if (d) closedir(d);
+  rmdir(dir);
+}
+
 static void teardown(fixture *f) {
   int closed = 0;
   if (f->be) ffdl_backend_close(f->be, set_flag, &closed);
@@ -132,17 +158,25 @@ static void teardown(fixture *f) {
   CHECK(uv_run(&f->loop, UV_RUN_DEFAULT) == 0);
   CHECK(!f->be || closed == 1);
   CHECK(uv_loop_close(&f->loop) == 0);
-  unlink(f->log);
-  rmdir(f->dir);
+  remove_dir(f->dir);
 }
 
 static rec new_rec(fixture *f) {
   return (rec){.be = f->be, .loop = &f->loop};
 }
 
+/* Launches with the fixture's log and, unless F is unwrapped, an exit file of
+ * R's own (R->exit_path). */
 static ffdl_learner *launch_env(fixture *f, const char *const *argv, const char *const *env,
                                 rec *r) {
-  ffdl_launch_spec spec = {.argv = argv, .env = env, .cwd = f->dir, .log_path = f->log};
+  r->exit_path[0] = '\0';
+  if (!f->unwrapped)
+    snprintf(r->exit_path, sizeof r->exit_path, "%s/exit-%d", f->dir, ++f->launches);
+  ffdl_launch_spec spec = {.argv = argv,
+                           .env = env,
+                           .cwd = f->dir,
+                           .log_path = f->log,
+                           .exit_path = r->exit_path[0] ? r->exit_path : NULL};
   ffdl_learner *l = NULL;
   char *err = NULL;
   int rc = ffdl_backend_launch(f->be, &spec, &callbacks, r, &l, &err);
@@ -173,6 +207,7 @@ static void wait_for(fixture *f, const int *count, int want) {
 static char *read_file(const char *path) {
   static char buf[4096];
   int fd = open(path, O_RDONLY);
+  if (fd < 0) fprintf(stderr, "cannot open %s: %s\n", path, strerror(errno));
   CHECK(fd >= 0);
   ssize_t n = read(fd, buf, sizeof buf - 1);
   close(fd);
@@ -236,9 +271,11 @@ static void lines_arrive_in_order_and_are_logged(void) {
   teardown(&f);
 }
 
-static void exit_codes_are_classified(void) {
+/* With the exit-status wrapper (as the orchestrator launches), or without. */
+static void classify_exit_codes(int unwrapped) {
   fixture f;
   setup(&f);
+  f.unwrapped = unwrapped;
   rec ok = new_rec(&f), bad = new_rec(&f);
   launch_sh(&f, "exit 0", &ok);
   launch_sh(&f, "exit 3", &bad);
@@ -252,14 +289,31 @@ static void exit_codes_are_classified(void) {
   CHECK(ok.exits == 1 && bad.exits == 1);
 }
 
-static void a_signal_is_classified(void) {
+static void exit_codes_are_classified(void) {
+  classify_exit_codes(0);
+}
+
+static void exit_codes_are_classified_without_wrapper(void) {
+  classify_exit_codes(1);
+}
+
+static void classify_a_signal(int unwrapped) {
   fixture f;
   setup(&f);
+  f.unwrapped = unwrapped;
   rec r = new_rec(&f);
   launch_sh(&f, "kill -9 $$", &r);
   wait_for(&f, &r.exits, 1);
-  CHECK(r.kind == FFDL_EXIT_SIGNAL && r.sig == SIGKILL);
+  CHECK(r.kind == FFDL_EXIT_SIGNAL && r.sig == SIGKILL && r.code == 0);
   teardown(&f);
+}
+
+static void a_signal_is_classified(void) {
+  classify_a_signal(0);
+}
+
+static void a_signal_is_classified_without_wrapper(void) {
+  classify_a_signal(1);
 }
 
 static int open_fds(void) {
@@ -332,7 +386,7 @@ static void partial_last_line_arrives(void) {
   CHECK(r.n_lines == 2);
   CHECK(strcmp(r.lines[0], "first") == 0);
   CHECK(strcmp(r.lines[1], "last") == 0);
-  CHECK(strcmp(read_file(f.log), "first\nlast\n") == 0);
+  CHECK(strcmp(read_file(f.log), "first\nlast") == 0); /* as the learner wrote it */
   rec_free(&r);
   teardown(&f);
 }
@@ -525,11 +579,403 @@ static void stdin_is_dev_null(void) {
   teardown(&f);
 }
 
+/* ---- log files and exit files ----------------------------------------- */
+
+static void write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  CHECK(fd >= 0);
+  CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+  close(fd);
+}
+
+static uint64_t file_size(const char *path) {
+  struct stat st;
+  CHECK(stat(path, &st) == 0);
+  return (uint64_t)st.st_size;
+}
+
+/* A retry appends to the same log: the earlier attempt's lines stay unreported. */
+static void an_existing_log_is_not_replayed(void) {
+  fixture f;
+  setup(&f);
+  write_file(f.log, "old\nold partial");
+  rec r = new_rec(&f);
+  launch_sh(&f, "echo; echo new", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 2);
+  CHECK(strcmp(r.lines[0], "") == 0 && strcmp(r.lines[1], "new") == 0);
+  CHECK(r.offset == file_size(f.log));
+  CHECK(strcmp(read_file(f.log), "old\nold partial\nnew\n") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void no_log_means_no_lines(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  const char *argv[] = {"sh", "-c", "echo out; echo err >&2; exit 5", NULL};
+  snprintf(r.exit_path, sizeof r.exit_path, "%s/exit", f.dir);
+  ffdl_launch_spec spec = {.argv = argv, .env = BASE_ENV, .cwd = f.dir, .exit_path = r.exit_path};
+  ffdl_learner *l = NULL;
+  char *err = NULL;
+  CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) == FFDL_OK);
+  track(live_groups, ffdl_learner_pid(l), 1);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 0 && r.kind == FFDL_EXIT_CODE && r.code == 5 && r.offset == 0);
+  CHECK(strcmp(read_file(r.exit_path), "5") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void unwritable_exit_path_fails_at_launch(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  const char *argv[] = {"true", NULL};
+  ffdl_launch_spec spec = {.argv = argv,
+                           .env = BASE_ENV,
+                           .log_path = f.log,
+                           .exit_path = "/nonexistent-ffdl/exit_status"};
+  ffdl_learner *l = (ffdl_learner *)&r;
+  char *err = NULL;
+  CHECK(ffdl_backend_launch(f.be, &spec, &callbacks, &r, &l, &err) < 0);
+  CHECK(l == NULL);
+  CHECK_CONTAINS(err, "/nonexistent-ffdl/exit_status");
+  free(err);
+  CHECK(ffdl_backend_running(f.be) == 0);
+  teardown(&f);
+  CHECK(r.exits == 0);
+}
+
+/* The three kinds of ends, as the wrapper leaves them on disk. */
+static void exit_file_holds_the_status(void) {
+  fixture f;
+  setup(&f);
+  rec ok = new_rec(&f), bad = new_rec(&f), killed = new_rec(&f);
+  launch_sh(&f, "exit 0", &ok);
+  launch_sh(&f, "exit 3", &bad);
+  launch_sh(&f, "kill -9 $$", &killed);
+  wait_for(&f, &ok.exits, 1);
+  wait_for(&f, &bad.exits, 1);
+  wait_for(&f, &killed.exits, 1);
+  CHECK(strcmp(read_file(ok.exit_path), "0") == 0);
+  CHECK(strcmp(read_file(bad.exit_path), "3") == 0);
+  CHECK(strcmp(read_file(killed.exit_path), "137") == 0);
+  char tmp[200];
+  snprintf(tmp, sizeof tmp, "%s.tmp", killed.exit_path);
+  CHECK(access(tmp, F_OK) != 0);
+  CHECK(strcmp(read_file(f.log), "") == 0); /* no "Killed" from the wrapper */
+  CHECK(ok.kind == FFDL_EXIT_OK);
+  CHECK(bad.kind == FFDL_EXIT_CODE && bad.code == 3);
+  CHECK(killed.kind == FFDL_EXIT_SIGNAL && killed.sig == SIGKILL);
+  teardown(&f);
+}
+
+/* The learner runs as the wrapper's child, in the wrapper's group and session,
+ * with no descriptor of the wrapper's. */
+static void wrapper_leads_the_group(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  launch_sh(&f,
+            "read -r pid comm state ppid pgrp session rest < /proc/$$/stat; "
+            "echo $pid; echo $ppid; echo $pgrp; echo $session; "
+            "if [ -e /proc/$$/fd/3 ]; then echo fd3-open; else echo fd3-closed; fi",
+            &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_OK && r.n_lines == 5);
+  CHECK(strcmp(r.lines[4], "fd3-closed") == 0); /* the wrapper's copy of stderr */
+  int leader = r.pid;
+  CHECK(atoi(r.lines[0]) != leader);
+  CHECK(atoi(r.lines[1]) == leader);
+  CHECK(atoi(r.lines[2]) == leader && atoi(r.lines[3]) == leader);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void term_when_ready(rec *r, ffdl_learner *l, const char *line) {
+  if (strcmp(line, "ready") == 0) ffdl_backend_kill(r->be, l, 60000);
+}
+
+/* SIGTERM to the group reaches the learner, and the wrapper outlives the
+ * learner's own shutdown to record how it ended. */
+static void a_graceful_end_after_sigterm_is_recorded(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  r.hook = term_when_ready;
+  launch_sh(&f, "trap 'echo saving; exit 7' TERM; echo ready; while :; do sleep 0.05; done", &r);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.kind == FFDL_EXIT_CODE && r.code == 7);
+  /* the learner's shell may say "Terminated" about its sleep before that */
+  CHECK(strcmp(r.lines[0], "ready") == 0 && strcmp(r.last, "saving") == 0);
+  CHECK(strcmp(read_file(r.exit_path), "7") == 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+/* ---- abandon and adopt ------------------------------------------------ */
+
+/* Stands for a crash: the backend goes away at line AT, its learner runs on. */
+static void abandon_at(rec *r, ffdl_learner *l, const char *line, const char *at) {
+  if (strcmp(line, at) != 0) return;
+  r->pid = ffdl_learner_pid(l);
+  r->offset = ffdl_learner_log_offset(l);
+  r->abandoned++;
+  ffdl_backend_abandon(r->be);
+}
+
+static void abandon_at_line_5(rec *r, ffdl_learner *l, const char *line) {
+  abandon_at(r, l, line, "line-5");
+}
+
+static void abandon_at_one(rec *r, ffdl_learner *l, const char *line) {
+  abandon_at(r, l, line, "one");
+}
+
+static void abandon_after_grandchild(rec *r, ffdl_learner *l, const char *line) {
+  r->grandchild = atoi(line);
+  CHECK(r->grandchild > 0);
+  track(live_pids, r->grandchild, 1);
+  abandon_at(r, l, line, line);
+}
+
+/* Runs A's loop until the abandoned backend has closed every handle. */
+static void finish_abandoned(fixture *a) {
+  a->be = NULL;
+  CHECK(uv_run(&a->loop, UV_RUN_DEFAULT) == 0);
+}
+
+/* Opens the FIFO DIR/NAME for writing (waits for its reader) and writes to it. */
+static void release(const char *dir, const char *name) {
+  char path[200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  int fd = open(path, O_WRONLY);
+  CHECK(fd >= 0);
+  CHECK(write(fd, "x\n", 2) == 2);
+  close(fd);
+}
+
+static void make_fifo(const char *dir, const char *name) {
+  char path[200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  CHECK(mkfifo(path, 0600) == 0);
+}
+
+static ffdl_learner *adopt(fixture *b, rec *r, int pid, const char *log, uint64_t offset,
+                           const char *exit_path) {
+  ffdl_learner *l = NULL;
+  char *err = NULL;
+  int rc = ffdl_backend_adopt(b->be, pid, log, offset, exit_path, &callbacks, r, &l, &err);
+  if (rc) fprintf(stderr, "adopt: %s\n", err);
+  CHECK(rc == FFDL_OK && l && ffdl_learner_pid(l) == pid);
+  CHECK(ffdl_learner_log_offset(l) == offset);
+  return l;
+}
+
+/* Reaps PID, our own child, which an adopter saw end (a zombie until now). */
+static int reap_child(int pid) {
+  int status = 0;
+  CHECK(waitpid(pid, &status, 0) == pid);
+  return status;
+}
+
+static void abandon_leaves_learners_running(void) {
+  fixture a;
+  setup(&a);
+  make_fifo(a.dir, "go");
+  rec r = new_rec(&a);
+  r.fifo = a.dir;
+  r.hook = abandon_at_one;
+  launch_sh(&a, "echo one; read x < \"$1/go\"; echo two", &r);
+  wait_for(&a, &r.abandoned, 1);
+  finish_abandoned(&a); /* every handle closed, the backend freed, no callback */
+  CHECK(r.exits == 0 && r.n_lines == 1);
+  CHECK(kill(r.pid, 0) == 0); /* still running */
+  release(a.dir, "go");
+  int status = reap_child(r.pid);
+  track(live_groups, r.pid, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(strcmp(read_file(r.exit_path), "0") == 0);
+  CHECK(strcmp(read_file(a.log), "one\ntwo\n") == 0);
+  rec_free(&r);
+  teardown(&a);
+}
+
+/* Backend A on loop A goes away after line-5 (with "line-" of the next line
+ * perhaps read already); backend B on loop B adopts the learner from A's
+ * offset while it runs: every line exactly once, and the real status. */
+static void adopt_continues_where_the_last_backend_stopped(void) {
+  fixture a, b;
+  setup(&a);
+  setup(&b);
+  make_fifo(a.dir, "go");
+  rec ra = new_rec(&a);
+  ra.fifo = a.dir;
+  ra.hook = abandon_at_line_5;
+  launch_sh(&a,
+            "for i in 1 2 3 4 5; do echo line-$i; done; printf line-; read x < \"$1/go\"; "
+            "echo 6; for i in 7 8 9 10; do printf line-; sleep 0.02; echo $i; done; exit 4",
+            &ra);
+  wait_for(&a, &ra.abandoned, 1);
+  finish_abandoned(&a);
+  CHECK(ra.n_lines == 5 && ra.exits == 0);
+  for (int i = 0; i < 5; i++) {
+    char want[16];
+    snprintf(want, sizeof want, "line-%d", i + 1);
+    CHECK(strcmp(ra.lines[i], want) == 0);
+  }
+  CHECK(ra.offset == strlen("line-1\nline-2\nline-3\nline-4\nline-5\n"));
+
+  rec rb = new_rec(&b);
+  adopt(&b, &rb, ra.pid, a.log, ra.offset, ra.exit_path);
+  CHECK(ffdl_backend_running(b.be) == 1);
+  release(a.dir, "go"); /* only now may the learner end */
+  wait_for(&b, &rb.exits, 1);
+  CHECK(rb.n_lines == 5);
+  for (int i = 0; i < 5; i++) {
+    char want[16];
+    snprintf(want, sizeof want, "line-%d", i + 6);
+    CHECK(strcmp(rb.lines[i], want) == 0);
+  }
+  CHECK(rb.kind == FFDL_EXIT_CODE && rb.code == 4 && rb.sig == 0);
+  CHECK(rb.offset == file_size(a.log));
+  CHECK(ffdl_backend_running(b.be) == 0);
+  int status = reap_child(ra.pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 4);
+  rec_free(&ra);
+  rec_free(&rb);
+  teardown(&b);
+  teardown(&a);
+}
+
+/* The learner ends while no backend watches (and is reaped, as init would):
+ * adopting it replays the lines from the offset and reports its real status. */
+static void adopt_reports_a_learner_that_ended_unwatched(void) {
+  fixture a, b;
+  setup(&a);
+  setup(&b);
+  make_fifo(a.dir, "go");
+  rec ra = new_rec(&a);
+  ra.fifo = a.dir;
+  ra.hook = abandon_at_one;
+  launch_sh(&a, "echo one; read x < \"$1/go\"; echo two; printf three; exit 3", &ra);
+  wait_for(&a, &ra.abandoned, 1);
+  finish_abandoned(&a);
+  release(a.dir, "go");
+  int status = reap_child(ra.pid);
+  track(live_groups, ra.pid, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 3);
+
+  rec from_offset = new_rec(&b), from_start = new_rec(&b);
+  adopt(&b, &from_offset, ra.pid, a.log, ra.offset, ra.exit_path);
+  adopt(&b, &from_start, ra.pid, a.log, 0, ra.exit_path);
+  CHECK(from_offset.exits == 0 && from_offset.n_lines == 0); /* nothing within adopt */
+  CHECK(ffdl_backend_running(b.be) == 2);
+  wait_for(&b, &from_offset.exits, 1);
+  wait_for(&b, &from_start.exits, 1);
+  CHECK(from_offset.n_lines == 2);
+  CHECK(strcmp(from_offset.lines[0], "two") == 0 && strcmp(from_offset.lines[1], "three") == 0);
+  CHECK(from_start.n_lines == 3 && strcmp(from_start.lines[0], "one") == 0);
+  CHECK(from_offset.kind == FFDL_EXIT_CODE && from_offset.code == 3);
+  CHECK(from_start.kind == FFDL_EXIT_CODE && from_start.code == 3);
+  CHECK(from_offset.offset == file_size(a.log) && from_start.offset == file_size(a.log));
+  rec_free(&ra);
+  rec_free(&from_offset);
+  rec_free(&from_start);
+  teardown(&b);
+  teardown(&a);
+}
+
+static void kill_of_an_adopted_learner_reaches_its_group(void) {
+  CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0); /* orphans come to us: reap them */
+  fixture a, b;
+  setup(&a);
+  setup(&b);
+  rec ra = new_rec(&a);
+  ra.hook = abandon_after_grandchild;
+  launch_sh(&a, "sleep 300 & echo $!; wait", &ra);
+  wait_for(&a, &ra.abandoned, 1);
+  finish_abandoned(&a);
+
+  rec rb = new_rec(&b);
+  ffdl_learner *l = adopt(&b, &rb, ra.pid, a.log, ra.offset, ra.exit_path);
+  ffdl_backend_kill(b.be, l, 60000);
+  wait_for(&b, &rb.exits, 1);
+  CHECK(rb.kind == FFDL_EXIT_SIGNAL && rb.sig == SIGTERM);
+  CHECK(rb.n_lines == 0);
+  CHECK(strcmp(read_file(ra.exit_path), "143") == 0);
+  int status = 0;
+  reap(ra.grandchild, &status);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+  status = reap_child(ra.pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGTERM);
+  rec_free(&ra);
+  rec_free(&rb);
+  teardown(&b);
+  teardown(&a);
+}
+
+/* A PID that now belongs to something else (here: a session leader that
+ * does not write the log) is reported as ended, and is not signalled. */
+static void adopt_signals_nothing_when_the_pid_is_not_a_learner(void) {
+  fixture f;
+  setup(&f);
+  write_file(f.log, "earlier\n");
+  int pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    setsid();
+    execl("/bin/sleep", "sleep", "300", (char *)NULL);
+    _exit(127);
+  }
+  track(live_pids, pid, 1);
+  char exit_path[160];
+  snprintf(exit_path, sizeof exit_path, "%s/exit", f.dir);
+  rec r = new_rec(&f);
+  adopt(&f, &r, pid, f.log, 0, exit_path);
+  wait_for(&f, &r.exits, 1);
+  CHECK(r.n_lines == 1 && strcmp(r.lines[0], "earlier") == 0);
+  CHECK(r.kind == FFDL_EXIT_SIGNAL && r.sig == SIGKILL);
+  int status = 0;
+  CHECK(waitpid(pid, &status, WNOHANG) == 0); /* untouched */
+  CHECK(kill(pid, SIGKILL) == 0);
+  CHECK(waitpid(pid, &status, 0) == pid);
+  track(live_pids, pid, 0);
+  rec_free(&r);
+  teardown(&f);
+}
+
+static void adopt_refuses_what_it_cannot_watch(void) {
+  fixture f;
+  setup(&f);
+  rec r = new_rec(&f);
+  ffdl_learner *l = (ffdl_learner *)&r;
+  char *err = NULL;
+  int bad_pids[] = {0, 1, -5, (int)getpid()};
+  for (int i = 0; i < 4; i++) {
+    CHECK(ffdl_backend_adopt(f.be, bad_pids[i], NULL, 0, NULL, &callbacks, &r, &l, &err) ==
+          FFDL_EINVALID);
+    CHECK(l == NULL && err != NULL);
+    free(err);
+  }
+  CHECK(ffdl_backend_adopt(f.be, 99999999, "/nonexistent-ffdl/log", 0, NULL, &callbacks, &r, &l,
+                           &err) == FFDL_ENOENT);
+  CHECK_CONTAINS(err, "/nonexistent-ffdl/log");
+  free(err);
+  CHECK(ffdl_backend_running(f.be) == 0);
+  teardown(&f);
+  CHECK(r.exits == 0);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"lines_arrive_in_order_and_are_logged", lines_arrive_in_order_and_are_logged},
       {"exit_codes_are_classified", exit_codes_are_classified},
+      {"exit_codes_are_classified_without_wrapper", exit_codes_are_classified_without_wrapper},
       {"a_signal_is_classified", a_signal_is_classified},
+      {"a_signal_is_classified_without_wrapper", a_signal_is_classified_without_wrapper},
       {"missing_command_fails_at_launch", missing_command_fails_at_launch},
       {"missing_log_directory_fails_at_launch", missing_log_directory_fails_at_launch},
       {"partial_last_line_arrives", partial_last_line_arrives},
@@ -543,6 +989,22 @@ int main(int argc, char **argv) {
       {"env_is_passed_whole", env_is_passed_whole},
       {"command_is_found_through_the_learners_path", command_is_found_through_the_learners_path},
       {"stdin_is_dev_null", stdin_is_dev_null},
+      {"an_existing_log_is_not_replayed", an_existing_log_is_not_replayed},
+      {"no_log_means_no_lines", no_log_means_no_lines},
+      {"unwritable_exit_path_fails_at_launch", unwritable_exit_path_fails_at_launch},
+      {"exit_file_holds_the_status", exit_file_holds_the_status},
+      {"wrapper_leads_the_group", wrapper_leads_the_group},
+      {"a_graceful_end_after_sigterm_is_recorded", a_graceful_end_after_sigterm_is_recorded},
+      {"abandon_leaves_learners_running", abandon_leaves_learners_running},
+      {"adopt_continues_where_the_last_backend_stopped",
+       adopt_continues_where_the_last_backend_stopped},
+      {"adopt_reports_a_learner_that_ended_unwatched",
+       adopt_reports_a_learner_that_ended_unwatched},
+      {"kill_of_an_adopted_learner_reaches_its_group",
+       kill_of_an_adopted_learner_reaches_its_group},
+      {"adopt_signals_nothing_when_the_pid_is_not_a_learner",
+       adopt_signals_nothing_when_the_pid_is_not_a_learner},
+      {"adopt_refuses_what_it_cannot_watch", adopt_refuses_what_it_cannot_watch},
       {NULL, NULL}};
   return run_tests(cases, argc, argv);
 }
