@@ -73,9 +73,12 @@ int ffdl_api_new(const ffdl_api_opts *opts, ffdl_api **out) {
 
 void ffdl_api_free(ffdl_api *api) {
   if (!api) return;
-  for (rate *r = api->rates, *next; r; r = next) next = r->next, free(r);
-  for (latency *l = api->latencies, *next; l; l = next) next = l->next, free(l);
-  for (follower *f = api->followers, *next; f; f = next) next = f->next, free(f);
+  for (rate *r = api->rates, *next; r; r = next)
+    next = r->next, free(r);
+  for (latency *l = api->latencies, *next; l; l = next)
+    next = l->next, free(l);
+  for (follower *f = api->followers, *next; f; f = next)
+    next = f->next, free(f);
   free(api);
 }
 
@@ -86,7 +89,8 @@ static int base64_decode(const char *in, char *out, size_t cap) {
   if (len % 4 != 0 || len / 4 * 3 >= cap) return -1;
   int n = EVP_DecodeBlock((unsigned char *)out, (const unsigned char *)in, (int)len);
   if (n < 0) return -1;
-  while (len > 0 && in[len - 1] == '=') len--, n--;
+  while (len > 0 && in[len - 1] == '=')
+    len--, n--;
   out[n] = '\0';
   return n;
 }
@@ -147,32 +151,35 @@ static json_t *model_object(const json_t *job) {
   json_t *store;
   json_array_foreach(json_object_get(spec, "data_stores"), i, store) {
     json_t *shown = ffdl_spec_redacted(store);
-    json_array_append_new(stores, json_pack("{s:O?,s:O?,s:O?}", "data_store_id", json_object_get(store, "id"),
-                                            "type", json_object_get(store, "type"), "connection",
-                                            json_object_get(shown, "connection") ? json_object_get(shown, "connection") : json_object()));
+    json_array_append_new(stores, json_pack("{s:O?,s:O?,s:O?}", "data_store_id",
+                                            json_object_get(store, "id"), "type",
+                                            json_object_get(store, "type"), "connection",
+                                            json_object_get(shown, "connection")
+                                                ? json_object_get(shown, "connection")
+                                                : json_object()));
     json_decref(shown);
     json_array_append(inputs, json_object_get(store, "id"));
     json_array_append(outputs, json_object_get(store, "id"));
   }
   json_int_t memory = json_integer_value(json_object_get(res, "memory_bytes"));
-  json_t *status = json_pack("{s:O?,s:O?,s:O?,s:O?,s:o,s:o}", "status", json_object_get(job, "status"),
-                             "status_description", json_object_get(job, "status"),
-                             "status_message", json_object_get(job, "status_message"),
-                             "error_code", json_object_get(job, "error_code"), "submitted",
-                             ms_string(json_object_get(job, "submitted_ms")), "completed",
-                             ms_string(json_object_get(job, "completed_ms")));
-  json_t *training = json_pack("{s:O?,s:O?,s:O?,s:I,s:s,s:O?,s:o,s:o,s:o}", "command",
-                               json_object_get(fw, "command"), "cpus", json_object_get(res, "cpus"),
-                               "gpus", json_object_get(res, "gpus"), "memory", (json_int_t)(memory / (1 << 20)),
-                               "memory_unit", "MiB", "learners", json_object_get(spec, "learners"),
-                               "input_data", inputs, "output_data", outputs, "training_status",
-                               status);
-  return json_pack("{s:s,s:s,s:O?,s:O?,s:{s:O?,s:O?},s:o,s:o,s:O?}", "model_id", id, "location", location,
-                   "name", json_object_get(job, "name"), "description",
-                   json_object_get(spec, "description") ? json_object_get(spec, "description") : json_string(""),
-                   "framework", "name", json_object_get(fw, "name"), "version",
-                   json_object_get(fw, "version"), "training", training, "data_stores", stores,
-                   "user", json_object_get(job, "user"));
+  json_t *status = json_pack(
+      "{s:O?,s:O?,s:O?,s:O?,s:o,s:o}", "status", json_object_get(job, "status"),
+      "status_description", json_object_get(job, "status"), "status_message",
+      json_object_get(job, "status_message"), "error_code", json_object_get(job, "error_code"),
+      "submitted", ms_string(json_object_get(job, "submitted_ms")), "completed",
+      ms_string(json_object_get(job, "completed_ms")));
+  json_t *training =
+      json_pack("{s:O?,s:O?,s:O?,s:I,s:s,s:O?,s:o,s:o,s:o}", "command",
+                json_object_get(fw, "command"), "cpus", json_object_get(res, "cpus"), "gpus",
+                json_object_get(res, "gpus"), "memory", (json_int_t)(memory / (1 << 20)),
+                "memory_unit", "MiB", "learners", json_object_get(spec, "learners"), "input_data",
+                inputs, "output_data", outputs, "training_status", status);
+  return json_pack(
+      "{s:s,s:s,s:O?,s:O?,s:{s:O?,s:O?},s:o,s:o,s:O?}", "model_id", id, "location", location,
+      "name", json_object_get(job, "name"), "description",
+      json_object_get(spec, "description") ? json_object_get(spec, "description") : json_string(""),
+      "framework", "name", json_object_get(fw, "name"), "version", json_object_get(fw, "version"),
+      "training", training, "data_stores", stores, "user", json_object_get(job, "user"));
 }
 
 /* The job if WHO may see it; NULL (a 404 for the caller) otherwise. */
@@ -201,7 +208,8 @@ static int rate_allows(ffdl_api *api, const char *user) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
   rate *r = api->rates;
-  while (r && strcmp(r->user, user) != 0) r = r->next;
+  while (r && strcmp(r->user, user) != 0)
+    r = r->next;
   if (!r) {
     r = calloc(1, sizeof *r);
     if (!r) return 1;
@@ -227,7 +235,8 @@ static char *diags_text(ffdl_diags *diags, const char *name) {
   if (!f) return strdup("invalid manifest");
   ffdl_diags_print(diags, name, f);
   fclose(f);
-  while (len && buf[len - 1] == '\n') buf[--len] = '\0';
+  while (len && buf[len - 1] == '\n')
+    buf[--len] = '\0';
   return buf;
 }
 
@@ -240,8 +249,9 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   const ffdl_part *manifest = n > 0 ? ffdl_multipart_find(parts, n, "manifest") : NULL;
   const ffdl_part *model = n > 0 ? ffdl_multipart_find(parts, n, "model_definition") : NULL;
   if (!manifest || !model)
-    return ffdl_http_error(req, 400, "C101", "a multipart body with the parts manifest and "
-                                             "model_definition is required");
+    return ffdl_http_error(req, 400, "C101",
+                           "a multipart body with the parts manifest and "
+                           "model_definition is required");
   const char *name = manifest->filename[0] ? manifest->filename : "manifest.yml";
   if (!strchr(name, '.')) name = "manifest.yml";
   char *text = malloc(manifest->len + 1);
@@ -250,7 +260,8 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   text[manifest->len] = '\0';
   ffdl_diags diags = {0};
   json_t *spec = NULL;
-  int rc = ffdl_spec_check_buffer(ffdl_policies_active(api->o.policies), name, text, manifest->len, FFDL_SPEC_AUTO, &diags, &spec);
+  int rc = ffdl_spec_check_buffer(ffdl_policies_active(api->o.policies), name, text, manifest->len,
+                                  FFDL_SPEC_AUTO, &diags, &spec);
   free(text);
   if (rc != FFDL_OK || !spec) {
     char *msg = diags_text(&diags, name);
@@ -312,7 +323,8 @@ static void patch_model(ffdl_api *api, h2o_req_t *req, const char *id) {
   const char *status = json_string_value(json_object_get(body, "status"));
   int halt = status && (strcmp(status, "halt") == 0 || strcmp(status, "halted") == 0);
   json_decref(body);
-  if (!halt) return ffdl_http_error(req, 400, "Bad Request", "the body must be {\"status\": \"halt\"}");
+  if (!halt)
+    return ffdl_http_error(req, 400, "Bad Request", "the body must be {\"status\": \"halt\"}");
   ffdl_orch_halt(api->o.orch, id, "halted through the API");
   ffdl_http_json(req, 202, json_pack("{s:s}", "model_id", id));
 }
@@ -345,7 +357,8 @@ static void trained_model(ffdl_api *api, h2o_req_t *req, const char *id) {
 
 static char *log_path(ffdl_api *api, const char *id, int learner) {
   char *path = malloc(4300);
-  if (path) snprintf(path, 4300, "%s/jobs/%s/learner-%d/logs/training-log.txt", api->o.home, id, learner);
+  if (path)
+    snprintf(path, 4300, "%s/jobs/%s/learner-%d/logs/training-log.txt", api->o.home, id, learner);
   return path;
 }
 
@@ -366,14 +379,16 @@ static void logs(ffdl_api *api, h2o_req_t *req, const char *id, const json_t *jo
   int ended = status && (!strcmp(status, "COMPLETED") || !strcmp(status, "FAILED") ||
                          !strcmp(status, "HALTED"));
   int live = follow && strcmp(follow, "true") == 0 && !ended;
-  ffdl_stream *s = ffdl_stream_start(req, "text/plain; charset=utf-8", live ? on_follower_closed : NULL, api);
+  ffdl_stream *s =
+      ffdl_stream_start(req, "text/plain; charset=utf-8", live ? on_follower_closed : NULL, api);
   char *path = log_path(api, id, 1);
   FILE *f = path ? fopen(path, "r") : NULL;
   free(path);
   if (f) {
     char buf[65536];
     size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) ffdl_stream_write(s, buf, n);
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+      ffdl_stream_write(s, buf, n);
     fclose(f);
   }
   if (!live) return ffdl_stream_finish(s);
@@ -405,8 +420,8 @@ static void loglines(ffdl_api *api, h2o_req_t *req, const char *id, const json_t
     line[strcspn(line, "\n")] = '\0';
     json_array_append_new(models, json_pack("{s:{s:s,s:O,s:I,s:I},s:s}", "meta", "training_id", id,
                                             "user_id", json_object_get(job, "user"), "time",
-                                            (json_int_t)time(NULL) * 1000, "rindex", (json_int_t)index,
-                                            "line", line));
+                                            (json_int_t)time(NULL) * 1000, "rindex",
+                                            (json_int_t)index, "line", line));
   }
   if (f) fclose(f);
   ffdl_http_json(req, 200, json_pack("{s:o}", "models", models));
@@ -438,10 +453,11 @@ static void emetrics(ffdl_api *api, h2o_req_t *req, const char *id, json_t *job)
 static void explain(ffdl_api *api, h2o_req_t *req, const char *id, json_t *job) {
   json_t *transitions = json_object_get(job, "transitions");
   json_t *last = json_array_get(transitions, json_array_size(transitions) - 1);
-  ffdl_http_json(req, 200, json_pack("{s:s,s:O?,s:O?,s:o}", "model_id", id, "status",
-                                     json_object_get(job, "status"), "since",
-                                     json_object_get(last, "time_ms"), "decisions",
-                                     ffdl_jobstore_decisions(api->o.store, id)));
+  ffdl_http_json(req, 200,
+                 json_pack("{s:s,s:O?,s:O?,s:o}", "model_id", id, "status",
+                           json_object_get(job, "status"), "since",
+                           json_object_get(last, "time_ms"), "decisions",
+                           ffdl_jobstore_decisions(api->o.store, id)));
 }
 
 /* "/v1/models/training-abc/logs" -> "/v1/models/{id}/logs": few labels. */
@@ -454,15 +470,18 @@ static void route_of(const char *path, char *out, size_t cap) {
     snprintf(out, cap, "%s{id}%s", *p, rest ? rest : "");
     return;
   }
-  snprintf(out, cap, "%s", strncmp(path, "/v1/", 4) == 0 || !strcmp(path, "/health") ||
-                           !strcmp(path, "/metrics") ? path : "other");
+  snprintf(out, cap, "%s",
+           strncmp(path, "/v1/", 4) == 0 || !strcmp(path, "/health") || !strcmp(path, "/metrics")
+               ? path
+               : "other");
 }
 
 static void observe_latency(ffdl_api *api, const char *path, int status, double seconds) {
   char route[48];
   route_of(path, route, sizeof route);
   latency *l = api->latencies;
-  while (l && (l->status != status || strcmp(l->route, route) != 0)) l = l->next;
+  while (l && (l->status != status || strcmp(l->route, route) != 0))
+    l = l->next;
   if (!l) {
     if (!(l = calloc(1, sizeof *l))) return;
     snprintf(l->route, sizeof l->route, "%s", route);
@@ -497,16 +516,20 @@ static void append(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
 }
 
 static void metrics_latency(ffdl_api *api, char **buf, size_t *len, size_t *cap) {
-  append(buf, len, cap, "# HELP ffdl_api_request_seconds API request latency.\n"
-                        "# TYPE ffdl_api_request_seconds histogram\n");
+  append(buf, len, cap,
+         "# HELP ffdl_api_request_seconds API request latency.\n"
+         "# TYPE ffdl_api_request_seconds histogram\n");
   for (latency *l = api->latencies; l; l = l->next) {
     for (int b = 0; b < LATENCY_BUCKETS; b++)
-      append(buf, len, cap, "ffdl_api_request_seconds_bucket{route=\"%s\",status=\"%d\",le=\"%g\"} %lu\n",
+      append(buf, len, cap,
+             "ffdl_api_request_seconds_bucket{route=\"%s\",status=\"%d\",le=\"%g\"} %lu\n",
              l->route, l->status, latency_bounds[b], l->buckets[b]);
-    append(buf, len, cap, "ffdl_api_request_seconds_bucket{route=\"%s\",status=\"%d\",le=\"+Inf\"} %lu\n"
-                          "ffdl_api_request_seconds_sum{route=\"%s\",status=\"%d\"} %g\n"
-                          "ffdl_api_request_seconds_count{route=\"%s\",status=\"%d\"} %lu\n",
-           l->route, l->status, l->count, l->route, l->status, l->sum, l->route, l->status, l->count);
+    append(buf, len, cap,
+           "ffdl_api_request_seconds_bucket{route=\"%s\",status=\"%d\",le=\"+Inf\"} %lu\n"
+           "ffdl_api_request_seconds_sum{route=\"%s\",status=\"%d\"} %g\n"
+           "ffdl_api_request_seconds_count{route=\"%s\",status=\"%d\"} %lu\n",
+           l->route, l->status, l->count, l->route, l->status, l->sum, l->route, l->status,
+           l->count);
   }
 }
 
@@ -518,9 +541,11 @@ static void metrics_cluster(ffdl_api *api, char **buf, size_t *len, size_t *cap)
          "# TYPE ffdl_gpus gauge\nffdl_gpus{state=\"used\"} %lld\nffdl_gpus{state=\"free\"} %lld\n",
          (long long)json_integer_value(json_object_get(st, "queued")),
          json_number_value(json_object_get(st, "cpus_used")),
-         json_number_value(json_object_get(st, "cpus_total")) - json_number_value(json_object_get(st, "cpus_used")),
+         json_number_value(json_object_get(st, "cpus_total")) -
+             json_number_value(json_object_get(st, "cpus_used")),
          (long long)json_integer_value(json_object_get(st, "gpus_used")),
-         (long long)(json_integer_value(json_object_get(st, "gpus_total")) - json_integer_value(json_object_get(st, "gpus_used"))));
+         (long long)(json_integer_value(json_object_get(st, "gpus_total")) -
+                     json_integer_value(json_object_get(st, "gpus_used"))));
   json_decref(st);
 }
 
@@ -572,11 +597,14 @@ static void users_route(ffdl_api *api, h2o_req_t *req, const caller *who, const 
     int admin = json_is_true(json_object_get(body, "admin"));
     char token[80];
     int rc = name ? ffdl_users_add(api->o.users, name, admin, NULL, token) : FFDL_EINVALID;
-    json_t *reply = rc == FFDL_OK ? json_pack("{s:s,s:b,s:s}", "name", name, "admin", admin, "token", token) : NULL;
+    json_t *reply = rc == FFDL_OK
+                        ? json_pack("{s:s,s:b,s:s}", "name", name, "admin", admin, "token", token)
+                        : NULL;
     json_decref(body);
     if (!reply)
-      return ffdl_http_error(req, 400, "Bad Request", "a new user needs {\"name\": NAME} made of "
-                                                      "letters, digits, _.@- (and must not exist)");
+      return ffdl_http_error(req, 400, "Bad Request",
+                             "a new user needs {\"name\": NAME} made of "
+                             "letters, digits, _.@- (and must not exist)");
     return ffdl_http_json(req, 201, reply);
   }
   if (ffdl_http_method_is(req, "DELETE") && *rest == '/') {
@@ -591,7 +619,8 @@ static void policies_route(ffdl_api *api, h2o_req_t *req, const caller *who, con
   if (!*rest && ffdl_http_method_is(req, "GET"))
     return ffdl_http_json(req, 200, ffdl_policies_status(api->o.policies));
   if (!strcmp(rest, "/reload") && ffdl_http_method_is(req, "POST")) {
-    if (!who->admin) return ffdl_http_error(req, 403, "Forbidden", "only an admin reloads policies");
+    if (!who->admin)
+      return ffdl_http_error(req, 403, "Forbidden", "only an admin reloads policies");
     char *err = NULL;
     if (ffdl_policies_reload(api->o.policies, &err) != FFDL_OK) {
       ffdl_http_error(req, 422, "policy rejected", err ? err : "the new policies were rejected");
@@ -609,20 +638,29 @@ static void job_route(ffdl_api *api, h2o_req_t *req, const caller *who, const ch
   json_t *job = visible_job(api, who, id);
   if (!job) return not_found(req, id);
   int get = ffdl_http_method_is(req, "GET");
-  if (!*sub && get) ffdl_http_json(req, 200, model_object(job));
-  else if (!*sub && ffdl_http_method_is(req, "PATCH")) patch_model(api, req, id);
-  else if (!*sub && ffdl_http_method_is(req, "DELETE")) delete_model(api, req, id);
+  if (!*sub && get)
+    ffdl_http_json(req, 200, model_object(job));
+  else if (!*sub && ffdl_http_method_is(req, "PATCH"))
+    patch_model(api, req, id);
+  else if (!*sub && ffdl_http_method_is(req, "DELETE"))
+    delete_model(api, req, id);
   else if (get && !strcmp(sub, "definition")) {
     char path[4300], name[128];
     snprintf(path, sizeof path, "%s/%s/_submitted_code/model.zip", api->o.results, id);
     snprintf(name, sizeof name, "%s-definition.zip", id);
     ffdl_http_file(req, path, "application/zip", name);
-  } else if (get && !strcmp(sub, "trained_model")) trained_model(api, req, id);
-  else if (get && !strcmp(sub, "logs")) logs(api, req, id, job);
-  else if (get && !strcmp(sub, "loglines")) loglines(api, req, id, job);
-  else if (get && !strcmp(sub, "emetrics")) emetrics(api, req, id, job);
-  else if (get && !strcmp(sub, "explain")) explain(api, req, id, job);
-  else ffdl_http_error(req, 405, "Method Not Allowed", "no such operation on a model");
+  } else if (get && !strcmp(sub, "trained_model"))
+    trained_model(api, req, id);
+  else if (get && !strcmp(sub, "logs"))
+    logs(api, req, id, job);
+  else if (get && !strcmp(sub, "loglines"))
+    loglines(api, req, id, job);
+  else if (get && !strcmp(sub, "emetrics"))
+    emetrics(api, req, id, job);
+  else if (get && !strcmp(sub, "explain"))
+    explain(api, req, id, job);
+  else
+    ffdl_http_error(req, 405, "Method Not Allowed", "no such operation on a model");
   json_decref(job);
 }
 
@@ -655,8 +693,9 @@ static void route(ffdl_api *api, h2o_req_t *req) {
   caller who;
   if (authenticate(api, req, &who) != 0) {
     ffdl_http_header(req, "www-authenticate", "Bearer realm=\"ffdl\"");
-    return ffdl_http_error(req, 401, "Unauthorized", "a valid token is required (Authorization: "
-                                                      "Bearer TOKEN, or basic auth)");
+    return ffdl_http_error(req, 401, "Unauthorized",
+                           "a valid token is required (Authorization: "
+                           "Bearer TOKEN, or basic auth)");
   }
   const char *id, *sub;
   if (!strcmp(path, "/v1/models")) {
@@ -670,7 +709,8 @@ static void route(ffdl_api *api, h2o_req_t *req) {
   }
   if (!strncmp(path, "/v1/logs/", 9)) {
     split_id(req, path + 9, &id, &sub);
-    if (strcmp(sub, "loglines") && strcmp(sub, "emetrics")) return ffdl_http_error(req, 404, "Not Found", "no such path");
+    if (strcmp(sub, "loglines") && strcmp(sub, "emetrics"))
+      return ffdl_http_error(req, 404, "Not Found", "no such path");
     return job_route(api, req, &who, id, sub);
   }
   if (!strncmp(path, "/v1/users", 9)) return users_route(api, req, &who, path + 9);
@@ -688,9 +728,12 @@ void ffdl_api_on_line(ffdl_api *api, const char *id, int learner, const char *li
 }
 
 void ffdl_api_on_end(ffdl_api *api, const char *id, const char *status) {
-  if (!strcmp(status, "COMPLETED")) api->completed++;
-  else if (!strcmp(status, "FAILED")) api->failed++;
-  else if (!strcmp(status, "HALTED")) api->halted++;
+  if (!strcmp(status, "COMPLETED"))
+    api->completed++;
+  else if (!strcmp(status, "FAILED"))
+    api->failed++;
+  else if (!strcmp(status, "HALTED"))
+    api->halted++;
   for (follower *f = api->followers, *next; f; f = next) {
     next = f->next;
     if (strcmp(f->id, id) == 0) ffdl_stream_finish(f->stream); /* on_close unlinks it */

@@ -127,8 +127,9 @@ void ffdl_http_json(h2o_req_t *req, int status, json_t *body) {
 }
 
 void ffdl_http_error(h2o_req_t *req, int status, const char *error, const char *description) {
-  ffdl_http_json(req, status, json_pack("{s:i,s:s,s:s}", "code", status, "error", error,
-                                        "description", description ? description : ""));
+  ffdl_http_json(req, status,
+                 json_pack("{s:i,s:s,s:s}", "code", status, "error", error, "description",
+                           description ? description : ""));
 }
 
 void ffdl_http_file(h2o_req_t *req, const char *path, const char *content_type,

@@ -17,8 +17,7 @@ static const char *find(const char *hay, size_t hay_len, const char *needle, siz
 }
 
 /* Copies the value of PARAM="..." (or PARAM=token) from HEADER into OUT. */
-static void header_param(const char *header, size_t len, const char *param, char *out,
-                         size_t cap) {
+static void header_param(const char *header, size_t len, const char *param, char *out, size_t cap) {
   out[0] = '\0';
   size_t n = strlen(param);
   for (size_t i = 0; i + n + 1 < len; i++) {
@@ -28,9 +27,11 @@ static void header_param(const char *header, size_t len, const char *param, char
     const char *end = header + len;
     size_t k = 0;
     if (*v == '"') {
-      for (v++; v < end && *v != '"' && k + 1 < cap; v++) out[k++] = *v;
+      for (v++; v < end && *v != '"' && k + 1 < cap; v++)
+        out[k++] = *v;
     } else {
-      for (; v < end && *v != ';' && *v != ' ' && *v != '\r' && k + 1 < cap; v++) out[k++] = *v;
+      for (; v < end && *v != ';' && *v != ' ' && *v != '\r' && k + 1 < cap; v++)
+        out[k++] = *v;
     }
     out[k] = '\0';
     return;

@@ -46,8 +46,8 @@ const char *ffdl_client_url(void) {
 }
 
 /* One request; returns the HTTP status (0: no answer) and fills B. */
-static long request(const char *method, const char *path, const char *json_body,
-                    curl_mime *form, body *b, const char *save_to) {
+static long request(const char *method, const char *path, const char *json_body, curl_mime *form,
+                    body *b, const char *save_to) {
   CURL *c = curl_easy_init();
   char url[4096];
   const char *base = ffdl_client_url();
@@ -83,8 +83,10 @@ static long request(const char *method, const char *path, const char *json_body,
   }
   long status = 0;
   CURLcode rc = curl_easy_perform(c);
-  if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-  else fprintf(stderr, "ffdl: %s: %s\n", url, curl_easy_strerror(rc));
+  if (rc == CURLE_OK)
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+  else
+    fprintf(stderr, "ffdl: %s: %s\n", url, curl_easy_strerror(rc));
   if (out) fclose(out);
   curl_slist_free_all(headers);
   curl_easy_cleanup(c);
@@ -97,7 +99,8 @@ static int report(long status, const body *b) {
   json_t *err = b->data ? json_loads(b->data, 0, NULL) : NULL;
   const char *code = json_string_value(json_object_get(err, "error"));
   const char *desc = json_string_value(json_object_get(err, "description"));
-  fprintf(stderr, "ffdl: HTTP %ld %s\n%s\n", status, code ? code : "", desc ? desc : (b->data ? b->data : ""));
+  fprintf(stderr, "ffdl: HTTP %ld %s\n%s\n", status, code ? code : "",
+          desc ? desc : (b->data ? b->data : ""));
   json_decref(err);
   return status == 400 ? 2 : 1;
 }
@@ -119,7 +122,8 @@ static int cmd_train(int argc, char **argv) {
   char dir[4096];
   snprintf(dir, sizeof dir, "%s", argv[2]);
   size_t n = strlen(dir);
-  while (n > 1 && dir[n - 1] == '/') dir[--n] = '\0'; /* "model/" works as "model" */
+  while (n > 1 && dir[n - 1] == '/')
+    dir[--n] = '\0'; /* "model/" works as "model" */
   char zip[] = "/tmp/ffdl-model-XXXXXX";
   int fd = -1;
   const char *upload = dir;
@@ -150,8 +154,10 @@ static int cmd_train(int argc, char **argv) {
   if (fd >= 0) close(fd), unlink(zip);
   json_t *reply = status == 201 && b.data ? json_loads(b.data, 0, NULL) : NULL;
   int rc = 0;
-  if (reply) printf("Model ID: %s\n", json_string_value(json_object_get(reply, "model_id")));
-  else rc = report(status, &b);
+  if (reply)
+    printf("Model ID: %s\n", json_string_value(json_object_get(reply, "model_id")));
+  else
+    rc = report(status, &b);
   json_decref(reply);
   free(b.data);
   return rc;
@@ -184,8 +190,9 @@ static int cmd_list(void) {
     const char *name = json_string_value(json_object_get(m, "name"));
     const char *fw = json_string_value(json_object_get(json_object_get(m, "framework"), "name"));
     const char *status = json_string_value(json_object_get(st, "status"));
-    printf("%-22s %-24s %-12s %-11s %-19s %-19s\n", json_string_value(json_object_get(m, "model_id")),
-           name ? name : "-", fw ? fw : "-", status ? status : "-", submitted, completed);
+    printf("%-22s %-24s %-12s %-11s %-19s %-19s\n",
+           json_string_value(json_object_get(m, "model_id")), name ? name : "-", fw ? fw : "-",
+           status ? status : "-", submitted, completed);
   }
   json_decref(doc);
   return 0;
@@ -195,8 +202,10 @@ static int cmd_show(int argc, char **argv) {
   const char *id = NULL;
   int as_json = 0;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--json")) as_json = 1;
-    else id = argv[i];
+    if (!strcmp(argv[i], "--json"))
+      as_json = 1;
+    else
+      id = argv[i];
   }
   if (!id) return fputs("usage: ffdl show [--json] ID\n", stderr), 2;
   char path[256];
@@ -216,7 +225,9 @@ static int cmd_show(int argc, char **argv) {
            json_string_value(json_object_get(json_object_get(doc, "framework"), "name")),
            json_string_value(json_object_get(json_object_get(doc, "framework"), "version")),
            json_string_value(json_object_get(st, "status")),
-           json_string_value(json_object_get(st, "status_message")) ? json_string_value(json_object_get(st, "status_message")) : "");
+           json_string_value(json_object_get(st, "status_message"))
+               ? json_string_value(json_object_get(st, "status_message"))
+               : "");
   }
   json_decref(doc);
   return 0;
@@ -226,8 +237,10 @@ static int cmd_logs(int argc, char **argv) {
   const char *id = NULL;
   int follow = 0;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--follow") || !strcmp(argv[i], "-f")) follow = 1;
-    else id = argv[i];
+    if (!strcmp(argv[i], "--follow") || !strcmp(argv[i], "-f"))
+      follow = 1;
+    else
+      id = argv[i];
   }
   if (!id) return fputs("usage: ffdl logs [--follow] ID\n", stderr), 2;
   char path[256];
@@ -259,16 +272,21 @@ static int simple(const char *method, const char *fmt, const char *id, const cha
 static int cmd_download(int argc, char **argv) {
   const char *id = NULL, *filename = NULL, *what = NULL;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--trainedmodel")) what = "trained_model";
-    else if (!strcmp(argv[i], "--definition")) what = "definition";
-    else if (!strcmp(argv[i], "--filename") && i + 1 < argc) filename = argv[++i];
-    else id = argv[i];
+    if (!strcmp(argv[i], "--trainedmodel"))
+      what = "trained_model";
+    else if (!strcmp(argv[i], "--definition"))
+      what = "definition";
+    else if (!strcmp(argv[i], "--filename") && i + 1 < argc)
+      filename = argv[++i];
+    else
+      id = argv[i];
   }
   if (!id || !what)
     return fputs("usage: ffdl download ID --trainedmodel|--definition [--filename F]\n", stderr), 2;
   char path[256], name[300];
   snprintf(path, sizeof path, "/v1/models/%s/%s", id, what);
-  snprintf(name, sizeof name, "%s-%s.zip", id, strcmp(what, "definition") ? "trainedmodel" : "definition");
+  snprintf(name, sizeof name, "%s-%s.zip", id,
+           strcmp(what, "definition") ? "trainedmodel" : "definition");
   if (!filename) filename = name;
   body b = {0};
   long status = request("GET", path, NULL, NULL, &b, filename);
@@ -307,38 +325,50 @@ static int cmd_user(int argc, char **argv) {
     size_t i;
     json_t *u;
     json_array_foreach(json_object_get(doc, "users"), i, u)
-      printf("%s%s\n", json_string_value(json_object_get(u, "name")),
-             json_is_true(json_object_get(u, "admin")) ? " (admin)" : "");
+        printf("%s%s\n", json_string_value(json_object_get(u, "name")),
+               json_is_true(json_object_get(u, "admin")) ? " (admin)" : "");
     json_decref(doc);
     return 0;
   }
-  if (argc >= 3 && !strcmp(argv[1], "remove")) return simple("DELETE", "/v1/users/%s", argv[2], NULL, "Removed");
+  if (argc >= 3 && !strcmp(argv[1], "remove"))
+    return simple("DELETE", "/v1/users/%s", argv[2], NULL, "Removed");
   fputs("usage: ffdl user add NAME [--admin] | list | remove NAME\n", stderr);
   return 2;
 }
 
 int ffdl_client_main(int argc, char **argv) {
   const char *cmd = argv[0];
-  static const char *const verbs[] = {"train", "list", "show", "logs", "halt", "delete",
-                                      "download", "user", NULL};
+  static const char *const verbs[] = {"train",  "list",     "show", "logs", "halt",
+                                      "delete", "download", "user", NULL};
   int known = 0;
-  for (const char *const *v = verbs; *v; v++) known |= !strcmp(cmd, *v);
+  for (const char *const *v = verbs; *v; v++)
+    known |= !strcmp(cmd, *v);
   if (!known) return -1;
   if (!ffdl_client_url()) {
-    fprintf(stderr, "ffdl %s: set FFDL_URL (and FFDL_TOKEN), or DLAAS_URL, to reach a server\n", cmd);
+    fprintf(stderr, "ffdl %s: set FFDL_URL (and FFDL_TOKEN), or DLAAS_URL, to reach a server\n",
+            cmd);
     return 2;
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   int rc;
-  if (!strcmp(cmd, "train")) rc = cmd_train(argc, argv);
-  else if (!strcmp(cmd, "list")) rc = cmd_list();
-  else if (!strcmp(cmd, "show")) rc = cmd_show(argc, argv);
-  else if (!strcmp(cmd, "logs")) rc = cmd_logs(argc, argv);
-  else if (!strcmp(cmd, "halt") && argc > 1) rc = simple("PATCH", "/v1/models/%s", argv[1], "{\"status\":\"halt\"}", "Halted");
-  else if (!strcmp(cmd, "delete") && argc > 1) rc = simple("DELETE", "/v1/models/%s", argv[1], NULL, "Deleted");
-  else if (!strcmp(cmd, "download")) rc = cmd_download(argc, argv);
-  else if (!strcmp(cmd, "user")) rc = cmd_user(argc, argv);
-  else rc = (fprintf(stderr, "usage: ffdl %s ID\n", cmd), 2);
+  if (!strcmp(cmd, "train"))
+    rc = cmd_train(argc, argv);
+  else if (!strcmp(cmd, "list"))
+    rc = cmd_list();
+  else if (!strcmp(cmd, "show"))
+    rc = cmd_show(argc, argv);
+  else if (!strcmp(cmd, "logs"))
+    rc = cmd_logs(argc, argv);
+  else if (!strcmp(cmd, "halt") && argc > 1)
+    rc = simple("PATCH", "/v1/models/%s", argv[1], "{\"status\":\"halt\"}", "Halted");
+  else if (!strcmp(cmd, "delete") && argc > 1)
+    rc = simple("DELETE", "/v1/models/%s", argv[1], NULL, "Deleted");
+  else if (!strcmp(cmd, "download"))
+    rc = cmd_download(argc, argv);
+  else if (!strcmp(cmd, "user"))
+    rc = cmd_user(argc, argv);
+  else
+    rc = (fprintf(stderr, "usage: ffdl %s ID\n", cmd), 2);
   curl_global_cleanup();
   return rc;
 }
@@ -350,8 +380,9 @@ int ffdl_client_policy(const char *verb) {
   }
   curl_global_init(CURL_GLOBAL_DEFAULT);
   body b = {0};
-  long status = !strcmp(verb, "reload") ? request("POST", "/v1/policies/reload", "{}", NULL, &b, NULL)
-                                        : request("GET", "/v1/policies", NULL, NULL, &b, NULL);
+  long status = !strcmp(verb, "reload")
+                    ? request("POST", "/v1/policies/reload", "{}", NULL, &b, NULL)
+                    : request("GET", "/v1/policies", NULL, NULL, &b, NULL);
   json_t *doc = status == 200 && b.data ? json_loads(b.data, 0, NULL) : NULL;
   int rc = 0;
   if (doc) {
@@ -359,8 +390,8 @@ int ffdl_client_policy(const char *verb) {
     size_t i;
     json_t *f;
     json_array_foreach(json_object_get(doc, "files"), i, f)
-      printf("  %s  %.12s\n", json_string_value(json_object_get(f, "name")),
-             json_string_value(json_object_get(f, "sha256")));
+        printf("  %s  %.12s\n", json_string_value(json_object_get(f, "name")),
+               json_string_value(json_object_get(f, "sha256")));
     const char *last = json_string_value(json_object_get(doc, "last_error"));
     if (last) printf("last rejected reload:\n%s\n", last);
   } else {
@@ -405,10 +436,9 @@ void ffdl_print_explanation(json_t *doc) {
            reason ? (int)strcspn(reason, "\n") : 0, reason ? reason : "",
            dash(json_object_get(d, "generation")));
     json_array_foreach(json_object_get(d, "explanations"), k, msg)
-      printf("            policy: %s\n", json_string_value(msg));
+        printf("            policy: %s\n", json_string_value(msg));
   }
 }
-
 
 int ffdl_client_explain(const char *id) {
   curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -67,9 +67,12 @@ static int cmd_validate(int argc, char **argv) {
   const char *policies = NULL;
   int first_file = argc;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--print") == 0) print = 1;
-    else if (strcmp(argv[i], "--policies") == 0 && i + 1 < argc) policies = argv[++i];
-    else if (strncmp(argv[i], "--policies=", 11) == 0) policies = argv[i] + 11;
+    if (strcmp(argv[i], "--print") == 0)
+      print = 1;
+    else if (strcmp(argv[i], "--policies") == 0 && i + 1 < argc)
+      policies = argv[++i];
+    else if (strncmp(argv[i], "--policies=", 11) == 0)
+      policies = argv[i] + 11;
     else if (strcmp(argv[i], "--") == 0) {
       first_file = i + 1;
       break;
@@ -82,8 +85,9 @@ static int cmd_validate(int argc, char **argv) {
     }
   }
   if (first_file >= argc) {
-    fputs("ffdl validate: no files given\nusage: ffdl validate [--print] [--policies DIR] FILE...\n",
-          stderr);
+    fputs(
+        "ffdl validate: no files given\nusage: ffdl validate [--print] [--policies DIR] FILE...\n",
+        stderr);
     return EXIT_INVALID;
   }
   ffdl_generation *gen;
@@ -184,7 +188,8 @@ static int cmd_list(void) {
     format_ms(json_object_get(job, "submitted_ms"), submitted, sizeof submitted);
     format_ms(json_object_get(job, "completed_ms"), completed, sizeof completed);
     printf("%-22s %-24s %-12s %-11s %-19s %-19s\n", str_or_dash(json_object_get(job, "id")),
-           str_or_dash(json_object_get(job, "name")), str_or_dash(json_object_get(job, "framework")),
+           str_or_dash(json_object_get(job, "name")),
+           str_or_dash(json_object_get(job, "framework")),
            str_or_dash(json_object_get(job, "status")), submitted, completed);
   }
   json_decref(jobs);
@@ -244,8 +249,10 @@ static int cmd_show(int argc, char **argv) {
   int as_json = 0;
   const char *id = NULL;
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--json") == 0) as_json = 1;
-    else id = argv[i];
+    if (strcmp(argv[i], "--json") == 0)
+      as_json = 1;
+    else
+      id = argv[i];
   }
   if (!id) {
     fputs("usage: ffdl show [--json] ID\n", stderr);

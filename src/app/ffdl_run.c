@@ -45,14 +45,19 @@ static int parse_args(int argc, char **argv, options *o) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return usage(stdout), -1;
-    if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) o->quiet = 1;
-    else if (strcmp(a, "--policies") == 0 && i + 1 < argc) o->policies = argv[++i];
-    else if (strcmp(a, "--model") == 0 && i + 1 < argc) o->model = argv[++i];
-    else if (strcmp(a, "--server") == 0 && i + 1 < argc) o->server = argv[++i];
+    if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0)
+      o->quiet = 1;
+    else if (strcmp(a, "--policies") == 0 && i + 1 < argc)
+      o->policies = argv[++i];
+    else if (strcmp(a, "--model") == 0 && i + 1 < argc)
+      o->model = argv[++i];
+    else if (strcmp(a, "--server") == 0 && i + 1 < argc)
+      o->server = argv[++i];
     else if (a[0] == '-') {
       fprintf(stderr, "ffdl-run: unknown option %s\n", a);
       return usage(stderr), -2;
-    } else if (!o->file) o->file = a;
+    } else if (!o->file)
+      o->file = a;
     else {
       fprintf(stderr, "ffdl-run: one file at a time (got %s and %s)\n", o->file, a);
       return -2;
@@ -95,7 +100,8 @@ static void on_signal(uv_signal_t *h, int signum) {
   if (run->interrupted++) return;
   fprintf(stderr, "\nffdl-run: %s: halting %s\n", signum == SIGINT ? "interrupted" : "terminated",
           run->id);
-  ffdl_orch_halt_all(run->rt->orch, signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
+  ffdl_orch_halt_all(run->rt->orch,
+                     signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
 }
 
 /* A path relative to the current directory when it is below it. */
@@ -108,7 +114,8 @@ static const char *shown_path(const char *path) {
 }
 
 static int summarize(manifest_run *run) {
-  const char *status = run->final_status ? run->final_status : ffdl_orch_status(run->rt->orch, run->id);
+  const char *status =
+      run->final_status ? run->final_status : ffdl_orch_status(run->rt->orch, run->id);
   const char *dir = ffdl_orch_results_dir(run->rt->orch, run->id);
   if (status && strcmp(status, "COMPLETED") == 0) {
     fprintf(stderr, "ffdl-run: %s COMPLETED; results in %s\n", run->id, shown_path(dir));

@@ -63,17 +63,25 @@ static int read_config(const char *path, options *o) {
   }
   yaml_node_t *root = ok ? yaml_document_get_root_node(&doc) : NULL;
   int rc = ok ? 0 : -1;
-  for (yaml_node_pair_t *p = root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
+  for (yaml_node_pair_t *p =
+           root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
        p && p < root->data.mapping.pairs.top; p++) {
-    yaml_node_t *k = yaml_document_get_node(&doc, p->key), *v = yaml_document_get_node(&doc, p->value);
+    yaml_node_t *k = yaml_document_get_node(&doc, p->key),
+                *v = yaml_document_get_node(&doc, p->value);
     if (k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) continue;
     const char *key = (const char *)k->data.scalar.value, *val = (const char *)v->data.scalar.value;
-    if (!strcmp(key, "listen") && !o->listen) o->listen = strdup(val);
-    else if (!strcmp(key, "data") && !o->data) o->data = strdup(val);
-    else if (!strcmp(key, "policies") && !o->policies) o->policies = strdup(val);
-    else if (!strcmp(key, "max_upload_mb")) o->max_upload = (size_t)strtoull(val, NULL, 10) << 20;
-    else if (!strcmp(key, "max_unzipped_mb")) o->max_unzipped = strtoull(val, NULL, 10) << 20;
-    else if (!strcmp(key, "creates_per_minute")) o->creates_per_minute = strtod(val, NULL);
+    if (!strcmp(key, "listen") && !o->listen)
+      o->listen = strdup(val);
+    else if (!strcmp(key, "data") && !o->data)
+      o->data = strdup(val);
+    else if (!strcmp(key, "policies") && !o->policies)
+      o->policies = strdup(val);
+    else if (!strcmp(key, "max_upload_mb"))
+      o->max_upload = (size_t)strtoull(val, NULL, 10) << 20;
+    else if (!strcmp(key, "max_unzipped_mb"))
+      o->max_unzipped = strtoull(val, NULL, 10) << 20;
+    else if (!strcmp(key, "creates_per_minute"))
+      o->creates_per_minute = strtod(val, NULL);
     else if (!strcmp(key, "on_shutdown") && (!strcmp(val, "halt") || !strcmp(val, "leave")))
       o->halt_on_shutdown = !strcmp(val, "halt");
     else {
@@ -94,11 +102,16 @@ static int parse_args(int argc, char **argv, options *o) {
   o->max_unzipped = 1024u << 20;
   o->creates_per_minute = 120;
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--listen") && i + 1 < argc) o->listen = argv[++i];
-    else if (!strcmp(argv[i], "--data") && i + 1 < argc) o->data = argv[++i];
-    else if (!strcmp(argv[i], "--config") && i + 1 < argc) o->config = argv[++i];
-    else if (!strcmp(argv[i], "--policies") && i + 1 < argc) o->policies = argv[++i];
-    else if (!strcmp(argv[i], "--help")) return usage(stdout), 1;
+    if (!strcmp(argv[i], "--listen") && i + 1 < argc)
+      o->listen = argv[++i];
+    else if (!strcmp(argv[i], "--data") && i + 1 < argc)
+      o->data = argv[++i];
+    else if (!strcmp(argv[i], "--config") && i + 1 < argc)
+      o->config = argv[++i];
+    else if (!strcmp(argv[i], "--policies") && i + 1 < argc)
+      o->policies = argv[++i];
+    else if (!strcmp(argv[i], "--help"))
+      return usage(stdout), 1;
     else {
       fprintf(stderr, "ffdl-server: unknown argument %s\n", argv[i]);
       return usage(stderr), -1;
@@ -173,8 +186,7 @@ static int bootstrap_admin(ffdl_users *users) {
     fprintf(stderr, "ffdl-server: cannot create the admin user\n");
     return -1;
   }
-  if (!(given && *given))
-    printf("admin token (shown once, only its hash is stored): %s\n", token);
+  if (!(given && *given)) printf("admin token (shown once, only its hash is stored): %s\n", token);
   fflush(stdout);
   return 0;
 }
@@ -212,7 +224,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   /* the live generation is checked (hooks, shapes, tests) and hot-reloaded */
-  ffdl_generation_opts gopts = {.policies_dir = o.policies ? o.policies : ffdl_paths_default_policies(),
+  ffdl_generation_opts gopts = {.policies_dir =
+                                    o.policies ? o.policies : ffdl_paths_default_policies(),
                                 .lua_dir = ffdl_paths_lua_dir()};
   if (ffdl_policies_open(s.rt.loop, &gopts, on_swap, &s, &s.policies, &err) != 0) {
     fprintf(stderr, "ffdl-server: the policies in %s are rejected:\n%s\n", gopts.policies_dir, err);
@@ -230,14 +243,22 @@ int main(int argc, char **argv) {
   }
   char openapi[4200];
   snprintf(openapi, sizeof openapi, "%s/docs/openapi.json", ffdl_paths_root());
-  ffdl_api_opts ao = {.orch = s.rt.orch, .store = s.rt.store, .users = s.users, .policies = s.policies,
-                      .home = s.rt.home, .results = s.rt.results, .openapi = openapi,
-                      .max_unzipped = o.max_unzipped, .creates_per_minute = o.creates_per_minute};
+  ffdl_api_opts ao = {.orch = s.rt.orch,
+                      .store = s.rt.store,
+                      .users = s.users,
+                      .policies = s.policies,
+                      .home = s.rt.home,
+                      .results = s.rt.results,
+                      .openapi = openapi,
+                      .max_unzipped = o.max_unzipped,
+                      .creates_per_minute = o.creates_per_minute};
   ffdl_api_new(&ao, &s.api);
   size_t recovered = 0;
   ffdl_orch_recover(s.rt.orch, &recovered);
-  if (recovered) ffdl_log(FFDL_LOG_INFO, "took over %zu unfinished job(s) from the store", recovered);
-  if (ffdl_http_listen(s.rt.loop, host, port, o.max_upload, ffdl_api_handle, s.api, &s.http, &err) != 0) {
+  if (recovered)
+    ffdl_log(FFDL_LOG_INFO, "took over %zu unfinished job(s) from the store", recovered);
+  if (ffdl_http_listen(s.rt.loop, host, port, o.max_upload, ffdl_api_handle, s.api, &s.http,
+                       &err) != 0) {
     fprintf(stderr, "ffdl-server: %s\n", err);
     return 2;
   }
@@ -251,7 +272,8 @@ int main(int argc, char **argv) {
   uv_signal_start(&s.sighup, on_sighup, SIGHUP);
   uv_timer_init(s.rt.loop, &s.drain);
   s.drain.data = &s;
-  printf("ffdl-server listening on http://%s:%d (data in %s)\n", host, ffdl_http_port(s.http), s.rt.home);
+  printf("ffdl-server listening on http://%s:%d (data in %s)\n", host, ffdl_http_port(s.http),
+         s.rt.home);
   fflush(stdout);
   /* after a stop, the loop runs until halted jobs have ended and
    * connections have closed */

@@ -45,8 +45,8 @@ static int local_cluster(ffdl_cluster *cl) {
   ffdl_inventory inv;
   ffdl_inventory_probe(&inv);
   const char *gpu_type = inv.gpu_count ? inv.gpus[0].name : NULL;
-  int rc = ffdl_cluster_add_node(cl, "local", inv.cpus, inv.memory_bytes, inv.gpu_count, gpu_type,
-                                 NULL);
+  int rc =
+      ffdl_cluster_add_node(cl, "local", inv.cpus, inv.memory_bytes, inv.gpu_count, gpu_type, NULL);
   ffdl_inventory_free(&inv);
   return rc;
 }
@@ -65,14 +65,21 @@ int ffdl_runtime_open(ffdl_runtime *rt, const char *policies, const ffdl_orch_ob
   if (rc == 0) rc = ffdl_cluster_new(&rt->cluster);
   if (rc == 0) {
     const char *nodes = getenv("FFDL_NODES");
-    rc = nodes && *nodes ? ffdl_cluster_load_yaml(rt->cluster, nodes, err) : local_cluster(rt->cluster);
+    rc = nodes && *nodes ? ffdl_cluster_load_yaml(rt->cluster, nodes, err)
+                         : local_cluster(rt->cluster);
   }
   if (rc == 0) rc = ffdl_backend_local_new(rt->loop, &rt->backend);
   if (rc == 0) {
-    ffdl_orch_opts oo = {.loop = rt->loop, .store = rt->store, .gen = rt->gen,
-                         .backend = rt->backend, .cluster = rt->cluster, .home = rt->home,
-                         .results = rt->results, .root = ffdl_paths_root(),
-                         .observer = observer, .observer_ud = observer_ud};
+    ffdl_orch_opts oo = {.loop = rt->loop,
+                         .store = rt->store,
+                         .gen = rt->gen,
+                         .backend = rt->backend,
+                         .cluster = rt->cluster,
+                         .home = rt->home,
+                         .results = rt->results,
+                         .root = ffdl_paths_root(),
+                         .observer = observer,
+                         .observer_ud = observer_ud};
     rc = ffdl_orch_new(&oo, &rt->orch);
   }
   if (rc != 0 && !*err) *err = strdup(ffdl_strerror(rc));

@@ -29,7 +29,7 @@ typedef struct {
   int dispatch_ref; /* the Lua function events go to */
   int failed;       /* the script raised: exit 2 */
   int interrupted;
-  int exit_code;    /* set by os.exit() */
+  int exit_code; /* set by os.exit() */
   uv_signal_t sigint, sigterm;
 } script;
 
@@ -121,8 +121,10 @@ static const ffdl_orch_observer script_observer = {ev_transition, ev_waiting, ev
 static void apply_options(lua_State *L, int opts, json_t *spec) {
   static const char *const copied[] = {"name", "description", "user", "team", NULL};
   for (const char *const *k = copied; *k; k++)
-    if (lua_getfield(L, opts, *k) == LUA_TSTRING) json_object_set_new(spec, *k, json_string(lua_tostring(L, -1)));
-    else lua_pop(L, 0);
+    if (lua_getfield(L, opts, *k) == LUA_TSTRING)
+      json_object_set_new(spec, *k, json_string(lua_tostring(L, -1)));
+    else
+      lua_pop(L, 0);
   lua_settop(L, opts);
   if (lua_getfield(L, opts, "learners") == LUA_TNUMBER)
     json_object_set_new(spec, "learners", json_integer(lua_tointeger(L, -1)));
@@ -130,8 +132,10 @@ static void apply_options(lua_State *L, int opts, json_t *spec) {
   if (lua_getfield(L, opts, "args") == LUA_TTABLE) {
     const char *err;
     json_t *args = ffdl_ljson_from_lua(L, -1, &err);
-    if (json_is_object(args)) json_object_set_new(spec, "args", args);
-    else json_decref(args);
+    if (json_is_object(args))
+      json_object_set_new(spec, "args", args);
+    else
+      json_decref(args);
   }
   lua_settop(L, opts);
 }
@@ -245,7 +249,8 @@ static int l_fail(lua_State *L) {
 /* os.exit(code) in a script: stop the jobs, then exit with CODE. */
 static int l_exit(lua_State *L) {
   script *s = script_of(L);
-  s->exit_code = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? 0 : 1) : (int)luaL_optinteger(L, 1, 0);
+  s->exit_code =
+      lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? 0 : 1) : (int)luaL_optinteger(L, 1, 0);
   ffdl_orch_halt_all(s->rt->orch, "the job script called os.exit");
   return lua_yield(L, 0); /* this coroutine never resumes */
 }
@@ -258,13 +263,16 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg core_funcs[] = {
-    {"now", l_now},
-    {"submit", l_submit},       {"status", l_status},
-    {"halt", l_halt},           {"results_dir", l_results_dir},
-    {"job", l_job},             {"copy_tree", l_copy_tree},
-    {"set_dispatcher", l_set_dispatcher}, {"fail", l_fail},
-    {NULL, NULL}};
+static const luaL_Reg core_funcs[] = {{"now", l_now},
+                                      {"submit", l_submit},
+                                      {"status", l_status},
+                                      {"halt", l_halt},
+                                      {"results_dir", l_results_dir},
+                                      {"job", l_job},
+                                      {"copy_tree", l_copy_tree},
+                                      {"set_dispatcher", l_set_dispatcher},
+                                      {"fail", l_fail},
+                                      {NULL, NULL}};
 
 static int open_core(lua_State *L) {
   luaL_newlib(L, core_funcs);
@@ -275,9 +283,11 @@ static int open_core(lua_State *L) {
 
 static void on_signal(uv_signal_t *h, int signum) {
   script *s = h->data;
-  fprintf(stderr, "\nffdl-run: %s: halting every job\n", signum == SIGINT ? "interrupted" : "terminated");
+  fprintf(stderr, "\nffdl-run: %s: halting every job\n",
+          signum == SIGINT ? "interrupted" : "terminated");
   s->interrupted = 1;
-  ffdl_orch_halt_all(s->rt->orch, signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
+  ffdl_orch_halt_all(s->rt->orch,
+                     signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
 }
 
 static void setup_state(script *s, const char *path) {

@@ -41,8 +41,10 @@ void ffdl_ui_waiting(ffdl_ui *ui, const char *id, const char *reason) {
 
 void ffdl_ui_line(ffdl_ui *ui, const char *id, int learner, const char *line, size_t len) {
   if (ui->quiet || !ui->show_lines) return;
-  if (ui->prefix_ids) fprintf(stderr, "[%s %d] %.*s\n", id, learner, (int)len, line);
-  else fprintf(stderr, "[%d] %.*s\n", learner, (int)len, line);
+  if (ui->prefix_ids)
+    fprintf(stderr, "[%s %d] %.*s\n", id, learner, (int)len, line);
+  else
+    fprintf(stderr, "[%d] %.*s\n", learner, (int)len, line);
 }
 
 void ffdl_ui_metric(ffdl_ui *ui, const char *id, const json_t *record) {

@@ -5,8 +5,8 @@
 #include "orch/orch.h"
 
 typedef struct {
-  int show_lines;   /* learner output, prefixed by learner number */
-  int prefix_ids;   /* several jobs at once: name the job on every line */
+  int show_lines; /* learner output, prefixed by learner number */
+  int prefix_ids; /* several jobs at once: name the job on every line */
   int quiet;
 } ffdl_ui;
 

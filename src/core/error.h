@@ -22,7 +22,7 @@ enum {
   FFDL__ERR_BASE = -1000,
   FFDL_ERRNO_MAP(FFDL_ERR_ENUM)
 #undef FFDL_ERR_ENUM
-  FFDL__ERR_END
+      FFDL__ERR_END
 };
 
 /* Returns a static message for an FFDL_E* code (never NULL). */

@@ -16,7 +16,7 @@ typedef struct {
   int cpus;
   uint64_t memory_bytes;
   int gpu_count;
-  ffdl_gpu_info *gpus;   /* gpu_count entries */
+  ffdl_gpu_info *gpus;     /* gpu_count entries */
   char no_gpu_reason[256]; /* set when gpu_count is 0 */
 } ffdl_inventory;
 

@@ -103,14 +103,14 @@ int ffdl_cluster_reserve(ffdl_cluster *cl, int idx, const ffdl_request *req, int
   return FFDL_OK;
 }
 
-void ffdl_cluster_release(ffdl_cluster *cl, int idx, const ffdl_request *req,
-                          const int *gpu_ids) {
+void ffdl_cluster_release(ffdl_cluster *cl, int idx, const ffdl_request *req, const int *gpu_ids) {
   node *nd = &cl->nodes[idx];
   nd->used_cpus -= req->cpus;
   if (nd->used_cpus < 1e-9) nd->used_cpus = 0;
   nd->used_memory -= req->memory;
   nd->used_gpus -= req->gpus;
-  for (int i = 0; i < req->gpus; i++) nd->gpu_busy[gpu_ids[i]] = 0;
+  for (int i = 0; i < req->gpus; i++)
+    nd->gpu_busy[gpu_ids[i]] = 0;
 }
 
 char *ffdl_cluster_describe(const ffdl_cluster *cl) {
@@ -121,8 +121,11 @@ char *ffdl_cluster_describe(const ffdl_cluster *cl) {
   for (size_t i = 0; i < cl->n && len + 160 < cap; i++) {
     const node *nd = &cl->nodes[i];
     char gpus[96];
-    if (nd->gpus) snprintf(gpus, sizeof gpus, "%d GPUs (%s)", nd->gpus, nd->gpu_type ? nd->gpu_type : "any type");
-    else snprintf(gpus, sizeof gpus, "no GPU");
+    if (nd->gpus)
+      snprintf(gpus, sizeof gpus, "%d GPUs (%s)", nd->gpus,
+               nd->gpu_type ? nd->gpu_type : "any type");
+    else
+      snprintf(gpus, sizeof gpus, "no GPU");
     len += (size_t)snprintf(out + len, cap - len, "%s%s: %g CPUs, %.1f GiB, %s", i ? "; " : "",
                             nd->name, nd->cpus, (double)nd->memory / (1u << 30), gpus);
   }
@@ -141,8 +144,8 @@ json_t *ffdl_cluster_usage(const ffdl_cluster *cl) {
     used_mem += (json_int_t)cl->nodes[i].used_memory;
   }
   return json_pack("{s:f,s:f,s:I,s:I,s:I,s:I}", "cpus_total", cpus, "cpus_used", used_cpus,
-                   "gpus_total", gpus, "gpus_used", used_gpus, "memory_total", mem,
-                   "memory_used", used_mem);
+                   "gpus_total", gpus, "gpus_used", used_gpus, "memory_total", mem, "memory_used",
+                   used_mem);
 }
 
 /* ---- the Lua view ---------------------------------------------------- */
@@ -288,10 +291,8 @@ void *ffdl_cluster_push_view(ffdl_cluster *cl, lua_State *L, int empty) {
   v->cl = cl;
   v->empty = empty;
   if (luaL_newmetatable(L, VIEW_MT)) {
-    static const luaL_Reg methods[] = {{"candidates", l_candidates},
-                                       {"nodes", l_nodes},
-                                       {"describe", l_describe},
-                                       {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"candidates", l_candidates}, {"nodes", l_nodes}, {"describe", l_describe}, {NULL, NULL}};
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_view_gc);
@@ -331,11 +332,18 @@ static int parse_bytes(const char *text, uint64_t *out) {
   char *end;
   double v = strtod(text, &end);
   if (end == text || v < 0) return -1;
-  while (*end == ' ') end++;
-  static const struct { const char *unit; double factor; } units[] = {
-      {"", 1},          {"b", 1},           {"kb", 1e3},        {"kib", 1024.0},
-      {"mb", 1e6},      {"mib", 1048576.0}, {"gb", 1e9},        {"gib", 1073741824.0},
-      {"tb", 1e12},     {"tib", 1099511627776.0}, {"k", 1e3}, {"m", 1e6}, {"g", 1e9}, {"t", 1e12}};
+  while (*end == ' ')
+    end++;
+  static const struct {
+    const char *unit;
+    double factor;
+  } units[] = {{"", 1},      {"b", 1},
+               {"kb", 1e3},  {"kib", 1024.0},
+               {"mb", 1e6},  {"mib", 1048576.0},
+               {"gb", 1e9},  {"gib", 1073741824.0},
+               {"tb", 1e12}, {"tib", 1099511627776.0},
+               {"k", 1e3},   {"m", 1e6},
+               {"g", 1e9},   {"t", 1e12}};
   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
     if (strcasecmp(end, units[i].unit) == 0) {
       *out = (uint64_t)(v * units[i].factor + 0.5);
@@ -382,7 +390,8 @@ static int load_node_entry(ffdl_cluster *cl, yaml_document_t *doc, yaml_node_t *
   json_t *labels = json_object();
   yaml_node_t *lab = map_get(doc, entry, "labels");
   if (lab && lab->type == YAML_MAPPING_NODE) {
-    for (yaml_node_pair_t *p = lab->data.mapping.pairs.start; p < lab->data.mapping.pairs.top; p++) {
+    for (yaml_node_pair_t *p = lab->data.mapping.pairs.start; p < lab->data.mapping.pairs.top;
+         p++) {
       const char *k = scalar(yaml_document_get_node(doc, p->key));
       const char *v = scalar(yaml_document_get_node(doc, p->value));
       if (k && v) json_object_set_new(labels, k, json_string(v));
@@ -425,7 +434,8 @@ int ffdl_cluster_load_yaml(ffdl_cluster *cl, const char *path, char **err) {
     return FFDL_ESYNTAX;
   }
   yaml_node_t *root = yaml_document_get_root_node(&doc);
-  yaml_node_t *nodes = root && root->type == YAML_MAPPING_NODE ? map_get(&doc, root, "nodes") : NULL;
+  yaml_node_t *nodes =
+      root && root->type == YAML_MAPPING_NODE ? map_get(&doc, root, "nodes") : NULL;
   if (!nodes || nodes->type != YAML_SEQUENCE_NODE) {
     *err = yaml_error(path, root, "nodes", "a list of nodes is required");
     rc = FFDL_EINVALID;

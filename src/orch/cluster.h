@@ -43,8 +43,7 @@ const char *ffdl_cluster_node_name(const ffdl_cluster *cl, int node);
 /* Reserves REQ on NODE and picks its GPUs (indices written to GPU_IDS,
  * which holds req->gpus entries). Fails with FFDL_ELIMIT when it does not fit. */
 int ffdl_cluster_reserve(ffdl_cluster *cl, int node, const ffdl_request *req, int *gpu_ids);
-void ffdl_cluster_release(ffdl_cluster *cl, int node, const ffdl_request *req,
-                          const int *gpu_ids);
+void ffdl_cluster_release(ffdl_cluster *cl, int node, const ffdl_request *req, const int *gpu_ids);
 
 /* One line per node: "local: 2 CPUs, 23.4 GiB, no GPU" (caller frees). */
 char *ffdl_cluster_describe(const ffdl_cluster *cl);

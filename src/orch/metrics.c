@@ -40,7 +40,8 @@ static void free_group(group *g) {
 
 void ffdl_metrics_free(ffdl_metrics *m) {
   if (!m) return;
-  for (size_t i = 0; i < m->n; i++) free_group(&m->groups[i]);
+  for (size_t i = 0; i < m->n; i++)
+    free_group(&m->groups[i]);
   free(m->groups);
   free(m->file);
   free(m);
@@ -53,8 +54,8 @@ static int compile_group(group *g, const char *label, const json_t *spec, char *
   g->etimes = json_incref(json_object_get(spec, "etimes"));
   int code;
   PCRE2_SIZE offset;
-  g->re = regex ? pcre2_compile((PCRE2_SPTR)regex, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code,
-                                &offset, NULL)
+  g->re = regex ? pcre2_compile((PCRE2_SPTR)regex, PCRE2_ZERO_TERMINATED, PCRE2_UTF, &code, &offset,
+                                NULL)
                 : NULL;
   if (!g->re) {
     char msg[256] = "no regex";
@@ -128,7 +129,8 @@ static json_t *collect(group *g, const char *line, const json_t *wanted) {
     json_t *v = capture(g, line, json_string_value(json_object_get(spec, "value")));
     if (!v) continue;
     const char *type = json_string_value(json_object_get(spec, "type"));
-    json_object_set_new(out, key, json_pack("{s:s,s:o}", "type", type ? type : "STRING", "value", v));
+    json_object_set_new(out, key,
+                        json_pack("{s:s,s:o}", "type", type ? type : "STRING", "value", v));
   }
   return out;
 }
@@ -172,9 +174,12 @@ static size_t append_pairs(const json_t *obj, char *out, size_t cap, size_t len)
   json_object_foreach((json_t *)obj, key, v) {
     json_t *value = json_object_get(v, "value");
     char text[64];
-    if (json_is_string(value)) snprintf(text, sizeof text, "%s", json_string_value(value));
-    else if (json_is_number(value)) snprintf(text, sizeof text, "%g", json_number_value(value));
-    else continue;
+    if (json_is_string(value))
+      snprintf(text, sizeof text, "%s", json_string_value(value));
+    else if (json_is_number(value))
+      snprintf(text, sizeof text, "%g", json_number_value(value));
+    else
+      continue;
     int n = snprintf(out + len, cap - len, "%s%s %s", len ? " " : "", key, text);
     if (n < 0 || (size_t)n >= cap - len) break;
     len += (size_t)n;

@@ -33,8 +33,8 @@
 #define MAX_LEARNERS 1024
 
 typedef enum { QUEUED, PENDING, DOWNLOADING, PROCESSING, STORING, COMPLETED, FAILED, HALTED } state;
-static const char *const state_names[] = {"QUEUED",     "PENDING", "DOWNLOADING", "PROCESSING",
-                                          "STORING",    "COMPLETED", "FAILED",    "HALTED"};
+static const char *const state_names[] = {"QUEUED",  "PENDING",   "DOWNLOADING", "PROCESSING",
+                                          "STORING", "COMPLETED", "FAILED",      "HALTED"};
 
 typedef struct job job;
 
@@ -117,11 +117,13 @@ static void make_id(char *id) {
   unsigned char raw[10];
   FILE *f = fopen("/dev/urandom", "rb");
   if (!f || fread(raw, 1, sizeof raw, f) != sizeof raw) {
-    for (size_t i = 0; i < sizeof raw; i++) raw[i] = (unsigned char)(rand() ^ (int)now_ms());
+    for (size_t i = 0; i < sizeof raw; i++)
+      raw[i] = (unsigned char)(rand() ^ (int)now_ms());
   }
   if (f) fclose(f);
   char *p = id + sprintf(id, "training-");
-  for (size_t i = 0; i < sizeof raw; i++) *p++ = alphabet[raw[i] % (sizeof alphabet - 1)];
+  for (size_t i = 0; i < sizeof raw; i++)
+    *p++ = alphabet[raw[i] % (sizeof alphabet - 1)];
   *p = '\0';
 }
 
@@ -175,8 +177,10 @@ static lua_State *lua_of(ffdl_orch *o) {
 static int push_hook(ffdl_orch *o, const char *file, const char *name) {
   lua_State *L = lua_of(o);
   ffdl_generation_push_policy(o->o.gen, file);
-  if (lua_istable(L, -1)) lua_getfield(L, -1, name);
-  else lua_pushnil(L);
+  if (lua_istable(L, -1))
+    lua_getfield(L, -1, name);
+  else
+    lua_pushnil(L);
   lua_remove(L, -2);
   return lua_isfunction(L, -1) ? 0 : -1;
 }
@@ -216,9 +220,13 @@ static void push_usage(ffdl_orch *o) {
     const char *keys[2] = {team ? team : "", user ? user : ""};
     for (int k = 0; k < 2; k++) {
       json_t *entry = json_object_get(maps[k], keys[k]);
-      if (!entry) json_object_set_new(maps[k], keys[k], entry = json_pack("{s:i,s:i}", "gpus", 0, "jobs", 0));
-      json_object_set_new(entry, "gpus", json_integer(json_integer_value(json_object_get(entry, "gpus")) + j->req.gpus * j->learners));
-      json_object_set_new(entry, "jobs", json_integer(json_integer_value(json_object_get(entry, "jobs")) + 1));
+      if (!entry)
+        json_object_set_new(maps[k], keys[k], entry = json_pack("{s:i,s:i}", "gpus", 0, "jobs", 0));
+      json_object_set_new(entry, "gpus",
+                          json_integer(json_integer_value(json_object_get(entry, "gpus")) +
+                                       j->req.gpus * j->learners));
+      json_object_set_new(entry, "jobs",
+                          json_integer(json_integer_value(json_object_get(entry, "jobs")) + 1));
     }
   }
   json_object_set_new(usage, "by_team", by_team);
@@ -393,7 +401,8 @@ static void release(job *j) {
 static void save_placement(job *j) {
   json_t *nodes = json_array();
   for (int i = 0; i < j->learners; i++)
-    json_array_append_new(nodes, json_string(ffdl_cluster_node_name(j->o->o.cluster, j->slots[i].node)));
+    json_array_append_new(nodes,
+                          json_string(ffdl_cluster_node_name(j->o->o.cluster, j->slots[i].node)));
   ffdl_jobstore_set_extra(j->o->o.store, j->id, "placement", nodes);
   json_decref(nodes);
 }
@@ -419,9 +428,11 @@ static char *describe_placement(const job *j, const int *nodes) {
   char *out = dup_printf("placed %d learner%s on", j->learners, j->learners > 1 ? "s" : "");
   for (int i = 0; out && i < j->learners; i++) {
     int seen = 0;
-    for (int k = 0; k < i; k++) seen |= nodes[k] == nodes[i];
+    for (int k = 0; k < i; k++)
+      seen |= nodes[k] == nodes[i];
     if (seen) continue;
-    char *longer = dup_printf("%s%s %s", out, i ? "," : "", ffdl_cluster_node_name(j->o->o.cluster, nodes[i]));
+    char *longer =
+        dup_printf("%s%s %s", out, i ? "," : "", ffdl_cluster_node_name(j->o->o.cluster, nodes[i]));
     free(out);
     out = longer;
   }
@@ -468,7 +479,8 @@ static void run_cycle(uv_timer_t *timer) {
   ffdl_orch *o = timer->data;
   o->cycle_scheduled = 0;
   size_t n = 0;
-  for (job *j = o->jobs; j; j = j->next) n += j->st == QUEUED && j->eligible;
+  for (job *j = o->jobs; j; j = j->next)
+    n += j->st == QUEUED && j->eligible;
   if (n == 0) return;
   job **queue = calloc(n, sizeof *queue);
   if (!queue) return;
@@ -579,8 +591,11 @@ static void stage(work *w) {
     char *data = job_path(j, "data");
     uint64_t bytes = 0;
     w->rc = ffdl_localstore_copy_tree(w->data_src, data, &bytes, &w->err);
-    if (w->rc != 0) w->code = "S302";
-    else ffdl_log(FFDL_LOG_INFO, "%s: staged %llu bytes of training data", j->id, (unsigned long long)bytes);
+    if (w->rc != 0)
+      w->code = "S302";
+    else
+      ffdl_log(FFDL_LOG_INFO, "%s: staged %llu bytes of training data", j->id,
+               (unsigned long long)bytes);
     free(data);
   }
 }
@@ -593,7 +608,8 @@ static void copy_logs(work *w) {
     char *dst = dup_printf("%s/training-log.txt", dst_dir);
     char *err = NULL;
     ffdl_localstore_mkdirs(dst_dir, 0755);
-    if (access(src, F_OK) == 0 && ffdl_localstore_copy_tree(src, dst, NULL, &err) != 0 && w->rc == 0) {
+    if (access(src, F_OK) == 0 && ffdl_localstore_copy_tree(src, dst, NULL, &err) != 0 &&
+        w->rc == 0) {
       w->rc = FFDL_EIO;
       w->err = err;
       w->code = "S303";
@@ -618,9 +634,12 @@ static void store_results(work *w) {
 
 static void run_work(uv_work_t *req) {
   work *w = req->data;
-  if (w->kind == WORK_STAGE) stage(w);
-  else if (w->kind == WORK_STORE) store_results(w);
-  else copy_logs(w);
+  if (w->kind == WORK_STAGE)
+    stage(w);
+  else if (w->kind == WORK_STORE)
+    store_results(w);
+  else
+    copy_logs(w);
 }
 
 static void after_stage(work *w);
@@ -632,9 +651,12 @@ static void work_done(uv_work_t *req, int status) {
   job *j = w->j;
   j->work_busy = 0;
   if (status == UV_ECANCELED) w->rc = FFDL_EIO;
-  if (w->kind == WORK_STAGE) after_stage(w);
-  else if (w->kind == WORK_STORE) after_store(w);
-  else after_collect(w);
+  if (w->kind == WORK_STAGE)
+    after_stage(w);
+  else if (w->kind == WORK_STORE)
+    after_store(w);
+  else
+    after_collect(w);
   free(w->data_src);
   free(w->interpreter);
   free(w->err);
@@ -736,21 +758,25 @@ static void strv_add(strv *v, char *s) {
 }
 
 static void strv_free(strv *v) {
-  for (size_t i = 0; i < v->n; i++) free(v->items[i]);
+  for (size_t i = 0; i < v->n; i++)
+    free(v->items[i]);
   free(v->items);
 }
 
 /* 'x' with every ' escaped, for /bin/sh. */
 static char *shell_quote(const char *text) {
   size_t extra = 3;
-  for (const char *p = text; *p; p++) extra += *p == '\'' ? 3 : 0;
+  for (const char *p = text; *p; p++)
+    extra += *p == '\'' ? 3 : 0;
   char *out = malloc(strlen(text) + extra);
   if (!out) return NULL;
   char *q = out;
   *q++ = '\'';
   for (const char *p = text; *p; p++) {
-    if (*p == '\'') q = stpcpy(q, "'\\''");
-    else *q++ = *p;
+    if (*p == '\'')
+      q = stpcpy(q, "'\\''");
+    else
+      *q++ = *p;
   }
   *q++ = '\'';
   *q = '\0';
@@ -759,7 +785,8 @@ static char *shell_quote(const char *text) {
 
 /* The manifest's command with args appended as --key value. */
 static char *full_command(const job *j) {
-  const char *cmd = json_string_value(json_object_get(json_object_get(j->spec, "framework"), "command"));
+  const char *cmd =
+      json_string_value(json_object_get(json_object_get(j->spec, "framework"), "command"));
   char *out = strdup(cmd ? cmd : "true");
   json_t *args = json_object_get(j->spec, "args");
   const char *key;
@@ -788,8 +815,9 @@ static char *tf_config(int learners, const int *ports, int index) {
 }
 
 static void copy_parent_env(strv *env, const job *j) {
-  static const char *const keep[] = {"HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR",
-                                     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "TZ", NULL};
+  static const char *const keep[] = {
+      "HOME", "USER", "LANG", "LC_ALL", "TERM", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+      "TZ",   NULL};
   for (const char *const *k = keep; *k; k++) {
     const char *v = getenv(*k);
     if (v) strv_add(env, dup_printf("%s=%s", *k, v));
@@ -831,8 +859,8 @@ static void learner_env(const job *j, int i, int master_port, const int *tf_port
   }
   const char *key;
   json_t *value;
-  json_object_foreach(json_object_get(j->spec, "env"), key, value)
-    strv_add(env, dup_printf("%s=%s", key, json_string_value(value) ? json_string_value(value) : ""));
+  json_object_foreach(json_object_get(j->spec, "env"), key, value) strv_add(
+      env, dup_printf("%s=%s", key, json_string_value(value) ? json_string_value(value) : ""));
 }
 
 static void on_line(void *ud, ffdl_learner *handle, const char *line, size_t len);
@@ -851,8 +879,11 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
   char *exit_path = dup_printf("%s/learner-%d/exit_status", j->dir, i);
   unlink(exit_path); /* an earlier attempt's */
   const char *argv[] = {"/bin/sh", "-c", command, NULL};
-  ffdl_launch_spec spec = {.argv = argv, .env = (const char *const *)env.items, .cwd = cwd,
-                           .log_path = log, .exit_path = exit_path,
+  ffdl_launch_spec spec = {.argv = argv,
+                           .env = (const char *const *)env.items,
+                           .cwd = cwd,
+                           .log_path = log,
+                           .exit_path = exit_path,
                            .memory_limit_bytes = j->req.memory};
   int rc = ffdl_backend_launch(j->o->o.backend, &spec, &learner_callbacks, s, &s->handle, err);
   if (rc == 0) {
@@ -872,10 +903,11 @@ static void launch_learners(job *j) {
   char *command = full_command(j);
   int master_port = free_port();
   int *tf_ports = calloc((size_t)j->learners, sizeof *tf_ports);
-  for (int i = 0; tf_ports && i < j->learners; i++) tf_ports[i] = free_port();
+  for (int i = 0; tf_ports && i < j->learners; i++)
+    tf_ports[i] = free_port();
   memset(&j->failure, 0, sizeof j->failure);
-  char *why = dup_printf("%d learner%s running: %s", j->learners, j->learners > 1 ? "s" : "",
-                         command);
+  char *why =
+      dup_printf("%d learner%s running: %s", j->learners, j->learners > 1 ? "s" : "", command);
   transition(j, PROCESSING, why, NULL);
   free(why);
   char *err = NULL;
@@ -891,8 +923,10 @@ static void launch_learners(job *j) {
   }
   free(command);
   free(tf_ports);
-  if (j->running == 0) learners_finished(j);
-  else start_emetrics(j);
+  if (j->running == 0)
+    learners_finished(j);
+  else
+    start_emetrics(j);
 }
 
 static void record_metric(job *j, json_t *record) {
@@ -971,8 +1005,8 @@ static void on_exit_cb(void *ud, ffdl_learner *handle, ffdl_exit_kind kind, int 
   const char *status = kind == FFDL_EXIT_OK ? "COMPLETED" : j->halting ? "HALTED" : "FAILED";
   ffdl_jobstore_learner(j->o->o.store, j->id, s->index, j->attempt, 0, status, code, sig, now_ms());
   if (kind != FFDL_EXIT_OK && !j->failure.set && !j->halting) {
-    j->failure = (failure_info){.set = 1, .kind = kind, .exit_code = code, .signal = sig,
-                                .learner = s->index};
+    j->failure = (failure_info){
+        .set = 1, .kind = kind, .exit_code = code, .signal = sig, .learner = s->index};
     /* gang semantics: one learner failing stops the others */
     for (int k = 0; k < j->learners; k++)
       if (j->slots[k].running) ffdl_backend_kill(j->o->o.backend, j->slots[k].handle, 2000);
@@ -984,10 +1018,14 @@ static void on_exit_cb(void *ud, ffdl_learner *handle, ffdl_exit_kind kind, int 
 
 static const char *kind_name(ffdl_exit_kind kind) {
   switch (kind) {
-  case FFDL_EXIT_SIGNAL: return "signal";
-  case FFDL_EXIT_OOM: return "oom";
-  case FFDL_EXIT_NODE_LOST: return "node_lost";
-  default: return "exit";
+  case FFDL_EXIT_SIGNAL:
+    return "signal";
+  case FFDL_EXIT_OOM:
+    return "oom";
+  case FFDL_EXIT_NODE_LOST:
+    return "node_lost";
+  default:
+    return "exit";
   }
 }
 
@@ -1054,7 +1092,8 @@ static void decide_retry(job *j, retry_decision *d) {
     lua_getfield(L, -2, "delay");
     lua_getfield(L, -3, "reason");
     const char *action = lua_tostring(L, -3);
-    if (action && (!strcmp(action, "restart") || !strcmp(action, "resume") || !strcmp(action, "fail")))
+    if (action &&
+        (!strcmp(action, "restart") || !strcmp(action, "resume") || !strcmp(action, "fail")))
       snprintf(d->action, sizeof d->action, "%s", action);
     else
       d->reason = strdup("on_failure() must return {action = \"restart\"|\"resume\"|\"fail\"}");
@@ -1080,7 +1119,8 @@ static void handle_failure(job *j) {
   retry_decision d;
   decide_retry(j, &d);
   char *what = describe_failure(j);
-  char *verdict = dup_printf("%s: %s%s%s", what, d.action, d.reason ? ", " : "", d.reason ? d.reason : "");
+  char *verdict =
+      dup_printf("%s: %s%s%s", what, d.action, d.reason ? ", " : "", d.reason ? d.reason : "");
   record_decision(j, HOOK_RETRY, d.action, verdict);
   free(verdict);
   if (strcmp(d.action, "fail") == 0 || j->halting) {
@@ -1235,7 +1275,8 @@ int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason) {
   if (is_terminal(j->st) || j->halting) return FFDL_OK;
   j->halting = 1;
   ffdl_log(FFDL_LOG_INFO, "%s: halting: %s", j->id, reason ? reason : "requested");
-  if (j->st == QUEUED) return end_job(j, HALTED, reason ? reason : "halted while queued", NULL), FFDL_OK;
+  if (j->st == QUEUED)
+    return end_job(j, HALTED, reason ? reason : "halted while queued", NULL), FFDL_OK;
   if (j->st == PROCESSING && j->running > 0) {
     unsigned grace = o->o.halt_grace_ms ? o->o.halt_grace_ms : 3000;
     for (int k = 0; k < j->learners; k++)
@@ -1246,7 +1287,8 @@ int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason) {
 }
 
 void ffdl_orch_halt_all(ffdl_orch *o, const char *reason) {
-  for (job *j = o->jobs; j; j = j->next) ffdl_orch_halt(o, j->id, reason);
+  for (job *j = o->jobs; j; j = j->next)
+    ffdl_orch_halt(o, j->id, reason);
 }
 
 /* ---- submission and lifetime ----------------------------------------- */
@@ -1297,7 +1339,8 @@ static void read_request(job *j) {
   if (j->learners < 1) j->learners = 1;
   if (j->learners > MAX_LEARNERS) j->learners = MAX_LEARNERS;
   j->priority = (int)json_integer_value(json_object_get(j->spec, "priority"));
-  j->max_attempts = (int)json_integer_value(json_object_get(json_object_get(j->spec, "retry"), "max_attempts"));
+  j->max_attempts =
+      (int)json_integer_value(json_object_get(json_object_get(j->spec, "retry"), "max_attempts"));
   if (j->max_attempts < 1) j->max_attempts = 1;
 }
 
@@ -1305,15 +1348,18 @@ static void free_job(job *j) {
   json_decref(j->spec);
   json_decref(j->last_metrics);
   ffdl_metrics_free(j->metrics);
-  for (int i = 0; i < TAIL_LINES; i++) free(j->tail[i]);
-  for (int i = 0; j->slots && i < j->learners; i++) free(j->slots[i].gpu_ids);
+  for (int i = 0; i < TAIL_LINES; i++)
+    free(j->tail[i]);
+  for (int i = 0; j->slots && i < j->learners; i++)
+    free(j->slots[i].gpu_ids);
   free(j->slots);
   free(j->model_dir);
   free(j->interpreter);
   free(j->dir);
   free(j->results_dir);
   free(j->wait_reason);
-  for (int i = 0; i < 4; i++) free(j->last_decision[i]);
+  for (int i = 0; i < 4; i++)
+    free(j->last_decision[i]);
   free(j);
 }
 
@@ -1350,7 +1396,8 @@ int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, ch
   job *j = new_job(o, spec, model_dir);
   if (!j || !j->spec || !j->slots) return FFDL_ENOMEM;
   int rc = local_runtime(j, err);
-  if (rc == 0) rc = ffdl_metrics_new(json_object_get(j->spec, "evaluation_metrics"), &j->metrics, err);
+  if (rc == 0)
+    rc = ffdl_metrics_new(json_object_get(j->spec, "evaluation_metrics"), &j->metrics, err);
   if (rc == 0 && ffdl_jobstore_create(o->o.store, j->id, j->spec, j->submitted_ms) != 0) {
     *err = strdup("cannot write the job to the store");
     rc = FFDL_EIO;
@@ -1421,7 +1468,8 @@ void ffdl_orch_free(ffdl_orch *o) {
 
 size_t ffdl_orch_active(const ffdl_orch *o) {
   size_t n = 0;
-  for (job *j = o->jobs; j; j = j->next) n += !is_terminal(j->st);
+  for (job *j = o->jobs; j; j = j->next)
+    n += !is_terminal(j->st);
   return n;
 }
 
@@ -1456,7 +1504,8 @@ static int restore_placement(job *j, const json_t *extra) {
   if (!idx) return -1;
   int ok = 1;
   for (int i = 0; i < j->learners && ok; i++) {
-    idx[i] = ffdl_cluster_find(j->o->o.cluster, json_string_value(json_array_get(nodes, (size_t)i)));
+    idx[i] =
+        ffdl_cluster_find(j->o->o.cluster, json_string_value(json_array_get(nodes, (size_t)i)));
     ok = idx[i] >= 0;
   }
   int rc = ok ? reserve(j, idx) : -1;
@@ -1471,7 +1520,8 @@ static void adopt_learners(job *j, const json_t *doc) {
   json_t *l;
   json_array_foreach(json_object_get(doc, "learners"), i, l) {
     int n = (int)json_integer_value(json_object_get(l, "learner"));
-    if ((int)json_integer_value(json_object_get(l, "attempt")) != j->attempt || n < 1 || n > j->learners)
+    if ((int)json_integer_value(json_object_get(l, "attempt")) != j->attempt || n < 1 ||
+        n > j->learners)
       continue;
     learner_slot *s = &j->slots[n - 1];
     int pid = (int)json_integer_value(json_object_get(l, "pid"));
@@ -1483,7 +1533,8 @@ static void adopt_learners(job *j, const json_t *doc) {
       s->running = 1;
       j->running++;
     } else {
-      ffdl_log(FFDL_LOG_WARN, "%s: learner %d cannot be reattached: %s", j->id, n, err ? err : "no pid");
+      ffdl_log(FFDL_LOG_WARN, "%s: learner %d cannot be reattached: %s", j->id, n,
+               err ? err : "no pid");
       if (!j->failure.set)
         j->failure = (failure_info){.set = 1, .kind = FFDL_EXIT_NODE_LOST, .learner = n};
     }
@@ -1535,8 +1586,10 @@ static void recover_job(ffdl_orch *o, const json_t *doc) {
     ffdl_jobstore_delete_metrics(o->o.store, j->id); /* re-read from the whole log */
     adopt_learners(j, doc);
     ffdl_log(FFDL_LOG_INFO, "%s: reattached %d learner(s)", j->id, j->running);
-    if (j->running == 0) learners_finished(j);
-    else start_emetrics(j);
+    if (j->running == 0)
+      learners_finished(j);
+    else
+      start_emetrics(j);
   } else if (was == STORING) {
     j->st = STORING;
     j->staged = 1;

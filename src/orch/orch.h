@@ -54,8 +54,7 @@ void ffdl_orch_free(ffdl_orch *o);
  * backend cannot run at all (a framework not installed here) is refused
  * with *err (caller frees) and no job is created.
  */
-int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, char *id,
-                     char **err);
+int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, char *id, char **err);
 /*
  * Takes over the jobs the store holds in a non-terminal state, after a
  * restart: learners that still run are reattached (their logs are complete:

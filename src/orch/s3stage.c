@@ -36,8 +36,12 @@ static void closed(void *ud) {
 }
 
 static int is_credentials_error(const char *code) {
-  static const char *const codes[] = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
-                                      "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
+  static const char *const codes[] = {"InvalidAccessKeyId",
+                                      "SignatureDoesNotMatch",
+                                      "AccessDenied",
+                                      "InvalidToken",
+                                      "ExpiredToken",
+                                      "AuthorizationHeaderMalformed",
                                       NULL};
   for (const char *const *c = codes; *c; c++)
     if (!strcmp(code, *c)) return 1;

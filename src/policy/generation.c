@@ -61,7 +61,8 @@ static int list_lua_files(const char *dir, char ***names_out, size_t *n_out) {
 }
 
 static void free_names(char **names, size_t n) {
-  for (size_t i = 0; i < n; i++) free(names[i]);
+  for (size_t i = 0; i < n; i++)
+    free(names[i]);
   free(names);
 }
 
@@ -77,7 +78,8 @@ static void record_file(ffdl_generation *gen, const char *name, const char *text
   unsigned int n = 0;
   char hex[65];
   EVP_Digest(text, len, digest, &n, EVP_sha256(), NULL);
-  for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+  for (int i = 0; i < 32; i++)
+    snprintf(hex + 2 * i, 3, "%02x", digest[i]);
   json_array_append_new(gen->files, json_pack("{s:s,s:s}", "name", name, "sha256", hex));
 }
 
@@ -132,7 +134,8 @@ static int load_dir(ffdl_generation *gen, EVP_MD_CTX *md, const void *key, const
   lua_State *L = ffdl_sandbox_state(gen->sb);
   lua_newtable(L);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);
-  for (size_t i = 0; i < n && rc == FFDL_OK; i++) rc = load_module(gen, md, key, dir, names[i], err);
+  for (size_t i = 0; i < n && rc == FFDL_OK; i++)
+    rc = load_module(gen, md, key, dir, names[i], err);
   free_names(names, n);
   return rc;
 }
@@ -169,7 +172,8 @@ int ffdl_generation_load(const ffdl_generation_opts *opts, ffdl_generation **out
   if (rc == FFDL_OK) {
     unsigned char digest[32];
     EVP_DigestFinal_ex(md, digest, NULL);
-    for (int i = 0; i < 32; i++) snprintf(gen->hash + 2 * i, 3, "%02x", digest[i]);
+    for (int i = 0; i < 32; i++)
+      snprintf(gen->hash + 2 * i, 3, "%02x", digest[i]);
   }
   EVP_MD_CTX_free(md);
   if (rc != FFDL_OK) {
@@ -209,8 +213,10 @@ const char *ffdl_generation_policies_dir(const ffdl_generation *gen) {
 static void push_module(ffdl_generation *gen, const void *key, const char *name) {
   lua_State *L = ffdl_sandbox_state(gen->sb);
   lua_rawgetp(L, LUA_REGISTRYINDEX, key);
-  if (lua_istable(L, -1)) lua_getfield(L, -1, name);
-  else lua_pushnil(L);
+  if (lua_istable(L, -1))
+    lua_getfield(L, -1, name);
+  else
+    lua_pushnil(L);
   lua_remove(L, -2);
 }
 

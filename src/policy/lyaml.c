@@ -129,17 +129,20 @@ static int looks_like_float(const char *v) {
   const char *p = v;
   if (*p == '+' || *p == '-') p++;
   int digits = 0;
-  while (*p >= '0' && *p <= '9') p++, digits++;
+  while (*p >= '0' && *p <= '9')
+    p++, digits++;
   if (*p == '.') {
     p++;
-    while (*p >= '0' && *p <= '9') p++, digits++;
+    while (*p >= '0' && *p <= '9')
+      p++, digits++;
   }
   if (!digits) return 0;
   if (*p == 'e' || *p == 'E') {
     p++;
     if (*p == '+' || *p == '-') p++;
     if (!(*p >= '0' && *p <= '9')) return 0;
-    while (*p >= '0' && *p <= '9') p++;
+    while (*p >= '0' && *p <= '9')
+      p++;
   }
   return *p == '\0';
 }
@@ -148,8 +151,10 @@ static int looks_like_int(const char *v, int *base) {
   const char *p = v;
   if (*p == '+' || *p == '-') p++;
   *base = 10;
-  if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) *base = 16, p += 2;
-  else if (p[0] == '0' && p[1] == 'o') *base = 8, p += 2;
+  if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))
+    *base = 16, p += 2;
+  else if (p[0] == '0' && p[1] == 'o')
+    *base = 8, p += 2;
   if (!*p) return 0;
   for (; *p; p++) {
     int ok = *base == 16 ? (strchr("0123456789abcdefABCDEF", *p) != NULL)
@@ -162,20 +167,26 @@ static int looks_like_int(const char *v, int *base) {
 /* Pushes a plain scalar with YAML 1.1 core typing.  [-0, +1, m] */
 static void push_plain_scalar(lua_State *L, const char *v, size_t n) {
   static const char *const nulls[] = {"", "~", "null", "Null", "NULL", NULL};
-  static const char *const trues[] = {"true", "True", "TRUE", "yes", "Yes", "YES", "on",
-                                      "On",   "ON",   NULL};
-  static const char *const falses[] = {"false", "False", "FALSE", "no", "No", "NO", "off",
-                                       "Off",   "OFF",   NULL};
+  static const char *const trues[] = {"true", "True", "TRUE", "yes", "Yes",
+                                      "YES",  "on",   "On",   "ON",  NULL};
+  static const char *const falses[] = {"false", "False", "FALSE", "no",  "No",
+                                       "NO",    "off",   "Off",   "OFF", NULL};
   static const char *const infs[] = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", NULL};
   static const char *const ninfs[] = {"-.inf", "-.Inf", "-.INF", NULL};
   static const char *const nans[] = {".nan", ".NaN", ".NAN", NULL};
   int base;
-  if (is_one_of(v, nulls)) lua_pushnil(L);
-  else if (is_one_of(v, trues)) lua_pushboolean(L, 1);
-  else if (is_one_of(v, falses)) lua_pushboolean(L, 0);
-  else if (is_one_of(v, infs)) lua_pushnumber(L, HUGE_VAL);
-  else if (is_one_of(v, ninfs)) lua_pushnumber(L, -HUGE_VAL);
-  else if (is_one_of(v, nans)) lua_pushnumber(L, NAN);
+  if (is_one_of(v, nulls))
+    lua_pushnil(L);
+  else if (is_one_of(v, trues))
+    lua_pushboolean(L, 1);
+  else if (is_one_of(v, falses))
+    lua_pushboolean(L, 0);
+  else if (is_one_of(v, infs))
+    lua_pushnumber(L, HUGE_VAL);
+  else if (is_one_of(v, ninfs))
+    lua_pushnumber(L, -HUGE_VAL);
+  else if (is_one_of(v, nans))
+    lua_pushnumber(L, NAN);
   else if (looks_like_int(v, &base)) {
     const char *digits = v + ((v[0] == '+' || v[0] == '-') ? 1 : 0) + (base != 10 ? 2 : 0);
     errno = 0;
@@ -184,8 +195,10 @@ static void push_plain_scalar(lua_State *L, const char *v, size_t n) {
       lua_pushnumber(L, strtod(v, NULL));
     else
       lua_pushinteger(L, v[0] == '-' ? -(lua_Integer)mag : (lua_Integer)mag);
-  } else if (looks_like_float(v)) lua_pushnumber(L, strtod(v, NULL));
-  else lua_pushlstring(L, v, n);
+  } else if (looks_like_float(v))
+    lua_pushnumber(L, strtod(v, NULL));
+  else
+    lua_pushlstring(L, v, n);
 }
 
 /* positions[path] = {line=, col=, kline=, kcol=, raw=}  [-0, +0, m] */
@@ -214,8 +227,10 @@ static void record_position(decoder *d, lua_State *L, const yaml_mark_t *mark,
 static size_t push_key(decoder *d, const char *key) {
   size_t saved = d->path_len;
   int n = snprintf(d->path + d->path_len, MAX_PATH - d->path_len, "%s%s", saved ? "." : "", key);
-  if (n < 0 || (size_t)n >= MAX_PATH - saved) d->path[saved] = '\0';
-  else d->path_len += (size_t)n;
+  if (n < 0 || (size_t)n >= MAX_PATH - saved)
+    d->path[saved] = '\0';
+  else
+    d->path_len += (size_t)n;
   return saved;
 }
 
@@ -223,8 +238,10 @@ static size_t push_key(decoder *d, const char *key) {
 static size_t push_index(decoder *d, long index) {
   size_t saved = d->path_len;
   int n = snprintf(d->path + d->path_len, MAX_PATH - d->path_len, "[%ld]", index);
-  if (n < 0 || (size_t)n >= MAX_PATH - saved) d->path[saved] = '\0';
-  else d->path_len += (size_t)n;
+  if (n < 0 || (size_t)n >= MAX_PATH - saved)
+    d->path[saved] = '\0';
+  else
+    d->path_len += (size_t)n;
   return saved;
 }
 
@@ -314,8 +331,10 @@ static long parse_node(decoder *d, lua_State *L, int depth, const yaml_mark_t *k
     size_t n = ev->data.scalar.length;
     const char *tag = (const char *)ev->data.scalar.tag;
     int plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
-    if (!plain || (tag && strcmp(tag, YAML_STR_TAG) == 0)) lua_pushlstring(L, v, n);
-    else push_plain_scalar(L, v, n);
+    if (!plain || (tag && strcmp(tag, YAML_STR_TAG) == 0))
+      lua_pushlstring(L, v, n);
+    else
+      push_plain_scalar(L, v, n);
     record_position(d, L, &mark, key_mark, v, n);
     size = 1;
     remember_anchor(d, L, ev->data.scalar.anchor, size);

@@ -185,8 +185,8 @@ int ffdl_policies_reload(ffdl_policies *p, char **err) {
   free(p->last_error);
   p->last_error = NULL;
   if (p->on_swap) p->on_swap(p->ud, next, old);
-  ffdl_log(FFDL_LOG_INFO, "policy generation %.12s is active (was %.12s)", ffdl_generation_hash(next),
-           ffdl_generation_hash(old));
+  ffdl_log(FFDL_LOG_INFO, "policy generation %.12s is active (was %.12s)",
+           ffdl_generation_hash(next), ffdl_generation_hash(old));
   ffdl_generation_free(old);
   return FFDL_OK;
 }

@@ -140,21 +140,24 @@ static int l_print(lua_State *L) {
   return 0;
 }
 
-static const luaL_Reg safe_overrides[] = {
-    {"pcall", l_pcall},   {"xpcall", l_xpcall}, {"collectgarbage", l_collectgarbage},
-    {"print", l_print},   {NULL, NULL}};
+static const luaL_Reg safe_overrides[] = {{"pcall", l_pcall},
+                                          {"xpcall", l_xpcall},
+                                          {"collectgarbage", l_collectgarbage},
+                                          {"print", l_print},
+                                          {NULL, NULL}};
 
 /* Names copied from the real globals into the base environment. */
 static const char *const safe_globals[] = {
-    "assert", "error",    "ipairs",   "next",     "pairs",  "rawequal", "rawget",
-    "rawlen", "rawset",   "select",   "setmetatable", "getmetatable", "tonumber",
-    "tostring", "type",   "_VERSION", NULL};
+    "assert", "error",    "ipairs", "next",         "pairs",        "rawequal", "rawget",
+    "rawlen", "rawset",   "select", "setmetatable", "getmetatable", "tonumber", "tostring",
+    "type",   "_VERSION", NULL};
 static const char *const safe_libs[] = {"string", "table", "math", "utf8", "coroutine", NULL};
 
 /* Wraps the table at the top in a read-only proxy.  [-1, +1, m] */
 static const char FREEZE_LUA[] =
     "local t = ...\n"
-    "local function deny(_, k) error('attempt to modify read-only table (key ' .. tostring(k) .. ')', 2) end\n"
+    "local function deny(_, k) error('attempt to modify read-only table (key ' .. tostring(k) .. "
+    "')', 2) end\n"
     "return setmetatable({}, {__index = t, __newindex = deny, __metatable = 'locked',\n"
     "  __pairs = function() return next, t, nil end, __len = function() return #t end})\n";
 
@@ -211,9 +214,12 @@ static int build_base_env(lua_State *L) {
 }
 
 static void open_safe_libs(lua_State *L) {
-  static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},        {LUA_STRLIBNAME, luaopen_string},
-                                  {LUA_TABLIBNAME, luaopen_table},  {LUA_MATHLIBNAME, luaopen_math},
-                                  {LUA_UTF8LIBNAME, luaopen_utf8},  {LUA_COLIBNAME, luaopen_coroutine},
+  static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
+                                  {LUA_STRLIBNAME, luaopen_string},
+                                  {LUA_TABLIBNAME, luaopen_table},
+                                  {LUA_MATHLIBNAME, luaopen_math},
+                                  {LUA_UTF8LIBNAME, luaopen_utf8},
+                                  {LUA_COLIBNAME, luaopen_coroutine},
                                   {NULL, NULL}};
   for (const luaL_Reg *lib = libs; lib->func; lib++) {
     luaL_requiref(L, lib->name, lib->func, 1);
@@ -242,8 +248,7 @@ int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out) {
   lua_sethook(sb->L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
   lua_pushcfunction(sb->L, open_all);
   if (lua_pcall(sb->L, 0, 0, 0) != LUA_OK) {
-    ffdl_log(FFDL_LOG_ERROR, "sandbox: cannot build the environment: %s",
-             lua_tostring(sb->L, -1));
+    ffdl_log(FFDL_LOG_ERROR, "sandbox: cannot build the environment: %s", lua_tostring(sb->L, -1));
     ffdl_sandbox_free(sb);
     return FFDL_ENOMEM;
   }

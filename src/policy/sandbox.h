@@ -36,8 +36,7 @@ void ffdl_sandbox_push_env(lua_State *L);
  * On failure pushes nothing and returns FFDL_ESYNTAX with *err set
  * (caller frees).
  */
-int ffdl_sandbox_load(ffdl_sandbox *sb, const char *name, const char *text, size_t len,
-                      char **err);
+int ffdl_sandbox_load(ffdl_sandbox *sb, const char *name, const char *text, size_t len, char **err);
 
 /*
  * The one entry point into Lua for policy and runtime code. Calls the

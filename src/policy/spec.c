@@ -34,7 +34,8 @@ static void diag_add(ffdl_diags *diags, int line, int col, int warning, const ch
 
 size_t ffdl_diags_errors(const ffdl_diags *diags) {
   size_t n = 0;
-  for (size_t i = 0; i < diags->n; i++) n += !diags->items[i].warning;
+  for (size_t i = 0; i < diags->n; i++)
+    n += !diags->items[i].warning;
   return n;
 }
 
@@ -69,8 +70,10 @@ static void locate_offset(const char *text, size_t offset, int *line, int *col) 
   *line = 1;
   *col = 1;
   for (size_t i = 0; i < offset; i++) {
-    if (text[i] == '\n') (*line)++, *col = 1;
-    else (*col)++;
+    if (text[i] == '\n')
+      (*line)++, *col = 1;
+    else
+      (*col)++;
   }
 }
 
@@ -89,15 +92,18 @@ static int check_bytes(const char *text, size_t len, ffdl_diags *diags) {
   if (nul) {
     int line, col;
     locate_offset(text, (size_t)(nul - text), &line, &col);
-    diag_add(diags, line, col, 0, "(file)", "contains a NUL byte: this is binary data, not a text "
-                                            "manifest");
+    diag_add(diags, line, col, 0, "(file)",
+             "contains a NUL byte: this is binary data, not a text "
+             "manifest");
     return FFDL_EINVALID;
   }
   size_t i = 0;
-  while (i < len && strchr(" \t\r\n", text[i])) i++;
+  while (i < len && strchr(" \t\r\n", text[i]))
+    i++;
   if (i == len) {
-    diag_add(diags, 1, 1, 0, "(file)", "the file is empty: a manifest needs at least name and "
-                                       "framework");
+    diag_add(diags, 1, 1, 0, "(file)",
+             "the file is empty: a manifest needs at least name and "
+             "framework");
     return FFDL_EINVALID;
   }
   return FFDL_OK;
@@ -114,7 +120,8 @@ static void add_lua_error(ffdl_diags *diags, const char *name, const char *path,
     if (end != err + n + 1 && *end == ':') {
       line = (int)parsed;
       msg = end + 1;
-      while (*msg == ' ') msg++;
+      while (*msg == ' ')
+        msg++;
     }
   }
   diag_add(diags, line, 1, 0, path, msg);
@@ -315,13 +322,15 @@ int ffdl_spec_check_buffer(ffdl_generation *gen, const char *name, const char *t
   }
   rc = check_bytes(text, len, diags);
   if (rc == FFDL_OK) {
-    if (format == FFDL_SPEC_LUA) rc = decode_lua(gen, name, text, len, diags);
-    else if (format == FFDL_SPEC_JSON) rc = decode_json(sb, text, len, diags);
-    else rc = decode_yaml(sb, text, len, diags);
+    if (format == FFDL_SPEC_LUA)
+      rc = decode_lua(gen, name, text, len, diags);
+    else if (format == FFDL_SPEC_JSON)
+      rc = decode_json(sb, text, len, diags);
+    else
+      rc = decode_yaml(sb, text, len, diags);
   }
   if (rc == FFDL_OK) rc = normalize_and_validate(gen, name, diags);
-  if (rc == FFDL_OK && ffdl_diags_errors(diags) == errors_before && spec_out &&
-      !lua_isnil(L, -1)) {
+  if (rc == FFDL_OK && ffdl_diags_errors(diags) == errors_before && spec_out && !lua_isnil(L, -1)) {
     const char *err;
     *spec_out = ffdl_ljson_from_lua(L, -1, &err);
     if (!*spec_out) diag_add(diags, 1, 1, 0, "(file)", err);
@@ -330,8 +339,7 @@ int ffdl_spec_check_buffer(ffdl_generation *gen, const char *name, const char *t
   return ffdl_diags_errors(diags) > errors_before ? FFDL_EINVALID : rc;
 }
 
-int ffdl_spec_check_file(ffdl_generation *gen, const char *path, ffdl_diags *diags,
-                         json_t **spec) {
+int ffdl_spec_check_file(ffdl_generation *gen, const char *path, ffdl_diags *diags, json_t **spec) {
   char *text;
   size_t len;
   int rc = ffdl_file_read(path, FFDL_SPEC_MAX_BYTES, &text, &len);
@@ -364,8 +372,10 @@ static void redact_in_place(json_t *value) {
     const char *key;
     json_t *item;
     json_object_foreach(value, key, item) {
-      if (is_secret_key(key) && json_is_string(item)) json_object_set_new(value, key, json_string("***"));
-      else redact_in_place(item);
+      if (is_secret_key(key) && json_is_string(item))
+        json_object_set_new(value, key, json_string("***"));
+      else
+        redact_in_place(item);
     }
   } else if (json_is_array(value)) {
     size_t i;

@@ -38,8 +38,7 @@ typedef enum { FFDL_SPEC_AUTO, FFDL_SPEC_YAML, FFDL_SPEC_JSON, FFDL_SPEC_LUA } f
 int ffdl_spec_check_buffer(ffdl_generation *gen, const char *name, const char *text, size_t len,
                            ffdl_spec_format format, ffdl_diags *diags, json_t **spec);
 /* The same for a file, with the size limit and read errors as diagnostics. */
-int ffdl_spec_check_file(ffdl_generation *gen, const char *path, ffdl_diags *diags,
-                         json_t **spec);
+int ffdl_spec_check_file(ffdl_generation *gen, const char *path, ffdl_diags *diags, json_t **spec);
 
 /* Returns a deep copy of SPEC with every secret replaced (caller decrefs). */
 json_t *ffdl_spec_redacted(const json_t *spec);

@@ -645,12 +645,14 @@ static int delete_rows(ffdl_jobstore *st, const char *sql, const char *id) {
 
 int ffdl_jobstore_delete(ffdl_jobstore *st, const char *id) {
   static const char *const sql[] = {"DELETE FROM transitions WHERE job_id = ?1",
-                                     "DELETE FROM learners WHERE job_id = ?1",
-                                     "DELETE FROM metrics WHERE job_id = ?1",
-                                     "DELETE FROM decisions WHERE job_id = ?1",
-                                     "DELETE FROM jobs WHERE id = ?1", NULL};
+                                    "DELETE FROM learners WHERE job_id = ?1",
+                                    "DELETE FROM metrics WHERE job_id = ?1",
+                                    "DELETE FROM decisions WHERE job_id = ?1",
+                                    "DELETE FROM jobs WHERE id = ?1",
+                                    NULL};
   int rc = begin_write(st);
-  for (const char *const *q = sql; rc == FFDL_OK && *q; q++) rc = delete_rows(st, *q, id);
+  for (const char *const *q = sql; rc == FFDL_OK && *q; q++)
+    rc = delete_rows(st, *q, id);
   int deleted = rc == FFDL_OK && sqlite3_changes(st->db) > 0;
   rc = finish(st, rc);
   if (rc == FFDL_OK && !deleted) return FFDL_ENOENT;
@@ -672,12 +674,15 @@ int ffdl_jobstore_add_decision(ffdl_jobstore *st, const char *id, const json_t *
   static const char sql[] =
       "INSERT INTO decisions (job_id, seq, decision_json) VALUES (?1,"
       " (SELECT COALESCE(MAX(seq), 0) + 1 FROM decisions WHERE job_id = ?1), ?2)";
-  int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK ? FFDL_OK : sqlite_failure(st, sql);
+  int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) == SQLITE_OK ? FFDL_OK
+                                                                      : sqlite_failure(st, sql);
   if (rc == FFDL_OK) {
     bind_text(s, 1, id);
     bind_text(s, 2, text);
     int step = sqlite3_step(s);
-    rc = step == SQLITE_DONE ? FFDL_OK : step == SQLITE_CONSTRAINT ? FFDL_ENOENT : sqlite_failure(st, sql);
+    rc = step == SQLITE_DONE         ? FFDL_OK
+         : step == SQLITE_CONSTRAINT ? FFDL_ENOENT
+                                     : sqlite_failure(st, sql);
     sqlite3_finalize(s);
   }
   free(text);

@@ -32,9 +32,9 @@ typedef struct {
 
 /* What S3 said when a request failed for good. */
 typedef struct {
-  int http_status;     /* 0 for a connection error */
-  char code[64];       /* S3's code: "NoSuchBucket", "InvalidAccessKeyId", ... or "ConnectionError" */
-  char message[512];   /* S3's message, or curl's */
+  int http_status;   /* 0 for a connection error */
+  char code[64];     /* S3's code: "NoSuchBucket", "InvalidAccessKeyId", ... or "ConnectionError" */
+  char message[512]; /* S3's message, or curl's */
   char bucket[256];
   char key[1024];
 } ffdl_s3_error;
@@ -77,8 +77,8 @@ int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_ob
 int ffdl_s3_put_buffer(ffdl_s3 *s3, const char *bucket, const char *key, const void *data,
                        size_t len, ffdl_s3_done_cb done, void *ud);
 int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
-                       void (*body)(void *ud, const void *data, size_t len),
-                       ffdl_s3_done_cb done, void *ud);
+                       void (*body)(void *ud, const void *data, size_t len), ffdl_s3_done_cb done,
+                       void *ud);
 /* A file: one PUT when small, else multipart with parts in parallel and a
  * checksum per part; a failed multipart upload is aborted, so no partial
  * object is ever visible. */
@@ -94,8 +94,7 @@ int ffdl_s3_upload_dir(ffdl_s3 *s3, const char *bucket, const char *prefix, cons
 /* Every object under PREFIX into DIR/key-without-prefix (directories made as
  * needed; keys ending in '/' skipped). A key with ".", ".." or empty path
  * components fails the whole operation before anything is written. */
-int ffdl_s3_download_prefix(ffdl_s3 *s3, const char *bucket, const char *prefix,
-                            const char *dir, ffdl_s3_progress_cb progress, ffdl_s3_done_cb done,
-                            void *ud);
+int ffdl_s3_download_prefix(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
+                            ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
 
 #endif

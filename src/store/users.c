@@ -53,7 +53,8 @@ static void sha256_hex(const char *text, char out[65]) {
   unsigned char digest[32];
   unsigned int len = 0;
   EVP_Digest(text, strlen(text), digest, &len, EVP_sha256(), NULL);
-  for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", digest[i]);
+  for (int i = 0; i < 32; i++)
+    snprintf(out + 2 * i, 3, "%02x", digest[i]);
 }
 
 static int valid_name(const char *name) {
@@ -79,12 +80,14 @@ int ffdl_users_add(ffdl_users *u, const char *name, int admin, const char *given
     unsigned char raw[32];
     if (RAND_bytes(raw, sizeof raw) != 1) return FFDL_EIO;
     char *p = token + sprintf(token, "ffdl_");
-    for (int i = 0; i < 32; i++) p += sprintf(p, "%02x", raw[i]);
+    for (int i = 0; i < 32; i++)
+      p += sprintf(p, "%02x", raw[i]);
   }
   char hash[65];
   sha256_hex(token, hash);
   sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(u->db, "INSERT INTO users VALUES (?, ?, ?, ?)", -1, &st, NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v2(u->db, "INSERT INTO users VALUES (?, ?, ?, ?)", -1, &st, NULL) !=
+      SQLITE_OK)
     return FFDL_EIO;
   sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
   sqlite3_bind_text(st, 2, hash, -1, SQLITE_TRANSIENT);
@@ -154,7 +157,8 @@ int ffdl_users_authenticate(ffdl_users *u, const char *token, char *name, int *a
 
 int ffdl_users_exists(ffdl_users *u, const char *name, int *admin) {
   sqlite3_stmt *st;
-  if (sqlite3_prepare_v2(u->db, "SELECT admin FROM users WHERE name = ?", -1, &st, NULL) != SQLITE_OK)
+  if (sqlite3_prepare_v2(u->db, "SELECT admin FROM users WHERE name = ?", -1, &st, NULL) !=
+      SQLITE_OK)
     return 0;
   sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
   int found = sqlite3_step(st) == SQLITE_ROW;

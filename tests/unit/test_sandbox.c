@@ -50,7 +50,8 @@ static void expect_error(const char *code, int want_rc, const char *want_msg) {
 }
 
 static void os_execute(void) {
-  expect_error("return os.execute('id')", FFDL_ELUA, "test.lua:1: attempt to index a nil value (global 'os')");
+  expect_error("return os.execute('id')", FFDL_ELUA,
+               "test.lua:1: attempt to index a nil value (global 'os')");
 }
 static void io_open(void) {
   expect_error("return io.open('/etc/passwd')", FFDL_ELUA, "global 'io'");
@@ -126,8 +127,8 @@ static void memory_bomb_inside_pcall(void) {
                FFDL_ELIMIT, "memory limit");
 }
 static void deep_recursion(void) {
-  expect_error_with(64u << 20, "local function f(n) return 1 + f(n + 1) end return f(1)",
-                    FFDL_ELUA, "stack overflow");
+  expect_error_with(64u << 20, "local function f(n) return 1 + f(n + 1) end return f(1)", FFDL_ELUA,
+                    "stack overflow");
 }
 static void error_with_table(void) {
   expect_error("error({code = 1})", FFDL_ELUA, "(error object is a table value)");
