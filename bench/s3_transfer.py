@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""S3 transfers: ffdl's s3tool next to boto3's transfer manager, against a
+local moto server, in the same run.
+
+Four phases for each client: upload 1,000 files, download them, upload one
+large file, download it. The files total FFDL_BENCH_S3_TOTAL (default 2GiB;
+e.g. FFDL_BENCH_S3_TOTAL=64MiB for a quick run) and the large file has that
+size too. Both clients use 8 parallel requests and 8 MiB parts.
+
+For each phase it prints the wall time, the client's CPU seconds per GiB
+moved and its peak RSS:
+  s3tool: from the child's rusage (os.wait4);
+  boto3:  each phase runs in a child Python process that measures its own
+          CPU time (resource.getrusage) around the transfer only, without
+          the interpreter's start-up and imports; the peak RSS is the
+          child's, from os.wait4 (it includes the interpreter, ~30-40 MiB).
+The server's time counts in the wall time of both alike (moto is slow at
+ranged GETs and CompleteMultipartUpload of large objects, and slows down as
+it holds more: each client gets a freshly reset server); none of this
+asserts anything (the machines are shared and noisy).
+
+    FFDL_BUILD=/tmp/build .venv/bin/python3 bench/s3_transfer.py
+"""
+import hashlib
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+MIB = 1024 * 1024
+CONCURRENCY = 8
+PART = 8 * MIB
+FILES = 1000
+
+
+def parse_size(text):
+    units = {"": 1, "B": 1, "K": 1024, "KIB": 1024, "M": MIB, "MIB": MIB, "G": 1024 * MIB,
+             "GIB": 1024 * MIB}
+    t = text.strip().upper()
+    num = t.rstrip("KMGIB")
+    return int(float(num) * units[t[len(num):]])
+
+
+def human(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def make_data(work, total):
+    """FILES files of about total/FILES bytes each, and one file of TOTAL."""
+    many = work / "many"
+    many.mkdir()
+    each = max(1, total // FILES)
+    block = os.urandom(min(each, 4 * MIB))
+    for i in range(FILES):
+        with open(many / f"f{i:04d}.bin", "wb") as f:
+            left = each
+            while left:
+                n = min(left, len(block))
+                f.write(block[:n])
+                left -= n
+    big = work / "big.bin"
+    block = os.urandom(4 * MIB)
+    with open(big, "wb") as f:
+        left = total
+        while left:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+    return many, big, each * FILES
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(MIB), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def run_measured(cmd):
+    """Runs CMD; returns (wall s, CPU s, peak RSS bytes, stdout), the CPU
+    time and peak RSS from the child's rusage (os.wait4)."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # read the pipes to the end, then reap with wait4 for the rusage
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, out
+
+
+def boto3_phase(args):
+    """In a child process: one boto3 phase; prints its CPU seconds."""
+    endpoint, phase, bucket, local = args
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+    from s3transfer.manager import TransferManager
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test",
+                          config=Config(max_pool_connections=CONCURRENCY * 2,
+                                        s3={"addressing_style": "path"}))
+    config = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
+                            max_concurrency=CONCURRENCY)
+    local = pathlib.Path(local)
+    if phase == "download-many":
+        keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix="many/") for o in page.get("Contents", [])]
+        local.mkdir(parents=True, exist_ok=True)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    if phase == "upload-many":
+        with TransferManager(client, config) as tm:
+            for f in sorted(local.iterdir()):
+                tm.upload(str(f), bucket, f"many/{f.name}")
+    elif phase == "download-many":
+        with TransferManager(client, config) as tm:
+            for key in keys:
+                tm.download(bucket, key, str(local / key.split("/", 1)[1]))
+    elif phase == "upload-big":
+        client.upload_file(str(local), bucket, "big.bin", Config=config)
+    elif phase == "download-big":
+        client.download_file(bucket, "big.bin", str(local), Config=config)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(json.dumps({"cpu": cpu}))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--boto3-phase":
+        return boto3_phase(sys.argv[2:])
+    build = (ROOT / os.environ.get("FFDL_BUILD", "build")).resolve()
+    s3tool = build / "s3tool"
+    if not s3tool.exists():
+        sys.exit(f"{s3tool} is missing: build it first (FFDL_BUILD names the build directory)")
+    total = parse_size(os.environ.get("FFDL_BENCH_S3_TOTAL", "2GiB"))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="ffdl-s3-bench-"))
+    from s3server import MotoServer
+    server = MotoServer(work / "moto")
+    rows = []
+    try:
+        print(f"writing {FILES} files of {human(total // FILES)} and one of {human(total)} "
+              f"in {work}", file=sys.stderr)
+        many, big, many_total = make_data(work, total)
+        server.start()
+        ep = server.endpoint
+        tool = [str(s3tool), "--quiet", f"--concurrency={CONCURRENCY}", f"--part-size={PART}",
+                ep, "test", "test"]
+        phases = [
+            ("upload 1,000 files", many_total, ["upload-dir", "ffdl", "many", many],
+             ("upload-many", "boto", many)),
+            ("download 1,000 files", many_total,
+             ["download-prefix", "ffdl", "many/", work / "out-ffdl-many"],
+             ("download-many", "boto", work / "out-boto-many")),
+            (f"upload 1 file of {human(total)}", total, ["upload", "ffdl", "big.bin", big],
+             ("upload-big", "boto", big)),
+            (f"download 1 file of {human(total)}", total,
+             ["download", "ffdl", "big.bin", work / "out-ffdl-big"],
+             ("download-big", "boto", work / "out-boto-big")),
+        ]
+        py = sys.executable
+        # each client gets a freshly reset server: moto slows down as it holds more
+        for client in ("ffdl s3tool", "boto3"):
+            server.reset()
+            subprocess.run([*tool, "mb", "ffdl" if client == "ffdl s3tool" else "boto"],
+                           check=True)
+            for name, nbytes, ffdl_args, boto_args in phases:
+                if client == "ffdl s3tool":
+                    wall, cpu, rss, _ = run_measured([*tool, *map(str, ffdl_args)])
+                else:
+                    wall, _, rss, out = run_measured(
+                        [py, __file__, "--boto3-phase", ep, *map(str, boto_args)])
+                    cpu = json.loads(out.decode().strip().splitlines()[-1])["cpu"]
+                rows.append((name, client, nbytes, wall, cpu, rss))
+                print(f"  {client}: {name}: {wall:.1f} s", file=sys.stderr)
+        # what came back is what went up
+        for who in ("ffdl", "boto"):
+            out = work / f"out-{who}-big"
+            assert out.stat().st_size == total and sha256(out) == sha256(big), who
+            got = sorted(p.name for p in (work / f"out-{who}-many").iterdir())
+            assert len(got) == FILES, (who, len(got))
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"S3 transfers against moto on loopback: {CONCURRENCY} parallel requests, "
+          f"{PART // MIB} MiB parts")
+    print(f"{'phase':<30} {'client':<12} {'wall s':>8} {'MiB/s':>8} {'CPU s/GiB':>10} "
+          f"{'peak RSS':>10}")
+    for name, client, nbytes, wall, cpu, rss in sorted(
+            rows, key=lambda r: ([p[0] for p in rows].index(r[0]), r[1] != "ffdl s3tool")):
+        gib = nbytes / (1024 * MIB)
+        print(f"{name:<30} {client:<12} {wall:>8.2f} {nbytes / MIB / wall:>8.1f} "
+              f"{cpu / gib:>10.2f} {human(rss):>10}")
+
+
+if __name__ == "__main__":
+    main()

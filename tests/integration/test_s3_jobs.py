@@ -1,0 +1,92 @@
+"""Jobs with S3 data stores, end to end against moto on loopback."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import BUILD, ROOT
+from s3server import MotoServer
+
+SECRET = "s3cr3t-never-shown"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    server = MotoServer(tmp_path_factory.mktemp("moto-jobs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def digits_in_s3(moto, tmp_path_factory):
+    local = tmp_path_factory.mktemp("digits-src") / "digits"
+    subprocess.run(["/usr/bin/python3", str(ROOT / "examples" / "prepare_digits.py"), str(local)],
+                   check=True, capture_output=True, timeout=300)
+    s3 = moto.client(access="ffdl-key", secret=SECRET)
+    s3.create_bucket(Bucket="digits-data")
+    s3.create_bucket(Bucket="digits-results")
+    for f in local.iterdir():
+        s3.upload_file(str(f), "digits-data", f"digits/{f.name}")
+    return s3
+
+
+def manifest(tmp_path, endpoint, data_bucket="digits-data", secret=SECRET, prefix="digits/"):
+    text = (ROOT / "manifests" / "pytorch-digits.yml").read_text()
+    store = (f"data_stores:\n  - id: cos\n    type: mount_cos\n    training_data:\n"
+             f"      container: {data_bucket}\n      prefix: {prefix}\n    training_results:\n"
+             f"      container: digits-results\n    connection:\n      auth_url: {endpoint}\n"
+             f"      user_name: ffdl-key\n      password: {secret}\n      region: us-east-1\n")
+    text = re.sub(r"data_stores:\n(  .*\n|    .*\n|      .*\n)*", store, text)
+    text = text.replace("../examples", str(ROOT / "examples"))
+    path = tmp_path / "s3-digits.yml"
+    path.write_text(text)
+    return path
+
+
+def run(tmp_path, path):
+    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"), FFDL_RESULTS=str(tmp_path / "res"))
+    return subprocess.run([str(BUILD / "ffdl-run"), str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_pytorch_digits_with_data_and_results_in_s3(moto, digits_in_s3, tmp_path):
+    result = run(tmp_path, manifest(tmp_path, moto.endpoint))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+    keys = {o["Key"] for o in digits_in_s3.list_objects_v2(Bucket="digits-results",
+                                                            Prefix=f"{tid}/")["Contents"]}
+    assert {f"{tid}/model/model.pt", f"{tid}/learner-1/training-log.txt",
+            f"{tid}/_submitted_code/model.zip"} <= keys
+    log = digits_in_s3.get_object(Bucket="digits-results",
+                                  Key=f"{tid}/learner-1/training-log.txt")["Body"].read().decode()
+    assert "final test accuracy" in log
+    # the secret appears nowhere a person or a log can see it
+    job = (tmp_path / "res" / tid / "job.json").read_text()
+    shown = subprocess.run([str(BUILD / "ffdl"), "show", "--json", tid], cwd=tmp_path,
+                           env=dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl")),
+                           capture_output=True, text=True, timeout=30)
+    for text in (result.stderr, result.stdout, job, shown.stdout, shown.stderr):
+        assert SECRET not in text
+
+
+def test_wrong_credentials_end_with_c103_and_s3s_code(moto, digits_in_s3, tmp_path):
+    auth = MotoServer(tmp_path, auth=True).start()
+    try:
+        access, _ = auth.create_iam_keys()
+        path = manifest(tmp_path, auth.endpoint, secret="not-the-secret")
+        path.write_text(path.read_text().replace("user_name: ffdl-key", f"user_name: {access}"))
+        result = run(tmp_path, path)
+    finally:
+        auth.stop()
+    assert result.returncode == 1
+    assert re.search(r"FAILED C103: downloading the training data failed: S3 "
+                     r"(SignatureDoesNotMatch|InvalidAccessKeyId)", result.stderr), result.stderr
+    assert "not-the-secret" not in result.stderr
+
+
+def test_missing_bucket_is_named(moto, digits_in_s3, tmp_path):
+    result = run(tmp_path, manifest(tmp_path, moto.endpoint, data_bucket="no-such-bucket"))
+    assert result.returncode == 1
+    assert re.search(r"FAILED S302: .*NoSuchBucket.*no-such-bucket", result.stderr), result.stderr
