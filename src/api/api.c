@@ -549,6 +549,28 @@ static void metrics_cluster(ffdl_api *api, char **buf, size_t *len, size_t *cap)
   json_decref(st);
 }
 
+static void metrics_internals(char **buf, size_t *len, size_t *cap) {
+  const ffdl_latency *p = ffdl_policy_call_latency();
+  append(buf, len, cap, "# HELP ffdl_policy_call_seconds Latency of policy hook calls.\n"
+                        "# TYPE ffdl_policy_call_seconds histogram\n");
+  for (int b = 0; b < FFDL_LATENCY_BUCKET_COUNT; b++)
+    append(buf, len, cap, "ffdl_policy_call_seconds_bucket{le=\"%g\"} %lu\n", FFDL_LATENCY_BOUNDS[b],
+           p->buckets[b]);
+  append(buf, len, cap,
+         "ffdl_policy_call_seconds_bucket{le=\"+Inf\"} %lu\nffdl_policy_call_seconds_sum %g\n"
+         "ffdl_policy_call_seconds_count %lu\n",
+         p->count, p->sum, p->count);
+  unsigned long writes;
+  double sum, max;
+  ffdl_jobstore_write_latency(&writes, &sum, &max);
+  append(buf, len, cap,
+         "# HELP ffdl_store_write_seconds Transactional state writes to SQLite.\n"
+         "# TYPE ffdl_store_write_seconds summary\nffdl_store_write_seconds_sum %g\n"
+         "ffdl_store_write_seconds_count %lu\n# TYPE ffdl_store_write_seconds_max gauge\n"
+         "ffdl_store_write_seconds_max %g\n",
+         sum, writes, max);
+}
+
 static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   char buf[2048];
   int n = snprintf(buf, sizeof buf,
@@ -583,6 +605,7 @@ static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   append(&all, &len, &cap, "%s", buf);
   metrics_cluster(api, &all, &len, &cap);
   metrics_latency(api, &all, &len, &cap);
+  metrics_internals(&all, &len, &cap);
   ffdl_http_text(req, 200, "text/plain; version=0.0.4", all, len);
   free(all);
 }

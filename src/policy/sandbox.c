@@ -330,9 +330,25 @@ static char *describe_failure(ffdl_sandbox *sb, int status, int *code) {
   return strdup(msg ? msg : "error without a message");
 }
 
+const double FFDL_LATENCY_BOUNDS[FFDL_LATENCY_BUCKET_COUNT] = {0.0001, 0.0005, 0.001, 0.005,
+                                                              0.01,   0.05,   0.1,   1};
+static ffdl_latency policy_latency;
+
+void ffdl_latency_observe(ffdl_latency *h, double seconds) {
+  for (int b = 0; b < FFDL_LATENCY_BUCKET_COUNT; b++)
+    if (seconds <= FFDL_LATENCY_BOUNDS[b]) h->buckets[b]++;
+  h->count++;
+  h->sum += seconds;
+}
+
+const ffdl_latency *ffdl_policy_call_latency(void) {
+  return &policy_latency;
+}
+
 int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, double deadline_ms,
                      char **err) {
   lua_State *L = sb->L;
+  uint64_t started = now_ns();
   *err = NULL;
   /* Calls may nest (a C function called from Lua calling back in): keep the
    * outer call's limits and restore them afterwards. */
@@ -364,5 +380,6 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   sb->deadline_ms = outer_ms;
   sb->expired = outer_expired;
   sb->out_of_memory = outer_oom;
+  ffdl_latency_observe(&policy_latency, (double)(now_ns() - started) / 1e9);
   return code;
 }

@@ -51,4 +51,15 @@ int ffdl_sandbox_load(ffdl_sandbox *sb, const char *name, const char *text, size
 int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, double deadline_ms,
                      char **err);
 
+/* Latency of every ffdl_policy_call in this process, for /metrics:
+ * BUCKETS[i] counts calls of at most FFDL_LATENCY_BOUNDS[i] seconds. */
+#define FFDL_LATENCY_BUCKET_COUNT 8
+extern const double FFDL_LATENCY_BOUNDS[FFDL_LATENCY_BUCKET_COUNT];
+typedef struct {
+  unsigned long buckets[FFDL_LATENCY_BUCKET_COUNT], count;
+  double sum;
+} ffdl_latency;
+void ffdl_latency_observe(ffdl_latency *h, double seconds);
+const ffdl_latency *ffdl_policy_call_latency(void);
+
 #endif

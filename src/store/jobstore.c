@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define SCHEMA_VERSION 2
@@ -414,8 +415,37 @@ static int update_job_status(ffdl_jobstore *st, const char *id, const char *stat
   return rc;
 }
 
+static unsigned long writes;
+static double write_seconds, write_max;
+
+void ffdl_jobstore_write_latency(unsigned long *count, double *sum, double *max) {
+  *count = writes;
+  *sum = write_seconds;
+  *max = write_max;
+}
+
+static double seconds_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int transition_once(ffdl_jobstore *st, const char *id, const char *status,
+                           const char *reason, const char *error_code, int64_t now_ms);
+
 int ffdl_jobstore_transition(ffdl_jobstore *st, const char *id, const char *status,
                              const char *reason, const char *error_code, int64_t now_ms) {
+  double started = seconds_now();
+  int rc = transition_once(st, id, status, reason, error_code, now_ms);
+  double took = seconds_now() - started;
+  writes++;
+  write_seconds += took;
+  if (took > write_max) write_max = took;
+  return rc;
+}
+
+static int transition_once(ffdl_jobstore *st, const char *id, const char *status,
+                           const char *reason, const char *error_code, int64_t now_ms) {
   if (!id || !status) return FFDL_EINVALID;
   int rc = begin_write(st);
   if (rc != FFDL_OK) return rc;

@@ -68,4 +68,7 @@ json_t *ffdl_jobstore_get(ffdl_jobstore *st, const char *id);
  * completed_ms, error_code}] */
 json_t *ffdl_jobstore_list(ffdl_jobstore *st);
 
+/* Seconds per transition write in this process: {count, sum, max}. */
+void ffdl_jobstore_write_latency(unsigned long *count, double *sum, double *max);
+
 #endif

@@ -382,6 +382,8 @@ def test_emetrics_and_metrics_endpoint(server):
     assert re.search(r"^ffdl_trainings_created_total 1$", text, re.M)
     assert re.search(r"^ffdl_trainings_completed_total 1$", text, re.M)
     assert re.search(r"^ffdl_queue_length 0$", text, re.M)
+    assert int(re.search(r"^ffdl_policy_call_seconds_count (\d+)$", text, re.M).group(1)) > 0
+    assert int(re.search(r"^ffdl_store_write_seconds_count (\d+)$", text, re.M).group(1)) >= 5
     assert re.search(r'^ffdl_cpus\{state="free"\} \d', text, re.M)
     assert re.search(r'^ffdl_api_request_seconds_count\{route="/v1/models",status="201"\} 1$', text, re.M)
     assert re.search(r'^ffdl_api_request_seconds_bucket\{route="/v1/models/\{id\}",status="200",le="\+Inf"\} \d+$', text, re.M)
