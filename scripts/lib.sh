@@ -14,6 +14,7 @@ DEBIAN_PACKAGES=(
   libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev libh2o-dev libexpat1-dev
   python3 python3-venv python3-pip
   python3-torch python3-sklearn python3-numpy
+  wrk
 )
 # PyPI, for test tools only.
 PYPI_TEST_PACKAGES=(pytest==8.3.3 openapi-spec-validator==0.7.1 schemathesis==3.36.0 hypothesis==6.112.1
