@@ -304,17 +304,12 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
 }
 
 static void list_models(ffdl_api *api, h2o_req_t *req, const caller *who) {
-  json_t *all = ffdl_jobstore_list(api->o.store), *models = json_array();
+  json_t *jobs = ffdl_jobstore_list_with_specs(api->o.store, who->admin ? NULL : who->user);
+  json_t *models = json_array();
   size_t i;
-  json_t *row;
-  json_array_foreach(all, i, row) {
-    const char *owner = json_string_value(json_object_get(row, "user"));
-    if (!who->admin && (!owner || strcmp(owner, who->user) != 0)) continue;
-    json_t *job = ffdl_jobstore_get(api->o.store, json_string_value(json_object_get(row, "id")));
-    if (job) json_array_append_new(models, model_object(job));
-    json_decref(job);
-  }
-  json_decref(all);
+  json_t *job;
+  json_array_foreach(jobs, i, job) json_array_append_new(models, model_object(job));
+  json_decref(jobs);
   ffdl_http_json(req, 200, json_pack("{s:o}", "models", models));
 }
 

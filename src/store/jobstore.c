@@ -732,3 +732,28 @@ json_t *ffdl_jobstore_decisions(ffdl_jobstore *st, const char *id) {
   sqlite3_finalize(s);
   return out;
 }
+
+/* ---- the job list with specs (one query, for the API) ------------------- */
+
+json_t *ffdl_jobstore_list_with_specs(ffdl_jobstore *st, const char *user) {
+  static const char sql[] =
+      "SELECT id, name, user, team, framework, status, error_code, status_message, submitted_ms,"
+      " completed_ms, spec_json FROM jobs WHERE ?1 IS NULL OR user = ?1"
+      " ORDER BY submitted_ms DESC, rowid DESC";
+  json_t *out = json_array();
+  sqlite3_stmt *s;
+  if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
+    sqlite_failure(st, sql);
+    return out;
+  }
+  if (user) bind_text(s, 1, user);
+  while (sqlite3_step(s) == SQLITE_ROW) {
+    json_t *row = json_object();
+    for (int i = 0; i < 10; i++) json_object_set_new(row, sqlite3_column_name(s, i), column_json(s, i));
+    json_t *spec = json_loads((const char *)sqlite3_column_text(s, 10), 0, NULL);
+    json_object_set_new(row, "spec", spec ? spec : json_object());
+    json_array_append_new(out, row);
+  }
+  sqlite3_finalize(s);
+  return out;
+}

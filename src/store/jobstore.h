@@ -47,6 +47,11 @@ int ffdl_jobstore_add_decision(ffdl_jobstore *st, const char *id, const json_t *
 /* The decision log of job ID, oldest first (caller decrefs). */
 json_t *ffdl_jobstore_decisions(ffdl_jobstore *st, const char *id);
 
+/* Every job of USER (NULL: all), newest first, with the spec and status
+ * fields of ffdl_jobstore_get but no transitions, learners or metrics: one
+ * query for the API's job list (caller decrefs). */
+json_t *ffdl_jobstore_list_with_specs(ffdl_jobstore *st, const char *user);
+
 /* Deletes the metrics records of job ID (they are read again from its log). */
 int ffdl_jobstore_delete_metrics(ffdl_jobstore *st, const char *id);
 
