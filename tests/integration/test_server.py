@@ -493,3 +493,28 @@ def test_sigterm_leaves_learners_running_for_the_next_start(tmp_path):
         assert finished["training"]["training_status"]["status"] == "COMPLETED"
     finally:
         srv.stop()
+
+
+ROUTES = [("GET", "/v1/models/{id}", None), ("PATCH", "/v1/models/{id}", b'{"status":"halt"}'),
+          ("GET", "/v1/models/{id}/definition", None), ("GET", "/v1/models/{id}/trained_model", None),
+          ("GET", "/v1/models/{id}/logs", None), ("GET", "/v1/logs/{id}/loglines", None),
+          ("GET", "/v1/logs/{id}/emetrics", None), ("GET", "/v1/models/{id}/explain", None),
+          ("DELETE", "/v1/models/{id}", None)]
+
+
+@pytest.mark.parametrize("method,path,body", ROUTES, ids=[f"{m} {p}" for m, p, _ in ROUTES])
+def test_auth_matrix(server, method, path, body):
+    """Every job endpoint x {no credentials, wrong user, owner, admin}."""
+    owner, other = add_user(server, "owner"), add_user(server, "other")
+    code, doc, _ = create(server, owner)
+    model_id = doc["model_id"]
+    wait_status(server, model_id, {"COMPLETED"}, token=owner)
+    url = path.format(id=model_id)
+    assert call(server, method, url, token=None, body=body)[0] == 401
+    assert call(server, method, url, token=other, body=body)[0] == 404
+    expected = {"PATCH": 202}.get(method, 200)
+    assert call(server, method, url, token=owner, body=body)[0] == expected
+    if method != "DELETE":
+        assert call(server, method, url, token=ADMIN, body=body)[0] == expected
+    else:
+        assert call(server, "GET", f"/v1/models/{model_id}", token=ADMIN)[0] == 404
