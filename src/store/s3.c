@@ -1777,12 +1777,14 @@ static void upload_start(s3_op *op) {
   work_queue(w);
 }
 
-int ffdl_s3_upload_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
-                        ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
-  if (!s3 || !done || !path || s3->closing) return FFDL_EINVALID;
+/* Starts a one-file transfer: the shared entry of upload_file and download_file. */
+static int start_file_op(ffdl_s3 *s3, int kind, const char *bucket, const char *key,
+                         const char *path, ffdl_s3_progress_cb progress, ffdl_s3_done_cb done,
+                         void *ud, void (*begin)(s3_op *op)) {
+  if (!s3 || !done || !path || !*path || s3->closing) return FFDL_EINVALID;
   int rc = check_names(s3, bucket, key, 1);
   if (rc) return rc;
-  s3_op *op = op_start(s3, OP_UPLOAD, bucket, key, done, ud);
+  s3_op *op = op_start(s3, kind, bucket, key, done, ud);
   if (!op) return FFDL_ENOMEM;
   op->progress = progress;
   op->path = strdup(path);
@@ -1790,13 +1792,18 @@ int ffdl_s3_upload_file(ffdl_s3 *s3, const char *bucket, const char *key, const 
     op_abandon(op);
     return FFDL_ENOMEM;
   }
-  upload_start(op);
+  begin(op);
   if (op->failed) {
     op_abandon(op);
     return FFDL_ENOMEM;
   }
   progress_start(op);
   return 0;
+}
+
+int ffdl_s3_upload_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
+                        ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
+  return start_file_op(s3, OP_UPLOAD, bucket, key, path, progress, done, ud, upload_start);
 }
 
 /* ---- download_file ------------------------------------------------------------ */
@@ -2014,24 +2021,7 @@ static void download_start(s3_op *op) {
 
 int ffdl_s3_download_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
                           ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud) {
-  if (!s3 || !done || !path || !*path || s3->closing) return FFDL_EINVALID;
-  int rc = check_names(s3, bucket, key, 1);
-  if (rc) return rc;
-  s3_op *op = op_start(s3, OP_DOWNLOAD, bucket, key, done, ud);
-  if (!op) return FFDL_ENOMEM;
-  op->progress = progress;
-  op->path = strdup(path);
-  if (!op->path) {
-    op_abandon(op);
-    return FFDL_ENOMEM;
-  }
-  download_start(op);
-  if (op->failed) {
-    op_abandon(op);
-    return FFDL_ENOMEM;
-  }
-  progress_start(op);
-  return 0;
+  return start_file_op(s3, OP_DOWNLOAD, bucket, key, path, progress, done, ud, download_start);
 }
 
 /* ---- directory transfers ----------------------------------------------------- */
