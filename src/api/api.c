@@ -56,6 +56,7 @@ struct ffdl_api {
   rate *rates;
   /* counters for /metrics */
   unsigned long requests, created, completed, failed, halted, deleted, rejected;
+  json_t *failed_by_code; /* {"C201": n, ...} */
 };
 
 typedef struct {
@@ -67,6 +68,7 @@ int ffdl_api_new(const ffdl_api_opts *opts, ffdl_api **out) {
   ffdl_api *api = calloc(1, sizeof *api);
   if (!api) return FFDL_ENOMEM;
   api->o = *opts;
+  api->failed_by_code = json_object();
   *out = api;
   return FFDL_OK;
 }
@@ -79,6 +81,7 @@ void ffdl_api_free(ffdl_api *api) {
     next = l->next, free(l);
   for (follower *f = api->followers, *next; f; f = next)
     next = f->next, free(f);
+  json_decref(api->failed_by_code);
   free(api);
 }
 
@@ -546,11 +549,12 @@ static void metrics_cluster(ffdl_api *api, char **buf, size_t *len, size_t *cap)
 
 static void metrics_internals(char **buf, size_t *len, size_t *cap) {
   const ffdl_latency *p = ffdl_policy_call_latency();
-  append(buf, len, cap, "# HELP ffdl_policy_call_seconds Latency of policy hook calls.\n"
-                        "# TYPE ffdl_policy_call_seconds histogram\n");
+  append(buf, len, cap,
+         "# HELP ffdl_policy_call_seconds Latency of policy hook calls.\n"
+         "# TYPE ffdl_policy_call_seconds histogram\n");
   for (int b = 0; b < FFDL_LATENCY_BUCKET_COUNT; b++)
-    append(buf, len, cap, "ffdl_policy_call_seconds_bucket{le=\"%g\"} %lu\n", FFDL_LATENCY_BOUNDS[b],
-           p->buckets[b]);
+    append(buf, len, cap, "ffdl_policy_call_seconds_bucket{le=\"%g\"} %lu\n",
+           FFDL_LATENCY_BOUNDS[b], p->buckets[b]);
   append(buf, len, cap,
          "ffdl_policy_call_seconds_bucket{le=\"+Inf\"} %lu\nffdl_policy_call_seconds_sum %g\n"
          "ffdl_policy_call_seconds_count %lu\n",
@@ -579,6 +583,7 @@ static void metrics_text(ffdl_api *api, h2o_req_t *req) {
                    "ffdl_trainings_completed_total %lu\n"
                    "# TYPE ffdl_trainings_failed_total counter\n"
                    "ffdl_trainings_failed_total %lu\n"
+
                    "# TYPE ffdl_trainings_halted_total counter\n"
                    "ffdl_trainings_halted_total %lu\n"
                    "# TYPE ffdl_trainings_deleted_total counter\n"
@@ -598,6 +603,14 @@ static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   if (!all) return ffdl_http_text(req, 200, "text/plain; version=0.0.4", buf, (size_t)n);
   all[0] = '\0';
   append(&all, &len, &cap, "%s", buf);
+  const char *code;
+  json_t *count;
+  append(&all, &len, &cap,
+         "# HELP ffdl_trainings_failed_by_code_total Failed trainings by FfDL "
+         "error code.\n# TYPE ffdl_trainings_failed_by_code_total counter\n");
+  json_object_foreach(api->failed_by_code, code, count)
+      append(&all, &len, &cap, "ffdl_trainings_failed_by_code_total{code=\"%s\"} %lld\n", code,
+             (long long)json_integer_value(count));
   metrics_cluster(api, &all, &len, &cap);
   metrics_latency(api, &all, &len, &cap);
   metrics_internals(&all, &len, &cap);
@@ -745,11 +758,21 @@ void ffdl_api_on_line(ffdl_api *api, const char *id, int learner, const char *li
   }
 }
 
+static void count_failure(ffdl_api *api, const char *id) {
+  api->failed++;
+  json_t *job = ffdl_jobstore_get(api->o.store, id);
+  const char *code = json_string_value(json_object_get(job, "error_code"));
+  if (!code) code = "none";
+  json_t *seen = json_object_get(api->failed_by_code, code);
+  json_object_set_new(api->failed_by_code, code, json_integer(json_integer_value(seen) + 1));
+  json_decref(job);
+}
+
 void ffdl_api_on_end(ffdl_api *api, const char *id, const char *status) {
   if (!strcmp(status, "COMPLETED"))
     api->completed++;
   else if (!strcmp(status, "FAILED"))
-    api->failed++;
+    count_failure(api, id);
   else if (!strcmp(status, "HALTED"))
     api->halted++;
   for (follower *f = api->followers, *next; f; f = next) {

@@ -518,3 +518,30 @@ def test_auth_matrix(server, method, path, body):
         assert call(server, method, url, token=ADMIN, body=body)[0] == expected
     else:
         assert call(server, "GET", f"/v1/models/{model_id}", token=ADMIN)[0] == 404
+
+
+def test_failures_are_counted_by_error_code(server):
+    token = add_user(server, "alice")
+    code, doc, _ = create(server, token, command="exit 3")
+    wait_status(server, doc["model_id"], {"FAILED"}, token=token)
+    with urllib.request.urlopen(server.url + "/metrics") as resp:
+        text = resp.read().decode()
+    assert re.search(r'^ffdl_trainings_failed_by_code_total\{code="C201"\} 1$', text, re.M)
+
+
+def test_upload_size_limit(tmp_path):
+    config = tmp_path / "server.yml"
+    config.write_text("max_upload_mb: 1\non_shutdown: halt\n")
+    srv = Server(tmp_path / "data", extra_args=["--config", config])
+    try:
+        token = add_user(srv, "alice")
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(os.urandom(2 << 20))
+        manifest = tmp_path / "m.yml"
+        manifest.write_text(CUSTOM.format(name="big", command='"true"'))
+        result = cli(srv, "train", manifest, model, token=token)
+        assert result.returncode != 0 and "HTTP 413" in result.stderr
+        assert not (srv.data / "uploads").exists() or not any((srv.data / "uploads").iterdir())
+    finally:
+        srv.stop()
