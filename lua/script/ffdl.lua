@@ -90,7 +90,7 @@ end
 
 --- Copies the job's results (model/, learner logs, job.json) into DIR.
 function Job:download(dir)
-  local ok, err = core.copy_tree(core.results_dir(self.id), dir)
+  local ok, err = core.download(self.id, dir)
   if not ok then error(err, 2) end
   return dir
 end

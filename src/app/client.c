@@ -114,35 +114,46 @@ static json_t *get_json(const char *path, int *exit_status) {
   return doc;
 }
 
-static int cmd_train(int argc, char **argv) {
-  if (argc < 3) {
-    fputs("usage: ffdl train MANIFEST MODEL_DIR_OR_ZIP\n", stderr);
-    return 2;
-  }
+/* Zips DIR (a trailing / is fine) unless it is a .zip already. Writes the
+ * file to upload into UPLOAD; *tmp_fd >= 0 when a temporary zip was made. */
+static int model_zip(const char *model, char *upload, size_t cap, int *tmp_fd, char **err) {
   char dir[4096];
-  snprintf(dir, sizeof dir, "%s", argv[2]);
+  snprintf(dir, sizeof dir, "%s", model);
   size_t n = strlen(dir);
   while (n > 1 && dir[n - 1] == '/')
     dir[--n] = '\0'; /* "model/" works as "model" */
-  char zip[] = "/tmp/ffdl-model-XXXXXX";
-  int fd = -1;
-  const char *upload = dir;
-  if (n < 4 || strcmp(dir + n - 4, ".zip") != 0) {
-    fd = mkstemp(zip);
-    char *err = NULL;
-    if (fd < 0 || ffdl_localstore_zip_dir(dir, zip, &err) != 0) {
-      fprintf(stderr, "ffdl: cannot zip %s: %s\n", dir, err ? err : "no such directory");
-      free(err);
-      if (fd >= 0) close(fd), unlink(zip);
-      return 2;
-    }
-    upload = zip;
+  *tmp_fd = -1;
+  if (n >= 4 && strcmp(dir + n - 4, ".zip") == 0) {
+    snprintf(upload, cap, "%s", dir);
+    return 0;
   }
+  snprintf(upload, cap, "/tmp/ffdl-model-XXXXXX");
+  *tmp_fd = mkstemp(upload);
+  char *zerr = NULL;
+  if (*tmp_fd < 0 || ffdl_localstore_zip_dir(dir, upload, &zerr) != 0) {
+    char msg[4300];
+    snprintf(msg, sizeof msg, "cannot zip %s: %s", dir, zerr ? zerr : "no such directory");
+    *err = strdup(msg);
+    free(zerr);
+    if (*tmp_fd >= 0) close(*tmp_fd), unlink(upload);
+    *tmp_fd = -1;
+    return 2;
+  }
+  return 0;
+}
+
+int ffdl_client_submit(const char *manifest_name, const char *manifest_text, size_t len,
+                       const char *model, char id[64], char **err) {
+  *err = NULL;
+  char upload[4096];
+  int fd;
+  if (model_zip(model, upload, sizeof upload, &fd, err) != 0) return 2;
   CURL *c = curl_easy_init();
   curl_mime *form = curl_mime_init(c);
   curl_mimepart *part = curl_mime_addpart(form);
   curl_mime_name(part, "manifest");
-  curl_mime_filedata(part, argv[1]);
+  curl_mime_data(part, manifest_text, len);
+  curl_mime_filename(part, manifest_name);
   part = curl_mime_addpart(form);
   curl_mime_name(part, "model_definition");
   curl_mime_filedata(part, upload);
@@ -151,15 +162,81 @@ static int cmd_train(int argc, char **argv) {
   long status = request("POST", "/v1/models", NULL, form, &b, NULL);
   curl_mime_free(form);
   curl_easy_cleanup(c);
-  if (fd >= 0) close(fd), unlink(zip);
+  if (fd >= 0) close(fd), unlink(upload);
   json_t *reply = status == 201 && b.data ? json_loads(b.data, 0, NULL) : NULL;
   int rc = 0;
-  if (reply)
-    printf("Model ID: %s\n", json_string_value(json_object_get(reply, "model_id")));
-  else
-    rc = report(status, &b);
+  if (reply) {
+    snprintf(id, 64, "%s", json_string_value(json_object_get(reply, "model_id")));
+  } else {
+    json_t *e = b.data ? json_loads(b.data, 0, NULL) : NULL;
+    const char *desc = json_string_value(json_object_get(e, "description"));
+    char msg[8192];
+    snprintf(msg, sizeof msg, "HTTP %ld %s: %s", status,
+             json_string_value(json_object_get(e, "error"))
+                 ? json_string_value(json_object_get(e, "error"))
+                 : "",
+             desc ? desc : (b.data ? b.data : "no answer"));
+    *err = strdup(msg);
+    json_decref(e);
+    rc = status == 400 ? 2 : 1;
+  }
   json_decref(reply);
   free(b.data);
+  return rc;
+}
+
+json_t *ffdl_client_get(const char *path) {
+  body b = {0};
+  long status = request("GET", path, NULL, NULL, &b, NULL);
+  json_t *doc = status == 200 && b.data ? json_loads(b.data, 0, NULL) : NULL;
+  free(b.data);
+  return doc;
+}
+
+int ffdl_client_halt(const char *id) {
+  char path[256];
+  snprintf(path, sizeof path, "/v1/models/%s", id);
+  body b = {0};
+  long status = request("PATCH", path, "{\"status\":\"halt\"}", NULL, &b, NULL);
+  free(b.data);
+  return status == 202 ? 0 : -1;
+}
+
+int ffdl_client_download(const char *id, const char *what, const char *file) {
+  char path[256];
+  snprintf(path, sizeof path, "/v1/models/%s/%s", id, what);
+  body b = {0};
+  long status = request("GET", path, NULL, NULL, &b, file);
+  free(b.data);
+  return status == 200 ? 0 : -1;
+}
+
+static int cmd_train(int argc, char **argv) {
+  if (argc < 3) {
+    fputs("usage: ffdl train MANIFEST MODEL_DIR_OR_ZIP\n", stderr);
+    return 2;
+  }
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = fopen(argv[1], "rb");
+  if (!f) return fprintf(stderr, "ffdl: %s: cannot read the manifest\n", argv[1]), 2;
+  FILE *mem = open_memstream(&text, &len);
+  char buf[65536];
+  size_t n;
+  while (mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
+    fwrite(buf, 1, n, mem);
+  fclose(f);
+  if (mem) fclose(mem);
+  const char *slash = strrchr(argv[1], '/');
+  char id[64], *err = NULL;
+  int rc =
+      ffdl_client_submit(slash ? slash + 1 : argv[1], text ? text : "", len, argv[2], id, &err);
+  free(text);
+  if (rc == 0)
+    printf("Model ID: %s\n", id);
+  else
+    fprintf(stderr, "ffdl: %s\n", err ? err : "the server refused the training");
+  free(err);
   return rc;
 }
 

@@ -2,6 +2,9 @@
 #ifndef FFDL_APP_CLIENT_H
 #define FFDL_APP_CLIENT_H
 
+#include <jansson.h>
+#include <stddef.h>
+
 /* The server's URL from FFDL_URL or DLAAS_URL, or NULL. */
 const char *ffdl_client_url(void);
 /* Runs client command ARGV[0]; returns the exit status, or -1 when ARGV[0]
@@ -12,8 +15,18 @@ int ffdl_client_main(int argc, char **argv);
  * the errors of a rejected reload on stderr. */
 int ffdl_client_policy(const char *verb);
 
+/* Remote primitives (the server from ffdl_client_url()):
+ * submit a manifest text named MANIFEST_NAME with the model directory (or
+ * zip) MODEL; 0 and the id, or non-zero with *err (caller frees). */
+int ffdl_client_submit(const char *manifest_name, const char *manifest_text, size_t len,
+                       const char *model, char id[64], char **err);
+/* GET PATH as JSON (caller decrefs), or NULL. */
+json_t *ffdl_client_get(const char *path);
+int ffdl_client_halt(const char *id);
+/* GET /v1/models/ID/WHAT ("trained_model", "definition") into FILE. */
+int ffdl_client_download(const char *id, const char *what, const char *file);
+
 /* Prints {model_id, status, since, decisions: [...]} for people. */
-#include <jansson.h>
 void ffdl_print_explanation(json_t *doc);
 /* `ffdl explain ID` against the server. */
 int ffdl_client_explain(const char *id);

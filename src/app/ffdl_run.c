@@ -5,6 +5,7 @@
  * Owns: arguments, the run's exit status, the final summary. Must not:
  * schedule or supervise (the orchestrator does).
  */
+#include "app/remote.h"
 #include "app/runtime.h"
 #include "app/script.h"
 #include "app/ui.h"
@@ -30,10 +31,11 @@ typedef struct {
 } options;
 
 static void usage(FILE *out) {
-  fputs("usage: ffdl-run [--policies DIR] [--model DIR] [--quiet] FILE\n"
+  fputs("usage: ffdl-run [--server URL] [--policies DIR] [--model DIR] [--quiet] FILE\n"
         "\n"
         "Runs one job to the end on this machine and shows its progress.\n"
         "FILE is an FfDL manifest (.yml, .yaml, .json) or a Lua job script (.lua).\n"
+        "--server URL  run on an ffdl-server (token from FFDL_TOKEN) instead of here\n"
         "--model DIR   the model code (default: the manifest's model field)\n"
         "--policies DIR  the policy directory (default: ./policies)\n"
         "exit status: 0 COMPLETED, 1 FAILED, 2 bad input, 130 HALTED\n",
@@ -70,8 +72,10 @@ static int parse_args(int argc, char **argv, options *o) {
 typedef struct {
   ffdl_ui ui;
   ffdl_runtime *rt;
+  ffdl_remote *remote;
   char id[64];
-  const char *final_status;
+  char final_buf[16];
+  const char *final_status; /* final_buf once set */
   int interrupted;
 } manifest_run;
 
@@ -90,7 +94,9 @@ static void on_metric(void *ud, const char *id, const json_t *record) {
 }
 static void on_end(void *ud, const char *id, const char *status) {
   (void)id;
-  ((manifest_run *)ud)->final_status = status;
+  manifest_run *run = ud;
+  snprintf(run->final_buf, sizeof run->final_buf, "%s", status);
+  run->final_status = run->final_buf;
 }
 static const ffdl_orch_observer manifest_observer = {on_transition, on_waiting, on_line, on_metric,
                                                      on_end};
@@ -167,6 +173,58 @@ static int run_manifest(ffdl_runtime *rt, const options *o, manifest_run *run) {
   return summarize(run);
 }
 
+static void on_remote_signal(uv_signal_t *h, int signum) {
+  manifest_run *run = h->data;
+  if (run->interrupted++) return;
+  fprintf(stderr, "\nffdl-run: %s: halting %s on the server\n",
+          signum == SIGINT ? "interrupted" : "terminated", run->id);
+  ffdl_remote_halt_all(run->remote);
+}
+
+/* --server: the manifest is checked here, then runs on the server. */
+static int run_remote(ffdl_runtime *rt, const options *o, manifest_run *run) {
+  ffdl_diags diags = {0};
+  json_t *spec = NULL;
+  int rc = ffdl_spec_check_file(rt->gen, o->file, &diags, &spec);
+  ffdl_diags_print(&diags, o->file, stderr);
+  ffdl_diags_free(&diags);
+  if (rc != 0 || !spec) return json_decref(spec), EXIT_BAD_INPUT;
+  char *manifest_dir = strdup(o->file);
+  const char *model = o->model ? o->model : json_string_value(json_object_get(spec, "model"));
+  if (!model) model = dirname(manifest_dir);
+  char *err = NULL;
+  ffdl_remote_new(rt->loop, &manifest_observer, run, &run->remote);
+  rc = ffdl_remote_submit_spec(run->remote, spec, model, run->id, &err);
+  json_decref(spec);
+  free(manifest_dir);
+  if (rc != 0) {
+    fprintf(stderr, "ffdl-run: %s: %s\n", o->file, err ? err : "the server refused the job");
+    free(err);
+    ffdl_remote_free(run->remote);
+    uv_run(rt->loop, UV_RUN_NOWAIT);
+    return EXIT_BAD_INPUT;
+  }
+  fprintf(stderr, "ffdl-run: %s submitted to %s\n", run->id, o->server);
+  uv_signal_t sigint, sigterm;
+  uv_signal_init(rt->loop, &sigint);
+  uv_signal_init(rt->loop, &sigterm);
+  sigint.data = sigterm.data = run;
+  uv_signal_start(&sigint, on_remote_signal, SIGINT);
+  uv_signal_start(&sigterm, on_remote_signal, SIGTERM);
+  uv_unref((uv_handle_t *)&sigint);
+  uv_unref((uv_handle_t *)&sigterm);
+  uv_run(rt->loop, UV_RUN_DEFAULT);
+  uv_close((uv_handle_t *)&sigint, NULL);
+  uv_close((uv_handle_t *)&sigterm, NULL);
+  ffdl_remote_free(run->remote);
+  uv_run(rt->loop, UV_RUN_NOWAIT);
+  const char *status = run->final_status ? run->final_status : "FAILED";
+  fprintf(stderr, "ffdl-run: %s %s on %s\n", run->id, status, o->server);
+  return !strcmp(status, "COMPLETED") ? EXIT_COMPLETED
+         : !strcmp(status, "HALTED")  ? EXIT_HALTED
+                                      : EXIT_FAILED;
+}
+
 static int is_lua(const char *file) {
   size_t n = strlen(file);
   return n > 4 && strcmp(file + n - 4, ".lua") == 0;
@@ -178,11 +236,7 @@ int main(int argc, char **argv) {
   options o;
   int rc = parse_args(argc, argv, &o);
   if (rc < 0) return rc == -1 ? 0 : EXIT_BAD_INPUT;
-  if (o.server) {
-    fprintf(stderr, "ffdl-run: --server needs ffdl-server, which this build does not have yet; "
-                    "leave --server out to run on this machine\n");
-    return EXIT_BAD_INPUT;
-  }
+  if (o.server) setenv("FFDL_URL", o.server, 1); /* the client reads it; FFDL_TOKEN too */
   if (access(o.file, R_OK) != 0) {
     fprintf(stderr, "ffdl-run: %s: cannot read the file\n", o.file);
     return EXIT_BAD_INPUT;
@@ -200,10 +254,11 @@ int main(int argc, char **argv) {
   int spec_table = 0;
   if (is_lua(o.file)) {
     ffdl_ui script_ui = {.show_lines = 0, .prefix_ids = 1, .quiet = o.quiet};
-    rc = ffdl_script_run(&rt, &script_ui, o.file, &spec_table);
+    rc = ffdl_script_run(&rt, &script_ui, o.file, o.server != NULL, &spec_table);
     if (spec_table) ffdl_orch_set_observer(rt.orch, &manifest_observer, &run);
   }
-  if (!is_lua(o.file) || spec_table) rc = run_manifest(&rt, &o, &run);
+  if (!is_lua(o.file) || spec_table)
+    rc = o.server ? run_remote(&rt, &o, &run) : run_manifest(&rt, &o, &run);
   ffdl_runtime_close(&rt);
   return rc;
 }

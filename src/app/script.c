@@ -8,6 +8,7 @@
  */
 #include "app/script.h"
 #include "app/paths.h"
+#include "app/remote.h"
 #include "core/error.h"
 #include "policy/ljson.h"
 #include "policy/spec.h"
@@ -24,6 +25,7 @@
 
 typedef struct {
   ffdl_runtime *rt;
+  ffdl_remote *remote; /* ffdl-run --server: jobs go to the server */
   ffdl_ui *ui;
   lua_State *L;
   int dispatch_ref; /* the Lua function events go to */
@@ -34,6 +36,8 @@ typedef struct {
 } script;
 
 static const char SCRIPT_KEY = 's';
+
+static void halt_everything(script *s, const char *why);
 
 static script *script_of(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &SCRIPT_KEY);
@@ -57,7 +61,7 @@ static void dispatch(script *s) {
     fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
     lua_pop(L, 1);
     s->failed = 1;
-    ffdl_orch_halt_all(s->rt->orch, "the job script failed");
+    halt_everything(s, "the job script failed");
   }
 }
 
@@ -167,7 +171,8 @@ static int l_submit(lua_State *L) {
   char *manifest_dir = strdup(manifest);
   if (!model) model = dirname(manifest_dir); /* the code sits beside the manifest */
   char id[64], *err = NULL;
-  rc = ffdl_orch_submit(s->rt->orch, spec, model, id, &err);
+  rc = s->remote ? ffdl_remote_submit_spec(s->remote, spec, model, id, &err)
+                 : ffdl_orch_submit(s->rt->orch, spec, model, id, &err);
   json_decref(spec);
   free(manifest_dir);
   if (rc != 0) {
@@ -181,18 +186,52 @@ static int l_submit(lua_State *L) {
 }
 
 static int l_status(lua_State *L) {
-  const char *status = ffdl_orch_status(script_of(L)->rt->orch, luaL_checkstring(L, 1));
+  script *s = script_of(L);
+  const char *id = luaL_checkstring(L, 1);
+  const char *status =
+      s->remote ? ffdl_remote_status(s->remote, id) : ffdl_orch_status(s->rt->orch, id);
   lua_pushstring(L, status);
   return 1;
 }
 
 static int l_halt(lua_State *L) {
-  ffdl_orch_halt(script_of(L)->rt->orch, luaL_checkstring(L, 1), "halted by the job script");
+  script *s = script_of(L);
+  if (s->remote)
+    ffdl_remote_halt(s->remote, luaL_checkstring(L, 1));
+  else
+    ffdl_orch_halt(s->rt->orch, luaL_checkstring(L, 1), "halted by the job script");
   return 0;
 }
 
+static void halt_everything(script *s, const char *why) {
+  if (s->remote)
+    ffdl_remote_halt_all(s->remote);
+  else
+    ffdl_orch_halt_all(s->rt->orch, why);
+}
+
+/* core.download(id, dir): the results into DIR, local or from the server. */
+static int l_download(lua_State *L) {
+  script *s = script_of(L);
+  const char *id = luaL_checkstring(L, 1), *dir = luaL_checkstring(L, 2);
+  char *err = NULL;
+  int rc = s->remote
+               ? ffdl_remote_download(s->remote, id, dir, &err)
+               : ffdl_localstore_copy_tree(ffdl_orch_results_dir(s->rt->orch, id), dir, NULL, &err);
+  if (rc != 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err ? err : "download failed");
+    free(err);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_results_dir(lua_State *L) {
-  lua_pushstring(L, ffdl_orch_results_dir(script_of(L)->rt->orch, luaL_checkstring(L, 1)));
+  script *s = script_of(L);
+  if (s->remote) return 0; /* on the server: use job:download() */
+  lua_pushstring(L, ffdl_orch_results_dir(s->rt->orch, luaL_checkstring(L, 1)));
   return 1;
 }
 
@@ -200,6 +239,12 @@ static int l_results_dir(lua_State *L) {
 static int l_job(lua_State *L) {
   script *s = script_of(L);
   const char *id = luaL_checkstring(L, 1);
+  if (s->remote) {
+    json_t *doc = ffdl_remote_job(s->remote, id);
+    ffdl_ljson_push(L, doc);
+    json_decref(doc);
+    return 1;
+  }
   json_t *doc = ffdl_jobstore_get(s->rt->store, id);
   if (!doc) return 0;
   const char *dir = ffdl_orch_results_dir(s->rt->orch, id);
@@ -241,7 +286,7 @@ static int l_set_dispatcher(lua_State *L) {
 static int l_fail(lua_State *L) {
   script *s = script_of(L);
   fprintf(stderr, "ffdl-run: %s\n", luaL_checkstring(L, 1));
-  if (!s->failed) ffdl_orch_halt_all(s->rt->orch, "the job script failed");
+  if (!s->failed) halt_everything(s, "the job script failed");
   s->failed = 1;
   return 0;
 }
@@ -251,7 +296,7 @@ static int l_exit(lua_State *L) {
   script *s = script_of(L);
   s->exit_code =
       lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? 0 : 1) : (int)luaL_optinteger(L, 1, 0);
-  ffdl_orch_halt_all(s->rt->orch, "the job script called os.exit");
+  halt_everything(s, "the job script called os.exit");
   return lua_yield(L, 0); /* this coroutine never resumes */
 }
 
@@ -270,6 +315,7 @@ static const luaL_Reg core_funcs[] = {{"now", l_now},
                                       {"results_dir", l_results_dir},
                                       {"job", l_job},
                                       {"copy_tree", l_copy_tree},
+                                      {"download", l_download},
                                       {"set_dispatcher", l_set_dispatcher},
                                       {"fail", l_fail},
                                       {NULL, NULL}};
@@ -286,8 +332,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   fprintf(stderr, "\nffdl-run: %s: halting every job\n",
           signum == SIGINT ? "interrupted" : "terminated");
   s->interrupted = 1;
-  ffdl_orch_halt_all(s->rt->orch,
-                     signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
+  halt_everything(s, signum == SIGINT ? "interrupted (Ctrl-C)" : "terminated (SIGTERM)");
 }
 
 static void setup_state(script *s, const char *path) {
@@ -355,7 +400,7 @@ static int start(script *s, const char *path, int *spec_table) {
   }
   if (!lua_toboolean(L, -2)) {
     fprintf(stderr, "ffdl-run: %s\n", lua_tostring(L, -1));
-    ffdl_orch_halt_all(s->rt->orch, "the job script failed");
+    halt_everything(s, "the job script failed");
     s->failed = 1;
     return 0; /* the loop still runs, so that the halted jobs end cleanly */
   }
@@ -363,8 +408,9 @@ static int start(script *s, const char *path, int *spec_table) {
   return 0;
 }
 
-int ffdl_script_run(ffdl_runtime *rt, ffdl_ui *ui, const char *path, int *spec_table) {
+int ffdl_script_run(ffdl_runtime *rt, ffdl_ui *ui, const char *path, int remote, int *spec_table) {
   script s = {.rt = rt, .ui = ui, .dispatch_ref = LUA_NOREF, .exit_code = -1};
+  if (remote && ffdl_remote_new(rt->loop, &script_observer, &s, &s.remote) != 0) return 2;
   *spec_table = 0;
   s.L = luaL_newstate();
   if (!s.L) return 2;
@@ -383,6 +429,10 @@ int ffdl_script_run(ffdl_runtime *rt, ffdl_ui *ui, const char *path, int *spec_t
   uv_close((uv_handle_t *)&s.sigterm, NULL);
   uv_run(rt->loop, UV_RUN_NOWAIT);
   ffdl_orch_set_observer(rt->orch, NULL, NULL);
+  if (s.remote) {
+    ffdl_remote_free(s.remote);
+    uv_run(rt->loop, UV_RUN_NOWAIT);
+  }
   lua_close(s.L);
   if (rc != 0 || s.failed) return 2;
   if (s.interrupted) return 130;

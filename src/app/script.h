@@ -12,6 +12,7 @@
  * A script that returns a table is a declarative job spec: *SPEC_TABLE is
  * set to 1 and nothing runs (the caller treats the file as a manifest).
  */
-int ffdl_script_run(ffdl_runtime *rt, ffdl_ui *ui, const char *path, int *spec_table);
+/* REMOTE: the jobs go to the server of ffdl_client_url() instead. */
+int ffdl_script_run(ffdl_runtime *rt, ffdl_ui *ui, const char *path, int remote, int *spec_table);
 
 #endif

@@ -545,3 +545,37 @@ def test_upload_size_limit(tmp_path):
         assert not (srv.data / "uploads").exists() or not any((srv.data / "uploads").iterdir())
     finally:
         srv.stop()
+
+
+def ffdl_run_remote(server, *args, token, cwd, timeout=300):
+    env = dict(os.environ, FFDL_TOKEN=token, FFDL_HOME=str(cwd / ".ffdl-client"))
+    return subprocess.run([str(BUILD / "ffdl-run"), "--server", server.url, *map(str, args)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ffdl_run_runs_a_manifest_on_the_server(server, tmp_path):
+    token = add_user(server, "alice")
+    result = ffdl_run_remote(server, ROOT / "manifests" / "pytorch-digits.yml", token=token, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_id = re.search(r"(training-[a-z0-9]+) COMPLETED on ", result.stderr).group(1)
+    assert "[1] final test accuracy" in result.stderr
+    code, doc, _ = call(server, "GET", f"/v1/models/{model_id}", token=token)
+    assert doc["training"]["training_status"]["status"] == "COMPLETED"
+    assert not (tmp_path / ".ffdl-client" / "jobs").exists()  # nothing ran here
+
+
+def test_ffdl_run_runs_job_scripts_on_the_server(server, tmp_path):
+    token = add_user(server, "alice")
+    script = tmp_path / "remote.lua"
+    script.write_text(f'local ffdl = require "ffdl"\n'
+                      f'local job = ffdl.train{{manifest = "{ROOT}/manifests/pytorch-digits.yml", '
+                      f'args = {{epochs = 3}}}}\n'
+                      f'local lines = 0\n'
+                      f'job:on_log(function() lines = lines + 1 end)\n'
+                      f'print(job:wait(), lines > 0, job:metrics().test.epoch)\n'
+                      f'job:download("{tmp_path}/got")\n')
+    result = ffdl_run_remote(server, script, token=token, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["COMPLETED", "true", "3"]
+    assert (tmp_path / "got" / "model" / "model.pt").exists()
+    assert (tmp_path / "got" / "learner-1" / "training-log.txt").exists()
