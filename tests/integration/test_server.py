@@ -579,3 +579,42 @@ def test_ffdl_run_runs_job_scripts_on_the_server(server, tmp_path):
     assert result.stdout.split() == ["COMPLETED", "true", "3"]
     assert (tmp_path / "got" / "model" / "model.pt").exists()
     assert (tmp_path / "got" / "learner-1" / "training-log.txt").exists()
+
+
+def test_a_job_killed_in_downloading_is_staged_again(tmp_path):
+    """The training data is a FIFO, so staging blocks until the test writes:
+    the server is killed while the job sits in DOWNLOADING, deterministically."""
+    host = tmp_path / "host" / "data"
+    host.mkdir(parents=True)
+    fifo = host / "train.csv"
+    os.mkfifo(fifo)
+    data = tmp_path / "data"
+    srv = Server(data)
+    token = add_user(srv, "alice")
+    extra = ("data_stores:\n  - id: host\n    type: mount_volume\n    training_data:\n"
+             f"      container: data\n    connection:\n      type: host_mount\n      path: {host.parent}\n")
+    body, headers = multipart({"manifest": ("m.yml", (CUSTOM.format(name="staged", command='"cat $DATA_DIR/train.csv"') + extra).encode()),
+                               "model_definition": ("m.zip", zip_bytes({"a": "b"}))})
+    code, doc, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
+    assert code == 201, doc
+    model_id = doc["model_id"]
+    wait_status(srv, model_id, {"DOWNLOADING"}, token=token)
+    srv.proc.kill()
+    srv.proc.wait()
+    srv.log.close()
+    srv = Server(data)
+    try:
+        def feed():  # unblocks the new server's staging
+            with open(fifo, "w") as writer:
+                writer.write("1,2,3\n")
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        feeder.join(60)
+        assert not feeder.is_alive(), "the restarted server never staged the data again"
+        done = wait_status(srv, model_id, {"COMPLETED", "FAILED"}, token=token)
+        assert done["training"]["training_status"]["status"] == "COMPLETED"
+        code, lines, _ = call(srv, "GET", f"/v1/logs/{model_id}/loglines", token=token)
+        assert [l["line"] for l in lines["models"]] == ["1,2,3"]
+    finally:
+        srv.stop()
