@@ -117,7 +117,40 @@ function M.wait_all(list)
   return out
 end
 
+--- S3 from scripts: each call yields until the transfer is done.
+--- CONN is FfDL's connection table {auth_url=, user_name=, password=,
+--- region=} (or endpoint/access_key/secret_key). Failures return nil, err.
+M.s3 = {}
+local s3_waiting = {}
+
+local function s3_call(op, conn, bucket, a, b)
+  local co, is_main = coroutine.running()
+  if is_main then error("ffdl.s3 calls must run in the script or a coroutine of ffdl.spawn", 3) end
+  local token = core.s3(op, conn, bucket, a, b)
+  s3_waiting[token] = co
+  local ev = coroutine.yield()
+  if not ev.ok then return nil, ev.error end
+  return ev.result == nil and true or ev.result
+end
+
+--- Puts the string DATA at BUCKET/KEY.
+function M.s3.put(conn, bucket, key, data) return s3_call("put", conn, bucket, key, data) end
+--- Returns the object at BUCKET/KEY as a string.
+function M.s3.get(conn, bucket, key) return s3_call("get", conn, bucket, key) end
+--- Lists {key=, size=, etag=} under PREFIX.
+function M.s3.list(conn, bucket, prefix) return s3_call("list", conn, bucket, prefix or "") end
+--- Uploads every file under DIR to BUCKET/PREFIX/.
+function M.s3.upload_dir(conn, dir, bucket, prefix) return s3_call("upload_dir", conn, bucket, dir, prefix or "") end
+--- Downloads every object under PREFIX into DIR.
+function M.s3.download_dir(conn, bucket, prefix, dir) return s3_call("download_dir", conn, bucket, prefix or "", dir) end
+
 local handlers = {}
+
+function handlers.s3(ev)
+  local co = s3_waiting[ev.token]
+  s3_waiting[ev.token] = nil
+  if co then resume(co, ev) end
+end
 
 function handlers.transition(ev, job)
   job.status_ = ev.status
@@ -139,6 +172,7 @@ handlers["end"] = function(ev, job)
 end
 
 core.set_dispatcher(function(ev)
+  if ev.type == "s3" then return handlers.s3(ev) end
   local job = jobs[ev.id]
   if job then handlers[ev.type](ev, job) end
 end)

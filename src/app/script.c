@@ -13,6 +13,7 @@
 #include "policy/ljson.h"
 #include "policy/spec.h"
 #include "store/localstore.h"
+#include "store/s3.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -308,6 +309,129 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* ---- S3 from job scripts: each call yields until its done callback ---- */
+
+typedef struct {
+  script *s;
+  int token;
+  ffdl_s3 *client;
+  char *body; /* get */
+  size_t len;
+  json_t *objects; /* list */
+} s3_call;
+
+static void s3_closed(void *ud) {
+  s3_call *c = ud;
+  free(c->body);
+  json_decref(c->objects);
+  free(c);
+}
+
+static void s3_body(void *ud, const void *data, size_t len) {
+  s3_call *c = ud;
+  char *copy = malloc(len + 1);
+  if (!copy) return;
+  memcpy(copy, data, len);
+  free(c->body);
+  c->body = copy;
+  c->len = len;
+}
+
+static void s3_object(void *ud, const char *key, uint64_t size, const char *etag) {
+  s3_call *c = ud;
+  json_array_append_new(c->objects, json_pack("{s:s,s:I,s:s}", "key", key, "size", (json_int_t)size,
+                                              "etag", etag ? etag : ""));
+}
+
+/* Resumes the waiting coroutine through dispatch({type="s3", token, ok, ...}). */
+static void s3_done(void *ud, int status, const ffdl_s3_error *err) {
+  s3_call *c = ud;
+  lua_State *L = c->s->L;
+  lua_createtable(L, 0, 5);
+  lua_pushliteral(L, "s3");
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, c->token);
+  lua_setfield(L, -2, "token");
+  lua_pushboolean(L, status == 0);
+  lua_setfield(L, -2, "ok");
+  if (status != 0) {
+    lua_pushfstring(L, "S3 %s (HTTP %d): %s%s%s", err && err->code[0] ? err->code : "Error",
+                    err ? err->http_status : 0, err ? err->message : "",
+                    err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
+    lua_setfield(L, -2, "error");
+  } else if (c->body) {
+    lua_pushlstring(L, c->body, c->len);
+    lua_setfield(L, -2, "result");
+  } else if (c->objects) {
+    ffdl_ljson_push(L, c->objects);
+    lua_setfield(L, -2, "result");
+  }
+  dispatch(c->s);
+  ffdl_s3_close(c->client, s3_closed, c);
+}
+
+static const char *field_or(lua_State *L, int t, const char *a, const char *b) {
+  lua_getfield(L, t, a);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_getfield(L, t, b);
+  }
+  const char *v = lua_tostring(L, -1);
+  lua_pop(L, 1); /* the string stays alive in the connection table */
+  return v;
+}
+
+/* core.s3(op, connection, bucket, a, b) -> token: starts put/get/list/
+ * upload_dir/download_dir; the result arrives as an "s3" event. */
+static int l_s3(lua_State *L) {
+  static int next_token;
+  static const char *const ops[] = {"put", "get", "list", "upload_dir", "download_dir", NULL};
+  int op = luaL_checkoption(L, 1, NULL, ops);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *bucket = luaL_checkstring(L, 3);
+  ffdl_s3_config cfg = {.endpoint = field_or(L, 2, "endpoint", "auth_url"),
+                        .access_key = field_or(L, 2, "access_key", "user_name"),
+                        .secret_key = field_or(L, 2, "secret_key", "password"),
+                        .region = field_or(L, 2, "region", "region")};
+  if (!cfg.endpoint || !cfg.access_key || !cfg.secret_key)
+    return luaL_error(L, "ffdl.s3: the connection needs auth_url, user_name and password");
+  s3_call *c = calloc(1, sizeof *c);
+  if (!c) return luaL_error(L, "out of memory");
+  c->s = script_of(L);
+  c->token = ++next_token;
+  if (ffdl_s3_new(c->s->rt->loop, &cfg, &c->client) != 0) {
+    free(c);
+    return luaL_error(L, "ffdl.s3: cannot create a client for %s", cfg.endpoint);
+  }
+  size_t blen = 0;
+  const char *a = luaL_optstring(L, 4, ""), *b = luaL_optlstring(L, 5, "", &blen);
+  int rc;
+  switch (op) {
+  case 0:
+    rc = ffdl_s3_put_buffer(c->client, bucket, a, b, blen, s3_done, c);
+    break;
+  case 1:
+    rc = ffdl_s3_get_buffer(c->client, bucket, a, s3_body, s3_done, c);
+    break;
+  case 2:
+    c->objects = json_array();
+    rc = ffdl_s3_list(c->client, bucket, a, s3_object, s3_done, c);
+    break;
+  case 3:
+    rc = ffdl_s3_upload_dir(c->client, bucket, b, a, NULL, s3_done, c);
+    break;
+  default:
+    rc = ffdl_s3_download_prefix(c->client, bucket, a, b, NULL, s3_done, c);
+    break;
+  }
+  if (rc != 0) {
+    ffdl_s3_close(c->client, s3_closed, c);
+    return luaL_error(L, "ffdl.s3.%s: cannot start (%s)", ops[op], ffdl_strerror(rc));
+  }
+  lua_pushinteger(L, c->token);
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {{"now", l_now},
                                       {"submit", l_submit},
                                       {"status", l_status},
@@ -316,6 +440,7 @@ static const luaL_Reg core_funcs[] = {{"now", l_now},
                                       {"job", l_job},
                                       {"copy_tree", l_copy_tree},
                                       {"download", l_download},
+                                      {"s3", l_s3},
                                       {"set_dispatcher", l_set_dispatcher},
                                       {"fail", l_fail},
                                       {NULL, NULL}};

@@ -90,3 +90,37 @@ def test_missing_bucket_is_named(moto, digits_in_s3, tmp_path):
     result = run(tmp_path, manifest(tmp_path, moto.endpoint, data_bucket="no-such-bucket"))
     assert result.returncode == 1
     assert re.search(r"FAILED S302: .*NoSuchBucket.*no-such-bucket", result.stderr), result.stderr
+
+
+def test_job_scripts_use_s3_with_yielding_calls(moto, digits_in_s3, tmp_path):
+    out = tmp_path / "staged"
+    src = tmp_path / "up"
+    src.mkdir()
+    (src / "a.txt").write_text("alpha")
+    (src / "sub").mkdir()
+    (src / "sub" / "b.txt").write_text("beta")
+    script = tmp_path / "s3.lua"
+    script.write_text(f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "{moto.endpoint}", user_name = "ffdl-key", password = "{SECRET}" }}
+assert(ffdl.s3.put(conn, "digits-results", "notes/hello world+1.txt", "héllo"))
+print(ffdl.s3.get(conn, "digits-results", "notes/hello world+1.txt"))
+assert(ffdl.s3.upload_dir(conn, "{src}", "digits-results", "up"))
+local keys = {{}}
+for _, o in ipairs(ffdl.s3.list(conn, "digits-results", "up/")) do keys[#keys + 1] = o.key end
+table.sort(keys)
+print(table.concat(keys, ","))
+assert(ffdl.s3.download_dir(conn, "digits-data", "digits/", "{out}"))
+local none, err = ffdl.s3.get(conn, "no-such-bucket", "x")
+print(none, err)
+""")
+    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"))
+    result = subprocess.run([str(BUILD / "ffdl-run"), str(script)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "héllo"
+    assert lines[1] == "up/a.txt,up/sub/b.txt"
+    assert lines[2].startswith("nil\tS3 NoSuchBucket") and "no-such-bucket" in lines[2]
+    assert sorted(p.name for p in out.iterdir()) == ["test.npz", "train.npz"]
+    assert SECRET not in result.stdout + result.stderr
