@@ -277,6 +277,9 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   }
   ffdl_diags_free(&diags);
   json_object_set_new(spec, "user", json_string(who->user));
+  /* FfDL's internal store: results of manifests that name no data store */
+  if (api->o.default_store && json_array_size(json_object_get(spec, "data_stores")) == 0)
+    json_object_set_new(spec, "data_stores", json_pack("[O]", api->o.default_store));
   /* the model code goes to an upload directory first; nothing half-made stays */
   char dir[4096];
   snprintf(dir, sizeof dir, "%s/uploads/%lx-%d", api->o.home, (unsigned long)random(), getpid());

@@ -23,6 +23,7 @@ typedef struct {
   const char *openapi;       /* path of the OpenAPI document */
   uint64_t max_unzipped;     /* zip-bomb cap for model uploads */
   double creates_per_minute; /* per user; 0: no limit */
+  const json_t *default_store; /* results store for manifests that name none (borrowed), or NULL */
 } ffdl_api_opts;
 
 int ffdl_api_new(const ffdl_api_opts *opts, ffdl_api **out);

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 
+#include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,8 @@ typedef struct {
   size_t max_upload;
   uint64_t max_unzipped;
   double creates_per_minute;
-  int halt_on_shutdown; /* 0: leave learners running for the next start */
+  int halt_on_shutdown;  /* 0: leave learners running for the next start */
+  json_t *default_store; /* from the s3_* settings, or NULL */
 } options;
 
 typedef struct {
@@ -40,8 +42,33 @@ typedef struct {
 static void usage(FILE *out) {
   fputs("usage: ffdl-server --listen HOST:PORT --data DIR [--config FILE] [--policies DIR]\n"
         "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
-        "               creates_per_minute, on_shutdown (leave | halt)\n",
+        "               creates_per_minute, on_shutdown (leave | halt),\n"
+        "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket\n",
         out);
+}
+
+/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket: the
+ * default results store, in the shape of a manifest's data store. */
+static int set_default_store(options *o, const char *key, const char *val) {
+  static const char *const keys[][2] = {{"url", "auth_url"},
+                                        {"access_key", "user_name"},
+                                        {"secret_key", "password"},
+                                        {"region", "region"}};
+  if (!o->default_store)
+    o->default_store = json_pack("{s:s,s:s,s:{},s:{}}", "id", "internal", "type", "s3_datastore",
+                                 "connection", "training_results");
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+    if (!strcmp(key, keys[i][0])) {
+      json_object_set_new(json_object_get(o->default_store, "connection"), keys[i][1],
+                          json_string(val));
+      return 0;
+    }
+  if (!strcmp(key, "results_bucket")) {
+    json_object_set_new(json_object_get(o->default_store, "training_results"), "container",
+                        json_string(val));
+    return 0;
+  }
+  return -1;
 }
 
 /* Reads the flat YAML config; command-line flags win. */
@@ -82,6 +109,8 @@ static int read_config(const char *path, options *o) {
       o->max_unzipped = strtoull(val, NULL, 10) << 20;
     else if (!strcmp(key, "creates_per_minute"))
       o->creates_per_minute = strtod(val, NULL);
+    else if (!strncmp(key, "s3_", 3) && set_default_store(o, key + 3, val) == 0)
+      ;
     else if (!strcmp(key, "on_shutdown") && (!strcmp(val, "halt") || !strcmp(val, "leave")))
       o->halt_on_shutdown = !strcmp(val, "halt");
     else {
@@ -118,6 +147,17 @@ static int parse_args(int argc, char **argv, options *o) {
     }
   }
   if (o->config && read_config(o->config, o) != 0) return -1;
+  json_t *conn = json_object_get(o->default_store, "connection");
+  if (o->default_store &&
+      (!json_object_get(conn, "auth_url") || !json_object_get(conn, "user_name") ||
+       !json_object_get(conn, "password") ||
+       !json_object_get(json_object_get(o->default_store, "training_results"), "container"))) {
+    fprintf(stderr,
+            "ffdl-server: %s: the default S3 store needs s3_url, s3_access_key, "
+            "s3_secret_key and s3_results_bucket\n",
+            o->config);
+    return -1;
+  }
   if (!o->listen) o->listen = "127.0.0.1:8080";
   if (!o->data) o->data = ".ffdl-server";
   return 0;
@@ -251,7 +291,8 @@ int main(int argc, char **argv) {
                       .results = s.rt.results,
                       .openapi = openapi,
                       .max_unzipped = o.max_unzipped,
-                      .creates_per_minute = o.creates_per_minute};
+                      .creates_per_minute = o.creates_per_minute,
+                      .default_store = o.default_store};
   ffdl_api_new(&ao, &s.api);
   size_t recovered = 0;
   ffdl_orch_recover(s.rt.orch, &recovered);

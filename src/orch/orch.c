@@ -1187,7 +1187,8 @@ static void after_stage(work *w) {
   job *j = w->j;
   if (w->rc != 0) return staged(j, w->code ? w->code : "S302", w->err ? w->err : "staging failed");
   json_t *store = first_store(j);
-  if (w->stage_data && ffdl_s3stage_is_s3(store) && !j->halting) {
+  if (w->stage_data && ffdl_s3stage_is_s3(store) && json_object_get(store, "training_data") &&
+      !j->halting) {
     char *data = job_path(j, "data");
     int rc = ffdl_s3stage_download(j->o->o.loop, store, data, s3_staged, j);
     free(data);

@@ -124,3 +124,32 @@ print(none, err)
     assert lines[2].startswith("nil\tS3 NoSuchBucket") and "no-such-bucket" in lines[2]
     assert sorted(p.name for p in out.iterdir()) == ["test.npz", "train.npz"]
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_server_default_store_takes_results_of_manifests_without_stores(moto, digits_in_s3, tmp_path):
+    from test_server import Server, add_user, create, wait_status, call
+    config = tmp_path / "server.yml"
+    config.write_text(f"on_shutdown: halt\ns3_url: {moto.endpoint}\ns3_access_key: ffdl-key\n"
+                      f"s3_secret_key: {SECRET}\ns3_results_bucket: digits-results\n")
+    srv = Server(tmp_path / "data", extra_args=["--config", config])
+    try:
+        token = add_user(srv, "alice")
+        code, doc, _ = create(srv, token, command="echo stored")
+        model_id = doc["model_id"]
+        wait_status(srv, model_id, {"COMPLETED"}, token=token)
+        keys = {o["Key"] for o in digits_in_s3.list_objects_v2(Bucket="digits-results",
+                                                                Prefix=f"{model_id}/")["Contents"]}
+        assert {f"{model_id}/learner-1/training-log.txt", f"{model_id}/_submitted_code/model.zip"} <= keys
+        code, shown, _ = call(srv, "GET", f"/v1/models/{model_id}", token=token)
+        assert SECRET not in json.dumps(shown)
+        assert shown["data_stores"][0]["connection"]["password"] == "***"
+    finally:
+        srv.stop()
+
+
+def test_incomplete_default_store_is_refused(tmp_path):
+    config = tmp_path / "server.yml"
+    config.write_text("s3_url: http://127.0.0.1:1\n")
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "needs s3_url, s3_access_key" in result.stderr
