@@ -17,12 +17,12 @@ typedef struct {
   ffdl_orch *orch;
   ffdl_jobstore *store;
   ffdl_users *users;
-  ffdl_policies *policies;   /* the live generation (manifest validation) and reloads */
-  const char *home;          /* jobs' work directories and uploads */
-  const char *results;       /* <results>/<id>/ */
-  const char *openapi;       /* path of the OpenAPI document */
-  uint64_t max_unzipped;     /* zip-bomb cap for model uploads */
-  double creates_per_minute; /* per user; 0: no limit */
+  ffdl_policies *policies;     /* the live generation (manifest validation) and reloads */
+  const char *home;            /* jobs' work directories and uploads */
+  const char *results;         /* <results>/<id>/ */
+  const char *openapi;         /* path of the OpenAPI document */
+  uint64_t max_unzipped;       /* zip-bomb cap for model uploads */
+  double creates_per_minute;   /* per user; 0: no limit */
   const json_t *default_store; /* results store for manifests that name none (borrowed), or NULL */
 } ffdl_api_opts;
 

@@ -5,6 +5,7 @@
  * Owns: requests, output formats, exit statuses. Must not: read the store.
  */
 #include "app/client.h"
+#include "core/progress.h"
 #include "store/localstore.h"
 
 #include <curl/curl.h>
@@ -18,8 +19,20 @@
 typedef struct {
   char *data;
   size_t len;
-  int stream; /* write straight to stdout */
+  int stream;              /* write straight to stdout */
+  ffdl_progress *progress; /* shows the upload or the download when set */
+  int uploading;
 } body;
+
+static int on_xfer(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                   curl_off_t ulnow) {
+  body *b = ud;
+  if (b->uploading)
+    ffdl_progress_update(b->progress, (uint64_t)ulnow, (uint64_t)ultotal);
+  else
+    ffdl_progress_update(b->progress, (uint64_t)dlnow, (uint64_t)dltotal);
+  return 0;
+}
 
 static size_t collect(char *ptr, size_t size, size_t n, void *ud) {
   body *b = ud;
@@ -81,8 +94,20 @@ static long request(const char *method, const char *path, const char *json_body,
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
   }
+  if (b->progress) {
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_xfer);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, b);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+  }
   long status = 0;
   CURLcode rc = curl_easy_perform(c);
+  if (b->progress) {
+    curl_off_t up = 0, down = 0;
+    curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &up);
+    curl_easy_getinfo(c, CURLINFO_SIZE_DOWNLOAD_T, &down);
+    ffdl_progress_finish(b->progress, (uint64_t)(b->uploading ? up : down),
+                         (uint64_t)(b->uploading ? up : down));
+  }
   if (rc == CURLE_OK)
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
   else
@@ -158,7 +183,9 @@ int ffdl_client_submit(const char *manifest_name, const char *manifest_text, siz
   curl_mime_name(part, "model_definition");
   curl_mime_filedata(part, upload);
   curl_mime_type(part, "application/zip");
-  body b = {0};
+  ffdl_progress bar;
+  ffdl_progress_init(&bar, "uploading the model");
+  body b = {.progress = &bar, .uploading = 1};
   long status = request("POST", "/v1/models", NULL, form, &b, NULL);
   curl_mime_free(form);
   curl_easy_cleanup(c);
@@ -205,7 +232,9 @@ int ffdl_client_halt(const char *id) {
 int ffdl_client_download(const char *id, const char *what, const char *file) {
   char path[256];
   snprintf(path, sizeof path, "/v1/models/%s/%s", id, what);
-  body b = {0};
+  ffdl_progress bar;
+  ffdl_progress_init(&bar, "downloading");
+  body b = {.progress = &bar};
   long status = request("GET", path, NULL, NULL, &b, file);
   free(b.data);
   return status == 200 ? 0 : -1;
@@ -365,7 +394,9 @@ static int cmd_download(int argc, char **argv) {
   snprintf(name, sizeof name, "%s-%s.zip", id,
            strcmp(what, "definition") ? "trainedmodel" : "definition");
   if (!filename) filename = name;
-  body b = {0};
+  ffdl_progress bar;
+  ffdl_progress_init(&bar, "downloading");
+  body b = {.progress = &bar};
   long status = request("GET", path, NULL, NULL, &b, filename);
   if (status != 200) {
     unlink(filename);

@@ -98,8 +98,12 @@ static void on_end(void *ud, const char *id, const char *status) {
   snprintf(run->final_buf, sizeof run->final_buf, "%s", status);
   run->final_status = run->final_buf;
 }
-static const ffdl_orch_observer manifest_observer = {on_transition, on_waiting, on_line, on_metric,
-                                                     on_end};
+static void on_progress(void *ud, const char *id, const char *what, uint64_t done, uint64_t total,
+                        int final) {
+  ffdl_ui_progress(&((manifest_run *)ud)->ui, id, what, done, total, final);
+}
+static const ffdl_orch_observer manifest_observer = {on_transition, on_waiting, on_line,
+                                                     on_metric,     on_end,     on_progress};
 
 static void on_signal(uv_signal_t *h, int signum) {
   manifest_run *run = h->data;

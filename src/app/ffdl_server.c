@@ -175,7 +175,7 @@ static void on_line(void *ud, const char *id, int learner, const char *line, siz
 static void on_end(void *ud, const char *id, const char *status) {
   ffdl_api_on_end(((server *)ud)->api, id, status);
 }
-static const ffdl_orch_observer observer = {on_transition, NULL, on_line, NULL, on_end};
+static const ffdl_orch_observer observer = {on_transition, NULL, on_line, NULL, on_end, NULL};
 
 static void on_swap(void *ud, ffdl_generation *now, ffdl_generation *old) {
   (void)old;

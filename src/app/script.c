@@ -117,8 +117,14 @@ static void ev_end(void *ud, const char *id, const char *status) {
   dispatch(s);
 }
 
-static const ffdl_orch_observer script_observer = {ev_transition, ev_waiting, ev_line, ev_metric,
-                                                   ev_end};
+static void ev_progress(void *ud, const char *id, const char *what, uint64_t done, uint64_t total,
+                        int final) {
+  script *s = ud;
+  ffdl_ui_progress(s->ui, id, what, done, total, final);
+}
+
+static const ffdl_orch_observer script_observer = {ev_transition, ev_waiting, ev_line,
+                                                   ev_metric,     ev_end,     ev_progress};
 
 /* ---- ffdl.core ------------------------------------------------------- */
 

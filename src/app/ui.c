@@ -57,6 +57,24 @@ void ffdl_ui_metric(ffdl_ui *ui, const char *id, const json_t *record) {
   fprintf(stderr, "[%s] %s: progress: %s\n", t, id, text);
 }
 
+void ffdl_ui_progress(ffdl_ui *ui, const char *id, const char *what, uint64_t done, uint64_t total,
+                      int final) {
+  if (ui->quiet) return;
+  char label[160];
+  snprintf(label, sizeof label, "%s: %s", id, what);
+  if (!ui->bar_active || strcmp(label, ui->bar_label) != 0) {
+    snprintf(ui->bar_label, sizeof ui->bar_label, "%s", label);
+    ffdl_progress_init(&ui->bar, ui->bar_label);
+    ui->bar_active = 1;
+  }
+  if (final) {
+    ffdl_progress_finish(&ui->bar, done, total);
+    ui->bar_active = 0;
+  } else {
+    ffdl_progress_update(&ui->bar, done, total);
+  }
+}
+
 static void on_transition(void *ud, const char *id, const char *status, const char *reason,
                           const char *code) {
   ffdl_ui_transition(ud, id, status, reason, code);
@@ -71,4 +89,10 @@ static void on_metric(void *ud, const char *id, const json_t *record) {
   ffdl_ui_metric(ud, id, record);
 }
 
-const ffdl_orch_observer ffdl_ui_observer = {on_transition, on_waiting, on_line, on_metric, NULL};
+static void on_progress(void *ud, const char *id, const char *what, uint64_t done, uint64_t total,
+                        int final) {
+  ffdl_ui_progress(ud, id, what, done, total, final);
+}
+
+const ffdl_orch_observer ffdl_ui_observer = {on_transition, on_waiting, on_line,
+                                             on_metric,     NULL,       on_progress};

@@ -1179,6 +1179,13 @@ static void staged(job *j, const char *code, const char *message) {
   launch_learners(j);
 }
 
+static void s3_progress(void *ud, const char *what, uint64_t done, uint64_t total, int final) {
+  job *j = ud;
+  ffdl_orch *o = j->o;
+  if (o->o.observer && o->o.observer->on_progress)
+    o->o.observer->on_progress(o->o.observer_ud, j->id, what, done, total, final);
+}
+
 static void s3_staged(void *ud, const char *code, const char *message) {
   staged(ud, code, message);
 }
@@ -1190,7 +1197,7 @@ static void after_stage(work *w) {
   if (w->stage_data && ffdl_s3stage_is_s3(store) && json_object_get(store, "training_data") &&
       !j->halting) {
     char *data = job_path(j, "data");
-    int rc = ffdl_s3stage_download(j->o->o.loop, store, data, s3_staged, j);
+    int rc = ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j);
     free(data);
     if (rc == 0) return;
     return staged(j, "S302", "cannot start the S3 download (check the connection fields)");
@@ -1211,7 +1218,9 @@ static void after_store(work *w) {
   json_t *store = first_store(j);
   if (ffdl_s3stage_is_s3(store) && json_object_get(store, "training_results")) {
     /* <training-id>/ in the results bucket: model/, learner logs, submitted code */
-    if (ffdl_s3stage_upload(j->o->o.loop, store, j->id, j->results_dir, stored, j) == 0) return;
+    if (ffdl_s3stage_upload(j->o->o.loop, store, j->id, j->results_dir, s3_progress, stored, j) ==
+        0)
+      return;
     return stored(j, "S303", "cannot start the S3 upload (check the connection fields)");
   }
   stored(j, NULL, NULL);

@@ -28,6 +28,9 @@ typedef struct {
   void (*on_metric)(void *ud, const char *job_id, const json_t *record);
   /* The job reached COMPLETED, FAILED or HALTED; its job.json is written. */
   void (*on_end)(void *ud, const char *job_id, const char *status);
+  /* A long transfer (S3 staging or storing) moved DONE of TOTAL bytes. */
+  void (*on_progress)(void *ud, const char *job_id, const char *what, uint64_t done, uint64_t total,
+                      int final);
 } ffdl_orch_observer;
 
 typedef struct {

@@ -16,6 +16,8 @@
 typedef struct {
   ffdl_s3 *s3;
   ffdl_s3stage_cb done;
+  ffdl_s3stage_progress_cb progress;
+  uint64_t bytes_done, bytes_total;
   void *ud;
   const char *fail_code;
   char what[64];
@@ -31,6 +33,7 @@ int ffdl_s3stage_is_s3(const json_t *store) {
 
 static void closed(void *ud) {
   op *o = ud;
+  if (o->progress) o->progress(o->ud, o->what, o->bytes_done, o->bytes_total, 1);
   o->done(o->ud, o->failed ? o->code : NULL, o->failed ? o->message : NULL);
   free(o);
 }
@@ -63,13 +66,13 @@ static void finished(void *ud, int status, const ffdl_s3_error *err) {
 
 static void progress(void *ud, const ffdl_s3_progress *p) {
   op *o = ud;
-  if (p->bytes_total)
-    ffdl_log(FFDL_LOG_INFO, "%s: %.1f of %.1f MiB, %.1f MiB/s", o->what, p->bytes_done / 1048576.0,
-             p->bytes_total / 1048576.0, p->rate_bytes_per_s / 1048576.0);
+  o->bytes_done = p->bytes_done;
+  o->bytes_total = p->bytes_total;
+  if (o->progress) o->progress(o->ud, o->what, p->bytes_done, p->bytes_total, 0);
 }
 
 static op *start(uv_loop_t *loop, const json_t *store, const char *what, const char *fail_code,
-                 ffdl_s3stage_cb done, void *ud) {
+                 ffdl_s3stage_progress_cb progress_cb, ffdl_s3stage_cb done, void *ud) {
   json_t *conn = json_object_get(store, "connection");
   ffdl_s3_config cfg = {.endpoint = json_string_value(json_object_get(conn, "auth_url")),
                         .access_key = json_string_value(json_object_get(conn, "user_name")),
@@ -78,6 +81,7 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
   op *o = calloc(1, sizeof *o);
   if (!o) return NULL;
   o->done = done;
+  o->progress = progress_cb;
   o->ud = ud;
   o->fail_code = fail_code;
   snprintf(o->what, sizeof o->what, "%s", what);
@@ -89,11 +93,11 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
 }
 
 int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
-                          ffdl_s3stage_cb done, void *ud) {
+                          ffdl_s3stage_progress_cb progress_cb, ffdl_s3stage_cb done, void *ud) {
   json_t *data = json_object_get(store, "training_data");
   const char *bucket = json_string_value(json_object_get(data, "container"));
   const char *prefix = json_string_value(json_object_get(data, "prefix"));
-  op *o = start(loop, store, "downloading the training data", "S302", done, ud);
+  op *o = start(loop, store, "downloading the training data", "S302", progress_cb, done, ud);
   if (!o || !bucket) return free(o), FFDL_EINVALID;
   int rc = ffdl_s3_download_prefix(o->s3, bucket, prefix ? prefix : "", dir, progress, finished, o);
   if (rc != 0) ffdl_s3_close(o->s3, free, o);
@@ -101,10 +105,11 @@ int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
 }
 
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
-                        const char *results, ffdl_s3stage_cb done, void *ud) {
+                        const char *results, ffdl_s3stage_progress_cb progress_cb,
+                        ffdl_s3stage_cb done, void *ud) {
   json_t *res = json_object_get(store, "training_results");
   const char *bucket = json_string_value(json_object_get(res, "container"));
-  op *o = start(loop, store, "uploading the results", "S303", done, ud);
+  op *o = start(loop, store, "uploading the results", "S303", progress_cb, done, ud);
   if (!o || !bucket) return free(o), FFDL_EINVALID;
   int rc = ffdl_s3_upload_dir(o->s3, bucket, prefix, results, progress, finished, o);
   if (rc != 0) ffdl_s3_close(o->s3, free, o);

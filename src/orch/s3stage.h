@@ -3,11 +3,15 @@
 #define FFDL_ORCH_S3STAGE_H
 
 #include <jansson.h>
+#include <stdint.h>
 #include <uv.h>
 
 /* CODE is NULL on success, else "C103" (S3 refused the credentials) or the
  * FAIL_CODE given; MESSAGE carries S3's own code and message, never a secret. */
 typedef void (*ffdl_s3stage_cb)(void *ud, const char *code, const char *message);
+/* Bytes moved so far (TOTAL 0 while unknown); FINAL once, at the end. */
+typedef void (*ffdl_s3stage_progress_cb)(void *ud, const char *what, uint64_t done, uint64_t total,
+                                         int final);
 
 /* Whether a spec data store (borrowed) is staged through S3. */
 int ffdl_s3stage_is_s3(const json_t *store);
@@ -15,9 +19,10 @@ int ffdl_s3stage_is_s3(const json_t *store);
 /* Downloads training_data.container (optionally under training_data.prefix)
  * of STORE into DIR. Returns 0 and calls DONE once, or fails at once. */
 int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
-                          ffdl_s3stage_cb done, void *ud);
+                          ffdl_s3stage_progress_cb progress, ffdl_s3stage_cb done, void *ud);
 /* Uploads the tree RESULTS to training_results.container under PREFIX/. */
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
-                        const char *results, ffdl_s3stage_cb done, void *ud);
+                        const char *results, ffdl_s3stage_progress_cb progress,
+                        ffdl_s3stage_cb done, void *ud);
 
 #endif

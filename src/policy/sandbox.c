@@ -331,7 +331,7 @@ static char *describe_failure(ffdl_sandbox *sb, int status, int *code) {
 }
 
 const double FFDL_LATENCY_BOUNDS[FFDL_LATENCY_BUCKET_COUNT] = {0.0001, 0.0005, 0.001, 0.005,
-                                                              0.01,   0.05,   0.1,   1};
+                                                               0.01,   0.05,   0.1,   1};
 static ffdl_latency policy_latency;
 
 void ffdl_latency_observe(ffdl_latency *h, double seconds) {

@@ -749,7 +749,8 @@ json_t *ffdl_jobstore_list_with_specs(ffdl_jobstore *st, const char *user) {
   if (user) bind_text(s, 1, user);
   while (sqlite3_step(s) == SQLITE_ROW) {
     json_t *row = json_object();
-    for (int i = 0; i < 10; i++) json_object_set_new(row, sqlite3_column_name(s, i), column_json(s, i));
+    for (int i = 0; i < 10; i++)
+      json_object_set_new(row, sqlite3_column_name(s, i), column_json(s, i));
     json_t *spec = json_loads((const char *)sqlite3_column_text(s, 10), 0, NULL);
     json_object_set_new(row, "spec", spec ? spec : json_object());
     json_array_append_new(out, row);

@@ -1224,10 +1224,20 @@ static void op_finish(s3_op *op) {
     op_check(parent);
     return;
   }
-  if (op->failed)
+  if (op->failed) {
     op->done(op->ud, op->status, &op->err);
-  else
+  } else {
+    if (op->progress) { /* the final figures, once, before done */
+      ffdl_s3_progress p = {.bytes_done = op->bytes_done,
+                            .bytes_total = op->bytes_total ? op->bytes_total : op->bytes_done,
+                            .objects_done = op->objects_done,
+                            .objects_total = op->objects_total,
+                            .rate_bytes_per_s = op->rate,
+                            .eta_s = 0};
+      op->progress(op->ud, &p);
+    }
     op->done(op->ud, 0, NULL);
+  }
   op_free(op);
   close_maybe_finish(s3);
 }

@@ -52,7 +52,8 @@ typedef struct {
  * prefix download; FFDL_EIO: everything else, S3's code in ERR->code
  * ("Canceled" when ffdl_s3_close stopped the operation). */
 typedef void (*ffdl_s3_done_cb)(void *ud, int status, const ffdl_s3_error *err);
-/* Called at most every 250 ms while a transfer runs. */
+/* Called at most every 250 ms while a transfer runs, and once with the
+ * final figures just before a successful DONE. */
 typedef void (*ffdl_s3_progress_cb)(void *ud, const ffdl_s3_progress *progress);
 /* One object of a listing (borrowed strings; ETAG without its quotes). */
 typedef void (*ffdl_s3_object_cb)(void *ud, const char *key, uint64_t size, const char *etag);
