@@ -24,7 +24,8 @@ run_suite() {
 }
 
 build "$ROOT/build"
-run_suite "$ROOT/build"
+# the plain build also runs the slow tests (a 1 GiB S3 round trip)
+FFDL_SLOW_TESTS=1 run_suite "$ROOT/build"
 
 if [ "${FFDL_SKIP_SANITIZERS:-0}" != "1" ]; then
   build "$ROOT/build-asan" -DFFDL_SANITIZE=ON
