@@ -771,7 +771,20 @@ static void count_failure(ffdl_api *api, const char *id) {
   json_decref(job);
 }
 
+/* The uploaded model code of a job that ended: its copy lives in the job's
+ * directory and its zip in the results, so the upload itself can go. */
+static void remove_upload(ffdl_api *api, const char *id) {
+  json_t *job = ffdl_jobstore_get(api->o.store, id);
+  const char *dir = json_string_value(json_object_get(json_object_get(job, "extra"), "model_dir"));
+  char uploads[4200];
+  snprintf(uploads, sizeof uploads, "%s/uploads/", api->o.home);
+  if (dir && !strncmp(dir, uploads, strlen(uploads)) && !strstr(dir, ".."))
+    ffdl_localstore_remove_tree(dir);
+  json_decref(job);
+}
+
 void ffdl_api_on_end(ffdl_api *api, const char *id, const char *status) {
+  remove_upload(api, id);
   if (!strcmp(status, "COMPLETED"))
     api->completed++;
   else if (!strcmp(status, "FAILED"))

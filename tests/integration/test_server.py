@@ -227,6 +227,8 @@ def test_create_answers_201_with_a_location(server):
     code, lines, _ = call(server, "GET", f"/v1/logs/{doc['model_id']}/loglines?pagesize=5&version=2017-02-13",
                           token=token)
     assert code == 200 and lines["models"][0]["line"] == "hi"
+    uploads = server.data / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())  # the upload went with the job
     assert lines["models"][0]["meta"]["training_id"] == doc["model_id"]
 
 
