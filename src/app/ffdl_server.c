@@ -243,7 +243,7 @@ int main(int argc, char **argv) {
   ffdl_log_init();
   if (!getenv("FFDL_LOG")) ffdl_log_set_level(FFDL_LOG_INFO);
   signal(SIGPIPE, SIG_IGN);
-  options o;
+  static options o; /* lives as long as the process: the server keeps what it points to */
   int rc = parse_args(argc, argv, &o);
   if (rc != 0) return rc > 0 ? 0 : 2;
   char host[256];
