@@ -5,6 +5,7 @@
  * Owns: requests, output formats, exit statuses. Must not: read the store.
  */
 #include "app/client.h"
+#include "core/file.h"
 #include "core/progress.h"
 #include "store/localstore.h"
 
@@ -247,15 +248,8 @@ static int cmd_train(int argc, char **argv) {
   }
   char *text = NULL;
   size_t len = 0;
-  FILE *f = fopen(argv[1], "rb");
-  if (!f) return fprintf(stderr, "ffdl: %s: cannot read the manifest\n", argv[1]), 2;
-  FILE *mem = open_memstream(&text, &len);
-  char buf[65536];
-  size_t n;
-  while (mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
-    fwrite(buf, 1, n, mem);
-  fclose(f);
-  if (mem) fclose(mem);
+  if (ffdl_file_read(argv[1], 1u << 20, &text, &len) != 0)
+    return fprintf(stderr, "ffdl: %s: cannot read the manifest\n", argv[1]), 2;
   const char *slash = strrchr(argv[1], '/');
   char id[64], *err = NULL;
   int rc =

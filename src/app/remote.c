@@ -8,6 +8,7 @@
 #include "api/upload.h"
 #include "app/client.h"
 #include "core/error.h"
+#include "core/file.h"
 #include "store/localstore.h"
 
 #include <stdio.h>
@@ -167,23 +168,6 @@ int ffdl_remote_submit_spec(ffdl_remote *r, const json_t *spec, const char *mode
   return rc == 0 ? track(r, id) : rc;
 }
 
-int ffdl_remote_submit_file(ffdl_remote *r, const char *path, const char *model, char id[64],
-                            char **err) {
-  char *text = NULL;
-  size_t len = 0;
-  FILE *f = fopen(path, "rb"), *mem = open_memstream(&text, &len);
-  char buf[65536];
-  size_t n;
-  while (f && mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
-    fwrite(buf, 1, n, mem);
-  if (f) fclose(f);
-  if (mem) fclose(mem);
-  const char *slash = strrchr(path, '/');
-  int rc = ffdl_client_submit(slash ? slash + 1 : path, text ? text : "", len, model, id, err);
-  free(text);
-  return rc == 0 ? track(r, id) : rc;
-}
-
 const char *ffdl_remote_status(ffdl_remote *r, const char *id) {
   rjob *j = find(r, id);
   return j ? (j->status[0] ? j->status : "QUEUED") : NULL;
@@ -229,17 +213,11 @@ int ffdl_remote_download(ffdl_remote *r, const char *id, const char *dir, char *
     unlink(zip);
     return (*err = strdup("the server has no trained model for this job")), FFDL_ENOENT;
   }
-  FILE *f = fopen(zip, "rb");
   char *data = NULL;
   size_t len = 0;
-  FILE *mem = open_memstream(&data, &len);
-  char buf[65536];
-  size_t n;
-  while (f && mem && (n = fread(buf, 1, sizeof buf, f)) > 0)
-    fwrite(buf, 1, n, mem);
-  if (f) fclose(f);
-  if (mem) fclose(mem);
+  rc = ffdl_file_read(zip, (size_t)16 << 30, &data, &len);
   unlink(zip);
+  if (rc != 0) return (*err = strdup("cannot read the downloaded model")), rc;
   /* unpack into a fresh directory, then copy: DIR itself is never removed */
   char tmp[] = "/tmp/ffdl-unpack-XXXXXX";
   if (!mkdtemp(tmp)) {

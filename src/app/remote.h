@@ -20,9 +20,6 @@ void ffdl_remote_set_observer(ffdl_remote *r, const ffdl_orch_observer *observer
  * model code of MODEL; 0 and the id, or non-zero with *err (caller frees). */
 int ffdl_remote_submit_spec(ffdl_remote *r, const json_t *spec, const char *model, char id[64],
                             char **err);
-/* Submits the manifest file PATH as it is. */
-int ffdl_remote_submit_file(ffdl_remote *r, const char *path, const char *model, char id[64],
-                            char **err);
 const char *ffdl_remote_status(ffdl_remote *r, const char *id);
 void ffdl_remote_halt(ffdl_remote *r, const char *id);
 void ffdl_remote_halt_all(ffdl_remote *r);
