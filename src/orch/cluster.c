@@ -22,11 +22,34 @@ typedef struct {
   uint64_t memory, used_memory;
   int gpus, used_gpus;
   unsigned char gpu_busy[FFDL_MAX_NODE_GPUS];
+  int type_index; /* into ffdl_cluster.types; 0 is "no GPU type" */
+  int held;       /* kept free for a blocked job during this cycle */
 } node;
+
+#define BUCKETS (FFDL_MAX_NODE_GPUS + 1)
+
+/*
+ * The index that keeps candidate filtering cheap on big clusters: for each
+ * GPU type, one bitmap of nodes per number of free GPUs (node order inside
+ * a bucket), with a count per bucket so that empty buckets cost nothing.
+ */
+typedef struct {
+  size_t words;   /* per bitmap */
+  uint64_t *bits; /* [type][bucket][word] */
+  size_t *counts; /* [type][bucket] */
+} bucket_index;
 
 struct ffdl_cluster {
   node *nodes;
   size_t n, cap;
+  char **types; /* types[0] is NULL: nodes without a GPU type */
+  size_t ntypes;
+  bucket_index index;
+  int index_valid;
+  int *held_list;
+  size_t nheld;
+  int *name_slots; /* open addressing: node index + 1, 0 empty */
+  size_t name_cap;
 };
 
 int ffdl_cluster_new(ffdl_cluster **out) {
@@ -41,8 +64,63 @@ void ffdl_cluster_free(ffdl_cluster *cl) {
     free(cl->nodes[i].gpu_type);
     json_decref(cl->nodes[i].labels);
   }
+  for (size_t t = 0; t < cl->ntypes; t++)
+    free(cl->types[t]);
+  free(cl->types);
+  free(cl->index.bits);
+  free(cl->index.counts);
+  free(cl->held_list);
+  free(cl->name_slots);
   free(cl->nodes);
   free(cl);
+}
+
+/* ---- the bucket index ------------------------------------------------- */
+
+static int type_index_of(ffdl_cluster *cl, const char *gpu_type) {
+  for (size_t t = 1; t < cl->ntypes; t++)
+    if (gpu_type && strcmp(cl->types[t], gpu_type) == 0) return (int)t;
+  if (!gpu_type) return 0;
+  char **grown = realloc(cl->types, (cl->ntypes + 1) * sizeof *grown);
+  if (!grown) return -1;
+  cl->types = grown;
+  cl->types[cl->ntypes] = strdup(gpu_type);
+  if (!cl->types[cl->ntypes]) return -1;
+  return (int)cl->ntypes++;
+}
+
+static size_t bucket_slot(const ffdl_cluster *cl, int type, int bucket) {
+  return (size_t)type * BUCKETS + (size_t)bucket;
+}
+
+static void index_set(ffdl_cluster *cl, size_t i, int on) {
+  const node *nd = &cl->nodes[i];
+  size_t slot = bucket_slot(cl, nd->type_index, nd->gpus - nd->used_gpus);
+  uint64_t *word = &cl->index.bits[slot * cl->index.words + i / 64];
+  uint64_t bit = (uint64_t)1 << (i % 64);
+  if (on) {
+    *word |= bit;
+    cl->index.counts[slot]++;
+  } else {
+    *word &= ~bit;
+    cl->index.counts[slot]--;
+  }
+}
+
+/* Builds the index on first use after nodes were added. */
+static int ensure_index(ffdl_cluster *cl) {
+  if (cl->index_valid) return FFDL_OK;
+  size_t words = (cl->n + 63) / 64, slots = (cl->ntypes ? cl->ntypes : 1) * BUCKETS;
+  free(cl->index.bits);
+  free(cl->index.counts);
+  cl->index.words = words;
+  cl->index.bits = calloc(slots * (words ? words : 1), sizeof(uint64_t));
+  cl->index.counts = calloc(slots, sizeof(size_t));
+  if (!cl->index.bits || !cl->index.counts) return FFDL_ENOMEM;
+  for (size_t i = 0; i < cl->n; i++)
+    index_set(cl, i, 1);
+  cl->index_valid = 1;
+  return FFDL_OK;
 }
 
 int ffdl_cluster_add_node(ffdl_cluster *cl, const char *name, double cpus, uint64_t memory,
@@ -55,8 +133,19 @@ int ffdl_cluster_add_node(ffdl_cluster *cl, const char *name, double cpus, uint6
     cl->nodes = grown;
     cl->cap = cap;
   }
+  if (cl->ntypes == 0) {
+    cl->types = calloc(1, sizeof *cl->types);
+    if (!cl->types) return FFDL_ENOMEM;
+    cl->ntypes = 1;
+  }
+  int type = type_index_of(cl, gpu_type);
+  if (type < 0) return FFDL_ENOMEM;
   node *nd = &cl->nodes[cl->n];
   memset(nd, 0, sizeof *nd);
+  nd->type_index = type;
+  cl->index_valid = 0;
+  free(cl->name_slots); /* rebuilt on the next lookup */
+  cl->name_slots = NULL;
   nd->name = strdup(name);
   nd->gpu_type = gpu_type ? strdup(gpu_type) : NULL;
   nd->labels = labels ? json_deep_copy(labels) : json_object();
@@ -72,9 +161,43 @@ size_t ffdl_cluster_node_count(const ffdl_cluster *cl) {
   return cl->n;
 }
 
-int ffdl_cluster_find(const ffdl_cluster *cl, const char *name) {
-  for (size_t i = 0; i < cl->n; i++)
-    if (strcmp(cl->nodes[i].name, name) == 0) return (int)i;
+static size_t name_hash(const char *name) {
+  size_t h = 5381;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    h = h * 33 + *p;
+  return h;
+}
+
+/* The name index, built on first lookup after nodes were added. */
+static int ensure_names(ffdl_cluster *cl) {
+  if (cl->name_cap >= 2 * cl->n && cl->name_slots) return FFDL_OK;
+  size_t cap = 16;
+  while (cap < 2 * cl->n)
+    cap *= 2;
+  int *slots = calloc(cap, sizeof *slots);
+  if (!slots) return FFDL_ENOMEM;
+  for (size_t i = 0; i < cl->n; i++) {
+    size_t k = name_hash(cl->nodes[i].name) & (cap - 1);
+    while (slots[k])
+      k = (k + 1) & (cap - 1);
+    slots[k] = (int)i + 1;
+  }
+  free(cl->name_slots);
+  cl->name_slots = slots;
+  cl->name_cap = cap;
+  return FFDL_OK;
+}
+
+int ffdl_cluster_find(const ffdl_cluster *ccl, const char *name) {
+  ffdl_cluster *cl = (ffdl_cluster *)ccl; /* the index is a cache */
+  if (ensure_names(cl) != FFDL_OK) {
+    for (size_t i = 0; i < cl->n; i++)
+      if (strcmp(cl->nodes[i].name, name) == 0) return (int)i;
+    return -1;
+  }
+  for (size_t k = name_hash(name) & (cl->name_cap - 1); cl->name_slots[k];
+       k = (k + 1) & (cl->name_cap - 1))
+    if (strcmp(cl->nodes[cl->name_slots[k] - 1].name, name) == 0) return cl->name_slots[k] - 1;
   return -1;
 }
 
@@ -91,6 +214,8 @@ int ffdl_cluster_reserve(ffdl_cluster *cl, int idx, const ffdl_request *req, int
   if (nd->used_cpus + req->cpus > nd->cpus + 1e-9 || nd->used_memory + req->memory > nd->memory ||
       nd->used_gpus + req->gpus > nd->gpus || (req->gpus > 0 && !type_matches(nd, req->gpu_type)))
     return FFDL_ELIMIT;
+  if (ensure_index(cl) != FFDL_OK) return FFDL_ENOMEM;
+  index_set(cl, (size_t)idx, 0);
   int picked = 0;
   for (int g = 0; g < nd->gpus && picked < req->gpus; g++) {
     if (nd->gpu_busy[g]) continue;
@@ -100,17 +225,73 @@ int ffdl_cluster_reserve(ffdl_cluster *cl, int idx, const ffdl_request *req, int
   nd->used_cpus += req->cpus;
   nd->used_memory += req->memory;
   nd->used_gpus += req->gpus;
+  index_set(cl, (size_t)idx, 1);
   return FFDL_OK;
 }
 
 void ffdl_cluster_release(ffdl_cluster *cl, int idx, const ffdl_request *req, const int *gpu_ids) {
   node *nd = &cl->nodes[idx];
+  if (cl->index_valid) index_set(cl, (size_t)idx, 0);
   nd->used_cpus -= req->cpus;
   if (nd->used_cpus < 1e-9) nd->used_cpus = 0;
   nd->used_memory -= req->memory;
   nd->used_gpus -= req->gpus;
   for (int i = 0; i < req->gpus; i++)
     nd->gpu_busy[gpu_ids[i]] = 0;
+  if (cl->index_valid) index_set(cl, (size_t)idx, 1);
+}
+
+int ffdl_cluster_hold(ffdl_cluster *cl, int idx) {
+  if (idx < 0 || (size_t)idx >= cl->n) return FFDL_EINVALID;
+  if (cl->nodes[idx].held) return FFDL_OK;
+  int *grown = realloc(cl->held_list, (cl->nheld + 1) * sizeof *grown);
+  if (!grown) return FFDL_ENOMEM;
+  cl->held_list = grown;
+  cl->held_list[cl->nheld++] = idx;
+  cl->nodes[idx].held = 1;
+  return FFDL_OK;
+}
+
+void ffdl_cluster_clear_holds(ffdl_cluster *cl) {
+  for (size_t k = 0; k < cl->nheld; k++)
+    cl->nodes[cl->held_list[k]].held = 0;
+  cl->nheld = 0;
+}
+
+size_t ffdl_cluster_held_count(const ffdl_cluster *cl) {
+  return cl->nheld;
+}
+
+/* Does node ND have room for REQ beyond TAKEN (what this placement already put there)? */
+static int node_fits(const node *nd, const ffdl_request *req, int by_capacity, double taken_cpus,
+                     double taken_mem, int taken_gpus) {
+  double free_cpus = nd->cpus - (by_capacity ? 0 : nd->used_cpus) - taken_cpus;
+  double free_mem = (double)(nd->memory - (by_capacity ? 0 : nd->used_memory)) - taken_mem;
+  int free_gpus = nd->gpus - (by_capacity ? 0 : nd->used_gpus) - taken_gpus;
+  if (free_cpus + 1e-9 < req->cpus || free_mem < (double)req->memory || free_gpus < req->gpus)
+    return 0;
+  return req->gpus == 0 || type_matches(nd, req->gpu_type);
+}
+
+int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req) {
+  if (ensure_index(cl) != FFDL_OK) return 1; /* cannot tell: let the hook decide */
+  int want = req->gpus < 0 ? 0 : req->gpus;
+  for (size_t t = 0; t < cl->ntypes; t++) {
+    if (want > 0 && req->gpu_type && *req->gpu_type &&
+        (t == 0 || strcmp(cl->types[t], req->gpu_type)))
+      continue;
+    for (int b = want; b < BUCKETS; b++) {
+      size_t slot = bucket_slot(cl, (int)t, b);
+      if (!cl->index.counts[slot]) continue;
+      const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
+      for (size_t w = 0; w < cl->index.words; w++)
+        for (uint64_t m = bits[w]; m; m &= m - 1) {
+          const node *nd = &cl->nodes[w * 64 + (size_t)__builtin_ctzll(m)];
+          if (!nd->held && node_fits(nd, req, 0, 0, 0, 0)) return 1;
+        }
+    }
+  }
+  return 0;
 }
 
 char *ffdl_cluster_describe(const ffdl_cluster *cl) {
@@ -217,55 +398,150 @@ static void taken_on(lua_State *L, int taken, const char *name, double *cpus, lu
   lua_pop(L, 1);
 }
 
-/* Iterator state in upvalues: view, request, taken, next index. */
+typedef enum { ORDER_NODES, ORDER_BINPACK, ORDER_SPREAD } scan_order;
+
+/*
+ * One candidates() iteration. ORDER_NODES walks the nodes in order; the
+ * other orders walk the bucket index (fewest or most free GPUs first).
+ */
+typedef struct {
+  view *v;
+  ffdl_request req;
+  char gpu_type[128];
+  scan_order order;
+  int by_capacity, skip_held;
+  lua_Integer limit, yielded;
+  int bucket, type; /* bucket walk position */
+  size_t next;      /* next node index: in ORDER_NODES, or inside the bucket */
+} scan;
+
+static int scan_type_ok(const scan *sc, size_t t) {
+  const ffdl_cluster *cl = sc->v->cl;
+  if (sc->req.gpus == 0 || !sc->req.gpu_type) return 1;
+  return t > 0 && strcmp(cl->types[t], sc->req.gpu_type) == 0;
+}
+
+/* The node at or after sc->next in the current bucket, or -1. */
+static long scan_bucket(scan *sc) {
+  ffdl_cluster *cl = sc->v->cl;
+  size_t slot = bucket_slot(cl, sc->type, sc->bucket);
+  if (!cl->index.counts[slot]) return -1;
+  const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
+  for (size_t w = sc->next / 64; w < cl->index.words; w++) {
+    uint64_t m = bits[w];
+    if (w == sc->next / 64) m &= ~(uint64_t)0 << (sc->next % 64);
+    if (m) return (long)(w * 64 + (size_t)__builtin_ctzll(m));
+  }
+  return -1;
+}
+
+/* Moves to the next node in scan order (any node, fitting or not); -1 at the end. */
+static long scan_step(scan *sc) {
+  ffdl_cluster *cl = sc->v->cl;
+  if (sc->order == ORDER_NODES) return sc->next < cl->n ? (long)sc->next++ : -1;
+  int lowest = sc->by_capacity ? 0 : sc->req.gpus;
+  for (;;) {
+    if (sc->bucket < lowest || sc->bucket >= BUCKETS) return -1;
+    if ((size_t)sc->type < cl->ntypes && scan_type_ok(sc, (size_t)sc->type)) {
+      long i = scan_bucket(sc);
+      if (i >= 0) {
+        sc->next = (size_t)i + 1;
+        return i;
+      }
+    }
+    sc->next = 0;
+    if ((size_t)++sc->type >= cl->ntypes) {
+      sc->type = 0;
+      sc->bucket += sc->order == ORDER_BINPACK ? 1 : -1;
+    }
+  }
+}
+
 static int candidates_next(lua_State *L) {
-  view *v = lua_touserdata(L, lua_upvalueindex(1));
+  scan *sc = lua_touserdata(L, lua_upvalueindex(1));
+  view *v = sc->v;
   if (!v->cl) return luaL_error(L, "the cluster view is only valid during the hook call");
-  int req = lua_upvalueindex(2), taken = lua_upvalueindex(3);
-  lua_Integer i = lua_tointeger(L, lua_upvalueindex(4));
-  double cpus = field_number(L, req, "cpus");
-  lua_Number mem = field_number(L, req, "memory");
-  int gpus = (int)field_number(L, req, "gpus");
-  lua_getfield(L, req, "gpu_type");
-  const char *gpu_type = lua_tostring(L, -1);
-  for (; (size_t)i < v->cl->n; i++) {
+  int taken = lua_upvalueindex(2);
+  if (sc->limit > 0 && sc->yielded >= sc->limit) return 0;
+  for (long i; (i = scan_step(sc)) >= 0;) {
     const node *nd = &v->cl->nodes[i];
+    if (sc->skip_held && nd->held) continue;
     double tc;
     lua_Integer tm;
     int tg;
     taken_on(L, taken, nd->name, &tc, &tm, &tg);
-    double free_cpus = nd->cpus - (v->empty ? 0 : nd->used_cpus) - tc;
-    lua_Number free_mem = (lua_Number)(nd->memory - (v->empty ? 0 : nd->used_memory)) - tm;
-    int free_gpus = nd->gpus - (v->empty ? 0 : nd->used_gpus) - tg;
-    if (free_cpus + 1e-9 < cpus || free_mem < mem || free_gpus < gpus) continue;
-    if (gpus > 0 && !type_matches(nd, gpu_type)) continue;
-    lua_pushinteger(L, i + 1);
-    lua_replace(L, lua_upvalueindex(4));
+    if (!node_fits(nd, &sc->req, v->empty || sc->by_capacity, tc, (double)tm, tg)) continue;
+    sc->yielded++;
     push_node(L, nd, v->empty, tc, tm, tg);
     return 1;
   }
-  lua_pushinteger(L, i);
-  lua_replace(L, lua_upvalueindex(4));
   return 0;
 }
 
-static int l_candidates(lua_State *L) {
-  check_view(L);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 3);
-  lua_pushinteger(L, 0);
-  lua_pushcclosure(L, candidates_next, 4);
+static void read_request(lua_State *L, int t, scan *sc) {
+  sc->req.cpus = field_number(L, t, "cpus");
+  lua_Number mem = field_number(L, t, "memory");
+  sc->req.memory = mem > 0 ? (uint64_t)mem : 0;
+  sc->req.gpus = (int)field_number(L, t, "gpus");
+  if (sc->req.gpus < 0) sc->req.gpus = 0;
+  if (sc->req.gpus > FFDL_MAX_NODE_GPUS) sc->req.gpus = BUCKETS; /* fits nowhere */
+  sc->req.gpu_type = NULL;
+  if (lua_getfield(L, t, "gpu_type") == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+    snprintf(sc->gpu_type, sizeof sc->gpu_type, "%s", lua_tostring(L, -1));
+    sc->req.gpu_type = sc->gpu_type;
+  }
+  lua_pop(L, 1);
+}
+
+/* opts = {limit = n, order = "binpack"|"spread", capacity = true} */
+static void read_options(lua_State *L, int t, scan *sc) {
+  sc->order = ORDER_NODES;
+  if (!lua_istable(L, t)) return;
+  sc->limit = (lua_Integer)field_number(L, t, "limit");
+  lua_getfield(L, t, "order");
+  const char *order = lua_tostring(L, -1);
+  if (order && strcmp(order, "binpack") == 0)
+    sc->order = ORDER_BINPACK;
+  else if (order && strcmp(order, "spread") == 0)
+    sc->order = ORDER_SPREAD;
+  else if (order)
+    luaL_error(L, "candidates(): order must be \"binpack\" or \"spread\", not \"%s\"", order);
+  lua_pop(L, 1);
+  lua_getfield(L, t, "capacity");
+  sc->by_capacity = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+}
+
+/* Pushes the iterator over the nodes that fit the request at index REQ
+ * (0: every node); TAKEN and OPTS are stack indices or 0. */
+static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int skip_held) {
+  scan *sc = lua_newuserdatauv(L, sizeof *sc, 0);
+  memset(sc, 0, sizeof *sc);
+  sc->v = v;
+  sc->skip_held = skip_held && !v->empty;
+  if (req) read_request(L, req, sc);
+  if (opts) read_options(L, opts, sc);
+  if (sc->order != ORDER_NODES && ensure_index(v->cl) != FFDL_OK) sc->order = ORDER_NODES;
+  if (sc->order == ORDER_BINPACK) sc->bucket = sc->by_capacity ? 0 : sc->req.gpus;
+  if (sc->order == ORDER_SPREAD) sc->bucket = FFDL_MAX_NODE_GPUS;
+  if (taken)
+    lua_pushvalue(L, taken);
+  else
+    lua_pushnil(L);
+  lua_pushcclosure(L, candidates_next, 2);
   return 1;
 }
 
+static int l_candidates(lua_State *L) {
+  view *v = check_view(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 4);
+  return push_scan(L, v, 2, lua_istable(L, 3) ? 3 : 0, lua_istable(L, 4) ? 4 : 0, 1);
+}
+
 static int l_nodes(lua_State *L) {
-  check_view(L);
-  lua_settop(L, 1);
-  lua_newtable(L); /* no request: everything matches */
-  lua_pushnil(L);
-  lua_pushinteger(L, 0);
-  lua_pushcclosure(L, candidates_next, 4);
-  return 1;
+  view *v = check_view(L);
+  return push_scan(L, v, 0, 0, 0, 0);
 }
 
 static int l_describe(lua_State *L) {

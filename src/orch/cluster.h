@@ -45,6 +45,16 @@ const char *ffdl_cluster_node_name(const ffdl_cluster *cl, int node);
 int ffdl_cluster_reserve(ffdl_cluster *cl, int node, const ffdl_request *req, int *gpu_ids);
 void ffdl_cluster_release(ffdl_cluster *cl, int node, const ffdl_request *req, const int *gpu_ids);
 
+/*
+ * Holds: a node held for a blocked job takes no other job until the
+ * holds are cleared (the scheduler clears them at the start of each cycle).
+ */
+int ffdl_cluster_hold(ffdl_cluster *cl, int node);
+void ffdl_cluster_clear_holds(ffdl_cluster *cl);
+size_t ffdl_cluster_held_count(const ffdl_cluster *cl);
+/* 1 when some node that is not held has room for one learner of REQ now. */
+int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req);
+
 /* One line per node: "local: 2 CPUs, 23.4 GiB, no GPU" (caller frees). */
 char *ffdl_cluster_describe(const ffdl_cluster *cl);
 /* Totals in use and free, as JSON (caller decrefs):
@@ -55,11 +65,16 @@ json_t *ffdl_cluster_usage(const ffdl_cluster *cl);
  * Pushes a view for a hook call. With EMPTY set the view shows every node
  * free, which asks "could this ever fit?". The view is valid only during
  * the call it is passed to.  [-0, +1, m]
- * Lua: view:candidates(req [, taken]) -> iterator of node tables
+ * Lua: view:candidates(req [, taken [, opts]]) -> iterator of node tables
  *        {name, free_cpus, free_memory, free_gpus, gpu_type, labels,
  *         cpus, memory, gpus}
  *      req = {cpus=, memory=, gpus=, gpu_type=}; taken = {[name] = {cpus=,
  *      memory=, gpus=}} is what the caller has already placed there.
+ *      opts = {limit = n, order = "binpack" | "spread", capacity = true}:
+ *      at most n nodes; fewest (binpack) or most (spread) free GPUs first,
+ *      node order within the same count; capacity judges the fit by what
+ *      the node has in all, not what is free now. Without opts: every node
+ *      that fits, in node order. Held nodes are never candidates.
  *      view:nodes() -> iterator over every node table
  *      view:describe() -> the text of ffdl_cluster_describe
  */

@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "orch/metrics.h"
 #include "orch/s3stage.h"
+#include "orch/sched.h"
 #include "policy/ljson.h"
 #include "policy/spec.h"
 #include "store/localstore.h"
@@ -65,7 +66,8 @@ struct job {
   int attempt, max_attempts, learners, priority;
   ffdl_request req;
   int64_t submitted_ms;
-  int placed, staged, halting, eligible, work_busy, wipe_checkpoint;
+  int staged, halting, eligible, work_busy, wipe_checkpoint;
+  ffdl_sched_job sj; /* the job as the scheduler sees it */
   learner_slot *slots;
   int running;
   failure_info failure;
@@ -85,6 +87,7 @@ struct job {
 struct ffdl_orch {
   ffdl_orch_opts o;
   char *home, *results, *root;
+  ffdl_sched *sched;
   job *jobs;
   uv_timer_t cycle_timer;
   int cycle_scheduled;
@@ -206,34 +209,7 @@ static void push_job(lua_State *L, const job *j) {
   }
 }
 
-/* ---- admission, order, placement ----------------------------------- */
-
-static void push_usage(ffdl_orch *o) {
-  lua_State *L = lua_of(o);
-  json_t *usage = ffdl_cluster_usage(o->o.cluster);
-  json_t *by_team = json_object(), *by_user = json_object();
-  for (job *j = o->jobs; j; j = j->next) {
-    if (!j->placed) continue;
-    const char *team = json_string_value(json_object_get(j->spec, "team"));
-    const char *user = json_string_value(json_object_get(j->spec, "user"));
-    json_t *maps[2] = {by_team, by_user};
-    const char *keys[2] = {team ? team : "", user ? user : ""};
-    for (int k = 0; k < 2; k++) {
-      json_t *entry = json_object_get(maps[k], keys[k]);
-      if (!entry)
-        json_object_set_new(maps[k], keys[k], entry = json_pack("{s:i,s:i}", "gpus", 0, "jobs", 0));
-      json_object_set_new(entry, "gpus",
-                          json_integer(json_integer_value(json_object_get(entry, "gpus")) +
-                                       j->req.gpus * j->learners));
-      json_object_set_new(entry, "jobs",
-                          json_integer(json_integer_value(json_object_get(entry, "jobs")) + 1));
-    }
-  }
-  json_object_set_new(usage, "by_team", by_team);
-  json_object_set_new(usage, "by_user", by_user);
-  ffdl_ljson_push(L, usage);
-  json_decref(usage);
-}
+/* ---- the scheduler's decisions ------------------------------------------ */
 
 typedef enum { HOOK_ADMIT, HOOK_ORDER, HOOK_PLACE, HOOK_RETRY } hook_kind;
 static const char *const hook_names[] = {"admit", "order", "place", "retry"};
@@ -271,129 +247,18 @@ static void set_waiting(job *j, const char *reason) {
     o->o.observer->on_waiting(o->o.observer_ud, j->id, reason);
 }
 
-/* budget.admit(job, usage, ctx): 1 admitted, 0 not now (reason kept). */
-static int admit(job *j) {
-  ffdl_orch *o = j->o;
-  lua_State *L = lua_of(o);
-  if (push_hook(o, "budget", "admit") != 0) {
-    lua_pop(L, 1);
-    return 1; /* no budget policy: everything is admitted */
-  }
-  push_job(L, j);
-  push_usage(o);
-  ffdl_generation_push_ctx(o->o.gen, NULL);
-  char *err = NULL;
-  if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "admit", 3, 2, 0, &err) != 0) {
-    char *why = dup_printf("admit() failed, the job stays queued: %s", err);
-    record_decision(j, HOOK_ADMIT, "error", why);
-    set_waiting(j, why);
-    free(why);
-    free(err);
-    return 0;
-  }
-  int ok = lua_toboolean(L, -2);
-  if (!ok) {
-    const char *reason = lua_tostring(L, -1);
-    char *why = dup_printf("admit(): %s", reason ? reason : "not admitted");
-    record_decision(j, HOOK_ADMIT, "not admitted", why);
-    set_waiting(j, why);
-    free(why);
-  } else {
-    record_decision(j, HOOK_ADMIT, "admitted", NULL);
-  }
-  lua_pop(L, 2);
-  return ok;
+static void sched_decision(void *ud, ffdl_sched_job *sj, const char *hook, const char *outcome,
+                           const char *reason, json_t *explained) {
+  (void)ud;
+  hook_kind kind = HOOK_PLACE;
+  for (int k = 0; k < 4; k++)
+    if (strcmp(hook_names[k], hook) == 0) kind = (hook_kind)k;
+  record_decision_with(sj->owner, kind, outcome, reason, explained);
 }
 
-/* scheduler.order(queue, ctx) over the admitted jobs; writes the trial order. */
-static size_t order_queue(ffdl_orch *o, job **queue, size_t n) {
-  lua_State *L = lua_of(o);
-  if (n < 2 || push_hook(o, "scheduler", "order") != 0) {
-    if (n >= 2) lua_pop(L, 1);
-    return n;
-  }
-  lua_createtable(L, (int)n, 0);
-  for (size_t i = 0; i < n; i++) {
-    push_job(L, queue[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
-  ffdl_generation_push_ctx(o->o.gen, NULL);
-  char *err = NULL;
-  if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "order", 2, 1, 0, &err) != 0) {
-    ffdl_log(FFDL_LOG_WARN, "order() failed, keeping submission order: %s", err);
-    free(err);
-    return n;
-  }
-  job **ordered = calloc(n, sizeof *ordered);
-  size_t m = 0;
-  if (ordered && lua_istable(L, -1)) {
-    lua_Integer len = luaL_len(L, -1);
-    for (lua_Integer i = 1; i <= len && m < n; i++) {
-      lua_rawgeti(L, -1, i);
-      lua_getfield(L, -1, "id");
-      const char *id = lua_tostring(L, -1);
-      for (size_t k = 0; id && k < n; k++)
-        if (queue[k] && strcmp(queue[k]->id, id) == 0) ordered[m++] = queue[k], queue[k] = NULL;
-      lua_pop(L, 2);
-    }
-  }
-  lua_pop(L, 1);
-  /* jobs the hook dropped keep their place at the end */
-  for (size_t k = 0; ordered && k < n; k++)
-    if (queue[k]) ordered[m++] = queue[k];
-  if (ordered) memcpy(queue, ordered, n * sizeof *queue);
-  free(ordered);
-  return n;
-}
-
-/* Calls place(job, view, ctx). On success fills NODES (one per learner)
- * and returns 0; otherwise returns -1 with *reason (caller frees). */
-static int call_place(job *j, int empty, int *nodes, char **reason) {
-  ffdl_orch *o = j->o;
-  lua_State *L = lua_of(o);
-  *reason = NULL;
-  if (push_hook(o, "scheduler", "place") != 0) {
-    lua_pop(L, 1);
-    *reason = strdup("policies/scheduler.lua has no place()");
-    return -1;
-  }
-  push_job(L, j);
-  void *view = ffdl_cluster_push_view(o->o.cluster, L, empty);
-  ffdl_generation_push_ctx(o->o.gen, NULL);
-  char *err = NULL;
-  int rc = ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "place", 3, 2, 50, &err);
-  ffdl_cluster_view_close(view); /* a view kept by the hook must not outlive the call */
-  if (rc != 0) {
-    *reason = dup_printf("place() failed, the job stays queued: %s", err);
-    free(err);
-    return -1;
-  }
-  int ok = lua_istable(L, -2);
-  if (!ok) {
-    const char *why = lua_tostring(L, -1);
-    *reason = strdup(why ? why : "place() found no room");
-  } else {
-    for (int i = 0; i < j->learners && ok; i++) {
-      lua_rawgeti(L, -2, i + 1);
-      if (lua_istable(L, -1)) lua_getfield(L, -1, "node"), lua_remove(L, -2);
-      const char *name = lua_tostring(L, -1);
-      nodes[i] = name ? ffdl_cluster_find(o->o.cluster, name) : -1;
-      if (nodes[i] < 0) {
-        *reason = dup_printf("place() returned an unknown node for learner %d", i + 1);
-        ok = 0;
-      }
-      lua_pop(L, 1);
-    }
-  }
-  lua_pop(L, 2);
-  return ok ? 0 : -1;
-}
-
-static void release(job *j) {
-  if (!j->placed) return;
-  for (int i = 0; i < j->learners; i++)
-    ffdl_cluster_release(j->o->o.cluster, j->slots[i].node, &j->req, j->slots[i].gpu_ids);
-  j->placed = 0;
+static void sched_waiting(void *ud, ffdl_sched_job *sj, const char *reason) {
+  (void)ud;
+  set_waiting(sj->owner, reason);
 }
 
 /* The placement goes to the store, so that a restarted server can hold the
@@ -402,95 +267,62 @@ static void save_placement(job *j) {
   json_t *nodes = json_array();
   for (int i = 0; i < j->learners; i++)
     json_array_append_new(nodes,
-                          json_string(ffdl_cluster_node_name(j->o->o.cluster, j->slots[i].node)));
+                          json_string(ffdl_cluster_node_name(j->o->o.cluster, j->sj.nodes[i])));
   ffdl_jobstore_set_extra(j->o->o.store, j->id, "placement", nodes);
   json_decref(nodes);
 }
 
-static int reserve(job *j, const int *nodes) {
+/* The learner slots point at what the scheduler reserved. */
+static void take_placement(job *j) {
+  int per = j->req.gpus > 0 ? j->req.gpus : 1;
   for (int i = 0; i < j->learners; i++) {
-    j->slots[i].node = nodes[i];
-    if (ffdl_cluster_reserve(j->o->o.cluster, nodes[i], &j->req, j->slots[i].gpu_ids) != 0) {
-      for (int k = 0; k < i; k++)
-        ffdl_cluster_release(j->o->o.cluster, nodes[k], &j->req, j->slots[k].gpu_ids);
-      return -1;
-    }
+    j->slots[i].node = j->sj.nodes[i];
+    j->slots[i].gpu_ids = j->sj.gpu_ids + i * per;
   }
-  j->placed = 1;
-  save_placement(j);
-  return 0;
 }
 
 static void start_staging(job *j);
 
-/* "placed 2 learners on node-1, node-2" (distinct nodes, in order). */
-static char *describe_placement(const job *j, const int *nodes) {
-  char *out = dup_printf("placed %d learner%s on", j->learners, j->learners > 1 ? "s" : "");
-  for (int i = 0; out && i < j->learners; i++) {
-    int seen = 0;
-    for (int k = 0; k < i; k++)
-      seen |= nodes[k] == nodes[i];
-    if (seen) continue;
-    char *longer =
-        dup_printf("%s%s %s", out, i ? "," : "", ffdl_cluster_node_name(j->o->o.cluster, nodes[i]));
-    free(out);
-    out = longer;
-  }
-  return out;
+static void sched_placed(void *ud, ffdl_sched_job *sj, const char *how) {
+  (void)ud;
+  job *j = sj->owner;
+  take_placement(j);
+  save_placement(j);
+  free(j->wait_reason);
+  j->wait_reason = NULL;
+  transition(j, PENDING, how, NULL);
+  start_staging(j);
 }
 
-static void try_place(job *j) {
-  int *nodes = calloc((size_t)j->learners, sizeof *nodes);
-  char *reason = NULL;
-  if (!nodes) return;
-  if (call_place(j, 0, nodes, &reason) == 0) {
-    if (reserve(j, nodes) != 0) {
-      record_decision(j, HOOK_PLACE, "invalid", "place() chose nodes without room");
-      set_waiting(j, "place() chose nodes without room; the job stays queued");
-    } else {
-      char *why = describe_placement(j, nodes);
-      record_decision(j, HOOK_PLACE, "placed", why);
-      transition(j, PENDING, why, NULL);
-      free(why);
-      start_staging(j);
-    }
-  } else {
-    json_t *explained = ffdl_generation_take_explanations(j->o->o.gen);
-    /* would it fit an empty cluster? If not, it never will */
-    char *never = NULL;
-    if (call_place(j, 1, nodes, &never) != 0 && strncmp(never, "place() failed", 14) != 0) {
-      char *why = dup_printf("%s; it can never fit this cluster", never);
-      json_decref(ffdl_generation_take_explanations(j->o->o.gen));
-      record_decision_with(j, HOOK_PLACE, "never fits", why, explained);
-      finish(j, FAILED, why, "S100");
-      free(why);
-    } else {
-      json_decref(ffdl_generation_take_explanations(j->o->o.gen)); /* the probe's */
-      record_decision_with(j, HOOK_PLACE, "waiting", reason, explained);
-      set_waiting(j, reason);
-    }
-    free(never);
-  }
-  free(reason);
-  free(nodes);
+static void sched_never_fits(void *ud, ffdl_sched_job *sj, const char *why) {
+  (void)ud;
+  finish(sj->owner, FAILED, why, "S100");
+}
+
+static const ffdl_sched_callbacks sched_callbacks = {sched_decision, sched_waiting, sched_placed,
+                                                     sched_never_fits};
+
+static double now_s(void) {
+  return (double)now_ms() / 1000.0;
+}
+
+static void release(job *j) {
+  ffdl_sched_release(j->o->sched, &j->sj, now_s());
+}
+
+/* J waits for placement again (submitted, retried, or requeued). */
+static void enqueue(job *j) {
+  j->sj.attempt = j->attempt;
+  j->sj.fit_checked = 0;
+  if (ffdl_sched_enqueue(j->o->sched, &j->sj, now_s()) != FFDL_OK)
+    ffdl_log(FFDL_LOG_ERROR, "%s: out of memory while queueing", j->id);
+  schedule_cycle(j->o);
 }
 
 static void run_cycle(uv_timer_t *timer) {
   ffdl_orch *o = timer->data;
   o->cycle_scheduled = 0;
-  size_t n = 0;
-  for (job *j = o->jobs; j; j = j->next)
-    n += j->st == QUEUED && j->eligible;
-  if (n == 0) return;
-  job **queue = calloc(n, sizeof *queue);
-  if (!queue) return;
-  size_t m = 0;
-  for (job *j = o->jobs; j; j = j->next)
-    if (j->st == QUEUED && j->eligible && admit(j)) queue[m++] = j;
-  order_queue(o, queue, m);
-  for (size_t i = 0; i < m; i++)
-    if (queue[i]->st == QUEUED) try_place(queue[i]);
-  free(queue);
+  ffdl_sched_cycle(o->sched, now_s());
 }
 
 static void schedule_cycle(ffdl_orch *o) {
@@ -1110,7 +942,7 @@ static void retry_ready(uv_timer_t *t) {
   job *j = t->data;
   if (j->st != QUEUED) return;
   j->eligible = 1;
-  schedule_cycle(j->o);
+  enqueue(j);
 }
 
 static void end_job(job *j, state st, const char *reason, const char *code);
@@ -1270,6 +1102,7 @@ static void finish(job *j, state st, const char *reason, const char *code) {
   if (is_terminal(j->st)) return;
   uv_timer_stop(&j->retry_timer);
   uv_timer_stop(&j->emetrics_timer);
+  ffdl_sched_dequeue(j->o->sched, &j->sj);
   release(j);
   transition(j, st, reason, code);
   write_job_json(j);
@@ -1360,8 +1193,7 @@ static void free_job(job *j) {
   ffdl_metrics_free(j->metrics);
   for (int i = 0; i < TAIL_LINES; i++)
     free(j->tail[i]);
-  for (int i = 0; j->slots && i < j->learners; i++)
-    free(j->slots[i].gpu_ids);
+  ffdl_sched_job_clear(&j->sj);
   free(j->slots);
   free(j->model_dir);
   free(j->interpreter);
@@ -1391,8 +1223,17 @@ static job *new_job(ffdl_orch *o, const json_t *spec, const char *model_dir) {
   for (int i = 0; j->slots && i < j->learners; i++) {
     j->slots[i].job = j;
     j->slots[i].index = i + 1;
-    j->slots[i].gpu_ids = calloc((size_t)(j->req.gpus > 0 ? j->req.gpus : 1), sizeof(int));
   }
+  j->sj = (ffdl_sched_job){.id = j->id,
+                           .spec = j->spec,
+                           .req = j->req,
+                           .learners = j->learners,
+                           .attempt = j->attempt,
+                           .priority = j->priority,
+                           .submitted = (double)j->submitted_ms / 1000.0,
+                           .user = json_string_value(json_object_get(j->spec, "user")),
+                           .team = json_string_value(json_object_get(j->spec, "team")),
+                           .owner = j};
   uv_timer_init(o->o.loop, &j->retry_timer);
   uv_timer_init(o->o.loop, &j->emetrics_timer);
   j->retry_timer.data = j->emetrics_timer.data = j;
@@ -1433,7 +1274,7 @@ int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, ch
   o->jobs = j;
   if (o->o.observer && o->o.observer->on_transition)
     o->o.observer->on_transition(o->o.observer_ud, j->id, "QUEUED", "submitted", NULL);
-  schedule_cycle(o);
+  enqueue(j);
   return FFDL_OK;
 }
 
@@ -1444,6 +1285,13 @@ int ffdl_orch_new(const ffdl_orch_opts *opts, ffdl_orch **out) {
   o->home = strdup(opts->home);
   o->results = strdup(opts->results);
   o->root = strdup(opts->root ? opts->root : ".");
+  if (ffdl_sched_new(opts->cluster, opts->gen, &sched_callbacks, o, &o->sched) != FFDL_OK) {
+    free(o->home);
+    free(o->results);
+    free(o->root);
+    free(o);
+    return FFDL_ENOMEM;
+  }
   uv_timer_init(opts->loop, &o->cycle_timer);
   o->cycle_timer.data = o;
   *out = o;
@@ -1470,6 +1318,7 @@ void ffdl_orch_free(ffdl_orch *o) {
     next = j->next;
     free_job(j);
   }
+  ffdl_sched_free(o->sched);
   free(o->home);
   free(o->results);
   free(o->root);
@@ -1518,9 +1367,11 @@ static int restore_placement(job *j, const json_t *extra) {
         ffdl_cluster_find(j->o->o.cluster, json_string_value(json_array_get(nodes, (size_t)i)));
     ok = idx[i] >= 0;
   }
-  int rc = ok ? reserve(j, idx) : -1;
+  int rc = ok ? ffdl_sched_adopt(j->o->sched, &j->sj, idx, now_s()) : -1;
   free(idx);
-  return rc;
+  if (rc != FFDL_OK) return -1;
+  take_placement(j);
+  return 0;
 }
 
 /* Adopts the learners of the latest attempt; one that ended while nobody
@@ -1576,6 +1427,7 @@ static void recover_job(ffdl_orch *o, const json_t *doc) {
   j->dir = dup_printf("%s/jobs/%s", o->home, j->id);
   j->results_dir = dup_printf("%s/%s", o->results, j->id);
   j->submitted_ms = json_integer_value(json_object_get(doc, "submitted_ms"));
+  j->sj.submitted = (double)j->submitted_ms / 1000.0;
   size_t i;
   json_t *l;
   json_array_foreach(json_object_get(doc, "learners"), i, l) {
@@ -1610,6 +1462,7 @@ static void recover_job(ffdl_orch *o, const json_t *doc) {
      * after making sure nothing of the old run is left (no job runs twice) */
     if (was == PROCESSING) kill_stored_learners(doc, j->attempt);
     transition(j, QUEUED, "requeued after a server restart", NULL);
+    enqueue(j);
   }
 }
 
@@ -1634,6 +1487,7 @@ int ffdl_orch_recover(ffdl_orch *o, size_t *recovered) {
 
 void ffdl_orch_set_generation(ffdl_orch *o, ffdl_generation *gen) {
   o->o.gen = gen;
+  ffdl_sched_set_generation(o->sched, gen);
 }
 
 json_t *ffdl_orch_stats(const ffdl_orch *o) {

@@ -1,0 +1,754 @@
+/*
+ * sched.c: the queue and the scheduling cycle.
+ * Owns: trial order (scheduler.rank, kept sorted incrementally, or
+ * scheduler.order over the whole queue), admission (budget.admit), gang
+ * placement (scheduler.place), holds for a blocked job (scheduler.hold,
+ * which is what makes backfill safe), the cheap C-side filters that keep
+ * Lua out of the O(queue x nodes) path, and the GPU ledger. Must not: know
+ * about processes, the job store, HTTP or the clock (NOW is passed in).
+ */
+#define _GNU_SOURCE /* vasprintf */
+#include "orch/sched.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "policy/ljson.h"
+
+#include <lauxlib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_SCAN_LIMIT 500 /* jobs looked at past the first blocked one */
+#define MAX_FAILED_SHAPES 64
+
+struct ffdl_sched {
+  ffdl_cluster *cluster;
+  ffdl_generation *gen;
+  ffdl_sched_callbacks cb;
+  void *ud;
+  ffdl_ledger *ledger;
+  ffdl_sched_job **queue; /* trial order for the first `sorted` entries */
+  size_t n, cap, sorted, removed;
+  int gen_serial, need_resort;
+  uint64_t next_seq;
+  double now;
+  ffdl_sched_stats stats;
+};
+
+typedef struct {
+  ffdl_request req;
+  int learners;
+} shape;
+
+typedef struct {
+  shape failed[MAX_FAILED_SHAPES];
+  size_t nfailed;
+  int usage_idx; /* stack index of this cycle's usage table */
+  int blocked;   /* a job found no room: later ones may only backfill */
+  long scan_left;
+  size_t placed;
+} cycle;
+
+static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *dup_printf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  char *out = NULL;
+  if (vasprintf(&out, fmt, ap) < 0) out = NULL;
+  va_end(ap);
+  return out;
+}
+
+int ffdl_sched_new(ffdl_cluster *cluster, ffdl_generation *gen, const ffdl_sched_callbacks *cb,
+                   void *ud, ffdl_sched **out) {
+  ffdl_sched *s = calloc(1, sizeof *s);
+  if (!s || ffdl_ledger_new(&s->ledger) != FFDL_OK) {
+    free(s);
+    return FFDL_ENOMEM;
+  }
+  s->cluster = cluster;
+  s->gen = gen;
+  if (cb) s->cb = *cb;
+  s->ud = ud;
+  s->gen_serial = 1;
+  *out = s;
+  return FFDL_OK;
+}
+
+void ffdl_sched_free(ffdl_sched *s) {
+  if (!s) return;
+  ffdl_ledger_free(s->ledger);
+  free(s->queue);
+  free(s);
+}
+
+void ffdl_sched_set_generation(ffdl_sched *s, ffdl_generation *gen) {
+  s->gen = gen;
+  s->gen_serial++;
+  s->need_resort = 1;
+}
+
+size_t ffdl_sched_queued(const ffdl_sched *s) {
+  return s->n - s->removed;
+}
+
+const ffdl_sched_stats *ffdl_sched_get_stats(const ffdl_sched *s) {
+  return &s->stats;
+}
+
+ffdl_ledger *ffdl_sched_ledger(ffdl_sched *s) {
+  return s->ledger;
+}
+
+/* ---- the queue ---------------------------------------------------------- */
+
+static int allocate_slots(ffdl_sched_job *j) {
+  if (j->nodes) return FFDL_OK;
+  int per = j->req.gpus > 0 ? j->req.gpus : 1;
+  j->nodes = calloc((size_t)j->learners, sizeof *j->nodes);
+  j->gpu_ids = calloc((size_t)j->learners * (size_t)per, sizeof *j->gpu_ids);
+  return j->nodes && j->gpu_ids ? FFDL_OK : FFDL_ENOMEM;
+}
+
+int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
+  (void)now;
+  if (j->queued) return FFDL_OK;
+  if (j->learners < 1) j->learners = 1;
+  if (allocate_slots(j) != FFDL_OK) return FFDL_ENOMEM;
+  if (s->n == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 64;
+    ffdl_sched_job **grown = realloc(s->queue, cap * sizeof *grown);
+    if (!grown) return FFDL_ENOMEM;
+    s->queue = grown;
+    s->cap = cap;
+  }
+  j->seq = s->next_seq++;
+  j->rank_serial = 0;
+  j->queued = 1;
+  j->queue_pos = s->n;
+  s->queue[s->n++] = j;
+  return FFDL_OK;
+}
+
+void ffdl_sched_dequeue(ffdl_sched *s, ffdl_sched_job *j) {
+  if (!j->queued) return;
+  j->queued = 0;
+  s->queue[j->queue_pos] = NULL;
+  s->removed++;
+}
+
+void ffdl_sched_job_clear(ffdl_sched_job *j) {
+  free(j->nodes);
+  free(j->gpu_ids);
+  j->nodes = NULL;
+  j->gpu_ids = NULL;
+}
+
+/* Drops the holes dequeued jobs left. Keeps relative order. */
+static void compact(ffdl_sched *s) {
+  if (!s->removed) return;
+  size_t m = 0, sorted = 0;
+  for (size_t i = 0; i < s->n; i++) {
+    if (!s->queue[i]) continue;
+    if (i < s->sorted) sorted++;
+    s->queue[m] = s->queue[i];
+    s->queue[m]->queue_pos = m;
+    m++;
+  }
+  s->n = m;
+  s->sorted = sorted;
+  s->removed = 0;
+}
+
+static int by_rank(const void *a, const void *b) {
+  const ffdl_sched_job *x = *(ffdl_sched_job *const *)a, *y = *(ffdl_sched_job *const *)b;
+  if (x->rank != y->rank) return x->rank < y->rank ? -1 : 1;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* ---- pushing what hooks see ------------------------------------------ */
+
+static lua_State *lua_of(ffdl_sched *s) {
+  return ffdl_sandbox_state(ffdl_generation_sandbox(s->gen));
+}
+
+/* Pushes policies/FILE.lua's function NAME, or nothing: 1 when pushed. */
+static int push_hook(ffdl_sched *s, const char *file, const char *name) {
+  lua_State *L = lua_of(s);
+  ffdl_generation_push_policy(s->gen, file);
+  if (lua_istable(L, -1) && lua_getfield(L, -1, name) == LUA_TFUNCTION) {
+    lua_remove(L, -2);
+    return 1;
+  }
+  lua_settop(L, lua_gettop(L) - (lua_istable(L, -1) ? 1 : 2));
+  return 0;
+}
+
+static int has_hook(ffdl_sched *s, const char *file, const char *name) {
+  if (!push_hook(s, file, name)) return 0;
+  lua_pop(lua_of(s), 1);
+  return 1;
+}
+
+static void set_string(lua_State *L, const char *key, const char *value) {
+  if (!value) return;
+  lua_pushstring(L, value);
+  lua_setfield(L, -2, key);
+}
+
+/* The job as hooks see it: the spec plus id, attempt and flat resources. */
+static void push_job(lua_State *L, const ffdl_sched_job *j) {
+  if (j->spec)
+    ffdl_ljson_push(L, j->spec);
+  else
+    lua_createtable(L, 0, 12);
+  set_string(L, "id", j->id);
+  set_string(L, "user", j->user);
+  set_string(L, "team", j->team);
+  set_string(L, "gpu_type", j->req.gpu_type);
+  lua_pushinteger(L, j->attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_pushinteger(L, j->learners);
+  lua_setfield(L, -2, "learners");
+  lua_pushinteger(L, j->priority);
+  lua_setfield(L, -2, "priority");
+  lua_pushnumber(L, j->submitted);
+  lua_setfield(L, -2, "submitted");
+  lua_pushnumber(L, j->req.cpus);
+  lua_setfield(L, -2, "cpus");
+  lua_pushinteger(L, (lua_Integer)j->req.memory);
+  lua_setfield(L, -2, "memory");
+  lua_pushinteger(L, j->req.gpus);
+  lua_setfield(L, -2, "gpus");
+}
+
+static void push_ctx(ffdl_sched *s) {
+  lua_State *L = lua_of(s);
+  ffdl_generation_push_ctx(s->gen, NULL);
+  lua_pushnumber(L, s->now); /* virtual time in the simulator */
+  lua_setfield(L, -2, "now");
+}
+
+/* Calls the function below NARGS arguments with the hook's limits. */
+static int call(ffdl_sched *s, const char *what, int nargs, int nres, char **err) {
+  return ffdl_policy_call(ffdl_generation_sandbox(s->gen), what, nargs, nres, 0, err);
+}
+
+static void decide(ffdl_sched *s, ffdl_sched_job *j, const char *hook, const char *outcome,
+                   const char *reason) {
+  json_t *explained = ffdl_generation_take_explanations(s->gen);
+  if (s->cb.decision)
+    s->cb.decision(s->ud, j, hook, outcome, reason, explained);
+  else
+    json_decref(explained);
+}
+
+static void waiting(ffdl_sched *s, ffdl_sched_job *j, const char *reason) {
+  if (s->cb.waiting) s->cb.waiting(s->ud, j, reason);
+}
+
+/* ---- usage, for budget.admit --------------------------------------- */
+
+/* usage:gpu_hours(kind, name, window_s): "team" or "user". */
+static int l_gpu_hours(lua_State *L) {
+  ffdl_sched *s = lua_touserdata(L, lua_upvalueindex(1));
+  const char *kind = luaL_checkstring(L, 2);
+  const char *name = luaL_checkstring(L, 3);
+  lua_Number window = luaL_checknumber(L, 4);
+  ffdl_ledger_kind k;
+  if (strcmp(kind, "team") == 0)
+    k = FFDL_LEDGER_TEAM;
+  else if (strcmp(kind, "user") == 0)
+    k = FFDL_LEDGER_USER;
+  else
+    return luaL_argerror(L, 2, "\"team\" or \"user\"");
+  lua_pushnumber(L, ffdl_ledger_gpu_hours(s->ledger, k, name, window, s->now));
+  return 1;
+}
+
+static void push_holder(void *ud, const char *name, int gpus, int jobs) {
+  lua_State *L = ud;
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, gpus);
+  lua_setfield(L, -2, "gpus");
+  lua_pushinteger(L, jobs);
+  lua_setfield(L, -2, "jobs");
+  lua_setfield(L, -2, name);
+}
+
+/* {cpus_total, cpus_used, gpus_total, gpus_used, memory_total, memory_used,
+ *  by_team = {[t] = {gpus, jobs}}, by_user = ...} with usage:gpu_hours(). */
+static void push_usage(ffdl_sched *s) {
+  lua_State *L = lua_of(s);
+  json_t *totals = ffdl_cluster_usage(s->cluster);
+  ffdl_ljson_push(L, totals);
+  json_decref(totals);
+  lua_newtable(L);
+  ffdl_ledger_each_holder(s->ledger, FFDL_LEDGER_TEAM, push_holder, L);
+  lua_setfield(L, -2, "by_team");
+  lua_newtable(L);
+  ffdl_ledger_each_holder(s->ledger, FFDL_LEDGER_USER, push_holder, L);
+  lua_setfield(L, -2, "by_user");
+  lua_createtable(L, 0, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushlightuserdata(L, s);
+  lua_pushcclosure(L, l_gpu_hours, 1);
+  lua_setfield(L, -2, "gpu_hours");
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+}
+
+/* t[key] = t[key] + delta, for the table at absolute index T. */
+static void add_to_field(lua_State *L, int t, const char *key, lua_Number delta) {
+  lua_getfield(L, t, key);
+  int whole = lua_isinteger(L, -1) || lua_isnil(L, -1);
+  lua_Number n = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (whole)
+    lua_pushinteger(L, (lua_Integer)(n + delta));
+  else
+    lua_pushnumber(L, n + delta);
+  lua_setfield(L, t, key);
+}
+
+/* What a placement adds to the usage table at IDX (absolute). */
+static void add_usage(lua_State *L, int idx, const ffdl_sched_job *j) {
+  int gpus = j->req.gpus * j->learners;
+  add_to_field(L, idx, "gpus_used", gpus);
+  lua_getfield(L, idx, "cpus_used");
+  lua_Number cpus = lua_tonumber(L, -1) + j->req.cpus * j->learners;
+  lua_pop(L, 1);
+  lua_pushnumber(L, cpus);
+  lua_setfield(L, idx, "cpus_used");
+  const char *keys[2] = {"by_team", "by_user"}, *names[2] = {j->team, j->user};
+  for (int k = 0; k < 2; k++) {
+    if (!names[k] || lua_getfield(L, idx, keys[k]) != LUA_TTABLE) {
+      if (names[k]) lua_pop(L, 1);
+      continue;
+    }
+    if (lua_getfield(L, -1, names[k]) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_createtable(L, 0, 2);
+      lua_pushvalue(L, -1);
+      lua_setfield(L, -3, names[k]);
+    }
+    int entry = lua_gettop(L);
+    add_to_field(L, entry, "gpus", gpus);
+    add_to_field(L, entry, "jobs", 1);
+    lua_pop(L, 2);
+  }
+}
+
+/* ---- trial order ------------------------------------------------------ */
+
+/* scheduler.rank(job, ctx): a number, lower goes first. */
+static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
+  lua_State *L = lua_of(s);
+  j->rank_serial = s->gen_serial;
+  j->rank = j->submitted;
+  if (!push_hook(s, "scheduler", "rank")) return;
+  push_job(L, j);
+  push_ctx(s);
+  char *err = NULL;
+  if (call(s, "rank", 2, 1, &err) != FFDL_OK) {
+    char *why = dup_printf("rank() failed, the job keeps its submission order: %s", err);
+    decide(s, j, "order", "error", why);
+    free(why);
+    free(err);
+    return;
+  }
+  int isnum = 0;
+  lua_Number rank = lua_tonumberx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || rank != rank) {
+    decide(s, j, "order", "error",
+           "rank() must return a number; the job keeps its submission order");
+    return;
+  }
+  j->rank = rank;
+  char why[64];
+  snprintf(why, sizeof why, "rank %.3f", rank);
+  decide(s, j, "order", "ranked", why);
+}
+
+/* Ranks new jobs (all of them after a reload) and merges them into the
+ * sorted part: O(new log new + queue) per cycle, not O(queue log queue). */
+static void merge_new_jobs(ffdl_sched *s) {
+  if (s->need_resort) s->sorted = 0, s->need_resort = 0;
+  if (s->sorted == s->n) return;
+  for (size_t i = s->sorted; i < s->n; i++)
+    if (s->queue[i]->rank_serial != s->gen_serial) rank_job(s, s->queue[i]);
+  size_t old = s->sorted, fresh = s->n - s->sorted;
+  qsort(s->queue + old, fresh, sizeof *s->queue, by_rank);
+  ffdl_sched_job **merged = malloc(s->n * sizeof *merged);
+  if (!merged) {
+    qsort(s->queue, s->n, sizeof *s->queue, by_rank);
+  } else {
+    size_t a = 0, b = old, m = 0;
+    while (a < old || b < s->n)
+      merged[m++] = b >= s->n || (a < old && by_rank(&s->queue[a], &s->queue[b]) <= 0)
+                        ? s->queue[a++]
+                        : s->queue[b++];
+    memcpy(s->queue, merged, s->n * sizeof *merged);
+    free(merged);
+  }
+  for (size_t i = 0; i < s->n; i++)
+    s->queue[i]->queue_pos = i;
+  s->sorted = s->n;
+}
+
+/* scheduler.order(queue, ctx) over the whole queue, for policies that keep
+ * the general hook: jobs it drops keep their place at the end. */
+static void order_whole_queue(ffdl_sched *s) {
+  lua_State *L = lua_of(s);
+  if (s->n < 2 || !push_hook(s, "scheduler", "order")) return;
+  lua_createtable(L, (int)s->n, 0);
+  lua_createtable(L, 0, (int)s->n); /* job table -> position */
+  for (size_t i = 0; i < s->n; i++) {
+    push_job(L, s->queue[i]);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -4, (lua_Integer)i + 1);
+    lua_pushinteger(L, (lua_Integer)i);
+    lua_rawset(L, -3);
+  }
+  lua_insert(L, -3); /* positions below the function */
+  push_ctx(s);
+  char *err = NULL;
+  if (call(s, "order", 2, 1, &err) != FFDL_OK) {
+    ffdl_log(FFDL_LOG_WARN, "order() failed, keeping submission order: %s", err);
+    free(err);
+    lua_pop(L, 1);
+    return;
+  }
+  ffdl_sched_job **ordered = calloc(s->n, sizeof *ordered);
+  size_t m = 0;
+  if (ordered && lua_istable(L, -1)) {
+    lua_Integer len = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= len && m < s->n; i++) {
+      lua_rawgeti(L, -1, i);
+      int isnum = 0;
+      lua_Integer pos = lua_rawget(L, -3) == LUA_TNUMBER ? lua_tointegerx(L, -1, &isnum) : -1;
+      lua_pop(L, 1);
+      if (isnum && pos >= 0 && (size_t)pos < s->n && s->queue[pos])
+        ordered[m++] = s->queue[pos], s->queue[pos] = NULL;
+    }
+  }
+  lua_pop(L, 2);
+  for (size_t k = 0; ordered && k < s->n; k++)
+    if (s->queue[k]) ordered[m++] = s->queue[k];
+  if (ordered) {
+    memcpy(s->queue, ordered, s->n * sizeof *ordered);
+    for (size_t i = 0; i < s->n; i++)
+      s->queue[i]->queue_pos = i;
+  }
+  free(ordered);
+  s->sorted = s->n;
+}
+
+/* ---- one job's turn ------------------------------------------------------ */
+
+static int dominated(const cycle *c, const ffdl_sched_job *j) {
+  for (size_t k = 0; k < c->nfailed; k++) {
+    const shape *f = &c->failed[k];
+    if (j->learners < f->learners || j->req.cpus < f->req.cpus || j->req.memory < f->req.memory ||
+        j->req.gpus < f->req.gpus)
+      continue;
+    if (f->req.gpus > 0 && f->req.gpu_type &&
+        (!j->req.gpu_type || strcmp(f->req.gpu_type, j->req.gpu_type) != 0))
+      continue;
+    return 1;
+  }
+  return 0;
+}
+
+static void remember_failure(cycle *c, const ffdl_sched_job *j) {
+  if (c->nfailed < MAX_FAILED_SHAPES) c->failed[c->nfailed++] = (shape){j->req, j->learners};
+}
+
+/* budget.admit(job, usage, ctx): 1 admitted, 0 not now. The job table is
+ * at the top of the stack and stays there. */
+static int admit(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
+  lua_State *L = lua_of(s);
+  if (!push_hook(s, "budget", "admit")) return 1; /* no budget policy: admitted */
+  s->stats.admit_calls++;
+  lua_pushvalue(L, -2);
+  lua_pushvalue(L, c->usage_idx);
+  push_ctx(s);
+  char *err = NULL;
+  if (call(s, "admit", 3, 2, &err) != FFDL_OK) {
+    char *why = dup_printf("admit() failed, the job stays queued: %s", err);
+    decide(s, j, "admit", "error", why);
+    waiting(s, j, why);
+    free(why);
+    free(err);
+    return 0;
+  }
+  int ok = lua_toboolean(L, -2);
+  if (ok) {
+    decide(s, j, "admit", "admitted", NULL);
+  } else {
+    const char *reason = lua_tostring(L, -1);
+    char *why = dup_printf("admit(): %s", reason ? reason : "not admitted");
+    decide(s, j, "admit", "not admitted", why);
+    waiting(s, j, why);
+    free(why);
+  }
+  lua_pop(L, 2);
+  return ok;
+}
+
+/* Reads a node name, or a {node = name} table, at the top; pops it. */
+static int pop_node(ffdl_sched *s, lua_State *L) {
+  if (lua_istable(L, -1)) lua_getfield(L, -1, "node"), lua_remove(L, -2);
+  const char *name = lua_tostring(L, -1);
+  int node = name ? ffdl_cluster_find(s->cluster, name) : -1;
+  lua_pop(L, 1);
+  return node;
+}
+
+/* scheduler.place(job, view, ctx) with the job table at the top. Fills
+ * j->nodes and returns 0, or -1 with *reason (caller frees). */
+static int call_place(ffdl_sched *s, ffdl_sched_job *j, int empty, char **reason) {
+  lua_State *L = lua_of(s);
+  *reason = NULL;
+  if (!push_hook(s, "scheduler", "place")) {
+    *reason = strdup("policies/scheduler.lua has no place()");
+    return -1;
+  }
+  s->stats.place_calls++;
+  lua_pushvalue(L, -2);
+  void *view = ffdl_cluster_push_view(s->cluster, L, empty);
+  push_ctx(s);
+  char *err = NULL;
+  int rc = call(s, "place", 3, 2, &err);
+  ffdl_cluster_view_close(view); /* a view kept by the hook must not outlive the call */
+  if (rc != FFDL_OK) {
+    *reason = dup_printf("place() failed, the job stays queued: %s", err);
+    free(err);
+    return -1;
+  }
+  int ok = lua_istable(L, -2);
+  if (!ok) {
+    const char *why = lua_tostring(L, -1);
+    *reason = strdup(why ? why : "place() found no room");
+  }
+  for (int i = 0; ok && i < j->learners; i++) {
+    lua_rawgeti(L, -2, i + 1);
+    j->nodes[i] = pop_node(s, L);
+    if (j->nodes[i] < 0) {
+      *reason = dup_printf("place() returned an unknown node for learner %d", i + 1);
+      ok = 0;
+    }
+  }
+  lua_pop(L, 2);
+  return ok ? 0 : -1;
+}
+
+static int reserve(ffdl_sched *s, ffdl_sched_job *j) {
+  int per = j->req.gpus > 0 ? j->req.gpus : 1;
+  for (int i = 0; i < j->learners; i++) {
+    if (ffdl_cluster_reserve(s->cluster, j->nodes[i], &j->req, j->gpu_ids + i * per) != FFDL_OK) {
+      for (int k = 0; k < i; k++)
+        ffdl_cluster_release(s->cluster, j->nodes[k], &j->req, j->gpu_ids + k * per);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int ffdl_sched_adopt(ffdl_sched *s, ffdl_sched_job *j, const int *nodes, double now) {
+  if (allocate_slots(j) != FFDL_OK) return FFDL_ENOMEM;
+  memcpy(j->nodes, nodes, (size_t)j->learners * sizeof *nodes);
+  if (reserve(s, j) != 0) return FFDL_ELIMIT;
+  j->started = now;
+  j->holding = 1;
+  return ffdl_ledger_start(s->ledger, j->team, j->user, j->req.gpus * j->learners, now);
+}
+
+void ffdl_sched_release(ffdl_sched *s, ffdl_sched_job *j, double now) {
+  if (!j->holding) return;
+  int per = j->req.gpus > 0 ? j->req.gpus : 1;
+  for (int i = 0; i < j->learners; i++)
+    ffdl_cluster_release(s->cluster, j->nodes[i], &j->req, j->gpu_ids + i * per);
+  ffdl_ledger_stop(s->ledger, j->team, j->user, j->req.gpus * j->learners, j->started, now);
+  j->holding = 0;
+}
+
+/* "placed 2 learners on node-1, node-2" (distinct nodes, in order). */
+static char *describe_placement(ffdl_sched *s, const ffdl_sched_job *j) {
+  char *out = dup_printf("placed %d learner%s on", j->learners, j->learners > 1 ? "s" : "");
+  for (int i = 0; out && i < j->learners; i++) {
+    int seen = 0;
+    for (int k = 0; k < i; k++)
+      seen |= j->nodes[k] == j->nodes[i];
+    if (seen) continue;
+    char *longer =
+        dup_printf("%s%s %s", out, i ? "," : "", ffdl_cluster_node_name(s->cluster, j->nodes[i]));
+    free(out);
+    out = longer;
+  }
+  return out;
+}
+
+static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
+  lua_State *L = lua_of(s);
+  ffdl_sched_dequeue(s, j);
+  j->started = s->now;
+  j->holding = 1;
+  ffdl_ledger_start(s->ledger, j->team, j->user, j->req.gpus * j->learners, s->now);
+  add_usage(L, c->usage_idx, j);
+  s->stats.placements++;
+  c->placed++;
+  char *how = describe_placement(s, j);
+  decide(s, j, "place", "placed", how);
+  if (s->cb.placed) s->cb.placed(s->ud, j, how ? how : "placed");
+  free(how);
+}
+
+/* Could J ever fit, on an empty cluster? Asked once per job and generation. */
+static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
+  if (j->fit_checked == s->gen_serial) return 0;
+  char *never = NULL;
+  int fits = call_place(s, j, 1, &never) == 0 || strncmp(never, "place() failed", 14) == 0;
+  json_decref(ffdl_generation_take_explanations(s->gen)); /* the probe's */
+  if (fits) {
+    j->fit_checked = s->gen_serial;
+    free(never);
+    return 0;
+  }
+  char *why = dup_printf("%s; it can never fit this cluster", never);
+  free(never);
+  ffdl_sched_dequeue(s, j);
+  if (s->cb.decision)
+    s->cb.decision(s->ud, j, "place", "never fits", why, *explained);
+  else
+    json_decref(*explained);
+  *explained = NULL;
+  if (s->cb.never_fits) s->cb.never_fits(s->ud, j, why);
+  free(why);
+  return 1;
+}
+
+/* scheduler.hold(job, cluster, ctx) for the first blocked job: the nodes
+ * it returns take no other job this cycle, so backfill cannot delay it.
+ * Returns 0 to go on, -1 to end the cycle (no hook, or it said nil). */
+static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
+  lua_State *L = lua_of(s);
+  if (!push_hook(s, "scheduler", "hold")) return 0; /* no hold(): every job is tried */
+  lua_pushvalue(L, -2);
+  void *view = ffdl_cluster_push_view(s->cluster, L, 0);
+  push_ctx(s);
+  char *err = NULL;
+  int rc = call(s, "hold", 3, 1, &err);
+  ffdl_cluster_view_close(view);
+  json_decref(ffdl_generation_take_explanations(s->gen));
+  if (rc != FFDL_OK) {
+    ffdl_log(FFDL_LOG_WARN, "hold() failed; no job passes %s this cycle: %s", j->id, err);
+    free(err);
+    return -1;
+  }
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return -1; /* strict order: nothing passes a blocked job */
+  }
+  lua_Integer n = luaL_len(L, -1);
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    int node = pop_node(s, L);
+    if (node >= 0) ffdl_cluster_hold(s->cluster, node);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* The job found no room. Returns -1 when the cycle must end. */
+static int blocked(ffdl_sched *s, cycle *c, ffdl_sched_job *j, const char *reason) {
+  remember_failure(c, j);
+  json_t *explained = ffdl_generation_take_explanations(s->gen);
+  if (never_fits(s, j, &explained)) return 0;
+  if (s->cb.decision)
+    s->cb.decision(s->ud, j, "place", "waiting", reason, explained);
+  else
+    json_decref(explained);
+  waiting(s, j, reason);
+  if (c->blocked) return 0;
+  c->blocked = 1;
+  return hold_for(s, j);
+}
+
+/* One queued job's turn in a cycle. Returns -1 when the cycle must end. */
+static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
+  lua_State *L = lua_of(s);
+  /* A job the hooks already saw blocked (in this generation) is skipped
+   * when C can tell there is still no room; it keeps the policy's reason. */
+  if (j->fit_checked == s->gen_serial &&
+      (dominated(c, j) || !ffdl_cluster_could_fit(s->cluster, &j->req))) {
+    s->stats.skipped_by_filter++;
+    remember_failure(c, j);
+    if (c->blocked) return 0;
+    c->blocked = 1;
+    push_job(L, j);
+    int rc = hold_for(s, j);
+    lua_pop(L, 1);
+    return rc;
+  }
+  push_job(L, j);
+  int rc = 0;
+  if (admit(s, c, j)) {
+    char *reason = NULL;
+    if (call_place(s, j, 0, &reason) == 0 && reserve(s, j) == 0) {
+      leave_queue_placed(s, c, j);
+    } else if (!reason) {
+      decide(s, j, "place", "invalid", "place() chose nodes without room");
+      waiting(s, j, "place() chose nodes without room; the job stays queued");
+    } else {
+      rc = blocked(s, c, j, reason);
+    }
+    free(reason);
+  }
+  lua_pop(L, 1);
+  return rc;
+}
+
+/* scheduler.config.scan_limit, read once per cycle. */
+static long scan_limit(ffdl_sched *s) {
+  lua_State *L = lua_of(s);
+  int top = lua_gettop(L);
+  long limit = DEFAULT_SCAN_LIMIT;
+  ffdl_generation_push_policy(s->gen, "scheduler");
+  if (lua_istable(L, -1) && lua_getfield(L, -1, "config") == LUA_TTABLE) {
+    lua_getfield(L, -1, "scan_limit");
+    if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) limit = (long)lua_tointeger(L, -1);
+  }
+  lua_settop(L, top);
+  return limit;
+}
+
+size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
+  lua_State *L = lua_of(s);
+  int top = lua_gettop(L);
+  s->now = now;
+  s->stats.cycles++;
+  compact(s);
+  if (s->n == 0) return 0;
+  ffdl_cluster_clear_holds(s->cluster);
+  if (has_hook(s, "scheduler", "order"))
+    order_whole_queue(s);
+  else
+    merge_new_jobs(s);
+  cycle c = {.scan_left = scan_limit(s)};
+  lua_settop(L, top);
+  push_usage(s);
+  c.usage_idx = lua_gettop(L);
+  /* the queue may lose jobs (placed, never fits) while we walk it */
+  size_t n = s->n;
+  for (size_t i = 0; i < n; i++) {
+    ffdl_sched_job *j = s->queue[i];
+    if (!j || !j->queued) continue;
+    if (c.blocked && c.scan_left-- <= 0) break;
+    if (try_job(s, &c, j) != 0) break;
+  }
+  lua_settop(L, top);
+  return c.placed;
+}
