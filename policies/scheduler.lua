@@ -1,33 +1,43 @@
 --- scheduler.lua: which queued job is tried first, and where its learners go.
 --- Placement is gang: every learner gets a node, or the job keeps waiting.
 --- cluster:candidates() filters nodes in C; this file only scores them.
+---
+--- The runtime calls, per scheduling cycle:
+---   rank(job, ctx)            once per job (and again after a reload): its
+---                             place in the queue, lower first
+---   place(job, cluster, ctx)  for each job in rank order that may start
+---   hold(job, cluster, ctx)   for the first job that found no room: the
+---                             nodes kept for it, so that backfilled jobs
+---                             cannot delay it (nil: no job may pass it)
 
 local M = {}
 
 --- Settings a team is expected to edit.
 M.config = {
   strategy = "binpack", -- "binpack": fill busy nodes first; "spread": emptiest first
+  -- Aging: one priority level is worth this many seconds of waiting, so a
+  -- low-priority job is passed only by jobs submitted less than
+  -- (difference in priority) x aging_s after it. Nothing starves.
+  aging_s = 600,
+  -- Backfill: jobs behind a blocked one may start on nodes not held for it.
+  backfill = true,
+  candidates = 8,   -- nodes scored per learner (C picks them in strategy order)
+  scan_limit = 500, -- jobs a cycle looks at past the first blocked one
 }
 
----@class ffdl.Node
----@field name string
----@field free_cpus number
----@field free_memory integer
----@field free_gpus integer
----@field gpu_type string?
----@field labels table<string, string>
-
----@param queue table[]  jobs waiting (spec fields plus id, submitted, priority)
----@param ctx table
----@return table[] queue in the order to try
-function M.order(queue, ctx)
-  table.sort(queue, function(a, b)
-    local pa, pb = a.priority or 0, b.priority or 0
-    if pa ~= pb then return pa > pb end
-    if a.submitted ~= b.submitted then return a.submitted < b.submitted end
-    return a.id < b.id
-  end)
-  return queue
+--- The queue position: submission time, moved earlier by priority.
+--- Linear aging keeps this a constant for each job, which is what lets the
+--- runtime keep a 100,000-job queue sorted without calling Lua each cycle.
+---@param job ffdl.Job
+---@param ctx ffdl.Ctx
+---@return number rank  lower is tried first
+function M.rank(job, ctx)
+  local priority = job.priority or 0
+  if priority ~= 0 then
+    ctx:explain(string.format("priority %d counts as %d s of waiting", priority,
+      priority * M.config.aging_s))
+  end
+  return job.submitted - priority * M.config.aging_s
 end
 
 local function score(node, strategy)
@@ -46,17 +56,24 @@ local function describe_request(job)
     table.concat(parts, ", "))
 end
 
---- "best node n3 has 2 GPUs, 4 CPUs free": what comes closest.
+--- "best node n3 has 2 GPUs free (V100)": what comes closest. Looks at a
+--- bounded number of nodes, so that it stays cheap on big clusters.
+---@param cluster ffdl.Cluster
+---@param job ffdl.Job
 local function best_free(cluster, job)
+  local gpus = (job.gpus or 0) > 0
+  local req = { cpus = 0, memory = 0, gpus = gpus and 1 or 0, gpu_type = job.gpu_type }
   local best
-  for node in cluster:nodes() do
-    if not best or node.free_gpus > best.free_gpus
-        or (node.free_gpus == best.free_gpus and node.free_cpus > best.free_cpus) then
+  for node in cluster:candidates(req, nil, { order = "spread", limit = 64 }) do
+    if not best or (gpus and node.free_gpus > best.free_gpus)
+        or (not gpus and node.free_cpus > best.free_cpus) then
       best = node
     end
   end
-  if not best then return "the cluster has no nodes" end
-  if (job.gpus or 0) > 0 then
+  if not best then
+    return gpus and "no node has a free GPU of that type" or "no node has room"
+  end
+  if gpus then
     return string.format("best node %s has %d GPUs free (%s)", best.name, best.free_gpus,
       best.gpu_type or "no GPU type")
   end
@@ -64,18 +81,26 @@ local function best_free(cluster, job)
     best.free_memory / 2^30)
 end
 
----@param job table
----@param cluster table  cluster:candidates(req, taken), cluster:nodes(), cluster:describe()
----@param ctx table
+local function add_taken(taken, name, req)
+  local t = taken[name] or { cpus = 0, memory = 0, gpus = 0 }
+  t.cpus, t.memory, t.gpus = t.cpus + req.cpus, t.memory + req.memory, t.gpus + (req.gpus or 0)
+  taken[name] = t
+end
+
+---@param job ffdl.Job
+---@param cluster ffdl.Cluster
+---@param ctx ffdl.Ctx
 ---@return string[]|nil placement  a node name per learner
 ---@return string? reason
 function M.place(job, cluster, ctx)
+  local config = M.config
   local req = { cpus = job.cpus, memory = job.memory, gpus = job.gpus, gpu_type = job.gpu_type }
+  local opts = { limit = config.candidates, order = config.strategy == "spread" and "spread" or "binpack" }
   local taken, placement = {}, {}
   for learner = 1, job.learners do
     local best, best_score
-    for node in cluster:candidates(req, taken) do
-      local s = score(node, M.config.strategy)
+    for node in cluster:candidates(req, taken, opts) do
+      local s = score(node, config.strategy)
       if not best or s < best_score then best, best_score = node, s end
     end
     if not best then
@@ -84,15 +109,37 @@ function M.place(job, cluster, ctx)
         reason = reason .. string.format("; only %d would fit now", learner - 1)
       end
       ctx:explain(reason .. "; " .. best_free(cluster, job))
-      return nil, reason .. "; nodes: " .. cluster:describe()
+      return nil, reason
     end
     placement[learner] = best.name
-    local t = taken[best.name] or { cpus = 0, memory = 0, gpus = 0 }
-    t.cpus, t.memory, t.gpus = t.cpus + req.cpus, t.memory + req.memory, t.gpus + (req.gpus or 0)
-    taken[best.name] = t
+    add_taken(taken, best.name, req)
   end
-  ctx:explain(string.format("placed %d learner(s) with %s", job.learners, M.config.strategy))
+  ctx:explain(string.format("placed %d learner(s) with %s", job.learners, config.strategy))
   return placement
+end
+
+--- Nodes kept for a job that found no room: those with the most room now
+--- among the ones big enough, so they drain towards it. Jobs behind it may
+--- still start elsewhere (backfill), which cannot delay it.
+---@param job ffdl.Job
+---@param cluster ffdl.Cluster
+---@param ctx ffdl.Ctx
+---@return string[]|nil held  node names; nil stops every job behind this one
+function M.hold(job, cluster, ctx)
+  if not M.config.backfill then return nil end
+  local req = { cpus = job.cpus, memory = job.memory, gpus = job.gpus, gpu_type = job.gpu_type }
+  local opts = { capacity = true, order = "spread", limit = 1 }
+  local taken, held = {}, {}
+  for _ = 1, job.learners do
+    local node
+    for n in cluster:candidates(req, taken, opts) do node = n end
+    if not node then return {} end -- it can never fit: it holds nothing
+    if not taken[node.name] then held[#held + 1] = node.name end
+    add_taken(taken, node.name, req)
+  end
+  ctx:explain(string.format("holds %s until it fits; smaller jobs may use other nodes",
+    table.concat(held, ", ")))
+  return held
 end
 
 return M

@@ -4,8 +4,8 @@
 local M = {}
 
 local HOOKS = {
-  { "validate", "validate" }, { "budget", "admit" }, { "scheduler", "order" },
-  { "scheduler", "place" }, { "retry", "on_failure" },
+  { "validate", "validate" }, { "budget", "admit" }, { "scheduler", "place" },
+  { "retry", "on_failure" },
 }
 
 --- Returns a list of problems (empty when the generation conforms).
@@ -19,6 +19,11 @@ function M.check(policies, T)
     if type(policies[file]) ~= "table" or type(policies[file][name]) ~= "function" then
       add("policies/%s.lua: %s() is missing or not a function", file, name)
     end
+  end
+  local scheduler = policies.scheduler
+  if type(scheduler) == "table" and type(scheduler.rank) ~= "function"
+      and type(scheduler.order) ~= "function" then
+    add("policies/scheduler.lua: needs rank(job, ctx) or order(queue, ctx) to set the trial order")
   end
   if #problems > 0 then return problems end
 
@@ -38,11 +43,24 @@ function M.check(policies, T)
   if ok and (type(a) ~= "boolean" or (a == false and type(b) ~= "string")) then
     add("policies/budget.lua: admit() must return true, or false and a reason")
   end
-  ok, a = call("scheduler", "order", { T.job { id = "a" }, T.job { id = "b" } }, ctx)
-  if ok and (type(a) ~= "table" or #a ~= 2) then
-    add("policies/scheduler.lua: order() must return the queue it was given, reordered")
+  if scheduler.order then
+    ok, a = call("scheduler", "order", { T.job { id = "a" }, T.job { id = "b" } }, ctx)
+    if ok and (type(a) ~= "table" or #a ~= 2) then
+      add("policies/scheduler.lua: order() must return the queue it was given, reordered")
+    end
+  else
+    ok, a = call("scheduler", "rank", T.job { id = "a", priority = 3 }, ctx)
+    if ok and (math.type(a) == nil or a ~= a) then
+      add("policies/scheduler.lua: rank() must return a number (lower is tried first)")
+    end
   end
   local cluster = T.cluster { { name = "sample-node", cpus = 8, memory = 64 << 30 } }
+  if scheduler.hold then
+    ok, a = call("scheduler", "hold", T.job { learners = 2, cpus = 8 }, cluster, ctx)
+    if ok and a ~= nil and type(a) ~= "table" then
+      add("policies/scheduler.lua: hold() must return a list of node names, or nil")
+    end
+  end
   ok, a, b = call("scheduler", "place", job, cluster, ctx)
   if ok and not ((type(a) == "table" and a[1] == "sample-node") or (a == nil and type(b) == "string")) then
     add("policies/scheduler.lua: place() must return a node name per learner, or nil and a reason")

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "gpu/inventory.h"
+#include "app/simulate_cmd.h"
 #include "policy/generation.h"
 #include "policy/policytest.h"
 #include "policy/reload.h"
@@ -32,6 +33,8 @@ static void usage(FILE *out) {
         "  explain ID                                    why the job is where it is (decisions)\n"
         "  policy test [DIR]                             hook checks and DIR/tests/*.lua\n"
         "  policy reload | status                        on the server (FFDL_URL)\n"
+        "  policy simulate --cluster C.yml --workload T.csv [--policies DIR]\n"
+        "                  [--compare DIR2] [--json]    replay a trace in virtual time\n"
         "\nwith FFDL_URL (+ FFDL_TOKEN) or DLAAS_URL (+ DLAAS_USERNAME, DLAAS_PASSWORD):\n"
         "  train MANIFEST MODEL_DIR_OR_ZIP   list   show [--json] ID   logs [--follow] ID\n"
         "  halt ID   delete ID   download ID --trainedmodel|--definition [--filename F]\n"
@@ -127,8 +130,9 @@ static int cmd_info(void) {
 static int cmd_policy(int argc, char **argv) {
   if (argc >= 2 && (!strcmp(argv[1], "reload") || !strcmp(argv[1], "status")))
     return ffdl_client_policy(argv[1]);
+  if (argc >= 2 && !strcmp(argv[1], "simulate")) return ffdl_cmd_simulate(argc - 2, argv + 2);
   if (argc < 2 || strcmp(argv[1], "test") != 0) {
-    fputs("usage: ffdl policy test [DIR] | reload | status\n", stderr);
+    fputs("usage: ffdl policy test [DIR] | simulate ... | reload | status\n", stderr);
     return EXIT_INVALID;
   }
   const char *dir = argc > 2 ? argv[2] : ffdl_paths_default_policies();

@@ -470,7 +470,7 @@ static int candidates_next(lua_State *L) {
     lua_Integer tm;
     int tg;
     taken_on(L, taken, nd->name, &tc, &tm, &tg);
-    if (!node_fits(nd, &sc->req, v->empty || sc->by_capacity, tc, (double)tm, tg)) continue;
+    if (!node_fits(nd, &sc->req, sc->by_capacity, tc, (double)tm, tg)) continue;
     sc->yielded++;
     push_node(L, nd, v->empty, tc, tm, tg);
     return 1;
@@ -521,6 +521,7 @@ static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int sk
   sc->skip_held = skip_held && !v->empty;
   if (req) read_request(L, req, sc);
   if (opts) read_options(L, opts, sc);
+  sc->by_capacity |= v->empty; /* "could it ever fit": every node counts as free */
   if (sc->order != ORDER_NODES && ensure_index(v->cl) != FFDL_OK) sc->order = ORDER_NODES;
   if (sc->order == ORDER_BINPACK) sc->bucket = sc->by_capacity ? 0 : sc->req.gpus;
   if (sc->order == ORDER_SPREAD) sc->bucket = FFDL_MAX_NODE_GPUS;
@@ -603,8 +604,7 @@ static const char *scalar(yaml_node_t *n) {
   return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-/* Parses "16GiB", "64Gb", "512MiB" or a plain byte count. */
-static int parse_bytes(const char *text, uint64_t *out) {
+int ffdl_cluster_parse_bytes(const char *text, uint64_t *out) {
   char *end;
   double v = strtod(text, &end);
   if (end == text || v < 0) return -1;
@@ -655,7 +655,7 @@ static int load_node_entry(ffdl_cluster *cl, yaml_document_t *doc, yaml_node_t *
     *err = yaml_error(path, entry, field, "cpus must be a number > 0");
     return FFDL_EINVALID;
   }
-  if (!mem_s || parse_bytes(mem_s, &memory) != 0) {
+  if (!mem_s || ffdl_cluster_parse_bytes(mem_s, &memory) != 0) {
     *err = yaml_error(path, entry, field, "memory must be a size such as 64GiB");
     return FFDL_EINVALID;
   }

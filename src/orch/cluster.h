@@ -35,6 +35,9 @@ int ffdl_cluster_add_node(ffdl_cluster *cl, const char *name, double cpus, uint6
  */
 int ffdl_cluster_load_yaml(ffdl_cluster *cl, const char *path, char **err);
 
+/* Parses "16GiB", "64Gb", "512MiB" or a plain byte count; 0 on success. */
+int ffdl_cluster_parse_bytes(const char *text, uint64_t *out);
+
 size_t ffdl_cluster_node_count(const ffdl_cluster *cl);
 /* Index of the node called NAME, or -1. */
 int ffdl_cluster_find(const ffdl_cluster *cl, const char *name);

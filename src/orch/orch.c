@@ -74,7 +74,7 @@ struct job {
   char *tail[TAIL_LINES];
   int tail_next;
   char *wait_reason;
-  char *last_decision[4]; /* admit, order, place, retry: to log changes only */
+  char *last_decision[5]; /* per hook_kind: to log changes only */
   ffdl_metrics *metrics;
   json_t *last_metrics; /* {grouplabel: record} */
   uv_timer_t retry_timer;
@@ -211,8 +211,8 @@ static void push_job(lua_State *L, const job *j) {
 
 /* ---- the scheduler's decisions ------------------------------------------ */
 
-typedef enum { HOOK_ADMIT, HOOK_ORDER, HOOK_PLACE, HOOK_RETRY } hook_kind;
-static const char *const hook_names[] = {"admit", "order", "place", "retry"};
+typedef enum { HOOK_ADMIT, HOOK_ORDER, HOOK_PLACE, HOOK_RETRY, HOOK_HOLD, HOOK_COUNT } hook_kind;
+static const char *const hook_names[HOOK_COUNT] = {"admit", "order", "place", "retry", "hold"};
 
 /* Appends to the job's decision log when the outcome or reason changed
  * since its last decision of this kind, with what the policy explained. */
@@ -251,7 +251,7 @@ static void sched_decision(void *ud, ffdl_sched_job *sj, const char *hook, const
                            const char *reason, json_t *explained) {
   (void)ud;
   hook_kind kind = HOOK_PLACE;
-  for (int k = 0; k < 4; k++)
+  for (int k = 0; k < HOOK_COUNT; k++)
     if (strcmp(hook_names[k], hook) == 0) kind = (hook_kind)k;
   record_decision_with(sj->owner, kind, outcome, reason, explained);
 }
@@ -1200,7 +1200,7 @@ static void free_job(job *j) {
   free(j->dir);
   free(j->results_dir);
   free(j->wait_reason);
-  for (int i = 0; i < 4; i++)
+  for (int i = 0; i < 5; i++)
     free(j->last_decision[i]);
   free(j);
 }

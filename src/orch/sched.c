@@ -617,7 +617,12 @@ static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
     free(never);
     return 0;
   }
-  char *why = dup_printf("%s; it can never fit this cluster", never);
+  char *nodes =
+      ffdl_cluster_node_count(s->cluster) <= 16 ? ffdl_cluster_describe(s->cluster) : NULL;
+  char *why = nodes ? dup_printf("%s; nodes: %s; it can never fit this cluster", never, nodes)
+                    : dup_printf("%s; it can never fit this cluster of %zu nodes", never,
+                                 ffdl_cluster_node_count(s->cluster));
+  free(nodes);
   free(never);
   ffdl_sched_dequeue(s, j);
   if (s->cb.decision)
@@ -642,15 +647,17 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
   char *err = NULL;
   int rc = call(s, "hold", 3, 1, &err);
   ffdl_cluster_view_close(view);
-  json_decref(ffdl_generation_take_explanations(s->gen));
   if (rc != FFDL_OK) {
-    ffdl_log(FFDL_LOG_WARN, "hold() failed; no job passes %s this cycle: %s", j->id, err);
+    char *why = dup_printf("hold() failed, no job may pass this one now: %s", err);
+    decide(s, j, "hold", "holding", why);
+    free(why);
     free(err);
     return -1;
   }
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
-    return -1; /* strict order: nothing passes a blocked job */
+    decide(s, j, "hold", "holding", "no job may pass this one (hold() returned nil)");
+    return -1;
   }
   lua_Integer n = luaL_len(L, -1);
   for (lua_Integer i = 1; i <= n; i++) {
@@ -659,6 +666,10 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
     if (node >= 0) ffdl_cluster_hold(s->cluster, node);
   }
   lua_pop(L, 1);
+  char why[96];
+  snprintf(why, sizeof why, "%lld node(s) kept for this job; smaller jobs may use the others",
+           (long long)n);
+  decide(s, j, "hold", "holding", why);
   return 0;
 }
 
