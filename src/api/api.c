@@ -573,6 +573,27 @@ static void metrics_internals(char **buf, size_t *len, size_t *cap) {
          sum, writes, max);
 }
 
+/* Policy reloads: the loop's pause at a swap, trigger-to-active latency. */
+static void metrics_reload(ffdl_api *api, char **buf, size_t *len, size_t *cap) {
+  ffdl_policies_timings t;
+  ffdl_policies_timings_get(api->o.policies, &t);
+  append(buf, len, cap,
+         "# HELP ffdl_policy_swaps_total Policy generations swapped in since the start.\n"
+         "# TYPE ffdl_policy_swaps_total counter\nffdl_policy_swaps_total %lu\n"
+         "# HELP ffdl_policy_swap_pause_seconds Loop time taken by the last generation swap.\n"
+         "# TYPE ffdl_policy_swap_pause_seconds gauge\nffdl_policy_swap_pause_seconds %g\n"
+         "# HELP ffdl_policy_swap_pause_max_seconds The longest generation swap.\n"
+         "# TYPE ffdl_policy_swap_pause_max_seconds gauge\nffdl_policy_swap_pause_max_seconds %g\n"
+         "# HELP ffdl_policy_reload_seconds Last reload, file event or request to active.\n"
+         "# TYPE ffdl_policy_reload_seconds gauge\nffdl_policy_reload_seconds %g\n"
+         "# HELP ffdl_policy_reload_max_seconds The longest reload, trigger to active.\n"
+         "# TYPE ffdl_policy_reload_max_seconds gauge\nffdl_policy_reload_max_seconds %g\n"
+         "# HELP ffdl_policy_build_seconds Thread-pool time of the last generation build.\n"
+         "# TYPE ffdl_policy_build_seconds gauge\nffdl_policy_build_seconds %g\n",
+         t.swaps, t.last_swap_pause_s, t.max_swap_pause_s, t.last_reload_s, t.max_reload_s,
+         t.last_build_s);
+}
+
 static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   char buf[2048];
   int n = snprintf(buf, sizeof buf,
@@ -617,6 +638,7 @@ static void metrics_text(ffdl_api *api, h2o_req_t *req) {
   metrics_cluster(api, &all, &len, &cap);
   metrics_latency(api, &all, &len, &cap);
   metrics_internals(&all, &len, &cap);
+  metrics_reload(api, &all, &len, &cap);
   ffdl_http_text(req, 200, "text/plain; version=0.0.4", all, len);
   free(all);
 }
@@ -649,19 +671,50 @@ static void users_route(ffdl_api *api, h2o_req_t *req, const caller *who, const 
   ffdl_http_error(req, 405, "Method Not Allowed", "users: GET, POST, DELETE /v1/users/NAME");
 }
 
+/* A POST /v1/policies/reload waiting for its build. */
+typedef struct {
+  ffdl_api *api;
+  ffdl_http_later *later;
+  uint64_t start;
+} reload_answer;
+
+static void reload_done(void *ud, int rc, const char *err) {
+  reload_answer *a = ud;
+  h2o_req_t *req = ffdl_http_later_take(a->later);
+  if (req) { /* the client may have gone meanwhile */
+    if (rc == FFDL_OK)
+      ffdl_http_json(req, 200, ffdl_policies_status(a->api->o.policies));
+    else if (!err) /* the server is stopping */
+      ffdl_http_error(req, 503, "Service Unavailable", "the server is stopping");
+    else
+      ffdl_http_error(req, 422, "policy rejected", err);
+    observe_latency(a->api, "/v1/policies/reload", req->res.status,
+                    (double)(uv_hrtime() - a->start) / 1e9);
+  }
+  free(a);
+}
+
 static void policies_route(ffdl_api *api, h2o_req_t *req, const caller *who, const char *rest) {
   if (!*rest && ffdl_http_method_is(req, "GET"))
     return ffdl_http_json(req, 200, ffdl_policies_status(api->o.policies));
   if (!strcmp(rest, "/reload") && ffdl_http_method_is(req, "POST")) {
     if (!who->admin)
       return ffdl_http_error(req, 403, "Forbidden", "only an admin reloads policies");
-    char *err = NULL;
-    if (ffdl_policies_reload(api->o.policies, &err) != FFDL_OK) {
-      ffdl_http_error(req, 422, "policy rejected", err ? err : "the new policies were rejected");
-      free(err);
-      return;
+    /* the build runs on the thread pool: answer when it has ended */
+    reload_answer *a = malloc(sizeof *a);
+    if (a) a->later = ffdl_http_later_new(req);
+    if (!a || !a->later) {
+      free(a);
+      return ffdl_http_error(req, 503, "Service Unavailable", "out of memory");
     }
-    return ffdl_http_json(req, 200, ffdl_policies_status(api->o.policies));
+    a->api = api;
+    a->start = uv_hrtime();
+    if (ffdl_policies_reload(api->o.policies, reload_done, a) != FFDL_OK) {
+      ffdl_http_later_take(a->later);
+      free(a);
+      return ffdl_http_error(req, 503, "Service Unavailable", "the server is stopping");
+    }
+    return;
   }
   ffdl_http_error(req, 404, "Not Found", "policies: GET /v1/policies, POST /v1/policies/reload");
 }
@@ -713,8 +766,10 @@ void ffdl_api_handle(void *ud, h2o_req_t *req) {
   uint64_t start = uv_hrtime();
   const char *path = ffdl_http_path(req);
   route(api, req);
-  /* streams answer later; their status is known at start */
-  observe_latency(api, path, req->res.status, (double)(uv_hrtime() - start) / 1e9);
+  /* streams answer later; their status is known at start. A reload answers
+   * when its build has ended (status 0 until then) and counts itself. */
+  if (req->res.status != 0)
+    observe_latency(api, path, req->res.status, (double)(uv_hrtime() - start) / 1e9);
 }
 
 static void route(ffdl_api *api, h2o_req_t *req) {

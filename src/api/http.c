@@ -213,6 +213,40 @@ const char *ffdl_http_request_header(h2o_req_t *req, const char *name) {
   return h2o_strdup(&req->pool, v.base, v.len).base;
 }
 
+/* ---- answers given later ------------------------------------------------- */
+
+/* A token in the request's pool tells the handle when the request goes. */
+typedef struct {
+  ffdl_http_later *later; /* NULL once the handle was taken */
+} later_token;
+
+struct ffdl_http_later {
+  h2o_req_t *req;     /* NULL once the request was disposed */
+  later_token *token; /* NULL once the request was disposed */
+};
+
+static void later_disposed(void *mem) {
+  later_token *t = mem;
+  if (t->later) t->later->req = NULL, t->later->token = NULL;
+}
+
+ffdl_http_later *ffdl_http_later_new(h2o_req_t *req) {
+  ffdl_http_later *later = malloc(sizeof *later);
+  if (!later) return NULL;
+  later_token *t = h2o_mem_alloc_shared(&req->pool, sizeof *t, later_disposed);
+  t->later = later;
+  later->req = req;
+  later->token = t;
+  return later;
+}
+
+h2o_req_t *ffdl_http_later_take(ffdl_http_later *later) {
+  h2o_req_t *req = later->req;
+  if (later->token) later->token->later = NULL;
+  free(later);
+  return req;
+}
+
 /* ---- streams ----------------------------------------------------------- */
 
 struct ffdl_stream {

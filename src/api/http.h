@@ -35,6 +35,18 @@ void ffdl_http_file(h2o_req_t *req, const char *path, const char *content_type,
                     const char *download_name);
 void ffdl_http_header(h2o_req_t *req, const char *name, const char *value);
 
+/*
+ * Answers given later, after work elsewhere (a policy reload on the thread
+ * pool): the handler returns without answering and keeps a ffdl_http_later.
+ * ffdl_http_later_take gives the request back when the answer is ready, or
+ * NULL when the client has gone meanwhile (then nothing may be sent).
+ */
+typedef struct ffdl_http_later ffdl_http_later;
+/* NULL when out of memory (answer now, then). */
+ffdl_http_later *ffdl_http_later_new(h2o_req_t *req);
+/* Takes ownership of LATER (frees it); the request is borrowed. */
+h2o_req_t *ffdl_http_later_take(ffdl_http_later *later);
+
 /* Request helpers. */
 int ffdl_http_method_is(const h2o_req_t *req, const char *method);
 /* The path without the query string, NUL-terminated in the request's pool. */

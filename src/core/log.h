@@ -1,4 +1,5 @@
-/* Process-wide logging to stderr, with a level taken from FFDL_LOG. */
+/* Process-wide logging to stderr, with a level taken from FFDL_LOG. Safe to
+ * call from any thread: each line is written whole. */
 #ifndef FFDL_CORE_LOG_H
 #define FFDL_CORE_LOG_H
 
