@@ -11,6 +11,7 @@
 #include "api/upload.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "policy/limits.h"
 #include "policy/spec.h"
 #include "store/localstore.h"
 
@@ -551,7 +552,9 @@ static void metrics_cluster(ffdl_api *api, char **buf, size_t *len, size_t *cap)
 }
 
 static void metrics_internals(char **buf, size_t *len, size_t *cap) {
-  const ffdl_latency *p = ffdl_policy_call_latency();
+  ffdl_latency latency;
+  ffdl_policy_call_latency(&latency);
+  const ffdl_latency *p = &latency;
   append(buf, len, cap,
          "# HELP ffdl_policy_call_seconds Latency of policy hook calls.\n"
          "# TYPE ffdl_policy_call_seconds histogram\n");
@@ -562,6 +565,14 @@ static void metrics_internals(char **buf, size_t *len, size_t *cap) {
          "ffdl_policy_call_seconds_bucket{le=\"+Inf\"} %lu\nffdl_policy_call_seconds_sum %g\n"
          "ffdl_policy_call_seconds_count %lu\n",
          p->count, p->sum, p->count);
+  append(buf, len, cap,
+         "# HELP ffdl_policy_limit_exceeded_total Policy calls stopped by a deadline or the "
+         "memory cap.\n# TYPE ffdl_policy_limit_exceeded_total counter\n");
+  for (int h = 0; h <= FFDL_HOOK_COUNT; h++)
+    for (int k = 0; k < FFDL_LIMIT_KIND_COUNT; k++)
+      append(buf, len, cap, "ffdl_policy_limit_exceeded_total{hook=\"%s\",limit=\"%s\"} %lu\n",
+             ffdl_hook_name(h), ffdl_limit_kind_name((ffdl_limit_kind)k),
+             ffdl_policy_limit_exceeded(h, (ffdl_limit_kind)k));
   unsigned long writes;
   double sum, max;
   ffdl_jobstore_write_latency(&writes, &sum, &max);

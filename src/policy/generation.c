@@ -174,6 +174,7 @@ int ffdl_generation_load(const ffdl_generation_opts *opts, ffdl_generation **out
     EVP_DigestFinal_ex(md, digest, NULL);
     for (int i = 0; i < 32; i++)
       snprintf(gen->hash + 2 * i, 3, "%02x", digest[i]);
+    ffdl_sandbox_set_label(gen->sb, gen->hash); /* limit events name the generation */
   }
   EVP_MD_CTX_free(md);
   if (rc != FFDL_OK) {

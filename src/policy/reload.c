@@ -19,6 +19,7 @@
 #include "policy/reload.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "policy/limits.h"
 #include "policy/policytest.h"
 
 #include <lauxlib.h>
@@ -459,5 +460,6 @@ json_t *ffdl_policies_status(ffdl_policies *p) {
   json_object_set_new(
       doc, "lua_bytes",
       json_integer((json_int_t)ffdl_sandbox_memory_used(ffdl_generation_sandbox(p->active))));
+  json_object_set_new(doc, "limit_events", ffdl_policy_limit_events());
   return doc;
 }

@@ -1,16 +1,21 @@
 /*
  * sandbox.c: the Lua state that runs untrusted policy and spec code.
- * Owns: the capped allocator, the deadline hook, the base environment and
- * ffdl_policy_call(), the single way into Lua. Must not: block, open io/os/
- * package/debug, or let a Lua error unwind past ffdl_policy_call().
+ * Owns: the capped allocator, the deadline hook and the deadline of each
+ * hook, the base environment and ffdl_policy_call(), the single way into
+ * Lua, and its latency histogram. Must not: block, open io/os/package/
+ * debug, or let a Lua error unwind past ffdl_policy_call().
+ * One sandbox is used by one thread at a time; what is process-wide (the
+ * histogram, limit events) is behind a mutex.
  */
 #include "policy/sandbox.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "policy/limits.h"
 #include "policy/luaapi.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,18 +24,63 @@
 
 #define DEFAULT_MEMORY_LIMIT ((size_t)64 << 20)
 #define DEFAULT_DEADLINE_MS 1000.0
+#define DEFAULT_PLACE_DEADLINE_MS 50.0
 #define HOOK_EVERY 1000 /* instructions between deadline checks */
 
 struct ffdl_sandbox {
   lua_State *L;
   size_t used;
   size_t limit;
+  size_t refused; /* the size the last refused growth asked for */
   double default_deadline_ms;
-  double deadline_ms;   /* the current call's limit, for messages */
-  uint64_t deadline_ns; /* 0 when no call is running */
-  int expired;          /* the deadline passed during this call */
-  int out_of_memory;    /* the allocator refused during this call */
+  double hook_deadline_ms[FFDL_HOOK_COUNT]; /* resolved: never 0 */
+  double deadline_ms;                       /* the current call's limit, for messages */
+  uint64_t deadline_ns;                     /* 0 when no call is running */
+  int expired;                              /* the deadline passed during this call */
+  int out_of_memory;                        /* the allocator refused during this call */
+  char label[65];                           /* the generation's hash, for limit events */
 };
+
+static const char *const hook_names[FFDL_HOOK_COUNT] = {"validate", "admit", "order",     "rank",
+                                                        "place",    "hold",  "on_failure"};
+
+int ffdl_hook_from_name(const char *name) {
+  if (!name) return -1;
+  for (int h = 0; h < FFDL_HOOK_COUNT; h++)
+    if (strcmp(name, hook_names[h]) == 0) return h;
+  return strcmp(name, "retry") == 0 ? FFDL_HOOK_ON_FAILURE : -1;
+}
+
+const char *ffdl_hook_name(int hook) {
+  return hook >= 0 && hook < FFDL_HOOK_COUNT ? hook_names[hook] : "other";
+}
+
+/* Process defaults for the zero fields of a sandbox's limits; set at
+ * start-up, read when sandboxes are created. */
+static ffdl_sandbox_limits process_defaults;
+
+void ffdl_sandbox_set_defaults(const ffdl_sandbox_limits *limits) {
+  if (limits)
+    process_defaults = *limits;
+  else
+    memset(&process_defaults, 0, sizeof process_defaults);
+}
+
+/* Fills SB's limits: LIMITS, else the process defaults, else built-ins. */
+static void resolve_limits(ffdl_sandbox *sb, const ffdl_sandbox_limits *limits) {
+  const ffdl_sandbox_limits none = {0}, *l = limits ? limits : &none, *d = &process_defaults;
+  sb->limit = l->memory_limit   ? l->memory_limit
+              : d->memory_limit ? d->memory_limit
+                                : DEFAULT_MEMORY_LIMIT;
+  sb->default_deadline_ms = l->deadline_ms > 0   ? l->deadline_ms
+                            : d->deadline_ms > 0 ? d->deadline_ms
+                                                 : DEFAULT_DEADLINE_MS;
+  for (int h = 0; h < FFDL_HOOK_COUNT; h++)
+    sb->hook_deadline_ms[h] = l->hook_deadline_ms[h] > 0   ? l->hook_deadline_ms[h]
+                              : d->hook_deadline_ms[h] > 0 ? d->hook_deadline_ms[h]
+                              : h == FFDL_HOOK_PLACE       ? DEFAULT_PLACE_DEADLINE_MS
+                                                           : sb->default_deadline_ms;
+}
 
 /* The base environment's registry key: the address of this static. */
 static const char BASE_ENV_KEY = 'b';
@@ -56,11 +106,13 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   if (nsize > old && sb->used - old + nsize > sb->limit) {
     sb->out_of_memory = 1;
+    sb->refused = sb->used - old + nsize;
     return NULL;
   }
   void *grown = realloc(ptr, nsize);
   if (!grown) {
     sb->out_of_memory = 1;
+    sb->refused = sb->used - old + nsize;
     return NULL;
   }
   sb->used = sb->used - old + nsize;
@@ -236,9 +288,7 @@ int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out) {
   *out = NULL;
   ffdl_sandbox *sb = calloc(1, sizeof *sb);
   if (!sb) return FFDL_ENOMEM;
-  sb->limit = limits && limits->memory_limit ? limits->memory_limit : DEFAULT_MEMORY_LIMIT;
-  sb->default_deadline_ms =
-      limits && limits->deadline_ms > 0 ? limits->deadline_ms : DEFAULT_DEADLINE_MS;
+  resolve_limits(sb, limits);
   sb->L = lua_newstate(capped_alloc, sb);
   if (!sb->L) {
     free(sb);
@@ -270,8 +320,21 @@ size_t ffdl_sandbox_memory_used(const ffdl_sandbox *sb) {
   return sb->used;
 }
 
+size_t ffdl_sandbox_memory_limit(const ffdl_sandbox *sb) {
+  return sb->limit;
+}
+
 double ffdl_sandbox_default_deadline(const ffdl_sandbox *sb) {
   return sb->default_deadline_ms;
+}
+
+double ffdl_sandbox_deadline_for(const ffdl_sandbox *sb, const char *what) {
+  int hook = ffdl_hook_from_name(what);
+  return hook >= 0 ? sb->hook_deadline_ms[hook] : sb->default_deadline_ms;
+}
+
+void ffdl_sandbox_set_label(ffdl_sandbox *sb, const char *label) {
+  snprintf(sb->label, sizeof sb->label, "%s", label ? label : "");
 }
 
 void ffdl_sandbox_push_env(lua_State *L) {
@@ -332,7 +395,10 @@ static char *describe_failure(ffdl_sandbox *sb, int status, int *code) {
 
 const double FFDL_LATENCY_BOUNDS[FFDL_LATENCY_BUCKET_COUNT] = {0.0001, 0.0005, 0.001, 0.005,
                                                                0.01,   0.05,   0.1,   1};
+/* Calls run on the loop and, for generations being built, on the thread
+ * pool: the histogram is shared, so it is read and written under a lock. */
 static ffdl_latency policy_latency;
+static pthread_mutex_t policy_latency_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void ffdl_latency_observe(ffdl_latency *h, double seconds) {
   for (int b = 0; b < FFDL_LATENCY_BUCKET_COUNT; b++)
@@ -341,8 +407,20 @@ void ffdl_latency_observe(ffdl_latency *h, double seconds) {
   h->sum += seconds;
 }
 
-const ffdl_latency *ffdl_policy_call_latency(void) {
-  return &policy_latency;
+void ffdl_policy_call_latency(ffdl_latency *out) {
+  pthread_mutex_lock(&policy_latency_lock);
+  *out = policy_latency;
+  pthread_mutex_unlock(&policy_latency_lock);
+}
+
+/* The limit event of a call that failed with FFDL_ETIMEOUT or FFDL_ELIMIT. */
+static void report_limit(ffdl_sandbox *sb, const char *what, int code, double elapsed_ms,
+                         const char *err) {
+  if (code == FFDL_ETIMEOUT)
+    ffdl_policy_limit_event(what, sb->label, FFDL_LIMIT_DEADLINE, sb->deadline_ms, elapsed_ms, err);
+  else if (code == FFDL_ELIMIT)
+    ffdl_policy_limit_event(what, sb->label, FFDL_LIMIT_MEMORY, (double)sb->limit,
+                            (double)sb->refused, err);
 }
 
 int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, double deadline_ms,
@@ -356,9 +434,13 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   double outer_ms = sb->deadline_ms;
   int outer_expired = sb->expired, outer_oom = sb->out_of_memory;
 
-  if (deadline_ms <= 0) deadline_ms = sb->default_deadline_ms;
+  if (deadline_ms <= 0) deadline_ms = ffdl_sandbox_deadline_for(sb, what);
   uint64_t deadline = now_ns() + (uint64_t)(deadline_ms * 1e6);
-  if (outer_deadline && outer_deadline < deadline) deadline = outer_deadline;
+  int outer_owns_deadline = outer_deadline && outer_deadline <= deadline;
+  if (outer_owns_deadline) {
+    deadline = outer_deadline;
+    deadline_ms = outer_ms;
+  }
   sb->deadline_ns = deadline;
   sb->deadline_ms = deadline_ms;
   sb->expired = 0;
@@ -376,10 +458,20 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   }
   lua_remove(L, base);
   lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  uint64_t took = now_ns() - started;
+  /* A nested call (C called from Lua calling back in) that ran into the
+   * enclosing call's deadline leaves it expired for the enclosing call,
+   * which reports it; any other limit is reported by the call that hit it. */
+  if (outer_deadline && code == FFDL_ETIMEOUT && outer_owns_deadline)
+    outer_expired = 1;
+  else if (code == FFDL_ETIMEOUT || code == FFDL_ELIMIT)
+    report_limit(sb, what, code, (double)took / 1e6, *err);
   sb->deadline_ns = outer_deadline;
   sb->deadline_ms = outer_ms;
   sb->expired = outer_expired;
   sb->out_of_memory = outer_oom;
-  ffdl_latency_observe(&policy_latency, (double)(now_ns() - started) / 1e9);
+  pthread_mutex_lock(&policy_latency_lock);
+  ffdl_latency_observe(&policy_latency, (double)took / 1e9);
+  pthread_mutex_unlock(&policy_latency_lock);
   return code;
 }
