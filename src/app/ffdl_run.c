@@ -11,6 +11,7 @@
 #include "app/ui.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "policy/limits.h"
 #include "policy/spec.h"
 
 #include <libgen.h>
@@ -27,17 +28,21 @@ typedef struct {
   const char *policies;
   const char *model;
   const char *server;
+  const char *policy_limits; /* JSON, or NULL */
   int quiet;
 } options;
 
 static void usage(FILE *out) {
-  fputs("usage: ffdl-run [--server URL] [--policies DIR] [--model DIR] [--quiet] FILE\n"
+  fputs("usage: ffdl-run [--server URL] [--policies DIR] [--policy-limits JSON] [--model DIR]\n"
+        "                [--quiet] FILE\n"
         "\n"
         "Runs one job to the end on this machine and shows its progress.\n"
         "FILE is an FfDL manifest (.yml, .yaml, .json) or a Lua job script (.lua).\n"
         "--server URL  run on an ffdl-server (token from FFDL_TOKEN) instead of here\n"
         "--model DIR   the model code (default: the manifest's model field)\n"
         "--policies DIR  the policy directory (default: ./policies)\n"
+        "--policy-limits JSON  limits of policy calls, as ffdl-server's policy_limits:\n"
+        "              '{\"memory_mb\": 64, \"deadline_ms\": {\"place\": 50, \"admit\": 200}}'\n"
         "exit status: 0 COMPLETED, 1 FAILED, 2 bad input, 130 HALTED\n",
         out);
 }
@@ -51,6 +56,8 @@ static int parse_args(int argc, char **argv, options *o) {
       o->quiet = 1;
     else if (strcmp(a, "--policies") == 0 && i + 1 < argc)
       o->policies = argv[++i];
+    else if (strcmp(a, "--policy-limits") == 0 && i + 1 < argc)
+      o->policy_limits = argv[++i];
     else if (strcmp(a, "--model") == 0 && i + 1 < argc)
       o->model = argv[++i];
     else if (strcmp(a, "--server") == 0 && i + 1 < argc)
@@ -229,6 +236,28 @@ static int run_remote(ffdl_runtime *rt, const options *o, manifest_run *run) {
                                       : EXIT_FAILED;
 }
 
+/* --policy-limits: the defaults of every policy sandbox of this run. */
+static int set_policy_limits(const char *text) {
+  json_error_t jerr;
+  json_t *config = json_loads(text, JSON_DECODE_ANY, &jerr);
+  if (!config) {
+    fprintf(stderr, "ffdl-run: --policy-limits: column %d: %s\n", jerr.column, jerr.text);
+    return -1;
+  }
+  ffdl_sandbox_limits limits = {0};
+  char *field = NULL, *err = NULL;
+  int rc = ffdl_policy_limits_from_json(config, "policy_limits", &limits, &field, &err);
+  json_decref(config);
+  if (rc != FFDL_OK)
+    fprintf(stderr, "ffdl-run: --policy-limits: %s: %s\n", field ? field : "policy_limits",
+            err ? err : ffdl_strerror(rc));
+  else
+    ffdl_sandbox_set_defaults(&limits);
+  free(field);
+  free(err);
+  return rc == FFDL_OK ? 0 : -1;
+}
+
 static int is_lua(const char *file) {
   size_t n = strlen(file);
   return n > 4 && strcmp(file + n - 4, ".lua") == 0;
@@ -240,6 +269,7 @@ int main(int argc, char **argv) {
   options o;
   int rc = parse_args(argc, argv, &o);
   if (rc < 0) return rc == -1 ? 0 : EXIT_BAD_INPUT;
+  if (o.policy_limits && set_policy_limits(o.policy_limits) != 0) return EXIT_BAD_INPUT;
   if (o.server) setenv("FFDL_URL", o.server, 1); /* the client reads it; FFDL_TOKEN too */
   if (access(o.file, R_OK) != 0) {
     fprintf(stderr, "ffdl-run: %s: cannot read the file\n", o.file);

@@ -11,8 +11,10 @@
 #include "app/runtime.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "policy/limits.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +26,9 @@ typedef struct {
   size_t max_upload;
   uint64_t max_unzipped;
   double creates_per_minute;
-  int halt_on_shutdown;  /* 0: leave learners running for the next start */
-  json_t *default_store; /* from the s3_* settings, or NULL */
+  int halt_on_shutdown;              /* 0: leave learners running for the next start */
+  json_t *default_store;             /* from the s3_* settings, or NULL */
+  ffdl_sandbox_limits policy_limits; /* zero fields: the built-in limits */
 } options;
 
 typedef struct {
@@ -43,7 +46,8 @@ static void usage(FILE *out) {
   fputs("usage: ffdl-server --listen HOST:PORT --data DIR [--config FILE] [--policies DIR]\n"
         "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
         "               creates_per_minute, on_shutdown (leave | halt),\n"
-        "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket\n",
+        "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket,\n"
+        "               policy_limits: {memory_mb: N, deadline_ms: {default|HOOK: ms}}\n",
         out);
 }
 
@@ -71,6 +75,67 @@ static int set_default_store(options *o, const char *key, const char *val) {
   return -1;
 }
 
+/* The YAML node N as JSON (caller decrefs): plain scalars that read as
+ * numbers become numbers, other scalars strings. POS gets "line:col" of the
+ * key of every mapping entry, by its path below PATH ("a.b"). */
+static json_t *yaml_json(yaml_document_t *doc, yaml_node_t *n, const char *path, json_t *pos) {
+  char sub[512];
+  if (n->type == YAML_MAPPING_NODE) {
+    json_t *obj = json_object();
+    for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+      yaml_node_t *k = yaml_document_get_node(doc, p->key),
+                  *v = yaml_document_get_node(doc, p->value);
+      const char *key = k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "?";
+      snprintf(sub, sizeof sub, "%s.%s", path, key);
+      json_object_set_new(
+          pos, sub, json_pack("[i,i]", (int)k->start_mark.line + 1, (int)k->start_mark.column + 1));
+      json_object_set_new(obj, key, yaml_json(doc, v, sub, pos));
+    }
+    return obj;
+  }
+  if (n->type == YAML_SEQUENCE_NODE) {
+    json_t *arr = json_array();
+    int i = 0;
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+         it++, i++) {
+      snprintf(sub, sizeof sub, "%s[%d]", path, i);
+      json_array_append_new(arr, yaml_json(doc, yaml_document_get_node(doc, *it), sub, pos));
+    }
+    return arr;
+  }
+  const char *text = (const char *)n->data.scalar.value;
+  if (n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE && *text) {
+    char *end;
+    long long i = strtoll(text, &end, 10);
+    if (!*end) return json_integer(i);
+    double d = strtod(text, &end);
+    if (!*end && isfinite(d)) return json_real(d);
+  }
+  return json_string(text);
+}
+
+/* policy_limits: {memory_mb, deadline_ms: {hook: ms}}; errors name the
+ * file, the line and the field. */
+static int read_policy_limits(const char *file, yaml_document_t *doc, yaml_node_t *k,
+                              yaml_node_t *v, options *o) {
+  json_t *pos = json_object();
+  json_t *config = yaml_json(doc, v, "policy_limits", pos);
+  char *field = NULL, *err = NULL;
+  int rc = ffdl_policy_limits_from_json(config, "policy_limits", &o->policy_limits, &field, &err);
+  if (rc != FFDL_OK) {
+    json_t *at = json_object_get(pos, field ? field : "");
+    int line = at ? (int)json_integer_value(json_array_get(at, 0)) : (int)k->start_mark.line + 1;
+    int col = at ? (int)json_integer_value(json_array_get(at, 1)) : (int)k->start_mark.column + 1;
+    fprintf(stderr, "ffdl-server: %s:%d:%d: %s: %s\n", file, line, col,
+            field ? field : "policy_limits", err ? err : ffdl_strerror(rc));
+  }
+  free(field);
+  free(err);
+  json_decref(config);
+  json_decref(pos);
+  return rc == FFDL_OK ? 0 : -1;
+}
+
 /* Reads the flat YAML config; command-line flags win. */
 static int read_config(const char *path, options *o) {
   FILE *f = fopen(path, "rb");
@@ -95,6 +160,11 @@ static int read_config(const char *path, options *o) {
        p && p < root->data.mapping.pairs.top; p++) {
     yaml_node_t *k = yaml_document_get_node(&doc, p->key),
                 *v = yaml_document_get_node(&doc, p->value);
+    if (k->type == YAML_SCALAR_NODE &&
+        !strcmp((const char *)k->data.scalar.value, "policy_limits")) {
+      if (read_policy_limits(path, &doc, k, v, o) != 0) rc = -1;
+      continue;
+    }
     if (k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) continue;
     const char *key = (const char *)k->data.scalar.value, *val = (const char *)v->data.scalar.value;
     if (!strcmp(key, "listen") && !o->listen)
@@ -258,6 +328,9 @@ int main(int argc, char **argv) {
 
   server s = {.halt_on_shutdown = o.halt_on_shutdown};
   char *err = NULL;
+  /* policy_limits hold for every sandbox of the process, the runtime's
+   * first generation included, and for every reload */
+  ffdl_sandbox_set_defaults(&o.policy_limits);
   if (ffdl_runtime_open(&s.rt, o.policies, &observer, &s, &err) != 0) {
     fprintf(stderr, "ffdl-server: %s\n", err ? err : "cannot start");
     return 2;
@@ -265,7 +338,8 @@ int main(int argc, char **argv) {
   /* the live generation is checked (hooks, shapes, tests) and hot-reloaded */
   ffdl_generation_opts gopts = {.policies_dir =
                                     o.policies ? o.policies : ffdl_paths_default_policies(),
-                                .lua_dir = ffdl_paths_lua_dir()};
+                                .lua_dir = ffdl_paths_lua_dir(),
+                                .limits = o.policy_limits};
   if (ffdl_policies_open(s.rt.loop, &gopts, on_swap, &s, &s.policies, &err) != 0) {
     fprintf(stderr, "ffdl-server: the policies in %s are rejected:\n%s\n", gopts.policies_dir, err);
     return 2;
