@@ -107,6 +107,10 @@ static int load_module(ffdl_generation *gen, EVP_MD_CTX *md, const void *key, co
   free(text);
   if (rc != FFDL_OK) return rc;
   rc = ffdl_policy_call(gen->sb, name, 0, 1, 0, err);
+  if (rc == FFDL_ELIMIT && *err && !strstr(*err, name)) {
+    char *located = format_error("%s: %s", path, *err); /* the cap names no file */
+    if (located) free(*err), *err = located;
+  }
   if (rc != FFDL_OK) return rc;
   if (!lua_istable(L, -1)) {
     *err = format_error("%s: must return a table, got %s", path, luaL_typename(L, -1));

@@ -345,6 +345,15 @@ void ffdl_sandbox_push_env(lua_State *L) {
   lua_setmetatable(L, -2);
 }
 
+/* "64 MiB", or "1.5 MiB" for a cap that is not a whole number of MiB. */
+static const char *mib(size_t bytes, char *buf, size_t cap) {
+  if (bytes % (1u << 20) == 0)
+    snprintf(buf, cap, "%zu MiB", bytes >> 20);
+  else
+    snprintf(buf, cap, "%.2f MiB", (double)bytes / 1048576.0);
+  return buf;
+}
+
 int ffdl_sandbox_load(ffdl_sandbox *sb, const char *name, const char *text, size_t len,
                       char **err) {
   lua_State *L = sb->L;
@@ -352,8 +361,14 @@ int ffdl_sandbox_load(ffdl_sandbox *sb, const char *name, const char *text, size
   sb->out_of_memory = 0;
   int status = luaL_loadbufferx(L, text, len, name, "t");
   if (status != LUA_OK) {
-    *err = strdup(status == LUA_ERRMEM ? "not enough memory to compile the chunk"
-                                       : lua_tostring(L, -1));
+    if (status == LUA_ERRMEM) {
+      char buf[600], cap[32];
+      snprintf(buf, sizeof buf, "%s: memory limit of %s exceeded while compiling",
+               name[0] == '@' || name[0] == '=' ? name + 1 : name, mib(sb->limit, cap, sizeof cap));
+      *err = strdup(buf);
+    } else {
+      *err = strdup(lua_tostring(L, -1));
+    }
     lua_pop(L, 2); /* message and env */
     return FFDL_ESYNTAX;
   }
@@ -380,11 +395,12 @@ static int traceback_handler(lua_State *L) {
 
 static char *describe_failure(ffdl_sandbox *sb, int status, int *code) {
   lua_State *L = sb->L;
-  char buf[160];
+  char buf[640];
   if (status == LUA_ERRMEM || sb->out_of_memory) {
     *code = FFDL_ELIMIT;
     const char *where = status == LUA_ERRMEM ? "" : lua_tostring(L, -1);
-    snprintf(buf, sizeof buf, "memory limit of %zu MiB exceeded%s%s", sb->limit >> 20,
+    char cap[32];
+    snprintf(buf, sizeof buf, "memory limit of %s exceeded%s%s", mib(sb->limit, cap, sizeof cap),
              where && *where ? ": " : "", where ? where : "");
     return strdup(buf);
   }
