@@ -50,6 +50,11 @@ struct ffdl_cluster {
   size_t nheld;
   int *name_slots; /* open addressing: node index + 1, 0 empty */
   size_t name_cap;
+  struct {
+    double cpus;
+    uint64_t memory;
+    long gpus;
+  } used, capacity; /* over all nodes, kept by reserve, release and add_node */
 };
 
 int ffdl_cluster_new(ffdl_cluster **out) {
@@ -153,6 +158,9 @@ int ffdl_cluster_add_node(ffdl_cluster *cl, const char *name, double cpus, uint6
   nd->memory = memory;
   nd->gpus = gpus;
   if (!nd->name || !nd->labels) return FFDL_ENOMEM;
+  cl->capacity.cpus += cpus;
+  cl->capacity.memory += memory;
+  cl->capacity.gpus += gpus;
   cl->n++;
   return FFDL_OK;
 }
@@ -225,6 +233,9 @@ int ffdl_cluster_reserve(ffdl_cluster *cl, int idx, const ffdl_request *req, int
   nd->used_cpus += req->cpus;
   nd->used_memory += req->memory;
   nd->used_gpus += req->gpus;
+  cl->used.cpus += req->cpus;
+  cl->used.memory += req->memory;
+  cl->used.gpus += req->gpus;
   index_set(cl, (size_t)idx, 1);
   return FFDL_OK;
 }
@@ -234,6 +245,10 @@ void ffdl_cluster_release(ffdl_cluster *cl, int idx, const ffdl_request *req, co
   if (cl->index_valid) index_set(cl, (size_t)idx, 0);
   nd->used_cpus -= req->cpus;
   if (nd->used_cpus < 1e-9) nd->used_cpus = 0;
+  cl->used.cpus -= req->cpus;
+  if (cl->used.cpus < 1e-9) cl->used.cpus = 0;
+  cl->used.memory -= req->memory;
+  cl->used.gpus -= req->gpus;
   nd->used_memory -= req->memory;
   nd->used_gpus -= req->gpus;
   for (int i = 0; i < req->gpus; i++)
@@ -273,9 +288,57 @@ static int node_fits(const node *nd, const ffdl_request *req, int by_capacity, d
   return req->gpus == 0 || type_matches(nd, req->gpu_type);
 }
 
-int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req) {
+/* How many learners of REQ fit on ND now (at most WANT). */
+static int learners_on(const node *nd, const ffdl_request *req, int want) {
+  int fit = want;
+  if (req->gpus > 0) {
+    if (!type_matches(nd, req->gpu_type)) return 0;
+    int by_gpus = (nd->gpus - nd->used_gpus) / req->gpus;
+    if (by_gpus < fit) fit = by_gpus;
+  }
+  if (req->cpus > 0) {
+    int by_cpus = (int)((nd->cpus - nd->used_cpus + 1e-9) / req->cpus);
+    if (by_cpus < fit) fit = by_cpus;
+  }
+  if (req->memory > 0) {
+    uint64_t by_mem = (nd->memory - nd->used_memory) / req->memory;
+    if (by_mem < (uint64_t)fit) fit = (int)by_mem;
+  }
+  return fit;
+}
+
+/* How many learners of REQ fit on ND when it is empty (at most WANT). */
+static int learners_by_capacity(const node *nd, const ffdl_request *req, int want) {
+  node empty = *nd;
+  empty.used_cpus = 0, empty.used_memory = 0, empty.used_gpus = 0;
+  return learners_on(&empty, req, want);
+}
+
+int ffdl_cluster_could_ever_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
+  if (ensure_index(cl) != FFDL_OK) return 1;
+  int found = 0;
+  for (size_t t = 0; t < cl->ntypes; t++) {
+    if (req->gpus > 0 && req->gpu_type && *req->gpu_type &&
+        (t == 0 || strcmp(cl->types[t], req->gpu_type)))
+      continue;
+    for (int b = 0; b < BUCKETS; b++) {
+      size_t slot = bucket_slot(cl, (int)t, b);
+      if (!cl->index.counts[slot]) continue;
+      const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
+      for (size_t w = 0; w < cl->index.words; w++)
+        for (uint64_t m = bits[w]; m; m &= m - 1) {
+          const node *nd = &cl->nodes[w * 64 + (size_t)__builtin_ctzll(m)];
+          if ((found += learners_by_capacity(nd, req, learners - found)) >= learners) return 1;
+        }
+    }
+  }
+  return 0;
+}
+
+int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
   if (ensure_index(cl) != FFDL_OK) return 1; /* cannot tell: let the hook decide */
-  int want = req->gpus < 0 ? 0 : req->gpus;
+  int want = req->gpus < 0 ? 0 : req->gpus, found = 0;
+  if (want >= BUCKETS) return 0;
   for (size_t t = 0; t < cl->ntypes; t++) {
     if (want > 0 && req->gpu_type && *req->gpu_type &&
         (t == 0 || strcmp(cl->types[t], req->gpu_type)))
@@ -287,7 +350,7 @@ int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req) {
       for (size_t w = 0; w < cl->index.words; w++)
         for (uint64_t m = bits[w]; m; m &= m - 1) {
           const node *nd = &cl->nodes[w * 64 + (size_t)__builtin_ctzll(m)];
-          if (!nd->held && node_fits(nd, req, 0, 0, 0, 0)) return 1;
+          if (!nd->held && (found += learners_on(nd, req, learners - found)) >= learners) return 1;
         }
     }
   }
@@ -313,20 +376,28 @@ char *ffdl_cluster_describe(const ffdl_cluster *cl) {
   return out;
 }
 
+void ffdl_cluster_totals(const ffdl_cluster *cl, ffdl_cluster_sums *out) {
+  out->cpus = cl->capacity.cpus;
+  out->gpus = cl->capacity.gpus;
+  out->memory = cl->capacity.memory;
+  out->used_cpus = cl->used.cpus;
+  out->used_gpus = cl->used.gpus;
+  out->used_memory = cl->used.memory;
+}
+
 json_t *ffdl_cluster_usage(const ffdl_cluster *cl) {
-  double cpus = 0, used_cpus = 0;
-  json_int_t gpus = 0, used_gpus = 0, mem = 0, used_mem = 0;
-  for (size_t i = 0; i < cl->n; i++) {
-    cpus += cl->nodes[i].cpus;
-    used_cpus += cl->nodes[i].used_cpus;
-    gpus += cl->nodes[i].gpus;
-    used_gpus += cl->nodes[i].used_gpus;
-    mem += (json_int_t)cl->nodes[i].memory;
-    used_mem += (json_int_t)cl->nodes[i].used_memory;
-  }
-  return json_pack("{s:f,s:f,s:I,s:I,s:I,s:I}", "cpus_total", cpus, "cpus_used", used_cpus,
-                   "gpus_total", gpus, "gpus_used", used_gpus, "memory_total", mem, "memory_used",
-                   used_mem);
+  ffdl_cluster_sums t;
+  ffdl_cluster_totals(cl, &t);
+  return json_pack("{s:f,s:f,s:I,s:I,s:I,s:I}", "cpus_total", t.cpus, "cpus_used", t.used_cpus,
+                   "gpus_total", (json_int_t)t.gpus, "gpus_used", (json_int_t)t.used_gpus,
+                   "memory_total", (json_int_t)t.memory, "memory_used", (json_int_t)t.used_memory);
+}
+
+int ffdl_cluster_type_index(const ffdl_cluster *cl, const char *gpu_type) {
+  if (!gpu_type || !*gpu_type) return 0;
+  for (size_t t = 1; t < cl->ntypes; t++)
+    if (strcmp(cl->types[t], gpu_type) == 0) return (int)t;
+  return -1;
 }
 
 /* ---- the Lua view ---------------------------------------------------- */
@@ -337,6 +408,27 @@ typedef struct {
 } view;
 
 static const char VIEW_MT[] = "ffdl.ClusterView";
+
+static int l_read_only(lua_State *L) {
+  return luaL_error(L, "node labels are read-only");
+}
+
+/* One shared, read-only empty table for every node without labels: most
+ * nodes have none, and a fresh table per candidate costs. */
+static void push_no_labels(lua_State *L) {
+  static const char KEY = 0;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &KEY) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, l_read_only);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY);
+}
 
 /* Pushes the node table hooks see.  [-0, +1, m] */
 static void push_node(lua_State *L, const node *nd, int empty, double taken_cpus,
@@ -360,13 +452,17 @@ static void push_node(lua_State *L, const node *nd, int empty, double taken_cpus
     lua_pushstring(L, nd->gpu_type);
     lua_setfield(L, -2, "gpu_type");
   }
-  lua_createtable(L, 0, (int)json_object_size(nd->labels));
-  const char *key;
-  json_t *value;
-  json_object_foreach(nd->labels, key, value) {
-    if (!json_is_string(value)) continue;
-    lua_pushstring(L, json_string_value(value));
-    lua_setfield(L, -2, key);
+  if (json_object_size(nd->labels) == 0) {
+    push_no_labels(L);
+  } else {
+    lua_createtable(L, 0, (int)json_object_size(nd->labels));
+    const char *key;
+    json_t *value;
+    json_object_foreach(nd->labels, key, value) {
+      if (!json_is_string(value)) continue;
+      lua_pushstring(L, json_string_value(value));
+      lua_setfield(L, -2, key);
+    }
   }
   lua_setfield(L, -2, "labels");
 }

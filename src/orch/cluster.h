@@ -55,11 +55,24 @@ void ffdl_cluster_release(ffdl_cluster *cl, int node, const ffdl_request *req, c
 int ffdl_cluster_hold(ffdl_cluster *cl, int node);
 void ffdl_cluster_clear_holds(ffdl_cluster *cl);
 size_t ffdl_cluster_held_count(const ffdl_cluster *cl);
-/* 1 when some node that is not held has room for one learner of REQ now. */
-int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req);
+/* 1 when the nodes that are not held have room for LEARNERS learners of
+ * REQ now, counting every learner each node could take: a necessary
+ * condition for a gang placement, checked without calling Lua. */
+int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req, int learners);
+/* The same on an empty cluster: could LEARNERS learners of REQ ever fit? */
+int ffdl_cluster_could_ever_fit(ffdl_cluster *cl, const ffdl_request *req, int learners);
 
 /* One line per node: "local: 2 CPUs, 23.4 GiB, no GPU" (caller frees). */
 char *ffdl_cluster_describe(const ffdl_cluster *cl);
+typedef struct {
+  double cpus, used_cpus;
+  uint64_t memory, used_memory;
+  long gpus, used_gpus;
+} ffdl_cluster_sums;
+/* Capacity and use over all nodes. */
+void ffdl_cluster_totals(const ffdl_cluster *cl, ffdl_cluster_sums *out);
+/* A small number for GPU_TYPE (0 for none or empty), -1 when no node has it. */
+int ffdl_cluster_type_index(const ffdl_cluster *cl, const char *gpu_type);
 /* Totals in use and free, as JSON (caller decrefs):
  * {cpus_total, cpus_used, gpus_total, gpus_used, memory_total, memory_used} */
 json_t *ffdl_cluster_usage(const ffdl_cluster *cl);

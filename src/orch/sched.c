@@ -30,16 +30,29 @@ struct ffdl_sched {
   ffdl_ledger *ledger;
   ffdl_sched_job **queue; /* trial order for the first `sorted` entries */
   size_t n, cap, sorted, removed;
+  size_t head; /* no job before this index: the start of every walk */
   int gen_serial, need_resort;
   uint64_t next_seq;
   double now;
   ffdl_sched_stats stats;
+  /* the hold of the last cycle, kept while the same job is blocked first */
+  ffdl_sched_job *hold_job;
+  int hold_serial, hold_stops;
+  int *held;
+  size_t nheld, heldcap;
+  /* distinct request shapes, so that "a job like this found no room in
+   * this cycle" is one array lookup */
+  struct shape *shapes;
+  unsigned long *shape_failed; /* the cycle number it last failed in */
+  size_t nshapes, shapecap;
 };
 
-typedef struct {
+typedef struct shape {
   ffdl_request req;
-  int learners;
+  int learners, type_index;
 } shape;
+
+#define MAX_SHAPES 4096
 
 typedef struct {
   shape failed[MAX_FAILED_SHAPES];
@@ -78,6 +91,9 @@ int ffdl_sched_new(ffdl_cluster *cluster, ffdl_generation *gen, const ffdl_sched
 
 void ffdl_sched_free(ffdl_sched *s) {
   if (!s) return;
+  free(s->held);
+  free(s->shapes);
+  free(s->shape_failed);
   ffdl_ledger_free(s->ledger);
   free(s->queue);
   free(s);
@@ -111,6 +127,31 @@ static int allocate_slots(ffdl_sched_job *j) {
   return j->nodes && j->gpu_ids ? FFDL_OK : FFDL_ENOMEM;
 }
 
+static int same_shape(const shape *a, const ffdl_sched_job *j) {
+  return a->learners == j->learners && a->type_index == j->type_index &&
+         a->req.gpus == j->req.gpus && a->req.cpus == j->req.cpus && a->req.memory == j->req.memory;
+}
+
+/* The number of J's request shape, or -1 when there are too many. */
+static int shape_of(ffdl_sched *s, const ffdl_sched_job *j) {
+  for (size_t k = 0; k < s->nshapes; k++)
+    if (same_shape(&s->shapes[k], j)) return (int)k;
+  if (s->nshapes == MAX_SHAPES) return -1;
+  if (s->nshapes == s->shapecap) {
+    size_t cap = s->shapecap ? s->shapecap * 2 : 16;
+    shape *grown = realloc(s->shapes, cap * sizeof *grown);
+    if (!grown) return -1;
+    s->shapes = grown;
+    unsigned long *failed = realloc(s->shape_failed, cap * sizeof *failed);
+    if (!failed) return -1;
+    s->shape_failed = failed;
+    s->shapecap = cap;
+  }
+  s->shapes[s->nshapes] = (shape){j->req, j->learners, j->type_index};
+  s->shape_failed[s->nshapes] = 0;
+  return (int)s->nshapes++;
+}
+
 int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
   (void)now;
   if (j->queued) return FFDL_OK;
@@ -125,6 +166,8 @@ int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
   }
   j->seq = s->next_seq++;
   j->rank_serial = 0;
+  j->type_index = j->req.gpus > 0 ? ffdl_cluster_type_index(s->cluster, j->req.gpu_type) : 0;
+  j->shape_id = shape_of(s, j);
   j->queued = 1;
   j->queue_pos = s->n;
   s->queue[s->n++] = j;
@@ -133,6 +176,7 @@ int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
 
 void ffdl_sched_dequeue(ffdl_sched *s, ffdl_sched_job *j) {
   if (!j->queued) return;
+  if (s->hold_job == j) s->hold_job = NULL;
   j->queued = 0;
   s->queue[j->queue_pos] = NULL;
   s->removed++;
@@ -145,9 +189,10 @@ void ffdl_sched_job_clear(ffdl_sched_job *j) {
   j->gpu_ids = NULL;
 }
 
-/* Drops the holes dequeued jobs left. Keeps relative order. */
-static void compact(ffdl_sched *s) {
-  if (!s->removed) return;
+/* Drops the holes dequeued jobs left, keeping the order. Runs when holes
+ * are half the queue, so that its cost spreads over many cycles. */
+static void compact(ffdl_sched *s, int always) {
+  if (!s->removed || (!always && s->removed * 2 < s->n)) return;
   size_t m = 0, sorted = 0;
   for (size_t i = 0; i < s->n; i++) {
     if (!s->queue[i]) continue;
@@ -159,6 +204,7 @@ static void compact(ffdl_sched *s) {
   s->n = m;
   s->sorted = sorted;
   s->removed = 0;
+  s->head = 0;
 }
 
 static int by_rank(const void *a, const void *b) {
@@ -277,24 +323,52 @@ static void push_holder(void *ud, const char *name, int gpus, int jobs) {
   lua_setfield(L, -2, name);
 }
 
+/* usage.by_team and usage.by_user are built on first use in a cycle:
+ * most admissions never look at them. */
+static int l_usage_index(lua_State *L) {
+  ffdl_sched *s = lua_touserdata(L, lua_upvalueindex(1));
+  const char *key = lua_tostring(L, 2);
+  if (key && strcmp(key, "gpu_hours") == 0) {
+    lua_pushlightuserdata(L, s);
+    lua_pushcclosure(L, l_gpu_hours, 1);
+    return 1;
+  }
+  int team = key && strcmp(key, "by_team") == 0, user = key && strcmp(key, "by_user") == 0;
+  if (!team && !user) return 0;
+  lua_newtable(L);
+  ffdl_ledger_each_holder(s->ledger, team ? FFDL_LEDGER_TEAM : FFDL_LEDGER_USER, push_holder, L);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, 1);
+  return 1;
+}
+
+static void set_number(lua_State *L, const char *key, lua_Number v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, key);
+}
+
+static void set_integer(lua_State *L, const char *key, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, key);
+}
+
 /* {cpus_total, cpus_used, gpus_total, gpus_used, memory_total, memory_used,
  *  by_team = {[t] = {gpus, jobs}}, by_user = ...} with usage:gpu_hours(). */
 static void push_usage(ffdl_sched *s) {
   lua_State *L = lua_of(s);
-  json_t *totals = ffdl_cluster_usage(s->cluster);
-  ffdl_ljson_push(L, totals);
-  json_decref(totals);
-  lua_newtable(L);
-  ffdl_ledger_each_holder(s->ledger, FFDL_LEDGER_TEAM, push_holder, L);
-  lua_setfield(L, -2, "by_team");
-  lua_newtable(L);
-  ffdl_ledger_each_holder(s->ledger, FFDL_LEDGER_USER, push_holder, L);
-  lua_setfield(L, -2, "by_user");
-  lua_createtable(L, 0, 1);
+  ffdl_cluster_sums t;
+  ffdl_cluster_totals(s->cluster, &t);
+  lua_createtable(L, 0, 8);
+  set_number(L, "cpus_total", t.cpus);
+  set_number(L, "cpus_used", t.used_cpus);
+  set_integer(L, "gpus_total", t.gpus);
+  set_integer(L, "gpus_used", t.used_gpus);
+  set_integer(L, "memory_total", (lua_Integer)t.memory);
+  set_integer(L, "memory_used", (lua_Integer)t.used_memory);
   lua_createtable(L, 0, 1);
   lua_pushlightuserdata(L, s);
-  lua_pushcclosure(L, l_gpu_hours, 1);
-  lua_setfield(L, -2, "gpu_hours");
+  lua_pushcclosure(L, l_usage_index, 1);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
 }
@@ -323,7 +397,8 @@ static void add_usage(lua_State *L, int idx, const ffdl_sched_job *j) {
   lua_setfield(L, idx, "cpus_used");
   const char *keys[2] = {"by_team", "by_user"}, *names[2] = {j->team, j->user};
   for (int k = 0; k < 2; k++) {
-    if (!names[k] || lua_getfield(L, idx, keys[k]) != LUA_TTABLE) {
+    /* not built yet: it will be, from the ledger, which has this job */
+    if (!names[k] || (lua_pushstring(L, keys[k]), lua_rawget(L, idx)) != LUA_TTABLE) {
       if (names[k]) lua_pop(L, 1);
       continue;
     }
@@ -377,6 +452,7 @@ static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
 static void merge_new_jobs(ffdl_sched *s) {
   if (s->need_resort) s->sorted = 0, s->need_resort = 0;
   if (s->sorted == s->n) return;
+  compact(s, 1);
   for (size_t i = s->sorted; i < s->n; i++)
     if (s->queue[i]->rank_serial != s->gen_serial) rank_job(s, s->queue[i]);
   size_t old = s->sorted, fresh = s->n - s->sorted;
@@ -402,6 +478,7 @@ static void merge_new_jobs(ffdl_sched *s) {
  * the general hook: jobs it drops keep their place at the end. */
 static void order_whole_queue(ffdl_sched *s) {
   lua_State *L = lua_of(s);
+  compact(s, 1);
   if (s->n < 2 || !push_hook(s, "scheduler", "order")) return;
   lua_createtable(L, (int)s->n, 0);
   lua_createtable(L, 0, (int)s->n); /* job table -> position */
@@ -448,22 +525,30 @@ static void order_whole_queue(ffdl_sched *s) {
 
 /* ---- one job's turn ------------------------------------------------------ */
 
-static int dominated(const cycle *c, const ffdl_sched_job *j) {
+static void remember_failure(ffdl_sched *s, cycle *c, const ffdl_sched_job *j);
+
+/* Did a job needing no more than J find no room earlier in this cycle? */
+static int dominated(ffdl_sched *s, cycle *c, const ffdl_sched_job *j) {
+  if (j->shape_id >= 0 && s->shape_failed[j->shape_id] == s->stats.cycles) return 1;
   for (size_t k = 0; k < c->nfailed; k++) {
     const shape *f = &c->failed[k];
     if (j->learners < f->learners || j->req.cpus < f->req.cpus || j->req.memory < f->req.memory ||
         j->req.gpus < f->req.gpus)
       continue;
-    if (f->req.gpus > 0 && f->req.gpu_type &&
-        (!j->req.gpu_type || strcmp(f->req.gpu_type, j->req.gpu_type) != 0))
-      continue;
+    if (f->req.gpus > 0 && f->type_index != 0 && f->type_index != j->type_index) continue;
+    if (j->shape_id >= 0) s->shape_failed[j->shape_id] = s->stats.cycles;
     return 1;
   }
   return 0;
 }
 
-static void remember_failure(cycle *c, const ffdl_sched_job *j) {
-  if (c->nfailed < MAX_FAILED_SHAPES) c->failed[c->nfailed++] = (shape){j->req, j->learners};
+static void remember_failure(ffdl_sched *s, cycle *c, const ffdl_sched_job *j) {
+  if (j->shape_id >= 0) {
+    if (s->shape_failed[j->shape_id] == s->stats.cycles) return;
+    s->shape_failed[j->shape_id] = s->stats.cycles;
+  }
+  if (c->nfailed < MAX_FAILED_SHAPES)
+    c->failed[c->nfailed++] = (shape){j->req, j->learners, j->type_index};
 }
 
 /* budget.admit(job, usage, ctx): 1 admitted, 0 not now. The job table is
@@ -638,9 +723,35 @@ static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
 /* scheduler.hold(job, cluster, ctx) for the first blocked job: the nodes
  * it returns take no other job this cycle, so backfill cannot delay it.
  * Returns 0 to go on, -1 to end the cycle (no hook, or it said nil). */
+static int keep_held(ffdl_sched *s, int node) {
+  if (s->nheld == s->heldcap) {
+    size_t cap = s->heldcap ? s->heldcap * 2 : 8;
+    int *grown = realloc(s->held, cap * sizeof *grown);
+    if (!grown) return FFDL_ENOMEM;
+    s->held = grown;
+    s->heldcap = cap;
+  }
+  s->held[s->nheld++] = node;
+  return ffdl_cluster_hold(s->cluster, node);
+}
+
+/* The same job is blocked first again: it keeps the nodes it held, so
+ * that they go on draining towards it (and hold() is not called). */
+static int hold_again(ffdl_sched *s, ffdl_sched_job *j) {
+  if (s->hold_job != j || s->hold_serial != s->gen_serial) return 0;
+  for (size_t k = 0; k < s->nheld; k++)
+    ffdl_cluster_hold(s->cluster, s->held[k]);
+  return 1;
+}
+
 static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
   lua_State *L = lua_of(s);
-  if (!push_hook(s, "scheduler", "hold")) return 0; /* no hold(): every job is tried */
+  if (hold_again(s, j)) return s->hold_stops ? -1 : 0;
+  s->hold_job = j;
+  s->hold_serial = s->gen_serial;
+  s->hold_stops = 1;
+  s->nheld = 0;
+  if (!push_hook(s, "scheduler", "hold")) return s->hold_stops = 0; /* every job is tried */
   lua_pushvalue(L, -2);
   void *view = ffdl_cluster_push_view(s->cluster, L, 0);
   push_ctx(s);
@@ -663,9 +774,10 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, -1, i);
     int node = pop_node(s, L);
-    if (node >= 0) ffdl_cluster_hold(s->cluster, node);
+    if (node >= 0) keep_held(s, node);
   }
   lua_pop(L, 1);
+  s->hold_stops = 0;
   char why[96];
   snprintf(why, sizeof why, "%lld node(s) kept for this job; smaller jobs may use the others",
            (long long)n);
@@ -675,7 +787,7 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
 
 /* The job found no room. Returns -1 when the cycle must end. */
 static int blocked(ffdl_sched *s, cycle *c, ffdl_sched_job *j, const char *reason) {
-  remember_failure(c, j);
+  remember_failure(s, c, j);
   json_t *explained = ffdl_generation_take_explanations(s->gen);
   if (never_fits(s, j, &explained)) return 0;
   if (s->cb.decision)
@@ -688,16 +800,45 @@ static int blocked(ffdl_sched *s, cycle *c, ffdl_sched_job *j, const char *reaso
   return hold_for(s, j);
 }
 
+static char *describe_request(const ffdl_sched_job *j) {
+  char gpus[160] = "";
+  if (j->req.gpus > 0)
+    snprintf(gpus, sizeof gpus, ", %d GPU%s%s%s", j->req.gpus, j->req.gpus > 1 ? "s" : "",
+             j->req.gpu_type ? " of type " : "", j->req.gpu_type ? j->req.gpu_type : "");
+  return dup_printf("needs %d learner%s x %g CPUs, %.1f GiB%s", j->learners,
+                    j->learners > 1 ? "s" : "", j->req.cpus, (double)j->req.memory / (1u << 30),
+                    gpus);
+}
+
+/* A job behind the blocked one, for which C already knows there is no
+ * room: skipped without a hook call. The first time, it gets a reason
+ * from C. Returns 0 when the hooks must see it after all (it may never
+ * fit: the policy says why). */
+static int behind_blocked_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
+  s->stats.skipped_by_filter++;
+  remember_failure(s, c, j);
+  if (j->fit_checked == s->gen_serial) return 1;
+  if (!ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) return 0;
+  j->fit_checked = s->gen_serial;
+  char *need = describe_request(j);
+  char *why = dup_printf("%s; no room now, and jobs ahead of it wait too", need);
+  decide(s, j, "place", "waiting", why);
+  waiting(s, j, why);
+  free(need);
+  free(why);
+  return 1;
+}
+
 /* One queued job's turn in a cycle. Returns -1 when the cycle must end. */
 static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   lua_State *L = lua_of(s);
-  /* A job the hooks already saw blocked (in this generation) is skipped
-   * when C can tell there is still no room; it keeps the policy's reason. */
-  if (j->fit_checked == s->gen_serial &&
-      (dominated(c, j) || !ffdl_cluster_could_fit(s->cluster, &j->req))) {
+  int no_room = dominated(s, c, j) || !ffdl_cluster_could_fit(s->cluster, &j->req, j->learners);
+  if (no_room && c->blocked && behind_blocked_job(s, c, j)) return 0;
+  /* The first blocked job of a cycle: hooks see it once per generation,
+   * so that its reason is the policy's; later cycles only hold for it. */
+  if (no_room && j->fit_checked == s->gen_serial) {
     s->stats.skipped_by_filter++;
-    remember_failure(c, j);
-    if (c->blocked) return 0;
+    remember_failure(s, c, j);
     c->blocked = 1;
     push_job(L, j);
     int rc = hold_for(s, j);
@@ -741,8 +882,10 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   int top = lua_gettop(L);
   s->now = now;
   s->stats.cycles++;
-  compact(s);
-  if (s->n == 0) return 0;
+  compact(s, 0);
+  while (s->head < s->n && !s->queue[s->head])
+    s->head++;
+  if (s->head == s->n) return 0;
   ffdl_cluster_clear_holds(s->cluster);
   if (has_hook(s, "scheduler", "order"))
     order_whole_queue(s);
@@ -754,7 +897,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   c.usage_idx = lua_gettop(L);
   /* the queue may lose jobs (placed, never fits) while we walk it */
   size_t n = s->n;
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = s->head; i < n; i++) {
     ffdl_sched_job *j = s->queue[i];
     if (!j || !j->queued) continue;
     if (c.blocked && c.scan_left-- <= 0) break;

@@ -33,6 +33,8 @@ typedef struct ffdl_sched_job {
   double started, rank;
   uint64_t seq;
   int queued, holding, fit_checked, rank_serial;
+  int type_index; /* the cluster's number for req.gpu_type; -1: no node has it */
+  int shape_id;   /* jobs with the same request share it */
   size_t queue_pos;
 } ffdl_sched_job;
 
