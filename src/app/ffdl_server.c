@@ -29,6 +29,7 @@ typedef struct {
   int halt_on_shutdown;              /* 0: leave learners running for the next start */
   json_t *default_store;             /* from the s3_* settings, or NULL */
   ffdl_sandbox_limits policy_limits; /* zero fields: the built-in limits */
+  unsigned policy_debounce_ms;       /* quiet time after a policy file change */
 } options;
 
 typedef struct {
@@ -45,7 +46,7 @@ typedef struct {
 static void usage(FILE *out) {
   fputs("usage: ffdl-server --listen HOST:PORT --data DIR [--config FILE] [--policies DIR]\n"
         "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
-        "               creates_per_minute, on_shutdown (leave | halt),\n"
+        "               creates_per_minute, on_shutdown (leave | halt), policy_debounce_ms,\n"
         "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket,\n"
         "               policy_limits: {memory_mb: N, deadline_ms: {default|HOOK: ms}}\n",
         out);
@@ -179,6 +180,8 @@ static int read_config(const char *path, options *o) {
       o->max_unzipped = strtoull(val, NULL, 10) << 20;
     else if (!strcmp(key, "creates_per_minute"))
       o->creates_per_minute = strtod(val, NULL);
+    else if (!strcmp(key, "policy_debounce_ms"))
+      o->policy_debounce_ms = (unsigned)strtoul(val, NULL, 10);
     else if (!strncmp(key, "s3_", 3) && set_default_store(o, key + 3, val) == 0)
       ;
     else if (!strcmp(key, "on_shutdown") && (!strcmp(val, "halt") || !strcmp(val, "leave")))
@@ -200,6 +203,7 @@ static int parse_args(int argc, char **argv, options *o) {
   o->max_upload = 256u << 20;
   o->max_unzipped = 1024u << 20;
   o->creates_per_minute = 120;
+  o->policy_debounce_ms = 200;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--listen") && i + 1 < argc)
       o->listen = argv[++i];
@@ -347,7 +351,7 @@ int main(int argc, char **argv) {
   ffdl_orch_set_generation(s.rt.orch, ffdl_policies_active(s.policies));
   ffdl_generation_free(s.rt.gen);
   s.rt.gen = NULL;
-  ffdl_policies_watch(s.policies, 200);
+  ffdl_policies_watch(s.policies, o.policy_debounce_ms);
   char db[4200];
   snprintf(db, sizeof db, "%s/ffdl.db", s.rt.home);
   if (ffdl_users_open(db, &s.users, &err) != 0 || bootstrap_admin(s.users) != 0) {
