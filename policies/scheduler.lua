@@ -21,7 +21,7 @@ M.config = {
   aging_s = 600,
   -- Backfill: jobs behind a blocked one may start on nodes not held for it.
   backfill = true,
-  candidates = 8,   -- nodes scored per learner (C picks them in strategy order)
+  candidates = 4,   -- nodes scored per learner (C picks them in strategy order)
   scan_limit = 500, -- jobs a cycle looks at past the first blocked one
 }
 

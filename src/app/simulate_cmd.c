@@ -73,14 +73,19 @@ static json_t *run_with(const sim_options *o, const char *dir) {
   return result;
 }
 
+/* json_equal, where two absent values are the same too. */
+static int same_value(const json_t *a, const json_t *b) {
+  return (!a && !b) || json_equal(a, b);
+}
+
 /* Jobs whose nodes or start order differ between two runs of one trace. */
 static json_t *differences(json_t *a, json_t *b) {
   json_t *out = json_array(), *ja = json_object_get(a, "per_job"),
          *jb = json_object_get(b, "per_job");
   for (size_t i = 0; i < json_array_size(ja) && i < json_array_size(jb); i++) {
     json_t *x = json_array_get(ja, i), *y = json_array_get(jb, i);
-    int placed = json_equal(json_object_get(x, "nodes"), json_object_get(y, "nodes"));
-    int ordered = json_equal(json_object_get(x, "order"), json_object_get(y, "order"));
+    int placed = same_value(json_object_get(x, "nodes"), json_object_get(y, "nodes"));
+    int ordered = same_value(json_object_get(x, "order"), json_object_get(y, "order"));
     if (placed && ordered) continue;
     json_t *d = json_pack("{s:O,s:O,s:s}", "row", json_object_get(x, "row"), "name",
                           json_object_get(x, "name"), "differs",

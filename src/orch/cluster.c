@@ -317,10 +317,11 @@ static int learners_by_capacity(const node *nd, const ffdl_request *req, int wan
 int ffdl_cluster_could_ever_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
   if (ensure_index(cl) != FFDL_OK) return 1;
   int found = 0;
+  int typed = req->gpus > 0 && req->gpu_type && *req->gpu_type;
+  int only = typed ? ffdl_cluster_type_index(cl, req->gpu_type) : -1;
+  if (typed && only < 0) return 0; /* no node has that GPU type */
   for (size_t t = 0; t < cl->ntypes; t++) {
-    if (req->gpus > 0 && req->gpu_type && *req->gpu_type &&
-        (t == 0 || strcmp(cl->types[t], req->gpu_type)))
-      continue;
+    if (only >= 0 && (size_t)only != t) continue;
     for (int b = 0; b < BUCKETS; b++) {
       size_t slot = bucket_slot(cl, (int)t, b);
       if (!cl->index.counts[slot]) continue;
@@ -338,11 +339,11 @@ int ffdl_cluster_could_ever_fit(ffdl_cluster *cl, const ffdl_request *req, int l
 int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
   if (ensure_index(cl) != FFDL_OK) return 1; /* cannot tell: let the hook decide */
   int want = req->gpus < 0 ? 0 : req->gpus, found = 0;
-  if (want >= BUCKETS) return 0;
+  int typed = want > 0 && req->gpu_type && *req->gpu_type;
+  int only = typed ? ffdl_cluster_type_index(cl, req->gpu_type) : -1;
+  if (want >= BUCKETS || (typed && only < 0)) return 0;
   for (size_t t = 0; t < cl->ntypes; t++) {
-    if (want > 0 && req->gpu_type && *req->gpu_type &&
-        (t == 0 || strcmp(cl->types[t], req->gpu_type)))
-      continue;
+    if (only >= 0 && (size_t)only != t) continue;
     for (int b = want; b < BUCKETS; b++) {
       size_t slot = bucket_slot(cl, (int)t, b);
       if (!cl->index.counts[slot]) continue;
@@ -508,13 +509,12 @@ typedef struct {
   int by_capacity, skip_held;
   lua_Integer limit, yielded;
   int bucket, type; /* bucket walk position */
+  int want_type;    /* the GPU type's index; -1: any type */
   size_t next;      /* next node index: in ORDER_NODES, or inside the bucket */
 } scan;
 
 static int scan_type_ok(const scan *sc, size_t t) {
-  const ffdl_cluster *cl = sc->v->cl;
-  if (sc->req.gpus == 0 || !sc->req.gpu_type) return 1;
-  return t > 0 && strcmp(cl->types[t], sc->req.gpu_type) == 0;
+  return sc->want_type < 0 || (size_t)sc->want_type == t;
 }
 
 /* The node at or after sc->next in the current bucket, or -1. */
@@ -619,6 +619,11 @@ static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int sk
   if (opts) read_options(L, opts, sc);
   sc->by_capacity |= v->empty; /* "could it ever fit": every node counts as free */
   if (sc->order != ORDER_NODES && ensure_index(v->cl) != FFDL_OK) sc->order = ORDER_NODES;
+  sc->want_type = -1;
+  if (sc->req.gpus > 0 && sc->req.gpu_type) {
+    sc->want_type = ffdl_cluster_type_index(v->cl, sc->req.gpu_type);
+    if (sc->want_type <= 0) sc->req.gpus = BUCKETS; /* no node has that type */
+  }
   if (sc->order == ORDER_BINPACK) sc->bucket = sc->by_capacity ? 0 : sc->req.gpus;
   if (sc->order == ORDER_SPREAD) sc->bucket = FFDL_MAX_NODE_GPUS;
   if (taken)
