@@ -71,19 +71,44 @@ function M.cluster(nodes)
       free_gpus = (node.gpus or 0) - (used.gpus or 0) - (t.gpus or 0),
     }
   end
-  function view:candidates(req, taken)
+  --- Like the real view: opts = {limit = n, order = "binpack"|"spread",
+  --- capacity = true}; binpack walks nodes by fewest free GPUs, spread by
+  --- most, node order within the same count.
+  function view:candidates(req, taken, opts)
+    opts = opts or {}
+    local list = {}
+    for i, node in ipairs(nodes) do
+      local f = free(node, taken)
+      local room = f
+      if opts.capacity then
+        local t = taken and taken[node.name] or {}
+        room = { free_cpus = node.cpus - (t.cpus or 0), free_memory = (node.memory or 0) - (t.memory or 0),
+                 free_gpus = (node.gpus or 0) - (t.gpus or 0) }
+      end
+      local fits = room.free_cpus >= (req.cpus or 0) and room.free_memory >= (req.memory or 0)
+        and room.free_gpus >= (req.gpus or 0)
+        and ((req.gpus or 0) == 0 or not req.gpu_type or req.gpu_type == node.gpu_type)
+      if fits then list[#list + 1] = { index = i, node = f } end
+    end
+    if opts.order then
+      local used = function(e) -- the bucket: free GPUs before this placement's own
+        local n = nodes[e.index]
+        return (n.gpus or 0) - ((n.used or {}).gpus or 0)
+      end
+      table.sort(list, function(a, b)
+        local fa, fb = used(a), used(b)
+        if fa ~= fb then
+          if opts.order == "spread" then return fa > fb end
+          return fa < fb
+        end
+        return a.index < b.index
+      end)
+    end
     local i = 0
     return function()
-      while true do
-        i = i + 1
-        local node = nodes[i]
-        if not node then return nil end
-        local f = free(node, taken)
-        local fits = f.free_cpus >= (req.cpus or 0) and f.free_memory >= (req.memory or 0)
-          and f.free_gpus >= (req.gpus or 0)
-          and ((req.gpus or 0) == 0 or not req.gpu_type or req.gpu_type == node.gpu_type)
-        if fits then return f end
-      end
+      i = i + 1
+      if opts.limit and i > opts.limit then return nil end
+      return list[i] and list[i].node
     end
   end
   function view:nodes()
