@@ -600,9 +600,11 @@ static void metrics_reload(ffdl_api *api, char **buf, size_t *len, size_t *cap) 
          "# HELP ffdl_policy_reload_max_seconds The longest reload, trigger to active.\n"
          "# TYPE ffdl_policy_reload_max_seconds gauge\nffdl_policy_reload_max_seconds %g\n"
          "# HELP ffdl_policy_build_seconds Thread-pool time of the last generation build.\n"
-         "# TYPE ffdl_policy_build_seconds gauge\nffdl_policy_build_seconds %g\n",
+         "# TYPE ffdl_policy_build_seconds gauge\nffdl_policy_build_seconds %g\n"
+         "# HELP ffdl_policy_swap_cpu_max_seconds Most loop-thread CPU time of one swap.\n"
+         "# TYPE ffdl_policy_swap_cpu_max_seconds gauge\nffdl_policy_swap_cpu_max_seconds %g\n",
          t.swaps, t.last_swap_pause_s, t.max_swap_pause_s, t.last_reload_s, t.max_reload_s,
-         t.last_build_s);
+         t.last_build_s, t.max_swap_cpu_s);
 }
 
 static void metrics_text(ffdl_api *api, h2o_req_t *req) {

@@ -11,10 +11,12 @@
  * one place where a lua_State is used off the loop thread, and it never
  * holds one the loop can see. Only the swap runs on the loop, between two
  * callbacks, so no hook call is in flight on the old generation (all hook
- * calls run on the loop); the old generation is then closed on the thread
- * pool, since closing a Lua state takes longer than the swap itself. One
- * build runs at a time: requests made during a build share one more build
- * after it.
+ * calls run on the loop). The old generation is closed on the thread pool,
+ * since closing a Lua state takes far longer than the swap: by the next
+ * build, before it loads anything, or by a closing job queued a little
+ * after the swap when no build comes (waking a pool thread right at the
+ * swap lets it take the loop's CPU on a busy machine). One build runs at a
+ * time: requests made during a build share one more build after it.
  */
 #include "policy/reload.h"
 #include "core/error.h"
@@ -31,6 +33,8 @@
 
 /* Attempts when the files change between the tested and the live load. */
 #define MAX_BUILD_ATTEMPTS 3
+/* How long replaced generations wait for a build to close them. */
+#define REAP_AFTER_MS 1000
 
 /* A caller waiting for the result of a build. */
 typedef struct waiter {
@@ -39,11 +43,19 @@ typedef struct waiter {
   struct waiter *next;
 } waiter;
 
-/* One build on the thread pool. The worker reads OPTS and writes NEXT, RC,
- * ERR and BUILD_NS; the loop reads them in the after-work callback. */
+/* A replaced or unused generation, waiting to be closed off the loop. */
+typedef struct grave {
+  ffdl_generation *gen;
+  struct grave *next;
+} grave;
+
+/* One build on the thread pool. The worker closes GRAVES, reads OPTS and
+ * writes NEXT, RC, ERR and BUILD_NS; the loop reads them in the after-work
+ * callback. */
 typedef struct build {
   uv_work_t req;
   ffdl_policies *p;
+  grave *graves;             /* taken over from P when the build was queued */
   ffdl_generation_opts opts; /* strings borrowed from P, which outlives the build */
   ffdl_generation *next;
   int rc;
@@ -53,12 +65,12 @@ typedef struct build {
   waiter *waiters;     /* answered when it ends */
 } build;
 
-/* A generation being closed on the thread pool. */
-typedef struct retired {
+/* Generations closed on the thread pool when no build came for them. */
+typedef struct reaping {
   uv_work_t req;
   ffdl_policies *p;
-  ffdl_generation *gen;
-} retired;
+  grave *graves;
+} reaping;
 
 struct ffdl_policies {
   uv_loop_t *loop;
@@ -79,13 +91,24 @@ struct ffdl_policies {
   int again;           /* requests came during it: one more build after it */
   waiter *queued;      /* waiters of that next build */
   uint64_t trigger_ns; /* earliest trigger no build has started for yet; 0: none */
+  /* generations to close off the loop */
+  grave *graves;
+  uv_timer_t reaper; /* when no build takes them (started lazily) */
+  int reaper_started;
   /* teardown: memory goes when nothing on the loop refers to it */
   int closing;
-  unsigned pending; /* handles closing and retired generations */
-  /* timings (nanoseconds, uv_hrtime) */
+  unsigned pending; /* handles closing and reaping jobs */
+  /* timings (nanoseconds: uv_hrtime, and the loop thread's CPU clock) */
   unsigned long swaps;
   uint64_t last_pause_ns, max_pause_ns, last_reload_ns, max_reload_ns, last_build_ns;
+  uint64_t last_pause_cpu_ns, max_pause_cpu_ns;
 };
+
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static long long now_ms(void) {
   struct timespec ts;
@@ -188,8 +211,18 @@ static int build_generation(const ffdl_generation_opts *opts, ffdl_generation **
   return FFDL_EINVALID;
 }
 
+/* Closes every generation on LIST and frees the list (any thread). */
+static void close_graves(grave *list) {
+  for (grave *g = list, *next; g; g = next) {
+    next = g->next;
+    ffdl_generation_free(g->gen);
+    free(g);
+  }
+}
+
 static void maybe_free(ffdl_policies *p) {
   if (!p->closing || p->building || p->pending) return;
+  close_graves(p->graves);
   ffdl_generation_free(p->active);
   free(p->policies_dir);
   free(p->lua_dir);
@@ -249,6 +282,10 @@ void ffdl_policies_free(ffdl_policies *p) {
     uv_close((uv_handle_t *)&p->watch_tests, on_handle_closed);
     uv_close((uv_handle_t *)&p->debounce, on_handle_closed);
   }
+  if (p->reaper_started) {
+    p->pending++;
+    uv_close((uv_handle_t *)&p->reaper, on_handle_closed);
+  }
   maybe_free(p);
 }
 
@@ -260,39 +297,61 @@ unsigned long ffdl_policies_failures(const ffdl_policies *p) {
   return p->failures;
 }
 
-static void retire_work(uv_work_t *req) {
-  retired *r = req->data;
-  ffdl_generation_free(r->gen);
+static void reap_work(uv_work_t *req) {
+  close_graves(((reaping *)req->data)->graves);
 }
 
-static void retire_done(uv_work_t *req, int status) {
-  (void)status;
-  retired *r = req->data;
+static void reap_done(uv_work_t *req, int status) {
+  reaping *r = req->data;
   ffdl_policies *p = r->p;
-  if (status == UV_ECANCELED) ffdl_generation_free(r->gen);
+  if (status == UV_ECANCELED) close_graves(r->graves);
   free(r);
   p->pending--;
   maybe_free(p);
 }
 
-/* Closes GEN on the thread pool (here when that cannot be arranged). */
-static void retire(ffdl_policies *p, ffdl_generation *gen) {
-  retired *r = malloc(sizeof *r);
-  if (r) {
-    r->p = p;
-    r->gen = gen;
-    r->req.data = r;
-    if (uv_queue_work(p->loop, &r->req, retire_work, retire_done) == 0) {
-      p->pending++;
-      return;
-    }
+/* No build came since the swap: close the old generations now. */
+static void on_reap(uv_timer_t *t) {
+  ffdl_policies *p = t->data;
+  if (!p->graves || p->closing) return;
+  reaping *r = malloc(sizeof *r);
+  if (!r) return; /* the next build or the teardown takes them */
+  r->p = p;
+  r->graves = p->graves;
+  r->req.data = r;
+  if (uv_queue_work(p->loop, &r->req, reap_work, reap_done) != 0) {
     free(r);
+    return;
   }
-  ffdl_generation_free(gen);
+  p->graves = NULL;
+  p->pending++;
+}
+
+/* Hands GEN (no longer active) to be closed off the loop: by the next
+ * build, or by the reaper if none comes first. Here when that cannot be
+ * arranged. */
+static void retire(ffdl_policies *p, ffdl_generation *gen) {
+  grave *g = malloc(sizeof *g);
+  if (!g) {
+    ffdl_generation_free(gen);
+    return;
+  }
+  g->gen = gen;
+  g->next = p->graves;
+  p->graves = g;
+  if (!p->reaper_started) {
+    uv_timer_init(p->loop, &p->reaper);
+    uv_unref((uv_handle_t *)&p->reaper);
+    p->reaper.data = p;
+    p->reaper_started = 1;
+  }
+  uv_timer_start(&p->reaper, on_reap, REAP_AFTER_MS, 0);
 }
 
 static void build_work(uv_work_t *req) {
   build *b = req->data;
+  close_graves(b->graves); /* first: fewer Lua states alive at once */
+  b->graves = NULL;
   uint64_t started = uv_hrtime();
   b->rc = build_generation(&b->opts, &b->next, &b->err);
   b->build_ns = uv_hrtime() - started;
@@ -302,12 +361,13 @@ static int start_build(ffdl_policies *p);
 
 /* On the loop: the swap, or the record of a rejection; then the answers. */
 static void build_done(uv_work_t *req, int status) {
-  uint64_t entered = uv_hrtime();
+  uint64_t entered = uv_hrtime(), entered_cpu = thread_cpu_ns();
   build *b = req->data;
   ffdl_policies *p = b->p;
   p->building = NULL;
   if (status == UV_ECANCELED || p->closing) {
-    if (b->next) retire(p, b->next);
+    close_graves(b->graves); /* still there when the build never ran */
+    ffdl_generation_free(b->next);
     answer(b->waiters, FFDL_EIO, NULL);
     free(b->err);
     free(b);
@@ -332,6 +392,8 @@ static void build_done(uv_work_t *req, int status) {
     snprintf(old_hash, sizeof old_hash, "%s", ffdl_generation_hash(old));
     retire(p, old);
     uint64_t swapped = uv_hrtime();
+    p->last_pause_cpu_ns = thread_cpu_ns() - entered_cpu;
+    if (p->last_pause_cpu_ns > p->max_pause_cpu_ns) p->max_pause_cpu_ns = p->last_pause_cpu_ns;
     p->swaps++;
     p->last_pause_ns = swapped - entered;
     if (p->last_pause_ns > p->max_pause_ns) p->max_pause_ns = p->last_pause_ns;
@@ -361,10 +423,13 @@ static int start_build(ffdl_policies *p) {
   b->req.data = b;
   b->trigger_ns = p->trigger_ns ? p->trigger_ns : uv_hrtime();
   b->waiters = p->queued;
+  b->graves = p->graves;
   if (uv_queue_work(p->loop, &b->req, build_work, build_done) != 0) {
     free(b);
     return FFDL_EIO;
   }
+  p->graves = NULL;
+  if (p->reaper_started) uv_timer_stop(&p->reaper);
   p->queued = NULL;
   p->again = 0;
   p->trigger_ns = 0;
@@ -441,6 +506,8 @@ void ffdl_policies_timings_get(const ffdl_policies *p, ffdl_policies_timings *ou
   out->last_reload_s = (double)p->last_reload_ns / 1e9;
   out->max_reload_s = (double)p->max_reload_ns / 1e9;
   out->last_build_s = (double)p->last_build_ns / 1e9;
+  out->last_swap_cpu_s = (double)p->last_pause_cpu_ns / 1e9;
+  out->max_swap_cpu_s = (double)p->max_pause_cpu_ns / 1e9;
 }
 
 json_t *ffdl_policies_status(ffdl_policies *p) {
@@ -457,6 +524,8 @@ json_t *ffdl_policies_status(ffdl_policies *p) {
   json_object_set_new(doc, "max_reload_ms", json_real((double)p->max_reload_ns / 1e6));
   json_object_set_new(doc, "last_swap_pause_us", json_real((double)p->last_pause_ns / 1e3));
   json_object_set_new(doc, "max_swap_pause_us", json_real((double)p->max_pause_ns / 1e3));
+  json_object_set_new(doc, "last_swap_cpu_us", json_real((double)p->last_pause_cpu_ns / 1e3));
+  json_object_set_new(doc, "max_swap_cpu_us", json_real((double)p->max_pause_cpu_ns / 1e3));
   json_object_set_new(
       doc, "lua_bytes",
       json_integer((json_int_t)ffdl_sandbox_memory_used(ffdl_generation_sandbox(p->active))));

@@ -19,7 +19,7 @@
 typedef struct ffdl_policies ffdl_policies;
 
 /* Called on the loop right after a swap. NOW and OLD are borrowed; OLD
- * must not be used after the callback returns (it is then freed on the
+ * must not be used after the callback returns (it is then closed on the
  * thread pool). */
 typedef void (*ffdl_policies_swap_cb)(void *ud, ffdl_generation *now, ffdl_generation *old);
 
@@ -53,7 +53,8 @@ int ffdl_policies_reload(ffdl_policies *p, ffdl_policies_done_cb done, void *ud)
 int ffdl_policies_watch(ffdl_policies *p, unsigned debounce_ms);
 /* {hash, files: [{name, sha256}], loaded_ms, reloads, failures, last_error,
  *  directory, building, swaps, last_build_ms, last_reload_ms, max_reload_ms,
- *  last_swap_pause_us, max_swap_pause_us, lua_bytes} (caller decrefs) */
+ *  last_swap_pause_us, max_swap_pause_us, last_swap_cpu_us, max_swap_cpu_us,
+ *  lua_bytes, ...} (caller decrefs) */
 json_t *ffdl_policies_status(ffdl_policies *p);
 unsigned long ffdl_policies_failures(const ffdl_policies *p);
 
@@ -65,6 +66,8 @@ typedef struct {
   double last_reload_s;     /* trigger (file event or request) to active */
   double max_reload_s;      /* the longest of those */
   double last_build_s;      /* thread-pool time of the last build */
+  double last_swap_cpu_s;   /* loop thread CPU time of the last swap */
+  double max_swap_cpu_s;    /* the most of those */
 } ffdl_policies_timings;
 void ffdl_policies_timings_get(const ffdl_policies *p, ffdl_policies_timings *out);
 

@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 from conftest import ROOT
-from test_server import ADMIN, Server, add_user, call, create
+from test_server import Server, add_user, call, create
 
 JOBS = int(os.environ.get("FFDL_TEST_RELOAD_JOBS", "400"))
 RELOADS = int(os.environ.get("FFDL_TEST_RELOADS", "48"))
