@@ -31,7 +31,11 @@ struct ffdl_sched {
   ffdl_sched_job **queue; /* trial order for the first `sorted` entries */
   size_t n, cap, sorted, removed;
   size_t head; /* no job before this index: the start of every walk */
-  int ctx_idx; /* stack index of the cycle's ctx, 0 outside a cycle */
+  int in_cycle;
+  int ctx_ref, usage_ref; /* this cycle's ctx and usage, built on first use */
+  int gen_facts_serial;   /* generation the two below were read from */
+  int has_order;          /* scheduler.order() exists: the general path */
+  long scan_limit;
   int gen_serial, need_resort;
   uint64_t next_seq;
   double now;
@@ -58,8 +62,7 @@ typedef struct shape {
 typedef struct {
   shape failed[MAX_FAILED_SHAPES];
   size_t nfailed;
-  int usage_idx; /* stack index of this cycle's usage table */
-  int blocked;   /* a job found no room: later ones may only backfill */
+  int blocked; /* a job found no room: later ones may only backfill */
   long scan_left;
   size_t placed;
 } cycle;
@@ -275,13 +278,17 @@ static void push_job(lua_State *L, const ffdl_sched_job *j) {
  * cycle's time, which is virtual time in the simulator. */
 static void push_ctx(ffdl_sched *s) {
   lua_State *L = lua_of(s);
-  if (s->ctx_idx) {
-    lua_pushvalue(L, s->ctx_idx);
+  if (s->in_cycle && s->ctx_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
     return;
   }
   ffdl_generation_push_ctx(s->gen, NULL);
   lua_pushnumber(L, s->now);
   lua_setfield(L, -2, "now");
+  if (s->in_cycle) {
+    lua_pushvalue(L, -1);
+    s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
 }
 
 /* Calls the function below NARGS arguments with the hook's limits. */
@@ -379,6 +386,18 @@ static void push_usage(ffdl_sched *s) {
   lua_pushcclosure(L, l_usage_index, 1);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
+}
+
+/* The usage table of this cycle, built on the first admit() call. */
+static void push_cycle_usage(ffdl_sched *s) {
+  lua_State *L = lua_of(s);
+  if (s->usage_ref != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->usage_ref);
+    return;
+  }
+  push_usage(s);
+  lua_pushvalue(L, -1);
+  s->usage_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* t[key] = t[key] + delta, for the table at absolute index T. */
@@ -566,7 +585,7 @@ static int admit(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   if (!push_hook(s, "budget", "admit")) return 1; /* no budget policy: admitted */
   s->stats.admit_calls++;
   lua_pushvalue(L, -2);
-  lua_pushvalue(L, c->usage_idx);
+  push_cycle_usage(s);
   push_ctx(s);
   char *err = NULL;
   if (call(s, "admit", 3, 2, &err) != FFDL_OK) {
@@ -600,14 +619,17 @@ static int pop_node(ffdl_sched *s, lua_State *L) {
   return node;
 }
 
+enum { PLACE_NO_ROOM = -1, PLACE_FAILED = -2 };
+
 /* scheduler.place(job, view, ctx) with the job table at the top. Fills
- * j->nodes and returns 0, or -1 with *reason (caller frees). */
+ * j->nodes and returns 0; or PLACE_NO_ROOM, or PLACE_FAILED when the hook
+ * erred or ran out of time, with *reason (caller frees). */
 static int call_place(ffdl_sched *s, ffdl_sched_job *j, int empty, char **reason) {
   lua_State *L = lua_of(s);
   *reason = NULL;
   if (!push_hook(s, "scheduler", "place")) {
     *reason = strdup("policies/scheduler.lua has no place()");
-    return -1;
+    return PLACE_FAILED;
   }
   s->stats.place_calls++;
   lua_pushvalue(L, -2);
@@ -619,23 +641,23 @@ static int call_place(ffdl_sched *s, ffdl_sched_job *j, int empty, char **reason
   if (rc != FFDL_OK) {
     *reason = dup_printf("place() failed, the job stays queued: %s", err);
     free(err);
-    return -1;
+    return PLACE_FAILED;
   }
-  int ok = lua_istable(L, -2);
-  if (!ok) {
+  int result = lua_istable(L, -2) ? 0 : PLACE_NO_ROOM;
+  if (result) {
     const char *why = lua_tostring(L, -1);
     *reason = strdup(why ? why : "place() found no room");
   }
-  for (int i = 0; ok && i < j->learners; i++) {
+  for (int i = 0; result == 0 && i < j->learners; i++) {
     lua_rawgeti(L, -2, i + 1);
     j->nodes[i] = pop_node(s, L);
     if (j->nodes[i] < 0) {
       *reason = dup_printf("place() returned an unknown node for learner %d", i + 1);
-      ok = 0;
+      result = PLACE_FAILED;
     }
   }
   lua_pop(L, 2);
-  return ok ? 0 : -1;
+  return result;
 }
 
 static int reserve(ffdl_sched *s, ffdl_sched_job *j) {
@@ -690,7 +712,11 @@ static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   j->started = s->now;
   j->holding = 1;
   ffdl_ledger_start(s->ledger, j->team, j->user, j->req.gpus * j->learners, s->now);
-  add_usage(L, c->usage_idx, j);
+  if (s->usage_ref != LUA_NOREF) { /* else it is built later, from the ledger */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->usage_ref);
+    add_usage(L, lua_gettop(L), j);
+    lua_pop(L, 1);
+  }
   s->stats.placements++;
   c->placed++;
   char *how = describe_placement(s, j);
@@ -703,7 +729,7 @@ static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
 static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
   if (j->fit_checked == s->gen_serial) return 0;
   char *never = NULL;
-  int fits = call_place(s, j, 1, &never) == 0 || strncmp(never, "place() failed", 14) == 0;
+  int fits = call_place(s, j, 1, &never) != PLACE_NO_ROOM;
   json_decref(ffdl_generation_take_explanations(s->gen)); /* the probe's */
   if (fits) {
     j->fit_checked = s->gen_serial;
@@ -857,11 +883,16 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   int rc = 0;
   if (admit(s, c, j)) {
     char *reason = NULL;
-    if (call_place(s, j, 0, &reason) == 0 && reserve(s, j) == 0) {
+    int placed = call_place(s, j, 0, &reason);
+    if (placed == 0 && reserve(s, j) == 0) {
       leave_queue_placed(s, c, j);
-    } else if (!reason) {
+    } else if (placed == 0) {
       decide(s, j, "place", "invalid", "place() chose nodes without room");
       waiting(s, j, "place() chose nodes without room; the job stays queued");
+    } else if (placed == PLACE_FAILED) {
+      /* the policy's failure, not a lack of room: other jobs are unaffected */
+      decide(s, j, "place", "error", reason);
+      waiting(s, j, reason);
     } else {
       rc = blocked(s, c, j, reason);
     }
@@ -871,7 +902,7 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   return rc;
 }
 
-/* scheduler.config.scan_limit, read once per cycle. */
+/* scheduler.config.scan_limit. */
 static long scan_limit(ffdl_sched *s) {
   lua_State *L = lua_of(s);
   int top = lua_gettop(L);
@@ -885,6 +916,14 @@ static long scan_limit(ffdl_sched *s) {
   return limit;
 }
 
+/* What a cycle needs to know of the generation, read once per generation. */
+static void read_generation_facts(ffdl_sched *s) {
+  if (s->gen_facts_serial == s->gen_serial) return;
+  s->gen_facts_serial = s->gen_serial;
+  s->has_order = has_hook(s, "scheduler", "order");
+  s->scan_limit = scan_limit(s);
+}
+
 size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   lua_State *L = lua_of(s);
   int top = lua_gettop(L);
@@ -895,16 +934,15 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     s->head++;
   if (s->head == s->n) return 0;
   ffdl_cluster_clear_holds(s->cluster);
-  if (has_hook(s, "scheduler", "order"))
+  read_generation_facts(s);
+  if (s->has_order)
     order_whole_queue(s);
   else
     merge_new_jobs(s);
-  cycle c = {.scan_left = scan_limit(s)};
+  cycle c = {.scan_left = s->scan_limit};
   lua_settop(L, top);
-  push_usage(s);
-  c.usage_idx = lua_gettop(L);
-  push_ctx(s);
-  s->ctx_idx = lua_gettop(L);
+  s->in_cycle = 1;
+  s->ctx_ref = s->usage_ref = LUA_NOREF;
   /* the queue may lose jobs (placed, never fits) while we walk it */
   size_t n = s->n;
   for (size_t i = s->head; i < n; i++) {
@@ -913,7 +951,9 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     if (c.blocked && c.scan_left-- <= 0) break;
     if (try_job(s, &c, j) != 0) break;
   }
-  s->ctx_idx = 0;
+  s->in_cycle = 0;
+  luaL_unref(L, LUA_REGISTRYINDEX, s->ctx_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->usage_ref);
   lua_settop(L, top);
   return c.placed;
 }
