@@ -114,7 +114,6 @@ function M.place(job, cluster, ctx)
     placement[learner] = best.name
     add_taken(taken, best.name, req)
   end
-  ctx:explain(string.format("placed %d learner(s) with %s", job.learners, config.strategy))
   return placement
 end
 

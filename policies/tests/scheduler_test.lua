@@ -108,10 +108,12 @@ function tests.without_backfill_nothing_passes_a_blocked_job()
   T.eq(held, nil)
 end
 
-function tests.explains_its_decision()
+function tests.explains_why_a_job_waits()
   local ctx = T.ctx()
-  scheduler.place(T.job {}, T.cluster { { name = "n", cpus = 2, memory = 4 << 30 } }, ctx)
+  local placement = scheduler.place(T.job { cpus = 4 }, T.cluster { { name = "n", cpus = 2, memory = 4 << 30 } }, ctx)
+  T.eq(placement, nil)
   T.eq(#ctx.explanations, 1)
+  T.ok(ctx.explanations[1]:find("best node n has 2 CPUs"), ctx.explanations[1])
 end
 
 return tests

@@ -431,41 +431,103 @@ static void push_no_labels(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &KEY);
 }
 
-/* Pushes the node table hooks see.  [-0, +1, m] */
-static void push_node(lua_State *L, const node *nd, int empty, double taken_cpus,
-                      lua_Integer taken_mem, int taken_gpus) {
-  lua_createtable(L, 0, 9);
-  lua_pushstring(L, nd->name);
-  lua_setfield(L, -2, "name");
-  lua_pushnumber(L, nd->cpus - (empty ? 0 : nd->used_cpus) - taken_cpus);
-  lua_setfield(L, -2, "free_cpus");
-  lua_pushinteger(L, (lua_Integer)(nd->memory - (empty ? 0 : nd->used_memory)) - taken_mem);
-  lua_setfield(L, -2, "free_memory");
-  lua_pushinteger(L, nd->gpus - (empty ? 0 : nd->used_gpus) - taken_gpus);
-  lua_setfield(L, -2, "free_gpus");
-  lua_pushnumber(L, nd->cpus);
-  lua_setfield(L, -2, "cpus");
-  lua_pushinteger(L, (lua_Integer)nd->memory);
-  lua_setfield(L, -2, "memory");
-  lua_pushinteger(L, nd->gpus);
-  lua_setfield(L, -2, "gpus");
-  if (nd->gpu_type) {
-    lua_pushstring(L, nd->gpu_type);
-    lua_setfield(L, -2, "gpu_type");
-  }
+static void push_labels(lua_State *L, const node *nd) {
   if (json_object_size(nd->labels) == 0) {
     push_no_labels(L);
-  } else {
-    lua_createtable(L, 0, (int)json_object_size(nd->labels));
-    const char *key;
-    json_t *value;
-    json_object_foreach(nd->labels, key, value) {
-      if (!json_is_string(value)) continue;
-      lua_pushstring(L, json_string_value(value));
-      lua_setfield(L, -2, key);
-    }
+    return;
   }
-  lua_setfield(L, -2, "labels");
+  lua_createtable(L, 0, (int)json_object_size(nd->labels));
+  const char *key;
+  json_t *value;
+  json_object_foreach(nd->labels, key, value) {
+    if (!json_is_string(value)) continue;
+    lua_pushstring(L, json_string_value(value));
+    lua_setfield(L, -2, key);
+  }
+}
+
+/*
+ * A node as hooks see it: a small userdata whose fields are read on
+ * demand (a scoring function reads two or three of them; building a
+ * nine-field table per candidate cost more than the scoring). It keeps
+ * its view alive and fails once the view is closed.
+ */
+typedef struct {
+  view *v;
+  int index, empty, taken_gpus;
+  double taken_cpus;
+  lua_Integer taken_memory;
+} node_ref;
+
+static const char NODE_MT_KEY = 0;
+
+static int l_node_index(lua_State *L) {
+  const node_ref *r = lua_touserdata(L, 1);
+  if (!r->v->cl) return luaL_error(L, "a node is only valid during the hook call");
+  const node *nd = &r->v->cl->nodes[r->index];
+  const char *key = lua_tostring(L, 2);
+  int used = !r->empty;
+  if (!key) return 0;
+  if (!strcmp(key, "free_gpus"))
+    lua_pushinteger(L, nd->gpus - (used ? nd->used_gpus : 0) - r->taken_gpus);
+  else if (!strcmp(key, "free_cpus"))
+    lua_pushnumber(L, nd->cpus - (used ? nd->used_cpus : 0) - r->taken_cpus);
+  else if (!strcmp(key, "free_memory"))
+    lua_pushinteger(L, (lua_Integer)(nd->memory - (used ? nd->used_memory : 0)) - r->taken_memory);
+  else if (!strcmp(key, "name"))
+    lua_pushstring(L, nd->name);
+  else if (!strcmp(key, "gpus"))
+    lua_pushinteger(L, nd->gpus);
+  else if (!strcmp(key, "cpus"))
+    lua_pushnumber(L, nd->cpus);
+  else if (!strcmp(key, "memory"))
+    lua_pushinteger(L, (lua_Integer)nd->memory);
+  else if (!strcmp(key, "gpu_type") && nd->gpu_type)
+    lua_pushstring(L, nd->gpu_type);
+  else if (!strcmp(key, "labels"))
+    push_labels(L, nd);
+  else
+    return 0;
+  return 1;
+}
+
+static int l_node_tostring(lua_State *L) {
+  const node_ref *r = lua_touserdata(L, 1);
+  lua_pushfstring(L, "node %s", r->v->cl ? r->v->cl->nodes[r->index].name : "(closed view)");
+  return 1;
+}
+
+static int l_node_newindex(lua_State *L) {
+  return luaL_error(L, "nodes are read-only");
+}
+
+static void push_node_metatable(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NODE_MT_KEY) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 5);
+  lua_pushcfunction(L, l_node_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_node_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, l_node_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "ffdl.Node");
+  lua_setfield(L, -2, "__name");
+  lua_pushliteral(L, "locked");
+  lua_setfield(L, -2, "__metatable");
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &NODE_MT_KEY);
+}
+
+/* Pushes node INDEX of the view at stack index VIEW_IDX.  [-0, +1, m] */
+static void push_node(lua_State *L, int view_idx, view *v, size_t index, double taken_cpus,
+                      lua_Integer taken_mem, int taken_gpus) {
+  node_ref *r = lua_newuserdatauv(L, sizeof *r, 1);
+  *r = (node_ref){v, (int)index, v->empty, taken_gpus, taken_cpus, taken_mem};
+  lua_pushvalue(L, view_idx);
+  lua_setiuservalue(L, -2, 1);
+  push_node_metatable(L);
+  lua_setmetatable(L, -2);
 }
 
 static view *check_view(lua_State *L) {
@@ -568,7 +630,7 @@ static int candidates_next(lua_State *L) {
     taken_on(L, taken, nd->name, &tc, &tm, &tg);
     if (!node_fits(nd, &sc->req, sc->by_capacity, tc, (double)tm, tg)) continue;
     sc->yielded++;
-    push_node(L, nd, v->empty, tc, tm, tg);
+    push_node(L, lua_upvalueindex(3), v, (size_t)i, tc, tm, tg);
     return 1;
   }
   return 0;
@@ -609,7 +671,8 @@ static void read_options(lua_State *L, int t, scan *sc) {
 }
 
 /* Pushes the iterator over the nodes that fit the request at index REQ
- * (0: every node); TAKEN and OPTS are stack indices or 0. */
+ * (0: every node); TAKEN and OPTS are stack indices or 0. The view object
+ * is at index 1: the iterator keeps it alive. */
 static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int skip_held) {
   scan *sc = lua_newuserdatauv(L, sizeof *sc, 0);
   memset(sc, 0, sizeof *sc);
@@ -630,7 +693,8 @@ static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int sk
     lua_pushvalue(L, taken);
   else
     lua_pushnil(L);
-  lua_pushcclosure(L, candidates_next, 2);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, candidates_next, 3);
   return 1;
 }
 

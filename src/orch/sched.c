@@ -249,10 +249,11 @@ static void set_string(lua_State *L, const char *key, const char *value) {
 
 /* The job as hooks see it: the spec plus id, attempt and flat resources. */
 static void push_job(lua_State *L, const ffdl_sched_job *j) {
-  if (j->spec)
-    ffdl_ljson_push(L, j->spec);
+  /* sized for the fields below, which would otherwise rehash it */
+  if (json_is_object(j->spec))
+    ffdl_ljson_push_object(L, j->spec, 11);
   else
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 11);
   set_string(L, "id", j->id);
   set_string(L, "user", j->user);
   set_string(L, "team", j->team);
@@ -719,7 +720,7 @@ static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   }
   s->stats.placements++;
   c->placed++;
-  char *how = describe_placement(s, j);
+  char *how = s->cb.decision ? describe_placement(s, j) : NULL; /* nobody keeps it otherwise */
   decide(s, j, "place", "placed", how);
   if (s->cb.placed) s->cb.placed(s->ud, j, how ? how : "placed");
   free(how);
@@ -728,6 +729,11 @@ static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
 /* Could J ever fit, on an empty cluster? Asked once per job and generation. */
 static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
   if (j->fit_checked == s->gen_serial) return 0;
+  /* C answers for the room; place() is asked only to say why it never fits */
+  if (ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) {
+    j->fit_checked = s->gen_serial;
+    return 0;
+  }
   char *never = NULL;
   int fits = call_place(s, j, 1, &never) != PLACE_NO_ROOM;
   json_decref(ffdl_generation_take_explanations(s->gen)); /* the probe's */

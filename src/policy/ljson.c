@@ -116,19 +116,22 @@ json_t *ffdl_ljson_from_lua(lua_State *L, int idx, const char **err) {
   return convert(L, lua_absindex(L, idx), 0, err);
 }
 
+void ffdl_ljson_push_object(lua_State *L, const json_t *object, int extra) {
+  lua_createtable(L, 0, (int)json_object_size(object) + extra);
+  const char *key;
+  json_t *item;
+  json_object_foreach((json_t *)object, key, item) {
+    ffdl_ljson_push(L, item);
+    lua_setfield(L, -2, key);
+  }
+}
+
 void ffdl_ljson_push(lua_State *L, const json_t *value) {
   luaL_checkstack(L, 4, "JSON nesting");
   switch (json_typeof(value)) {
-  case JSON_OBJECT: {
-    lua_createtable(L, 0, (int)json_object_size(value));
-    const char *key;
-    json_t *item;
-    json_object_foreach((json_t *)value, key, item) {
-      ffdl_ljson_push(L, item);
-      lua_setfield(L, -2, key);
-    }
+  case JSON_OBJECT:
+    ffdl_ljson_push_object(L, value, 0);
     break;
-  }
   case JSON_ARRAY: {
     size_t i;
     json_t *item;

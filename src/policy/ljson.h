@@ -18,6 +18,10 @@ json_t *ffdl_ljson_from_lua(lua_State *L, int idx, const char **err);
  * (a light userdata).  [-0, +1, m] */
 void ffdl_ljson_push(lua_State *L, const json_t *value);
 
+/* Pushes the JSON object OBJECT (borrowed) as a table with room for EXTRA
+ * more fields, which the caller adds without a rehash.  [-0, +1, m] */
+void ffdl_ljson_push_object(lua_State *L, const json_t *object, int extra);
+
 /* Lua: ffdl.json.encode(v [, {pretty=true}]) -> string | nil, err */
 int ffdl_ljson_encode(lua_State *L);
 /* Lua: ffdl.json.decode(text) -> value | nil, err ("line L, column C: ...") */
