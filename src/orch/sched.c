@@ -470,8 +470,8 @@ static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
     return;
   }
   j->rank = rank;
-  char why[64];
-  snprintf(why, sizeof why, "rank %.3f", rank);
+  char why[96];
+  snprintf(why, sizeof why, "rank %.3f (the queue is tried lowest rank first)", rank);
   decide(s, j, "order", "ranked", why);
 }
 
