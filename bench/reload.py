@@ -51,11 +51,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(data, policies=None, nodes=None):
+def start_server(data, policies=None, nodes=None, on_shutdown="halt"):
     port = free_port()
     data.parent.mkdir(parents=True, exist_ok=True)
     config = data.parent / f"bench-{port}.yml"
-    config.write_text(f"creates_per_minute: 0\non_shutdown: halt\npolicy_debounce_ms: {DEBOUNCE_MS}\n")
+    config.write_text(f"creates_per_minute: 0\non_shutdown: {on_shutdown}\n"
+                      f"policy_debounce_ms: {DEBOUNCE_MS}\n")
     args = [str(BUILD / "ffdl-server"), "--listen", f"127.0.0.1:{port}", "--data", str(data),
             "--config", str(config)]
     if policies:
@@ -89,12 +90,20 @@ class Client:
     """One keep-alive connection to the server (one per thread)."""
 
     def __init__(self, port):
+        self.port = port
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
 
     def call(self, method, path, body=None, headers=None):
         headers = dict(headers or {}, Authorization=f"Bearer {TOKEN}")
-        self.conn.request(method, path, body=body, headers=headers)
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            # the server closes idle connections: once more, on a new one
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
         data = resp.read()
         return resp.status, json.loads(data) if data[:1] in (b"{", b"[") else data
 
@@ -313,13 +322,17 @@ def bench_memory(tmp):
     shutil.copytree(ROOT / "policies", policies)
     nodes = tmp / "mem-cluster.yml"
     nodes.write_text("nodes:\n  - {name: only, cpus: 1, memory: 4GiB}\n")
-    proc, port = start_server(tmp / "mem" / "data", policies, nodes)
+    # on_shutdown leave: halting 100,000 queued jobs one by one at the end
+    # would take minutes; the blocker is halted before the stop instead
+    proc, port = start_server(tmp / "mem" / "data", policies, nodes, on_shutdown="leave")
+    blocker = None
     try:
         client = Client(port)
         zipped = model_zip()
         body, headers = multipart(manifest("blocker", "sleep 86400", cpus=1), zipped)
         code, doc = client.call("POST", "/v1/models", body, headers)
         assert code == 201, doc
+        blocker = doc["model_id"]
         body, headers = multipart(manifest("queued"), zipped)
         started = time.monotonic()
         n = [0]
@@ -367,6 +380,15 @@ def bench_memory(tmp):
         after = rss_mib(proc.pid)
         hwm = rss_mib(proc.pid, "VmHWM")
     finally:
+        if blocker:
+            Client(port).call("PATCH", f"/v1/models/{blocker}", json.dumps({"status": "halt"}).encode(),
+                              {"Content-Type": "application/json"})
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                code, doc = Client(port).call("GET", f"/v1/models/{blocker}")
+                if doc["training"]["training_status"]["status"] == "HALTED":
+                    break
+                time.sleep(0.2)
         stop(proc)
     print(f"memory: {QUEUED} jobs queued behind one that holds the cluster "
           f"(submitted at {QUEUED / filled:.0f}/s)")
