@@ -1,15 +1,11 @@
 --- defaults.lua: what a job gets for the fields its manifest leaves out.
 --- FfDL's own defaults were constants in Go; here a team edits them.
----@class ffdl.Defaults
----@field cpus number        CPUs per learner
----@field gpus integer       GPUs per learner
----@field gpu_type string?   used when gpus > 0 and the manifest names no type;
----                          nil matches any GPU (FfDL defaulted to nvidia-TeslaK80)
----@field memory string      memory per learner, with a unit
----@field learners integer
----@field region string      S3 region when a connection names none (FfDL: us-standard)
----@field max_attempts integer  runs of a job before it fails for good
----@field priority integer
+--- The fields are typed as ffdl.Defaults in lua/meta/ffdl_policy.lua: cpus,
+--- gpus and memory per learner; gpu_type when gpus > 0 and the manifest
+--- names none; learners; region for S3 connections that name none (FfDL:
+--- us-standard); max_attempts, the runs of a job before it fails for good;
+--- priority.
+---@type ffdl.Defaults
 return {
   cpus = 1,
   gpus = 0,

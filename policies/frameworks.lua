@@ -8,12 +8,7 @@
 ---                  installed = false with the reason
 --- Like FfDL, any version string is accepted by default, so old manifests
 --- keep validating. Narrow `versions` to pin what your cluster supports.
----@class ffdl.Framework
----@field image string
----@field versions string|string[]
----@field default_version string?
----@field local table
-
+--- (ffdl.Framework is in lua/meta/ffdl_policy.lua.)
 ---@type table<string, ffdl.Framework>
 return {
   tensorflow = {

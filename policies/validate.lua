@@ -2,15 +2,25 @@
 --- accepted a spec. Return true, or nil and a list of {path=, message=}.
 --- The defaults below keep every FfDL manifest valid; tighten them here.
 
+---@class ffdl.ValidatePolicy
 local M = {}
 
+---@class ffdl.ValidateConfig
+---@field max_gpus_per_job integer  learners x gpus
+---@field max_learners integer
+---@field require_team_label boolean
+
 --- Settings a team is expected to edit.
+---@type ffdl.ValidateConfig
 M.config = {
   max_gpus_per_job = 64,      -- learners x gpus
   max_learners = 64,
   require_team_label = false, -- true: every job needs labels.team (or team)
 }
 
+---@param entry ffdl.Framework
+---@param version string
+---@return boolean
 local function version_allowed(entry, version)
   if entry.versions == nil or entry.versions == "*" then return true end
   for _, v in ipairs(entry.versions) do
@@ -19,10 +29,10 @@ local function version_allowed(entry, version)
   return false
 end
 
----@param spec table  the normalized job spec (see lua/ffdl/manifest.lua)
----@param ctx table   ctx.frameworks, ctx.defaults, ctx.now, ctx:explain(msg)
----@return boolean|nil ok
----@return {path: string, message: string}[]|nil errors
+---@param spec ffdl.Spec  the normalized job spec (see lua/ffdl/manifest.lua)
+---@param ctx ffdl.Ctx     ctx.frameworks, ctx.defaults, ctx.file, ctx:explain(msg)
+---@return true|nil ok
+---@return ffdl.ValidationError[]|nil errors  every problem, not just the first
 function M.validate(spec, ctx)
   local errors = {}
   local function reject(path, message) errors[#errors + 1] = { path = path, message = message } end

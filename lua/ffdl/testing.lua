@@ -8,6 +8,7 @@
 local M = {}
 
 local function where(level)
+  ---@diagnostic disable-next-line: undefined-global
   local info = debug and debug.getinfo(level, "Sl") -- absent in the sandbox
   return info and (info.short_src .. ":" .. info.currentline .. ": ") or ""
 end
@@ -239,8 +240,7 @@ function M.ctx(fields)
   local ctx = { now = 0, explanations = {}, logged = {}, generation = "test" }
   local function text(v, fn)
     if type(v) ~= "string" and type(v) ~= "number" then
-      error(string.format("bad argument #1 to '%s' (string expected, got %s)", fn,
-        v == nil and "no value" or type(v)), 3)
+      error(string.format("bad argument #1 to '%s' (string expected, got %s)", fn, type(v)), 3)
     end
     return tostring(v)
   end
