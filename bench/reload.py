@@ -13,11 +13,13 @@
    baselines from the same run: the build time (what the loop stalled for
    when reloads were built on it) and a reload of an unchanged generation;
    and the latency of GET /health during the reloads next to a stretch with
-   jobs flowing but no reloads. Then checks that no job was lost, duplicated
-   or left unfinished and that every decision names a live generation.
+   jobs flowing but no reloads (FFDL_BENCH_QUIET_S, default 30 s). Then
+   checks that no job was lost, duplicated or left unfinished and that every
+   decision names a live generation.
 2. Memory: the server's RSS with FFDL_BENCH_QUEUED jobs (default 100,000)
    queued behind a job that holds the whole cluster, while a reload builds
    (two generations alive), next to an empty server.
+FFDL_BENCH_ONLY=flow or =memory runs one of the two.
 """
 import http.client
 import io
@@ -40,6 +42,7 @@ TOKEN = "bench-admin-token"
 JOBS = int(os.environ.get("FFDL_BENCH_JOBS", "10000"))
 RELOADS = int(os.environ.get("FFDL_BENCH_RELOADS", "1000"))
 QUEUED = int(os.environ.get("FFDL_BENCH_QUEUED", "100000"))
+QUIET_S = float(os.environ.get("FFDL_BENCH_QUIET_S", "30"))
 DEBOUNCE_MS = int(os.environ.get("FFDL_BENCH_DEBOUNCE_MS", "200"))
 STATES = ["QUEUED", "PENDING", "DOWNLOADING", "PROCESSING", "STORING", "COMPLETED"]
 
@@ -217,7 +220,7 @@ def bench_reload_under_load(tmp):
         history = [client.call("GET", "/v1/policies")[1]["hash"]]
         # baseline: jobs flow at about the same pace, no reload (after 3 s of warm-up)
         per_reload = max(1, JOBS // max(1, RELOADS))
-        for seconds in (3, 5):
+        for seconds in (3, QUIET_S):
             prober.take()
             until = time.monotonic() + seconds
             while time.monotonic() < until:
@@ -265,6 +268,8 @@ def bench_reload_under_load(tmp):
         permits.release(1)
         submitter.join()
         final = client.call("GET", "/v1/policies")[1]
+        metrics = client.call("GET", "/metrics")[1].decode()
+        store_max = float(re.search(r"^ffdl_store_write_seconds_max (\S+)$", metrics, re.M).group(1))
         # wait for every job to end
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
@@ -307,6 +312,7 @@ def bench_reload_under_load(tmp):
           f"max {max(loaded, default=0):6.2f} ms  ({len(loaded)} requests)")
     print(f"  baseline, jobs but no reloads:  p50 {pct(quiet, .5):6.2f} ms  p99 {pct(quiet, .99):6.2f} ms  "
           f"max {max(quiet, default=0):6.2f} ms  ({len(quiet)} requests)")
+    print(f"  (loop stalls that are not reloads: the slowest store write took {store_max * 1000:.1f} ms)")
     print(f"  jobs lost {lost}, not COMPLETED once in order {wrong}, unfinished {unfinished}; "
           f"decisions {decisions}, naming no live generation {bad_decisions}; "
           f"swaps {final['swaps']} (expected {len(history) - 1})")
@@ -354,6 +360,9 @@ def bench_memory(tmp):
         filled = time.monotonic() - started
         time.sleep(2)  # a few scheduling cycles over the full queue
         one_gen = rss_mib(proc.pid)
+        prober = Prober(port)
+        time.sleep(5)
+        quiet = prober.take()
         status = client.call("GET", "/v1/policies")[1]
         # two generations alive: sample the RSS while reloads build
         budget = policies / "budget.lua"
@@ -377,6 +386,9 @@ def bench_memory(tmp):
             assert code == 200, doc
             peak = max([peak] + samples)
             pauses.append(doc["last_swap_pause_us"])
+        time.sleep(2)  # the scheduling cycles after the last swap
+        during = prober.take()
+        prober.stop()
         after = rss_mib(proc.pid)
         hwm = rss_mib(proc.pid, "VmHWM")
     finally:
@@ -398,6 +410,9 @@ def bench_memory(tmp):
           f"(max sampled during 5 reloads; after them {after:.1f}, high-water {hwm:.1f})")
     print(f"  one generation's Lua heap: {status['lua_bytes'] / 1024:.0f} KiB; "
           f"swap pause with the full queue: max {max(pauses):.1f} us")
+    print(f"  GET /health around the 5 reloads: p50 {pct(during, .5):.2f} ms  max {max(during):.2f} ms; "
+          f"5 s before them: p50 {pct(quiet, .5):.2f} ms  max {max(quiet):.2f} ms "
+          f"(a new generation ranks the queue again)")
 
 
 if __name__ == "__main__":
