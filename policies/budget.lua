@@ -125,7 +125,8 @@ end
 
 -- A budget that cannot be right stops the reload here, with this file's
 -- line, instead of keeping every job of that team waiting.
-for kind, budgets in pairs { team = M.config.gpu_hours_by_team, user = M.config.gpu_hours_by_user } do
+local config = M.config
+for kind, budgets in pairs { team = config.gpu_hours_by_team, user = config.gpu_hours_by_user } do
   for name, budget in pairs(budgets or {}) do read_budget(budget, kind, name) end
 end
 

@@ -56,8 +56,8 @@ local function fatal(failure)
   local config = M.config
   if failure.kind == "exit" then
     if config.transient_exit_codes[failure.exit_code] then return nil end
-    return string.format("exit code %d is the program's own verdict: a non-zero exit is not retried",
-      failure.exit_code)
+    return string.format("exit code %d is the program's own verdict: "
+      .. "a non-zero exit is not retried", failure.exit_code)
   end
   if failure.kind == "signal" and config.fatal_signals[failure.signal] then
     return string.format("signal %d is a crash, which would happen again: not retried",
@@ -104,7 +104,8 @@ function M.on_failure(job, failure, ctx)
                describe(failure)) }
   end
   return { action = "restart", delay = delay,
-           reason = string.format("%s looks transient; restarting from scratch", describe(failure)) }
+           reason = string.format("%s looks transient; restarting from scratch",
+             describe(failure)) }
 end
 
 return M

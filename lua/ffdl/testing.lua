@@ -256,11 +256,16 @@ function M.ctx(fields)
 end
 
 ---@alias ffdl.FakeGpuHours number|fun(window_s: number): number
+---@alias ffdl.FakeGpuHoursFn fun(kind: ffdl.UsageKind, name: string, window_s: number): number
+
+---@class ffdl.FakeGpuHoursByKind
+---@field team table<string, ffdl.FakeGpuHours>?
+---@field user table<string, ffdl.FakeGpuHours>?
 
 ---@class ffdl.FakeUsageFields
 ---@field by_team table<string, ffdl.Holding>?
 ---@field by_user table<string, ffdl.Holding>?
----@field gpu_hours {team: table<string, ffdl.FakeGpuHours>?, user: table<string, ffdl.FakeGpuHours>?}|fun(kind: ffdl.UsageKind, name: string, window_s: number): number|false|nil
+---@field gpu_hours ffdl.FakeGpuHoursByKind|ffdl.FakeGpuHoursFn|false|nil
 ---@field cpus_total number?
 ---@field cpus_used number?
 ---@field gpus_total integer?

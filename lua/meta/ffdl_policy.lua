@@ -106,7 +106,7 @@
 -- ---------------------------------------------------------------------
 
 ---@class ffdl.Ctx
----@field now number                 seconds since the epoch (virtual time in `ffdl policy simulate`)
+---@field now number                 seconds since the epoch (virtual in `ffdl policy simulate`)
 ---@field generation string?         the hash of the policy generation
 ---@field defaults ffdl.Defaults     policies/defaults.lua
 ---@field frameworks table<string, ffdl.Framework>  policies/frameworks.lua

@@ -86,7 +86,8 @@ end
 function tests.user_gpu_hours()
   with_config({ gpu_hours_by_user = { ann = { hours = 100, window_days = 1 } } }, function()
     local usage = T.usage { gpu_hours = { user = { ann = 130 } } }
-    local ok, reason = budget.admit(T.job { user = "ann", team = "vision", gpus = 1 }, usage, T.ctx())
+    local job = T.job { user = "ann", team = "vision", gpus = 1 }
+    local ok, reason = budget.admit(job, usage, T.ctx())
     T.eq(ok, false)
     T.eq(reason, "user ann used 130.0 of their 100 GPU-hours in the last 1 day; "
       .. "waits until usage falls under the budget")
@@ -127,11 +128,11 @@ end
 function tests.no_gpu_hours_method_means_no_budget_check()
   with_config({ gpu_hours_by_team = { vision = { hours = 1, window_days = 7 } } }, function()
     local ctx = T.ctx()
-    T.eq(budget.admit(T.job { team = "vision", gpus = 1 }, T.usage { gpu_hours = false }, ctx), true)
+    local job = T.job { team = "vision", gpus = 1 }
+    T.eq(budget.admit(job, T.usage { gpu_hours = false }, ctx), true)
     T.ok(ctx.explanations[1]:find("not checked"), ctx.explanations[1])
     -- a bare table, as an older runtime would pass
-    T.eq(budget.admit(T.job { team = "vision", gpus = 1 }, { by_team = {}, by_user = {} }, T.ctx()),
-      true)
+    T.eq(budget.admit(job, { by_team = {}, by_user = {} }, T.ctx()), true)
   end)
 end
 

@@ -64,8 +64,9 @@ end
 
 function tests.signal_is_resumed_with_growing_delays()
   local job = T.job { retry = { max_attempts = 5 } }
-  local first = retry.on_failure(job, failure { kind = "signal", signal = 9, attempt = 1 }, T.ctx())
-  local second = retry.on_failure(job, failure { kind = "signal", signal = 9, attempt = 2 }, T.ctx())
+  local first = retry.on_failure(job, failure { kind = "signal", signal = 9 }, T.ctx())
+  local second = retry.on_failure(job, failure { kind = "signal", signal = 9, attempt = 2 },
+    T.ctx())
   T.eq(first.action, "resume")
   T.ok(second.delay > first.delay, "backoff grows")
 end
@@ -75,7 +76,8 @@ function tests.backoff_doubles_up_to_max_delay_without_jitter()
     local job = T.job { retry = { max_attempts = 10 } }
     local delays = {}
     for attempt = 1, 6 do
-      delays[attempt] = retry.on_failure(job, failure { kind = "oom", attempt = attempt }, T.ctx()).delay
+      local d = retry.on_failure(job, failure { kind = "oom", attempt = attempt }, T.ctx())
+      delays[attempt] = d.delay
     end
     T.eq(delays, { 2, 4, 8, 16, 30, 30 })
   end)
@@ -92,7 +94,8 @@ function tests.jitter_stays_in_bounds_and_spreads_jobs_apart()
     end
     local distinct = 0
     for _ in pairs(seen) do distinct = distinct + 1 end
-    T.ok(distinct >= 40, "jobs that failed together should retry apart, got " .. distinct .. " delays")
+    T.ok(distinct >= 40, "jobs that failed together should retry apart, got "
+      .. distinct .. " delays")
   end)
 end
 
@@ -113,7 +116,8 @@ function tests.gives_up_at_max_attempts()
 end
 
 function tests.one_attempt_means_no_retry()
-  local d = retry.on_failure(T.job { retry = { max_attempts = 1 } }, failure { kind = "oom" }, T.ctx())
+  local d = retry.on_failure(T.job { retry = { max_attempts = 1 } }, failure { kind = "oom" },
+    T.ctx())
   T.eq(d.action, "fail")
   T.ok(d.reason:find("gave up after 1 attempts"), d.reason)
 end

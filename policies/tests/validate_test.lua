@@ -10,7 +10,8 @@ function tests.accepts_a_plain_job()
 end
 
 function tests.unknown_framework_is_rejected()
-  local ok, errors = validate.validate(T.job { framework = { name = "theano", version = "1" } }, ctx())
+  local job = T.job { framework = { name = "theano", version = "1" } }
+  local ok, errors = validate.validate(job, ctx())
   T.eq(ok, nil)
   T.eq(errors[1].path, "framework.name")
 end
