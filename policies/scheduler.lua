@@ -10,9 +10,18 @@
 ---                             nodes kept for it, so that backfilled jobs
 ---                             cannot delay it (nil: no job may pass it)
 
+---@class ffdl.SchedulerPolicy
 local M = {}
 
+---@class ffdl.SchedulerConfig
+---@field strategy "binpack"|"spread"
+---@field aging_s number     seconds of waiting one priority level is worth
+---@field backfill boolean   jobs may pass a blocked one on nodes it does not hold
+---@field candidates integer nodes scored per learner
+---@field scan_limit integer jobs a cycle looks at past the first blocked one
+
 --- Settings a team is expected to edit.
+---@type ffdl.SchedulerConfig
 M.config = {
   strategy = "binpack", -- "binpack": fill busy nodes first; "spread": emptiest first
   -- Aging: one priority level is worth this many seconds of waiting, so a
@@ -40,6 +49,9 @@ function M.rank(job, ctx)
   return job.submitted - priority * M.config.aging_s
 end
 
+---@param node ffdl.Node
+---@param strategy string
+---@return number
 local function score(node, strategy)
   -- lower is better; GPUs weigh most, so small jobs leave whole GPUs free
   local s = node.free_gpus * 1000 + node.free_cpus
@@ -47,6 +59,8 @@ local function score(node, strategy)
   return s
 end
 
+---@param job ffdl.Job
+---@return string
 local function describe_request(job)
   local parts = { string.format("%g CPUs", job.cpus), string.format("%.1f GiB", job.memory / 2^30) }
   if (job.gpus or 0) > 0 then
@@ -81,6 +95,9 @@ local function best_free(cluster, job)
     best.free_memory / 2^30)
 end
 
+---@param taken ffdl.Taken
+---@param name string
+---@param req ffdl.Request
 local function add_taken(taken, name, req)
   local t = taken[name] or { cpus = 0, memory = 0, gpus = 0 }
   t.cpus, t.memory, t.gpus = t.cpus + req.cpus, t.memory + req.memory, t.gpus + (req.gpus or 0)

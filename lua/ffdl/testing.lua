@@ -132,8 +132,10 @@ end
 --- candidates(req, taken, opts) yields the nodes with room for req beyond
 --- what `taken` (by node name) already put there, held nodes left out:
 ---   no opts.order  node order
----   "binpack"      fewest free GPUs first, then fewest free CPUs, then node order
----   "spread"       most free GPUs first, then most free CPUs, then node order
+---   "binpack"      fewest free GPUs first, then node order
+---   "spread"       most free GPUs first, then node order
+--- (the runtime's index also keeps nodes of one GPU type together within
+--- the same count of free GPUs, in the order the types first appear)
 --- The order counts what running jobs use, not `taken` (the runtime walks an
 --- index of the nodes by free GPUs, which this placement has not changed).
 --- opts.limit > 0 stops after that many nodes; opts.capacity judges the fit
@@ -187,8 +189,6 @@ function M.cluster(nodes)
       table.sort(list, function(a, b)
         local ga, gb = free_now(a.node, "gpus"), free_now(b.node, "gpus")
         if ga ~= gb then return sign * ga < sign * gb end
-        local ca, cb = free_now(a.node, "cpus"), free_now(b.node, "cpus")
-        if ca ~= cb then return sign * ca < sign * cb end
         return a.index < b.index
       end)
     end

@@ -271,7 +271,7 @@ function Usage:gpu_hours(kind, name, window_s) end
 
 --- The hooks of policies/scheduler.lua.
 ---@class ffdl.SchedulerPolicy
----@field config table
+---@field config ffdl.SchedulerConfig
 ---@field rank fun(job: ffdl.Job, ctx: ffdl.Ctx): number
 ---@field order? fun(queue: ffdl.Job[], ctx: ffdl.Ctx): ffdl.Job[]
 ---@field place fun(job: ffdl.Job, cluster: ffdl.Cluster, ctx: ffdl.Ctx): string[]?, string?

@@ -13,7 +13,7 @@ local core = require "ffdl.core"
 
 local M = {}
 
----@class ffdl.Job
+---@class ffdl.ScriptJob
 ---@field id string
 local Job = {}
 Job.__index = Job
@@ -30,7 +30,7 @@ end
 --- Submits a job. opts: manifest (required), model (directory of the model
 --- code; default: the manifest's `model` field), args (appended to the
 --- command as --key value), name, learners.
----@return ffdl.Job
+---@return ffdl.ScriptJob
 function M.train(opts)
   assert(type(opts) == "table", "ffdl.train{manifest = ..., ...} takes a table")
   local id, err = core.submit(opts)
