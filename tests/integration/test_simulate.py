@@ -211,3 +211,37 @@ def test_broken_policies_are_refused_before_simulating(tmp_path, policies_copy):
                       policies=policies_copy)
     assert result.returncode == 2
     assert "scheduler.lua:2:" in result.stderr
+
+
+def test_gpu_hour_budget_holds_a_team_until_the_window_slides(tmp_path, policies_copy):
+    text = (policies_copy / "budget.lua").read_text()
+    budget = "gpu_hours_by_team = { vision = { hours = 10, window_days = 1 } },"
+    (policies_copy / "budget.lua").write_text(re.sub(r"gpu_hours_by_team\s*=\s*\{\s*\},", budget, text, count=1))
+    assert budget in (policies_copy / "budget.lua").read_text()
+    cluster = cluster_file(tmp_path, "nodes:\n  - {name: g, count: 4, cpus: 32, memory: 256GiB, gpus: 8}\n")
+    rows = [HEADER,
+            "0,v1,ann,vision,1,4,1,1GiB,,7200,0",      # 8 GPU-hours each
+            "0,v2,ann,vision,1,4,1,1GiB,,7200,0",
+            "10800,v3,ann,vision,1,4,1,1GiB,,3600,0",  # 16 of 10 used: waits
+            "10800,n1,bob,nlp,1,4,1,1GiB,,3600,0"]     # another team: no wait
+    out = simulate_json(cluster, write(tmp_path / "t.csv", "\n".join(rows) + "\n"), "--per-job",
+                        policies=policies_copy)
+    jobs = {j["name"]: j for j in out["per_job"]}
+    assert out["completed"] == 4
+    assert jobs["n1"]["start_s"] == 10800
+    # usage falls under 10 GPU-hours once less than 1.25 h of the two jobs'
+    # 2 h is inside the last 24 h: at about t = 24.75 h
+    assert 24 * 3600 < jobs["v3"]["start_s"] <= 25.5 * 3600, jobs["v3"]
+
+
+def test_a_job_that_is_never_admitted_is_reported_unscheduled(tmp_path, policies_copy):
+    text = (policies_copy / "budget.lua").read_text()
+    (policies_copy / "budget.lua").write_text(
+        re.sub(r"gpu_quota_by_team\s*=\s*\{\s*\},", "gpu_quota_by_team = { frozen = 0 },", text, count=1))
+    cluster = cluster_file(tmp_path, "nodes:\n  - {name: g, cpus: 8, memory: 64GiB, gpus: 2}\n")
+    rows = [HEADER, "0,stuck,ann,frozen,1,1,1,1GiB,,60,0", "5,fine,bob,other,1,1,1,1GiB,,60,0"]
+    out = simulate_json(cluster, write(tmp_path / "t.csv", "\n".join(rows) + "\n"), policies=policies_copy)
+    assert out["completed"] == 1 and out["unscheduled"] == 1
+    stuck = out["not_completed"][0]
+    assert stuck["name"] == "stuck" and stuck["status"] == "unscheduled"
+    assert "team frozen" in stuck["reason"], stuck
