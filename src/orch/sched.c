@@ -37,6 +37,7 @@ struct ffdl_sched {
   int has_order;          /* scheduler.order() exists: the general path */
   long scan_limit;
   int gen_serial, need_resort;
+  int rank_epoch; /* changes with scheduler.lua: every rank is computed again */
   uint64_t next_seq;
   double now;
   ffdl_sched_stats stats;
@@ -89,6 +90,7 @@ int ffdl_sched_new(ffdl_cluster *cluster, ffdl_generation *gen, const ffdl_sched
   if (cb) s->cb = *cb;
   s->ud = ud;
   s->gen_serial = 1;
+  s->rank_epoch = 1;
   *out = s;
   return FFDL_OK;
 }
@@ -103,10 +105,28 @@ void ffdl_sched_free(ffdl_sched *s) {
   free(s);
 }
 
+/* The SHA-256 of policies/scheduler.lua in GEN, or "" (borrowed). */
+static const char *scheduler_hash(ffdl_generation *gen) {
+  size_t i;
+  json_t *file;
+  json_array_foreach(ffdl_generation_files(gen), i, file) {
+    const char *name = json_string_value(json_object_get(file, "name"));
+    if (name && strcmp(name, "scheduler.lua") == 0)
+      return json_string_value(json_object_get(file, "sha256"));
+  }
+  return "";
+}
+
 void ffdl_sched_set_generation(ffdl_sched *s, ffdl_generation *gen) {
+  /* Ranks stay valid while scheduler.lua is the same file: a reload of the
+   * other policies must not make the next cycle rank 100,000 jobs again. */
+  const char *before = s->gen ? scheduler_hash(s->gen) : "";
+  if (strcmp(before, scheduler_hash(gen)) != 0) {
+    s->rank_epoch++;
+    s->need_resort = 1;
+  }
   s->gen = gen;
   s->gen_serial++;
-  s->need_resort = 1;
 }
 
 size_t ffdl_sched_queued(const ffdl_sched *s) {
@@ -448,7 +468,7 @@ static void add_usage(lua_State *L, int idx, const ffdl_sched_job *j) {
 /* scheduler.rank(job, ctx): a number, lower goes first. */
 static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
   lua_State *L = lua_of(s);
-  j->rank_serial = s->gen_serial;
+  j->rank_serial = s->rank_epoch;
   j->rank = j->submitted;
   if (!push_hook(s, "scheduler", "rank")) return;
   push_job(L, j);
@@ -482,7 +502,7 @@ static void merge_new_jobs(ffdl_sched *s) {
   if (s->sorted == s->n) return;
   compact(s, 1);
   for (size_t i = s->sorted; i < s->n; i++)
-    if (s->queue[i]->rank_serial != s->gen_serial) rank_job(s, s->queue[i]);
+    if (s->queue[i]->rank_serial != s->rank_epoch) rank_job(s, s->queue[i]);
   size_t old = s->sorted, fresh = s->n - s->sorted;
   qsort(s->queue + old, fresh, sizeof *s->queue, by_rank);
   ffdl_sched_job **merged = malloc(s->n * sizeof *merged);
