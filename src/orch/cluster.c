@@ -314,48 +314,42 @@ static int learners_by_capacity(const node *nd, const ffdl_request *req, int wan
   return learners_on(&empty, req, want);
 }
 
-int ffdl_cluster_could_ever_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
-  if (ensure_index(cl) != FFDL_OK) return 1;
-  int found = 0;
-  int typed = req->gpus > 0 && req->gpu_type && *req->gpu_type;
+/* Counts the learners of REQ the nodes can take, up to LEARNERS: what is
+ * free now (skipping held nodes), or BY_CAPACITY on empty nodes. */
+static int room_for(ffdl_cluster *cl, const ffdl_request *req, int learners, int by_capacity) {
+  if (ensure_index(cl) != FFDL_OK) return 1; /* cannot tell: let the hook decide */
+  int want = req->gpus < 0 ? 0 : req->gpus, found = 0;
+  int typed = want > 0 && req->gpu_type && *req->gpu_type;
   int only = typed ? ffdl_cluster_type_index(cl, req->gpu_type) : -1;
-  if (typed && only < 0) return 0; /* no node has that GPU type */
+  if (want >= BUCKETS || (typed && only < 0)) return 0;
+  /* buckets count free GPUs: below WANT, only an empty node could do */
+  int lowest = by_capacity ? 0 : want;
   for (size_t t = 0; t < cl->ntypes; t++) {
     if (only >= 0 && (size_t)only != t) continue;
-    for (int b = 0; b < BUCKETS; b++) {
+    for (int b = lowest; b < BUCKETS; b++) {
       size_t slot = bucket_slot(cl, (int)t, b);
       if (!cl->index.counts[slot]) continue;
       const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
       for (size_t w = 0; w < cl->index.words; w++)
         for (uint64_t m = bits[w]; m; m &= m - 1) {
           const node *nd = &cl->nodes[w * 64 + (size_t)__builtin_ctzll(m)];
-          if ((found += learners_by_capacity(nd, req, learners - found)) >= learners) return 1;
+          if (by_capacity)
+            found += learners_by_capacity(nd, req, learners - found);
+          else if (!nd->held)
+            found += learners_on(nd, req, learners - found);
+          if (found >= learners) return 1;
         }
     }
   }
   return 0;
 }
 
+int ffdl_cluster_could_ever_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
+  return room_for(cl, req, learners, 1);
+}
+
 int ffdl_cluster_could_fit(ffdl_cluster *cl, const ffdl_request *req, int learners) {
-  if (ensure_index(cl) != FFDL_OK) return 1; /* cannot tell: let the hook decide */
-  int want = req->gpus < 0 ? 0 : req->gpus, found = 0;
-  int typed = want > 0 && req->gpu_type && *req->gpu_type;
-  int only = typed ? ffdl_cluster_type_index(cl, req->gpu_type) : -1;
-  if (want >= BUCKETS || (typed && only < 0)) return 0;
-  for (size_t t = 0; t < cl->ntypes; t++) {
-    if (only >= 0 && (size_t)only != t) continue;
-    for (int b = want; b < BUCKETS; b++) {
-      size_t slot = bucket_slot(cl, (int)t, b);
-      if (!cl->index.counts[slot]) continue;
-      const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
-      for (size_t w = 0; w < cl->index.words; w++)
-        for (uint64_t m = bits[w]; m; m &= m - 1) {
-          const node *nd = &cl->nodes[w * 64 + (size_t)__builtin_ctzll(m)];
-          if (!nd->held && (found += learners_on(nd, req, learners - found)) >= learners) return 1;
-        }
-    }
-  }
-  return 0;
+  return room_for(cl, req, learners, 0);
 }
 
 char *ffdl_cluster_describe(const ffdl_cluster *cl) {

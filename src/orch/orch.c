@@ -9,6 +9,7 @@
 #include "orch/orch.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/str.h"
 #include "orch/metrics.h"
 #include "orch/s3stage.h"
 #include "orch/sched.h"
@@ -101,16 +102,6 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *dup_printf(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char *out = NULL;
-  if (vasprintf(&out, fmt, ap) < 0) out = NULL;
-  va_end(ap);
-  return out;
-}
-
 static int is_terminal(state s) {
   return s == COMPLETED || s == FAILED || s == HALTED;
 }
@@ -141,7 +132,7 @@ static void finish(job *j, state st, const char *reason, const char *code);
 
 static void remember_line(job *j, int learner, const char *line, size_t len) {
   free(j->tail[j->tail_next]);
-  j->tail[j->tail_next] = dup_printf("[learner %d] %.*s", learner, (int)len, line);
+  j->tail[j->tail_next] = ffdl_strdup_printf("[learner %d] %.*s", learner, (int)len, line);
   j->tail_next = (j->tail_next + 1) % TAIL_LINES;
 }
 
@@ -218,7 +209,7 @@ static const char *const hook_names[HOOK_COUNT] = {"admit", "order", "place", "r
  * since its last decision of this kind, with what the policy explained. */
 static void record_decision_with(job *j, hook_kind hook, const char *outcome, const char *reason,
                                  json_t *explained) {
-  char *key = dup_printf("%s|%s", outcome, reason ? reason : "");
+  char *key = ffdl_strdup_printf("%s|%s", outcome, reason ? reason : "");
   if (key && j->last_decision[hook] && !strcmp(key, j->last_decision[hook])) {
     free(key);
     json_decref(explained);
@@ -353,7 +344,7 @@ typedef struct {
 } work;
 
 static char *job_path(const job *j, const char *rel) {
-  return dup_printf("%s/%s", j->dir, rel);
+  return ffdl_strdup_printf("%s/%s", j->dir, rel);
 }
 
 static void make_dirs(work *w) {
@@ -365,8 +356,8 @@ static void make_dirs(work *w) {
     free(p);
   }
   for (int i = 1; i <= w->learners; i++) {
-    char *logs = dup_printf("%s/learner-%d/logs", j->dir, i);
-    char *state_dir = dup_printf("%s/learner-%d/state/logs", j->dir, i);
+    char *logs = ffdl_strdup_printf("%s/learner-%d/logs", j->dir, i);
+    char *state_dir = ffdl_strdup_printf("%s/learner-%d/state/logs", j->dir, i);
     ffdl_localstore_mkdirs(logs, 0755);
     ffdl_localstore_mkdirs(state_dir, 0755);
     free(logs);
@@ -382,7 +373,7 @@ static void link_interpreter(work *w) {
   if (!w->interpreter) return;
   static const char *const names[] = {"python3", "python", NULL};
   for (const char *const *n = names; *n; n++) {
-    char *path = dup_printf("%s/bin/%s", w->j->dir, *n);
+    char *path = ffdl_strdup_printf("%s/bin/%s", w->j->dir, *n);
     FILE *f = fopen(path, "w");
     if (f) {
       fprintf(f, "#!/bin/sh\nexec '%s' \"$@\"\n", w->interpreter);
@@ -408,8 +399,8 @@ static void stage(work *w) {
   if (!w->stage_data) return;
   if (j->model_dir) {
     char *model = job_path(j, "model");
-    char *code_dir = dup_printf("%s/_submitted_code", j->results_dir);
-    char *zip = dup_printf("%s/model.zip", code_dir);
+    char *code_dir = ffdl_strdup_printf("%s/_submitted_code", j->results_dir);
+    char *zip = ffdl_strdup_printf("%s/model.zip", code_dir);
     ffdl_localstore_mkdirs(code_dir, 0755);
     w->rc = ffdl_localstore_copy_model(j->model_dir, model, &w->err);
     if (w->rc == 0) w->rc = ffdl_localstore_zip_dir(j->model_dir, zip, &w->err);
@@ -435,9 +426,9 @@ static void stage(work *w) {
 static void copy_logs(work *w) {
   job *j = w->j;
   for (int i = 1; i <= w->learners; i++) {
-    char *src = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
-    char *dst_dir = dup_printf("%s/learner-%d", j->results_dir, i);
-    char *dst = dup_printf("%s/training-log.txt", dst_dir);
+    char *src = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+    char *dst_dir = ffdl_strdup_printf("%s/learner-%d", j->results_dir, i);
+    char *dst = ffdl_strdup_printf("%s/training-log.txt", dst_dir);
     char *err = NULL;
     ffdl_localstore_mkdirs(dst_dir, 0755);
     if (access(src, F_OK) == 0 && ffdl_localstore_copy_tree(src, dst, NULL, &err) != 0 &&
@@ -456,7 +447,7 @@ static void copy_logs(work *w) {
 
 static void store_results(work *w) {
   char *src = job_path(w->j, "result");
-  char *dst = dup_printf("%s/model", w->j->results_dir);
+  char *dst = ffdl_strdup_printf("%s/model", w->j->results_dir);
   w->rc = ffdl_localstore_copy_tree(src, dst, NULL, &w->err);
   if (w->rc != 0) w->code = "S303";
   free(src);
@@ -528,8 +519,8 @@ static char *data_source(job *j) {
   if (ffdl_s3stage_is_s3(store)) return NULL; /* downloaded after the local staging */
   if (!container) return NULL;
   if (type && strcmp(type, "local") == 0 && !path)
-    return dup_printf("%s/datasets/%s", j->o->home, container);
-  return dup_printf("%s/%s", path ? path : ".", container);
+    return ffdl_strdup_printf("%s/datasets/%s", j->o->home, container);
+  return ffdl_strdup_printf("%s/%s", path ? path : ".", container);
 }
 
 static void start_staging(job *j) {
@@ -542,7 +533,7 @@ static void start_staging(job *j) {
   j->wipe_checkpoint = 0;
   if (w->stage_data) w->data_src = data_source(j);
   if (w->data_src && access(w->data_src, R_OK) != 0) {
-    char *why = dup_printf("training data %s: %s", w->data_src, strerror(errno));
+    char *why = ffdl_strdup_printf("training data %s: %s", w->data_src, strerror(errno));
     free(w->data_src);
     free(w);
     finish(j, FAILED, why, "S302");
@@ -627,7 +618,7 @@ static char *full_command(const job *j) {
     char *text = json_is_string(value) ? strdup(json_string_value(value))
                                        : json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT);
     char *quoted = text ? shell_quote(text) : NULL;
-    char *longer = quoted ? dup_printf("%s --%s %s", out, key, quoted) : NULL;
+    char *longer = quoted ? ffdl_strdup_printf("%s --%s %s", out, key, quoted) : NULL;
     free(text);
     free(quoted);
     if (longer) free(out), out = longer;
@@ -652,47 +643,48 @@ static void copy_parent_env(strv *env, const job *j) {
       "TZ",   NULL};
   for (const char *const *k = keep; *k; k++) {
     const char *v = getenv(*k);
-    if (v) strv_add(env, dup_printf("%s=%s", *k, v));
+    if (v) strv_add(env, ffdl_strdup_printf("%s=%s", *k, v));
   }
   const char *path = getenv("PATH");
-  strv_add(env, dup_printf("PATH=%s/bin:%s", j->dir, path ? path : "/usr/bin:/bin"));
+  strv_add(env, ffdl_strdup_printf("PATH=%s/bin:%s", j->dir, path ? path : "/usr/bin:/bin"));
 }
 
 static void learner_env(const job *j, int i, int master_port, const int *tf_ports, strv *env) {
   const learner_slot *s = &j->slots[i - 1];
   copy_parent_env(env, j);
   strv_add(env, strdup("PYTHONUNBUFFERED=1"));
-  strv_add(env, dup_printf("TRAINING_ID=%s", j->id));
-  strv_add(env, dup_printf("DATA_DIR=%s/data", j->dir));
-  strv_add(env, dup_printf("MODEL_DIR=%s/model", j->dir));
-  strv_add(env, dup_printf("RESULT_DIR=%s/result", j->dir));
-  strv_add(env, dup_printf("CHECKPOINT_DIR=%s/checkpoint", j->dir));
-  strv_add(env, dup_printf("LOG_DIR=%s/learner-%d/logs", j->dir, i));
-  strv_add(env, dup_printf("JOB_STATE_DIR=%s/learner-%d/state", j->dir, i));
-  strv_add(env, dup_printf("LEARNER_ID=%d", i));
-  strv_add(env, dup_printf("LEARNER_NAME_PREFIX=%s-learner", j->id));
-  strv_add(env, dup_printf("NUM_LEARNERS=%d", j->learners));
-  strv_add(env, dup_printf("GPU_COUNT=%d", j->req.gpus));
-  strv_add(env, dup_printf("RANK=%d", i - 1));
-  strv_add(env, dup_printf("LOCAL_RANK=%d", i - 1));
-  strv_add(env, dup_printf("WORLD_SIZE=%d", j->learners));
+  strv_add(env, ffdl_strdup_printf("TRAINING_ID=%s", j->id));
+  strv_add(env, ffdl_strdup_printf("DATA_DIR=%s/data", j->dir));
+  strv_add(env, ffdl_strdup_printf("MODEL_DIR=%s/model", j->dir));
+  strv_add(env, ffdl_strdup_printf("RESULT_DIR=%s/result", j->dir));
+  strv_add(env, ffdl_strdup_printf("CHECKPOINT_DIR=%s/checkpoint", j->dir));
+  strv_add(env, ffdl_strdup_printf("LOG_DIR=%s/learner-%d/logs", j->dir, i));
+  strv_add(env, ffdl_strdup_printf("JOB_STATE_DIR=%s/learner-%d/state", j->dir, i));
+  strv_add(env, ffdl_strdup_printf("LEARNER_ID=%d", i));
+  strv_add(env, ffdl_strdup_printf("LEARNER_NAME_PREFIX=%s-learner", j->id));
+  strv_add(env, ffdl_strdup_printf("NUM_LEARNERS=%d", j->learners));
+  strv_add(env, ffdl_strdup_printf("GPU_COUNT=%d", j->req.gpus));
+  strv_add(env, ffdl_strdup_printf("RANK=%d", i - 1));
+  strv_add(env, ffdl_strdup_printf("LOCAL_RANK=%d", i - 1));
+  strv_add(env, ffdl_strdup_printf("WORLD_SIZE=%d", j->learners));
   strv_add(env, strdup("MASTER_ADDR=127.0.0.1"));
-  strv_add(env, dup_printf("MASTER_PORT=%d", master_port));
-  strv_add(env, dup_printf("FFDL_RENDEZVOUS=127.0.0.1:%d", master_port));
-  strv_add(env, dup_printf("FFDL_ATTEMPT=%d", j->attempt));
+  strv_add(env, ffdl_strdup_printf("MASTER_PORT=%d", master_port));
+  strv_add(env, ffdl_strdup_printf("FFDL_RENDEZVOUS=127.0.0.1:%d", master_port));
+  strv_add(env, ffdl_strdup_printf("FFDL_ATTEMPT=%d", j->attempt));
   char gpus[FFDL_MAX_NODE_GPUS * 4 + 1] = "";
   for (int g = 0; g < j->req.gpus; g++)
     sprintf(gpus + strlen(gpus), "%s%d", g ? "," : "", s->gpu_ids[g]);
-  strv_add(env, dup_printf("CUDA_VISIBLE_DEVICES=%s", gpus));
+  strv_add(env, ffdl_strdup_printf("CUDA_VISIBLE_DEVICES=%s", gpus));
   if (j->learners > 1) {
     char *tf = tf_config(j->learners, tf_ports, i - 1);
-    if (tf) strv_add(env, dup_printf("TF_CONFIG=%s", tf));
+    if (tf) strv_add(env, ffdl_strdup_printf("TF_CONFIG=%s", tf));
     free(tf);
   }
   const char *key;
   json_t *value;
-  json_object_foreach(json_object_get(j->spec, "env"), key, value) strv_add(
-      env, dup_printf("%s=%s", key, json_string_value(value) ? json_string_value(value) : ""));
+  json_object_foreach(json_object_get(j->spec, "env"), key, value)
+      strv_add(env, ffdl_strdup_printf("%s=%s", key,
+                                       json_string_value(value) ? json_string_value(value) : ""));
 }
 
 static void on_line(void *ud, ffdl_learner *handle, const char *line, size_t len);
@@ -707,8 +699,8 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
   strv env = {0};
   learner_env(j, i, master_port, tf_ports, &env);
   char *cwd = job_path(j, "model");
-  char *log = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
-  char *exit_path = dup_printf("%s/learner-%d/exit_status", j->dir, i);
+  char *log = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+  char *exit_path = ffdl_strdup_printf("%s/learner-%d/exit_status", j->dir, i);
   unlink(exit_path); /* an earlier attempt's */
   const char *argv[] = {"/bin/sh", "-c", command, NULL};
   ffdl_launch_spec spec = {.argv = argv,
@@ -738,8 +730,8 @@ static void launch_learners(job *j) {
   for (int i = 0; tf_ports && i < j->learners; i++)
     tf_ports[i] = free_port();
   memset(&j->failure, 0, sizeof j->failure);
-  char *why =
-      dup_printf("%d learner%s running: %s", j->learners, j->learners > 1 ? "s" : "", command);
+  char *why = ffdl_strdup_printf("%d learner%s running: %s", j->learners,
+                                 j->learners > 1 ? "s" : "", command);
   transition(j, PROCESSING, why, NULL);
   free(why);
   char *err = NULL;
@@ -787,14 +779,15 @@ static void on_line(void *ud, ffdl_learner *handle, const char *line, size_t len
 /* emetrics_file: new lines of the file named by evaluation_metrics.in */
 static char *emetrics_path(const job *j) {
   const char *in = ffdl_metrics_file(j->metrics);
-  if (!in) return dup_printf("%s/learner-1/state/logs/evaluation-metrics.txt", j->dir);
-  char *state_dir = dup_printf("%s/learner-1/state", j->dir);
+  if (!in) return ffdl_strdup_printf("%s/learner-1/state/logs/evaluation-metrics.txt", j->dir);
+  char *state_dir = ffdl_strdup_printf("%s/learner-1/state", j->dir);
   const char *vars[] = {"${JOB_STATE_DIR}", "$JOB_STATE_DIR"};
   char *out = strdup(in);
   for (int v = 0; v < 2 && out; v++) {
     char *at = strstr(out, vars[v]);
     if (!at) continue;
-    char *next = dup_printf("%.*s%s%s", (int)(at - out), out, state_dir, at + strlen(vars[v]));
+    char *next =
+        ffdl_strdup_printf("%.*s%s%s", (int)(at - out), out, state_dir, at + strlen(vars[v]));
     free(out);
     out = next;
   }
@@ -864,10 +857,12 @@ static const char *kind_name(ffdl_exit_kind kind) {
 static char *describe_failure(const job *j) {
   const failure_info *f = &j->failure;
   if (f->kind == FFDL_EXIT_SIGNAL)
-    return dup_printf("learner %d was killed by signal %d", f->learner, f->signal);
-  if (f->kind == FFDL_EXIT_OOM) return dup_printf("learner %d ran out of memory", f->learner);
-  if (f->kind == FFDL_EXIT_NODE_LOST) return dup_printf("learner %d lost its node", f->learner);
-  return dup_printf("learner %d exited with code %d", f->learner, f->exit_code);
+    return ffdl_strdup_printf("learner %d was killed by signal %d", f->learner, f->signal);
+  if (f->kind == FFDL_EXIT_OOM)
+    return ffdl_strdup_printf("learner %d ran out of memory", f->learner);
+  if (f->kind == FFDL_EXIT_NODE_LOST)
+    return ffdl_strdup_printf("learner %d lost its node", f->learner);
+  return ffdl_strdup_printf("learner %d exited with code %d", f->learner, f->exit_code);
 }
 
 static void push_failure(lua_State *L, const job *j) {
@@ -915,7 +910,7 @@ static void decide_retry(job *j, retry_decision *d) {
   ffdl_generation_push_ctx(o->o.gen, NULL);
   char *err = NULL;
   if (ffdl_policy_call(ffdl_generation_sandbox(o->o.gen), "on_failure", 3, 1, 0, &err) != 0) {
-    d->reason = dup_printf("on_failure() failed: %s", err);
+    d->reason = ffdl_strdup_printf("on_failure() failed: %s", err);
     free(err);
     return;
   }
@@ -951,22 +946,22 @@ static void handle_failure(job *j) {
   retry_decision d;
   decide_retry(j, &d);
   char *what = describe_failure(j);
-  char *verdict =
-      dup_printf("%s: %s%s%s", what, d.action, d.reason ? ", " : "", d.reason ? d.reason : "");
+  char *verdict = ffdl_strdup_printf("%s: %s%s%s", what, d.action, d.reason ? ", " : "",
+                                     d.reason ? d.reason : "");
   record_decision(j, HOOK_RETRY, d.action, verdict);
   free(verdict);
   if (strcmp(d.action, "fail") == 0 || j->halting) {
     char *tail = tail_text(j);
-    char *why = dup_printf("%s%s%s\nlast log lines:\n%s", what, d.reason ? ": " : "",
-                           d.reason ? d.reason : "", tail ? tail : "");
+    char *why = ffdl_strdup_printf("%s%s%s\nlast log lines:\n%s", what, d.reason ? ": " : "",
+                                   d.reason ? d.reason : "", tail ? tail : "");
     end_job(j, FAILED, why, "C201");
     free(why);
     free(tail);
   } else {
     if (d.delay < 0 || d.delay != d.delay) d.delay = 0;
-    char *why = dup_printf("%s; attempt %d of %d will %s in %.1f s%s%s", what, j->attempt + 1,
-                           j->max_attempts, d.action, d.delay, d.reason ? ": " : "",
-                           d.reason ? d.reason : "");
+    char *why = ffdl_strdup_printf("%s; attempt %d of %d will %s in %.1f s%s%s", what,
+                                   j->attempt + 1, j->max_attempts, d.action, d.delay,
+                                   d.reason ? ": " : "", d.reason ? d.reason : "");
     j->attempt++;
     j->wipe_checkpoint = strcmp(d.action, "restart") == 0;
     j->eligible = 0;
@@ -1091,7 +1086,7 @@ static void write_job_json(job *j) {
   }
   json_object_set_new(doc, "final_metrics", final);
   ffdl_localstore_mkdirs(j->results_dir, 0755);
-  char *path = dup_printf("%s/job.json", j->results_dir);
+  char *path = ffdl_strdup_printf("%s/job.json", j->results_dir);
   if (json_dump_file(doc, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
     ffdl_log(FFDL_LOG_ERROR, "%s: cannot write %s", j->id, path);
   free(path);
@@ -1150,17 +1145,19 @@ static int local_runtime(job *j, char **err) {
       lua_getfield(L, -2, "interpreter");
       if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {
         const char *image = json_string_value(json_object_get(fw, "image"));
-        *err = dup_printf("%s is not installed on this machine: it runs on the Kubernetes "
-                          "backend, with the image %s",
-                          name, image ? image : "(none)");
+        *err = ffdl_strdup_printf("%s is not installed on this machine: it runs on the Kubernetes "
+                                  "backend, with the image %s",
+                                  name, image ? image : "(none)");
         rc = FFDL_EINVALID;
       } else if (lua_isstring(L, -1)) {
         const char *interp = lua_tostring(L, -1);
-        j->interpreter = interp[0] == '/' ? strdup(interp) : dup_printf("%s/%s", o->root, interp);
+        j->interpreter =
+            interp[0] == '/' ? strdup(interp) : ffdl_strdup_printf("%s/%s", o->root, interp);
         if (access(j->interpreter, X_OK) != 0) {
-          *err = dup_printf("%s runs with %s here, which is missing: run ./scripts/example.sh "
-                            "to install it",
-                            name, j->interpreter);
+          *err =
+              ffdl_strdup_printf("%s runs with %s here, which is missing: run ./scripts/example.sh "
+                                 "to install it",
+                                 name, j->interpreter);
           rc = FFDL_EINVALID;
         }
       }
@@ -1212,8 +1209,8 @@ static job *new_job(ffdl_orch *o, const json_t *spec, const char *model_dir) {
   make_id(j->id);
   j->spec = json_deep_copy(spec);
   j->model_dir = model_dir ? strdup(model_dir) : NULL;
-  j->dir = dup_printf("%s/jobs/%s", o->home, j->id);
-  j->results_dir = dup_printf("%s/%s", o->results, j->id);
+  j->dir = ffdl_strdup_printf("%s/jobs/%s", o->home, j->id);
+  j->results_dir = ffdl_strdup_printf("%s/%s", o->results, j->id);
   j->attempt = 1;
   j->eligible = 1;
   j->last_metrics = json_object();
@@ -1386,8 +1383,8 @@ static void adopt_learners(job *j, const json_t *doc) {
       continue;
     learner_slot *s = &j->slots[n - 1];
     int pid = (int)json_integer_value(json_object_get(l, "pid"));
-    char *log = dup_printf("%s/learner-%d/logs/training-log.txt", j->dir, n);
-    char *exit_path = dup_printf("%s/learner-%d/exit_status", j->dir, n);
+    char *log = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, n);
+    char *exit_path = ffdl_strdup_printf("%s/learner-%d/exit_status", j->dir, n);
     char *err = NULL;
     if (pid > 0 && ffdl_backend_adopt(j->o->o.backend, pid, log, 0, exit_path, &learner_callbacks,
                                       s, &s->handle, &err) == 0) {
@@ -1424,8 +1421,8 @@ static void recover_job(ffdl_orch *o, const json_t *doc) {
   snprintf(j->id, sizeof j->id, "%s", id);
   free(j->dir);
   free(j->results_dir);
-  j->dir = dup_printf("%s/jobs/%s", o->home, j->id);
-  j->results_dir = dup_printf("%s/%s", o->results, j->id);
+  j->dir = ffdl_strdup_printf("%s/jobs/%s", o->home, j->id);
+  j->results_dir = ffdl_strdup_printf("%s/%s", o->results, j->id);
   j->submitted_ms = json_integer_value(json_object_get(doc, "submitted_ms"));
   j->sj.submitted = (double)j->submitted_ms / 1000.0;
   size_t i;

@@ -7,10 +7,10 @@
  * Lua out of the O(queue x nodes) path, and the GPU ledger. Must not: know
  * about processes, the job store, HTTP or the clock (NOW is passed in).
  */
-#define _GNU_SOURCE /* vasprintf */
 #include "orch/sched.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/str.h"
 #include "policy/ljson.h"
 
 #include <lauxlib.h>
@@ -67,16 +67,6 @@ typedef struct {
   long scan_left;
   size_t placed;
 } cycle;
-
-static char *dup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *dup_printf(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  char *out = NULL;
-  if (vasprintf(&out, fmt, ap) < 0) out = NULL;
-  va_end(ap);
-  return out;
-}
 
 int ffdl_sched_new(ffdl_cluster *cluster, ffdl_generation *gen, const ffdl_sched_callbacks *cb,
                    void *ud, ffdl_sched **out) {
@@ -330,6 +320,14 @@ static void waiting(ffdl_sched *s, ffdl_sched_job *j, const char *reason) {
   if (s->cb.waiting) s->cb.waiting(s->ud, j, reason);
 }
 
+/* A decision that leaves the job waiting, for WHY (freed here). */
+static void still_waiting(ffdl_sched *s, ffdl_sched_job *j, const char *hook, const char *outcome,
+                          char *why) {
+  decide(s, j, hook, outcome, why);
+  waiting(s, j, why);
+  free(why);
+}
+
 /* ---- usage, for budget.admit --------------------------------------- */
 
 /* usage:gpu_hours(kind, name, window_s): "team" or "user". */
@@ -475,7 +473,7 @@ static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
   push_ctx(s);
   char *err = NULL;
   if (call(s, "rank", 2, 1, &err) != FFDL_OK) {
-    char *why = dup_printf("rank() failed, the job keeps its submission order: %s", err);
+    char *why = ffdl_strdup_printf("rank() failed, the job keeps its submission order: %s", err);
     decide(s, j, "order", "error", why);
     free(why);
     free(err);
@@ -610,10 +608,8 @@ static int admit(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   push_ctx(s);
   char *err = NULL;
   if (call(s, "admit", 3, 2, &err) != FFDL_OK) {
-    char *why = dup_printf("admit() failed, the job stays queued: %s", err);
-    decide(s, j, "admit", "error", why);
-    waiting(s, j, why);
-    free(why);
+    still_waiting(s, j, "admit", "error",
+                  ffdl_strdup_printf("admit() failed, the job stays queued: %s", err));
     free(err);
     return 0;
   }
@@ -622,10 +618,8 @@ static int admit(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
     decide(s, j, "admit", "admitted", NULL);
   } else {
     const char *reason = lua_tostring(L, -1);
-    char *why = dup_printf("admit(): %s", reason ? reason : "not admitted");
-    decide(s, j, "admit", "not admitted", why);
-    waiting(s, j, why);
-    free(why);
+    still_waiting(s, j, "admit", "not admitted",
+                  ffdl_strdup_printf("admit(): %s", reason ? reason : "not admitted"));
   }
   lua_pop(L, 2);
   return ok;
@@ -660,7 +654,7 @@ static int call_place(ffdl_sched *s, ffdl_sched_job *j, int empty, char **reason
   int rc = call(s, "place", 3, 2, &err);
   ffdl_cluster_view_close(view); /* a view kept by the hook must not outlive the call */
   if (rc != FFDL_OK) {
-    *reason = dup_printf("place() failed, the job stays queued: %s", err);
+    *reason = ffdl_strdup_printf("place() failed, the job stays queued: %s", err);
     free(err);
     return PLACE_FAILED;
   }
@@ -673,7 +667,7 @@ static int call_place(ffdl_sched *s, ffdl_sched_job *j, int empty, char **reason
     lua_rawgeti(L, -2, i + 1);
     j->nodes[i] = pop_node(s, L);
     if (j->nodes[i] < 0) {
-      *reason = dup_printf("place() returned an unknown node for learner %d", i + 1);
+      *reason = ffdl_strdup_printf("place() returned an unknown node for learner %d", i + 1);
       result = PLACE_FAILED;
     }
   }
@@ -713,14 +707,14 @@ void ffdl_sched_release(ffdl_sched *s, ffdl_sched_job *j, double now) {
 
 /* "placed 2 learners on node-1, node-2" (distinct nodes, in order). */
 static char *describe_placement(ffdl_sched *s, const ffdl_sched_job *j) {
-  char *out = dup_printf("placed %d learner%s on", j->learners, j->learners > 1 ? "s" : "");
+  char *out = ffdl_strdup_printf("placed %d learner%s on", j->learners, j->learners > 1 ? "s" : "");
   for (int i = 0; out && i < j->learners; i++) {
     int seen = 0;
     for (int k = 0; k < i; k++)
       seen |= j->nodes[k] == j->nodes[i];
     if (seen) continue;
-    char *longer =
-        dup_printf("%s%s %s", out, i ? "," : "", ffdl_cluster_node_name(s->cluster, j->nodes[i]));
+    char *longer = ffdl_strdup_printf("%s%s %s", out, i ? "," : "",
+                                      ffdl_cluster_node_name(s->cluster, j->nodes[i]));
     free(out);
     out = longer;
   }
@@ -764,9 +758,10 @@ static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
   }
   char *nodes =
       ffdl_cluster_node_count(s->cluster) <= 16 ? ffdl_cluster_describe(s->cluster) : NULL;
-  char *why = nodes ? dup_printf("%s; nodes: %s; it can never fit this cluster", never, nodes)
-                    : dup_printf("%s; it can never fit this cluster of %zu nodes", never,
-                                 ffdl_cluster_node_count(s->cluster));
+  char *why = nodes
+                  ? ffdl_strdup_printf("%s; nodes: %s; it can never fit this cluster", never, nodes)
+                  : ffdl_strdup_printf("%s; it can never fit this cluster of %zu nodes", never,
+                                       ffdl_cluster_node_count(s->cluster));
   free(nodes);
   free(never);
   ffdl_sched_dequeue(s, j);
@@ -819,7 +814,7 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
   int rc = call(s, "hold", 3, 1, &err);
   ffdl_cluster_view_close(view);
   if (rc != FFDL_OK) {
-    char *why = dup_printf("hold() failed, no job may pass this one now: %s", err);
+    char *why = ffdl_strdup_printf("hold() failed, no job may pass this one now: %s", err);
     decide(s, j, "hold", "holding", why);
     free(why);
     free(err);
@@ -865,9 +860,9 @@ static char *describe_request(const ffdl_sched_job *j) {
   if (j->req.gpus > 0)
     snprintf(gpus, sizeof gpus, ", %d GPU%s%s%s", j->req.gpus, j->req.gpus > 1 ? "s" : "",
              j->req.gpu_type ? " of type " : "", j->req.gpu_type ? j->req.gpu_type : "");
-  return dup_printf("needs %d learner%s x %g CPUs, %.1f GiB%s", j->learners,
-                    j->learners > 1 ? "s" : "", j->req.cpus, (double)j->req.memory / (1u << 30),
-                    gpus);
+  return ffdl_strdup_printf("needs %d learner%s x %g CPUs, %.1f GiB%s", j->learners,
+                            j->learners > 1 ? "s" : "", j->req.cpus,
+                            (double)j->req.memory / (1u << 30), gpus);
 }
 
 /* A job behind the blocked one, for which C already knows there is no
@@ -881,11 +876,9 @@ static int behind_blocked_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   if (!ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) return 0;
   j->fit_checked = s->gen_serial;
   char *need = describe_request(j);
-  char *why = dup_printf("%s; no room now, and jobs ahead of it wait too", need);
-  decide(s, j, "place", "waiting", why);
-  waiting(s, j, why);
+  still_waiting(s, j, "place", "waiting",
+                ffdl_strdup_printf("%s; no room now, and jobs ahead of it wait too", need));
   free(need);
-  free(why);
   return 1;
 }
 
