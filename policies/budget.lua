@@ -31,6 +31,8 @@ M.config = {
 local DAY = 24 * 3600
 local MAX_WINDOW_DAYS = 31 -- the runtime's ledger forgets older usage
 
+local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 local function window_text(days)
   if days == math.floor(days) then
     return string.format("%d day%s", days, days == 1 and "" or "s")
@@ -90,11 +92,13 @@ function M.admit(job, usage, ctx)
   local config = M.config
   local wanted = (job.gpus or 0) * (job.learners or 1)
   local team, user = job.team, job.user
-  local by_team, by_user = usage.by_team or {}, usage.by_user or {}
 
+  -- usage.by_team and usage.by_user are built when first read: read them
+  -- only when a setting needs them
   local quota = team and config.gpu_quota_by_team[team]
   if quota then
-    local held = by_team[team] and by_team[team].gpus or 0
+    local holding = (usage.by_team or {})[team]
+    local held = holding and holding.gpus or 0
     if held + wanted > quota then
       return false, string.format("team %s holds %d of its %d GPUs; this job needs %d more",
         team, held, quota, wanted)
@@ -102,7 +106,8 @@ function M.admit(job, usage, ctx)
   end
   local limit = config.max_running_jobs_by_user
   if limit and user then
-    local running = by_user[user] and by_user[user].jobs or 0
+    local holding = (usage.by_user or {})[user]
+    local running = holding and holding.jobs or 0
     if running >= limit then
       return false, string.format("user %s already runs %d jobs (limit %d)", user, running, limit)
     end
@@ -110,13 +115,13 @@ function M.admit(job, usage, ctx)
 
   -- GPU-hour budgets: only jobs that need GPUs spend them; a runtime
   -- without the ledger (no usage.gpu_hours) has no budgets to check
-  local budgets = { team = config.gpu_hours_by_team, user = config.gpu_hours_by_user }
-  if wanted > 0 and (next(budgets.team or {}) or next(budgets.user or {})) then
+  local team_budgets, user_budgets = config.gpu_hours_by_team, config.gpu_hours_by_user
+  if wanted > 0 and (next(team_budgets or EMPTY) or next(user_budgets or EMPTY)) then
     if type(usage.gpu_hours) ~= "function" then
       ctx:explain("GPU-hour budgets are not checked: this runtime reports no GPU-hours")
     else
-      local reason = over_budget(usage, ctx, "team", team, budgets.team)
-        or over_budget(usage, ctx, "user", user, budgets.user)
+      local reason = over_budget(usage, ctx, "team", team, team_budgets)
+        or over_budget(usage, ctx, "user", user, user_budgets)
       if reason then return false, reason end
     end
   end
