@@ -245,3 +245,22 @@ def test_a_job_that_is_never_admitted_is_reported_unscheduled(tmp_path, policies
     stuck = out["not_completed"][0]
     assert stuck["name"] == "stuck" and stuck["status"] == "unscheduled"
     assert "team frozen" in stuck["reason"], stuck
+
+
+def test_a_policy_with_order_instead_of_rank_is_honoured(tmp_path, policies_copy):
+    """order(queue, ctx) is still a valid hook: here, newest first (LIFO)."""
+    text = (policies_copy / "scheduler.lua").read_text()
+    text = text.replace("function M.rank(job, ctx)", "function M.unused_rank(job, ctx)")
+    text = text.replace("function M.hold(job, cluster, ctx)", "function M.unused_hold(job, cluster, ctx)")
+    text = text.replace("\nreturn M", "\nfunction M.order(queue, ctx)\n"
+                        "  table.sort(queue, function(a, b) return a.submitted > b.submitted end)\n"
+                        "  return queue\nend\nreturn M")
+    (policies_copy / "scheduler.lua").write_text(text)
+    for test in (policies_copy / "tests").glob("scheduler_test.lua"):
+        test.unlink()  # its tests are about rank() and hold()
+    cluster = cluster_file(tmp_path, "nodes:\n  - {name: g, cpus: 8, memory: 64GiB, gpus: 1}\n")
+    rows = [HEADER, "0,first,u,t,1,1,1,1GiB,,100,0"] + [f"{i},w{i},u,t,1,1,1,1GiB,,100,0" for i in (1, 2, 3)]
+    out = simulate_json(cluster, write(tmp_path / "t.csv", "\n".join(rows) + "\n"), "--per-job",
+                        policies=policies_copy)
+    starts = sorted((j["start_s"], j["name"]) for j in out["per_job"])
+    assert [name for _, name in starts] == ["first", "w3", "w2", "w1"]
