@@ -893,6 +893,7 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
     s->stats.skipped_by_filter++;
     remember_failure(s, c, j);
     c->blocked = 1;
+    if (hold_again(s, j)) return s->hold_stops ? -1 : 0; /* no hook call: no job table */
     push_job(L, j);
     int rc = hold_for(s, j);
     lua_pop(L, 1);
