@@ -32,9 +32,11 @@ struct ffdl_sched {
   size_t n, cap, sorted, removed;
   size_t head; /* no job before this index: the start of every walk */
   int in_cycle;
-  int ctx_ref, usage_ref; /* this cycle's ctx and usage, built on first use */
-  int gen_facts_serial;   /* generation the two below were read from */
-  int has_order;          /* scheduler.order() exists: the general path */
+  int usage_ref;           /* this cycle's usage, built on first use */
+  int ctx_ref, ctx_serial; /* the generation's ctx (see push_ctx) */
+  double ctx_now;
+  int gen_facts_serial; /* generation the two below were read from */
+  int has_order;        /* scheduler.order() exists: the general path */
   long scan_limit;
   int gen_serial, need_resort;
   int rank_epoch; /* changes with scheduler.lua: every rank is computed again */
@@ -284,21 +286,25 @@ static void push_job(lua_State *L, const ffdl_sched_job *j) {
   lua_setfield(L, -2, "gpus");
 }
 
-/* One ctx per cycle, shared by the hook calls in it (hooks are pure: a
- * fresh table per call cost a tenth of a placement). ctx.now is the
- * cycle's time, which is virtual time in the simulator. */
+/* One ctx per generation, shared by the hook calls (hooks are pure: a
+ * fresh table per call cost a tenth of a placement); only ctx.now moves.
+ * ctx.now is the cycle's time, which is virtual time in the simulator. */
 static void push_ctx(ffdl_sched *s) {
   lua_State *L = lua_of(s);
-  if (s->in_cycle && s->ctx_ref != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
-    return;
-  }
-  ffdl_generation_push_ctx(s->gen, NULL);
-  lua_pushnumber(L, s->now);
-  lua_setfield(L, -2, "now");
-  if (s->in_cycle) {
+  if (s->ctx_serial != s->gen_serial) {
+    /* a ref of an earlier generation went with its Lua state */
+    ffdl_generation_push_ctx(s->gen, NULL);
     lua_pushvalue(L, -1);
     s->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->ctx_serial = s->gen_serial;
+    s->ctx_now = s->now - 1;
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
+  }
+  if (s->ctx_now != s->now) {
+    lua_pushnumber(L, s->now);
+    lua_setfield(L, -2, "now");
+    s->ctx_now = s->now;
   }
 }
 
@@ -962,7 +968,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   cycle c = {.scan_left = s->scan_limit};
   lua_settop(L, top);
   s->in_cycle = 1;
-  s->ctx_ref = s->usage_ref = LUA_NOREF;
+  s->usage_ref = LUA_NOREF;
   /* the queue may lose jobs (placed, never fits) while we walk it */
   size_t n = s->n;
   for (size_t i = s->head; i < n; i++) {
@@ -972,7 +978,6 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     if (try_job(s, &c, j) != 0) break;
   }
   s->in_cycle = 0;
-  luaL_unref(L, LUA_REGISTRYINDEX, s->ctx_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->usage_ref);
   lua_settop(L, top);
   return c.placed;

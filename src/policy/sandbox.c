@@ -482,6 +482,9 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
     outer_expired = 1;
   else if (code == FFDL_ETIMEOUT || code == FFDL_ELIMIT)
     report_limit(sb, what, code, (double)took / 1e6, *err);
+  /* what a call that hit the memory cap left behind is garbage now: free
+   * it at once rather than when later calls happen to allocate enough */
+  if (code == FFDL_ELIMIT && !outer_deadline) lua_gc(L, LUA_GCCOLLECT, 0);
   sb->deadline_ns = outer_deadline;
   sb->deadline_ms = outer_ms;
   sb->expired = outer_expired;
