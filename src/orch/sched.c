@@ -65,7 +65,8 @@ typedef struct shape {
 typedef struct {
   shape failed[MAX_FAILED_SHAPES];
   size_t nfailed;
-  int blocked; /* a job found no room: later ones may only backfill */
+  size_t shapes_failed; /* distinct shapes that found no room in this cycle */
+  int blocked;          /* a job found no room: later ones may only backfill */
   long scan_left;
   size_t placed;
 } cycle;
@@ -588,7 +589,7 @@ static int dominated(ffdl_sched *s, cycle *c, const ffdl_sched_job *j) {
         j->req.gpus < f->req.gpus)
       continue;
     if (f->req.gpus > 0 && f->type_index != 0 && f->type_index != j->type_index) continue;
-    if (j->shape_id >= 0) s->shape_failed[j->shape_id] = s->stats.cycles;
+    if (j->shape_id >= 0) s->shape_failed[j->shape_id] = s->stats.cycles, c->shapes_failed++;
     return 1;
   }
   return 0;
@@ -598,6 +599,7 @@ static void remember_failure(ffdl_sched *s, cycle *c, const ffdl_sched_job *j) {
   if (j->shape_id >= 0) {
     if (s->shape_failed[j->shape_id] == s->stats.cycles) return;
     s->shape_failed[j->shape_id] = s->stats.cycles;
+    c->shapes_failed++;
   }
   if (c->nfailed < MAX_FAILED_SHAPES)
     c->failed[c->nfailed++] = (shape){j->req, j->learners, j->type_index};
@@ -975,6 +977,8 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     ffdl_sched_job *j = s->queue[i];
     if (!j || !j->queued) continue;
     if (c.blocked && c.scan_left-- <= 0) break;
+    /* every shape in the queue found no room: nothing behind can start */
+    if (c.blocked && s->nshapes < MAX_SHAPES && c.shapes_failed >= s->nshapes) break;
     if (try_job(s, &c, j) != 0) break;
   }
   s->in_cycle = 0;
