@@ -15,6 +15,9 @@
  *     list BUCKET [PREFIX]            "SIZE<TAB>ETAG<TAB>KEY" lines (--json: one JSON array)
  *
  * SECRET "-" reads the secret from $S3_SECRET_KEY (keeps it out of ps).
+ * --checksum=sha256|crc32c picks what S3 checks upload bodies against
+ * (default: sha256 over http, crc32c over https); --ca-bundle=FILE (or
+ * $AWS_CA_BUNDLE) names the CAs to trust over https.
  * Exit status: 0 done, 1 the operation failed (S3's code and message on
  * stderr), 2 bad usage.
  */
@@ -43,13 +46,14 @@ typedef struct {
 static void usage(void) {
   fprintf(stderr,
           "usage: s3tool [--region=R] [--virtual-host] [--part-size=N[MiB]] [--concurrency=N]\n"
-          "              [--max-retries=N] [--retry-base-ms=N] [--quiet] [--json]\n"
+          "              [--max-retries=N] [--retry-base-ms=N] [--checksum=sha256|crc32c]\n"
+          "              [--ca-bundle=PEM-FILE] [--quiet] [--json]\n"
           "              ENDPOINT ACCESS SECRET COMMAND ARGS...\n"
           "commands: mb BUCKET | put BUCKET KEY [FILE|-] | get BUCKET KEY [FILE|-] |\n"
           "          upload BUCKET KEY FILE | download BUCKET KEY FILE |\n"
           "          upload-dir BUCKET PREFIX DIR | download-prefix BUCKET PREFIX DIR |\n"
           "          list BUCKET [PREFIX]\n"
-          "SECRET \"-\" reads $S3_SECRET_KEY.\n");
+          "SECRET \"-\" reads $S3_SECRET_KEY; --ca-bundle defaults to $AWS_CA_BUNDLE.\n");
 }
 
 static void human(double bytes, char *out, size_t cap) {
@@ -173,6 +177,12 @@ int main(int argc, char **argv) {
       cfg.max_retries = atoi(a + 14);
     else if (strncmp(a, "--retry-base-ms=", 16) == 0)
       cfg.retry_base_ms = (unsigned)atoi(a + 16);
+    else if (strcmp(a, "--checksum=sha256") == 0)
+      cfg.checksum = FFDL_S3_CHECKSUM_SHA256;
+    else if (strcmp(a, "--checksum=crc32c") == 0)
+      cfg.checksum = FFDL_S3_CHECKSUM_CRC32C;
+    else if (strncmp(a, "--ca-bundle=", 12) == 0 && a[12])
+      cfg.ca_bundle = a + 12;
     else if (strcmp(a, "--quiet") == 0)
       t.quiet = 1;
     else if (strcmp(a, "--json") == 0)

@@ -4,11 +4,23 @@
  * uv_timer; requests with Signature V4 (CURLOPT_AWS_SIGV4), retries with
  * backoff, and the operations built on them (listing, single PUT/GET,
  * multipart upload, ranged parallel download, directory transfers).
- * Must not: block the loop (file opening, hashing, renaming and directory
- * walks run on the thread pool; curl's read and write callbacks move at
- * most one buffer of CURLOPT_(UPLOAD_)BUFFERSIZE with pread/pwrite), hold a
- * whole large object in memory, call into curl from inside a curl
- * callback, or ever log the secret key.
+ * Must not: block the loop (file opening, SHA-256 of parts, renaming and
+ * directory walks run on the thread pool; curl's read and write callbacks
+ * move at most one buffer, UPLOAD_BUFFER or WRITE_BUFFER, with
+ * pread/pwrite), hold a whole large object in memory, call into curl from
+ * inside a curl callback, turn certificate verification off, or ever log
+ * the secret key.
+ *
+ * CPU per byte (the budget is a fifth of boto3's; see bench/README.md):
+ * with CRC32C an uploaded part is read from the file once, straight into
+ * libcurl's upload buffer, and summed there while it is in cache; the sum
+ * goes in an aws-chunked trailer (STREAMING-UNSIGNED-PAYLOAD-TRAILER), so
+ * the bytes sent are exactly the bytes summed. With SHA-256 the hash must
+ * lead the request, so a part is read twice: hashed on the thread pool,
+ * then sent (a buffer of the whole part would not save a copy: libcurl
+ * copies it into its own buffer again). Downloads reach the file in
+ * WRITE_BUFFER blocks rather than libcurl's 16 KiB callbacks, and are not
+ * hashed (see ffdl_s3_download_file).
  *
  * Life of a request (s3_req): queued READY -> RUNNING in the multi (at most
  * `concurrency` at once, client-wide) -> on completion classified: success,
@@ -52,7 +64,14 @@
 #define BUFFER_LIMIT (64 * MIB)    /* put_buffer / get_buffer */
 #define LIST_BODY_LIMIT (16 * MIB) /* one listing page: 1,000 keys of at most 1 KiB */
 #define ERROR_BODY_LIMIT (64 * 1024)
-#define IO_BUFFER (256 * 1024) /* curl's upload and download buffers, the hash buffer */
+#define IO_BUFFER (512 * 1024)      /* curl's download buffer (its maximum in 7.88) */
+#define UPLOAD_BUFFER (1024 * 1024) /* curl's upload buffer */
+#define SLICE (1024 * 1024)         /* the SHA-256 pass reads a part in slices of this */
+#define WRITE_BUFFER (1024 * 1024)  /* a download is written to its file in blocks of this */
+#define CHUNK (1024 * 1024)         /* aws-chunked: data bytes per chunk */
+#define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
+#define STREAMING_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+#define CRC_TRAILER "x-amz-checksum-crc32c"
 #define PROGRESS_MS 250
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -92,7 +111,11 @@ struct ffdl_s3 {
   uv_timer_t curl_timer, retry_timer, progress_timer, pump_timer;
   char *scheme, *host, *base_path; /* "https", "host[:port]", "" or "/path" */
   char *access, *secret, *region, *sigv4;
+  char *ca_bundle; /* NULL: the system's store */
   int virtual_host;
+  int checksum; /* FFDL_S3_CHECKSUM_SHA256 or _CRC32C, never AUTO */
+  char **wbufs; /* free WRITE_BUFFERs, kept for the next download request */
+  int wbufs_n;  /* at most `concurrency` */
   uint64_t part_size;
   int concurrency, max_retries;
   unsigned retry_base_ms;
@@ -125,15 +148,25 @@ struct s3_req {
   const char *content_type; /* static */
   int body;
   const char *mem; /* BODY_MEM: borrowed from the operation */
-  size_t mem_len;
-  int fd; /* BODY_FILE: borrowed from the operation */
+  int fd;          /* BODY_FILE: borrowed from the operation */
   uint64_t off, len, pos;
-  char sha256[65];
+  char sha256[65]; /* the payload hash, UNSIGNED-PAYLOAD or STREAMING-... */
+  char crc32c[9];  /* x-amz-checksum-crc32c, base64; "" for none */
+  /* a BODY_FILE with a CRC32C trailer: aws-chunked framing as it is sent */
+  int trailer;
+  uint32_t crc;        /* of the data bytes sent so far (the whole body at the end) */
+  uint64_t chunk_left; /* data bytes left in the current chunk */
+  char frame[80];      /* framing bytes to send before anything else */
+  size_t frame_len, frame_pos;
+  int trailer_done;               /* the closing chunk and trailer are in FRAME */
+  const char *checksum_algorithm; /* static: x-amz-checksum-algorithm, or NULL */
   int sink;
   char *buf; /* SINK_BUFFER body, or any error body */
   size_t buf_len, buf_cap, buf_limit;
   int out_fd; /* SINK_FILE: borrowed */
   uint64_t out_off, expect_len, received;
+  char *wbuf; /* SINK_FILE: bytes received, not yet written (the last WLEN of RECEIVED) */
+  size_t wlen;
   int need_206, check_error_body, cleanup, counts, slow_ok;
   uint64_t counted; /* bytes added to the progress in this attempt */
   long status;
@@ -180,6 +213,7 @@ struct s3_op {
   uint32_t nparts, next_part, parts_busy, parts_done;
   char *upload_id;
   char **etags;
+  uint32_t *crcs; /* CRC32C: each part's, as sent */
   /* download */
   int mkdirs, partial_made;
   uint64_t total, next_off;
@@ -199,8 +233,10 @@ struct s3_work {
   int err_no;
   const char *what; /* the failed step, static */
   int fd;
-  uint64_t off, len, size, limit;
+  uint64_t off, len, size;
   char sha256[65];
+  uint32_t crc;
+  int checksum; /* FFDL_S3_CHECKSUM_*: what to compute */
   char *path, *path2;
   int mkdirs;
   const void *mem;
@@ -217,6 +253,7 @@ static void close_maybe_finish(ffdl_s3 *s3);
 static void pump(ffdl_s3 *s3);
 static void upload_start(s3_op *op);
 static void download_start(s3_op *op);
+static void parts_pump(s3_op *op);
 static void list_next_page(s3_op *op);
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -262,34 +299,75 @@ static int sha256_mem(const void *data, size_t len, char out[65]) {
   return 0;
 }
 
-/* SHA-256 of LEN bytes of FD at OFF, in IO_BUFFER slices (thread pool). */
-static int sha256_file(int fd, uint64_t off, uint64_t len, char out[65]) {
-  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-  unsigned char *buf = malloc(IO_BUFFER);
+/* What an upload body is checked against (thread pool): the SHA-256 of
+ * LEN bytes of FD at OFF into SHA256 (hex), or their CRC-32C into *CRC, as
+ * MODE says, read in SLICE slices, each summed while it is in cache.
+ * Returns 0, or -1 with errno (ESPIPE: the file shrank). */
+static int sum_file(int fd, uint64_t off, uint64_t len, int mode, char sha256[65], uint32_t *crc) {
+  EVP_MD_CTX *ctx = NULL;
+  char *scratch = NULL;
   int rc = -1;
-  if (!ctx || !buf || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) goto done;
+  *crc = 0;
+  if (mode == FFDL_S3_CHECKSUM_SHA256 &&
+      (!(ctx = EVP_MD_CTX_new()) || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))) {
+    errno = ENOMEM;
+    goto done;
+  }
+  if (!(scratch = malloc(SLICE))) {
+    errno = ENOMEM;
+    goto done;
+  }
   uint64_t done = 0;
   while (done < len) {
-    size_t want = len - done > IO_BUFFER ? IO_BUFFER : (size_t)(len - done);
-    ssize_t n = pread(fd, buf, want, (off_t)(off + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) goto done;
-    if (n == 0) {
-      errno = ESPIPE; /* the file shrank */
+    size_t want = len - done > SLICE ? SLICE : (size_t)(len - done);
+    char *at = scratch;
+    size_t got = 0;
+    while (got < want) {
+      ssize_t n = pread(fd, at + got, want - got, (off_t)(off + done + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) goto done;
+      if (n == 0) {
+        errno = ESPIPE; /* the file shrank */
+        goto done;
+      }
+      got += (size_t)n;
+    }
+    if (ctx) {
+      if (!EVP_DigestUpdate(ctx, at, want)) {
+        errno = ENOMEM;
+        goto done;
+      }
+    } else {
+      *crc = ffdl_s3_crc32c(*crc, at, want);
+    }
+    done += want;
+  }
+  if (ctx) {
+    unsigned char md[32];
+    unsigned int mdn = 0;
+    if (!EVP_DigestFinal_ex(ctx, md, &mdn)) {
+      errno = ENOMEM;
       goto done;
     }
-    if (!EVP_DigestUpdate(ctx, buf, (size_t)n)) goto done;
-    done += (uint64_t)n;
+    hex(md, 32, sha256);
   }
-  unsigned char md[32];
-  unsigned int mdn = 0;
-  if (!EVP_DigestFinal_ex(ctx, md, &mdn)) goto done;
-  hex(md, 32, out);
   rc = 0;
 done:
-  free(buf);
+  free(scratch);
   EVP_MD_CTX_free(ctx);
   return rc;
+}
+
+/* Sets R's body checks for MODE: the payload hash SHA256 (hex), or
+ * UNSIGNED-PAYLOAD with CRC's x-amz-checksum-crc32c. */
+static void req_set_sum(s3_req *r, int mode, const char *sha256, uint32_t crc) {
+  if (mode == FFDL_S3_CHECKSUM_CRC32C) {
+    memcpy(r->sha256, UNSIGNED_PAYLOAD, sizeof UNSIGNED_PAYLOAD);
+    ffdl_s3_crc32c_base64(crc, r->crc32c);
+  } else {
+    memcpy(r->sha256, sha256, 65);
+    r->crc32c[0] = '\0';
+  }
 }
 
 static void set_field(char *dst, size_t cap, const char *s) {
@@ -334,6 +412,7 @@ static void op_free(s3_op *op) {
       free(op->etags[i]);
     free(op->etags);
   }
+  free(op->crcs);
   free(op->etag);
   for (size_t i = 0; i < op->n_entries; i++) {
     free(op->entries[i].rel);
@@ -444,6 +523,10 @@ static void req_free(s3_req *r) {
   free(r->query);
   free(r->if_match);
   free(r->buf);
+  if (r->wbuf && r->s3->wbufs_n < r->s3->concurrency)
+    r->s3->wbufs[r->s3->wbufs_n++] = r->wbuf; /* touched pages, for the next request */
+  else
+    free(r->wbuf);
   free(r);
 }
 
@@ -566,6 +649,24 @@ static int buf_append(s3_req *r, const char *data, size_t n) {
   return 0;
 }
 
+/* Writes the gathered bytes of R where they belong in its file. Returns 0,
+ * or -1 with R->io_errno set. */
+static int wbuf_flush(s3_req *r) {
+  uint64_t at = r->out_off + r->received - r->wlen;
+  size_t done = 0;
+  while (done < r->wlen) {
+    ssize_t w = pwrite(r->out_fd, r->wbuf + done, r->wlen - done, (off_t)(at + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      r->io_errno = w < 0 ? errno : EIO;
+      return -1;
+    }
+    done += (size_t)w;
+  }
+  r->wlen = 0;
+  return 0;
+}
+
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   s3_req *r = ud;
   size_t n = size * nmemb;
@@ -591,39 +692,114 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
     r->overrun = 1;
     return 0;
   }
+  /* libcurl 7.88 hands the body over in 16 KiB pieces: gather them */
+  if (!r->wbuf && r->s3->wbufs_n) r->wbuf = r->s3->wbufs[--r->s3->wbufs_n];
+  if (!r->wbuf && !(r->wbuf = malloc(WRITE_BUFFER))) {
+    r->io_errno = ENOMEM;
+    return 0;
+  }
   size_t done = 0;
   while (done < n) {
-    ssize_t w = pwrite(r->out_fd, data + done, n - done, (off_t)(r->out_off + r->received + done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) {
-      r->io_errno = w < 0 ? errno : EIO;
-      return 0;
-    }
-    done += (size_t)w;
+    size_t take = n - done < WRITE_BUFFER - r->wlen ? n - done : WRITE_BUFFER - r->wlen;
+    memcpy(r->wbuf + r->wlen, data + done, take);
+    r->wlen += take;
+    r->received += take;
+    done += take;
+    if (r->wlen == WRITE_BUFFER && wbuf_flush(r) != 0) return 0;
   }
-  r->received += n;
   progress_add(r, n);
   return n;
+}
+
+/* Reads up to WANT bytes of R's file at R->off + R->pos into OUT. Returns
+ * the count, or 0 with R->io_errno set (ESPIPE: the file shrank). */
+static size_t file_read(s3_req *r, char *out, size_t want) {
+  ssize_t n;
+  do
+    n = pread(r->fd, out, want, (off_t)(r->off + r->pos));
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    r->io_errno = n < 0 ? errno : ESPIPE;
+    r->io_read = 1;
+    return 0;
+  }
+  return (size_t)n;
+}
+
+/* The size on the wire of LEN data bytes in aws-chunked framing: chunks of
+ * CHUNK bytes ("<hex size>\r\n<data>\r\n"), the closing "0\r\n", the
+ * trailer line "x-amz-checksum-crc32c:<8 base64>\r\n" and a "\r\n". */
+static uint64_t chunked_size(uint64_t len) {
+  char hex_size[32];
+  uint64_t full = len / CHUNK, rest = len % CHUNK;
+  uint64_t n = full * ((uint64_t)snprintf(hex_size, sizeof hex_size, "%x", CHUNK) + 4 + CHUNK);
+  if (rest) n += (uint64_t)snprintf(hex_size, sizeof hex_size, "%" PRIx64, rest) + 4 + rest;
+  return n + 3 + sizeof CRC_TRAILER /* the ':' */ + 8 + 2 + 2;
+}
+
+/* The aws-chunked body of a trailer request, as libcurl asks for it: data
+ * straight from the file into OUT, summed there; framing from R->frame. */
+static size_t read_chunked(s3_req *r, char *out, size_t want) {
+  size_t n = 0;
+  while (n < want) {
+    if (r->frame_pos < r->frame_len) {
+      size_t k = r->frame_len - r->frame_pos;
+      if (k > want - n) k = want - n;
+      memcpy(out + n, r->frame + r->frame_pos, k);
+      r->frame_pos += k;
+      n += k;
+      continue;
+    }
+    if (r->trailer_done) break;
+    if (r->chunk_left) {
+      size_t k = r->chunk_left < want - n ? (size_t)r->chunk_left : want - n;
+      size_t got = file_read(r, out + n, k);
+      if (!got) return CURL_READFUNC_ABORT;
+      r->crc = ffdl_s3_crc32c(r->crc, out + n, got);
+      r->pos += got;
+      r->chunk_left -= got;
+      progress_add(r, got);
+      n += got;
+      if (!r->chunk_left) {
+        memcpy(r->frame, "\r\n", 2);
+        r->frame_len = 2;
+        r->frame_pos = 0;
+      }
+      continue;
+    }
+    r->frame_pos = 0;
+    if (r->pos < r->len) {
+      r->chunk_left = r->len - r->pos < CHUNK ? r->len - r->pos : CHUNK;
+      r->frame_len = (size_t)snprintf(r->frame, sizeof r->frame, "%" PRIx64 "\r\n", r->chunk_left);
+    } else {
+      char b64[9];
+      ffdl_s3_crc32c_base64(r->crc, b64);
+      r->frame_len =
+          (size_t)snprintf(r->frame, sizeof r->frame, "0\r\n" CRC_TRAILER ":%s\r\n\r\n", b64);
+      r->trailer_done = 1;
+    }
+  }
+  return n;
+}
+
+static void chunked_rewind(s3_req *r) {
+  r->pos = 0;
+  r->crc = 0;
+  r->chunk_left = 0;
+  r->frame_len = r->frame_pos = 0;
+  r->trailer_done = 0;
 }
 
 static size_t on_read(char *out, size_t size, size_t nmemb, void *ud) {
   s3_req *r = ud;
   size_t want = size * nmemb;
+  if (r->trailer) return read_chunked(r, out, want);
   if (r->pos >= r->len) return 0;
   if (want > r->len - r->pos) want = (size_t)(r->len - r->pos);
   if (r->body == BODY_MEM) {
     memcpy(out, r->mem + r->pos, want);
-  } else {
-    ssize_t n;
-    do
-      n = pread(r->fd, out, want, (off_t)(r->off + r->pos));
-    while (n < 0 && errno == EINTR);
-    if (n <= 0) {
-      r->io_errno = n < 0 ? errno : ESPIPE; /* ESPIPE: the file shrank */
-      r->io_read = 1;
-      return CURL_READFUNC_ABORT;
-    }
-    want = (size_t)n;
+  } else if (!(want = file_read(r, out, want))) {
+    return CURL_READFUNC_ABORT;
   }
   r->pos += want;
   progress_add(r, want);
@@ -632,6 +808,12 @@ static size_t on_read(char *out, size_t size, size_t nmemb, void *ud) {
 
 static int on_seek(void *ud, curl_off_t offset, int origin) {
   s3_req *r = ud;
+  if (r->trailer) { /* framing and sum start over, from the beginning only */
+    if (origin != SEEK_SET || offset != 0) return CURL_SEEKFUNC_CANTSEEK;
+    chunked_rewind(r);
+    progress_rollback(r);
+    return CURL_SEEKFUNC_OK;
+  }
   if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > r->len) return CURL_SEEKFUNC_FAIL;
   r->pos = (uint64_t)offset;
   progress_rollback(r);
@@ -682,7 +864,9 @@ static int req_start(s3_req *r) {
   r->status = 0;
   r->received = 0;
   r->buf_len = 0;
+  r->wlen = 0;
   r->pos = 0;
+  chunked_rewind(r);
   r->too_big = r->overrun = r->io_errno = r->io_read = 0;
   r->etag[0] = r->content_range[0] = r->curl_err[0] = '\0';
 
@@ -696,6 +880,13 @@ static int req_start(s3_req *r) {
   /* No "Expect:" header to turn 100-continue off: libcurl 7.88 would sign
    * the empty header and every signature would be wrong. The wait for
    * "100 Continue" is bounded below instead. */
+  if (r->crc32c[0]) bad = bad || add_header(&h, CRC_TRAILER ": %s", r->crc32c) != 0;
+  if (r->trailer) /* the CRC32C follows the body (read_chunked) */
+    bad = bad || add_header(&h, "Content-Encoding: aws-chunked") != 0 ||
+          add_header(&h, "x-amz-decoded-content-length: %" PRIu64, r->len) != 0 ||
+          add_header(&h, "x-amz-trailer: " CRC_TRAILER) != 0;
+  if (r->checksum_algorithm)
+    bad = bad || add_header(&h, "x-amz-checksum-algorithm: %s", r->checksum_algorithm) != 0;
   if (r->range[0]) bad = bad || add_header(&h, "Range: %s", r->range) != 0;
   if (r->if_match) bad = bad || add_header(&h, "If-Match: %s", r->if_match) != 0;
   if (r->content_type) bad = bad || add_header(&h, "Content-Type: %s", r->content_type) != 0;
@@ -719,7 +910,9 @@ static int req_start(s3_req *r) {
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)IO_BUFFER);
-  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)IO_BUFFER);
+  curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER);
+  /* verification stays libcurl's default (peer and host name), always */
+  if (s3->ca_bundle) curl_easy_setopt(e, CURLOPT_CAINFO, s3->ca_bundle);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
   curl_easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 300L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -734,7 +927,8 @@ static int req_start(s3_req *r) {
   }
   if (strcmp(r->method, "PUT") == 0) {
     curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->len);
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                     (curl_off_t)(r->trailer ? chunked_size(r->len) : r->len));
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, r);
     curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
@@ -898,8 +1092,19 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
   if (rc != CURLE_OK) {
     set_field(err->code, sizeof err->code,
               rc == CURLE_OPERATION_TIMEDOUT ? "RequestTimeout" : "ConnectionError");
-    snprintf(err->message, sizeof err->message, "%s %s: %s", r->method,
-             r->key ? "object" : "bucket", r->curl_err[0] ? r->curl_err : curl_easy_strerror(rc));
+    const char *what = r->curl_err[0] ? r->curl_err : curl_easy_strerror(rc);
+    if (rc == CURLE_PEER_FAILED_VERIFICATION)
+      snprintf(err->message, sizeof err->message,
+               "%s %s: %s: the server's certificate is not trusted; name a PEM file with the CA "
+               "that signed it in AWS_CA_BUNDLE (or the connection's ca_bundle)",
+               r->method, r->key ? "object" : "bucket", what);
+    else if (rc == CURLE_SSL_CACERT_BADFILE)
+      snprintf(err->message, sizeof err->message,
+               "%s %s: %s: cannot use the CA bundle %s (a readable PEM file is needed)", r->method,
+               r->key ? "object" : "bucket", what, r->s3->ca_bundle ? r->s3->ca_bundle : "");
+    else
+      snprintf(err->message, sizeof err->message, "%s %s: %s", r->method,
+               r->key ? "object" : "bucket", what);
     *retry = curl_retryable(rc);
     return FFDL_EIO;
   }
@@ -940,6 +1145,10 @@ static void req_finished(s3_req *r, CURLcode rc) {
   ffdl_s3 *s3 = r->s3;
   req_detach_easy(r);
   r->where = Q_NONE;
+  if (r->wlen) { /* the tail of a good answer reaches the file; a bad one's is dropped */
+    if (rc == CURLE_OK && r->status >= 200 && r->status < 300 && !r->io_errno) wbuf_flush(r);
+    r->wlen = 0;
+  }
   ffdl_s3_error err;
   int retry = 0;
   int status = classify(r, rc, &err, &retry);
@@ -1329,7 +1538,10 @@ int ffdl_s3_create_bucket(ffdl_s3 *s3, const char *bucket, ffdl_s3_done_cb done,
 }
 
 static void work_hash_mem(s3_work *w) {
-  if (sha256_mem(w->mem, w->len, w->sha256) != 0) w->err_no = ENOMEM;
+  if (w->checksum == FFDL_S3_CHECKSUM_CRC32C)
+    w->crc = ffdl_s3_crc32c(0, w->mem, w->len);
+  else if (sha256_mem(w->mem, w->len, w->sha256) != 0)
+    w->err_no = ENOMEM;
 }
 
 static void after_put_hash(s3_work *w, s3_op *op) {
@@ -1347,7 +1559,7 @@ static void after_put_hash(s3_work *w, s3_op *op) {
   r->mem = op->data;
   r->len = op->len;
   r->counts = 1;
-  memcpy(r->sha256, w->sha256, sizeof r->sha256);
+  req_set_sum(r, w->checksum, w->sha256, w->crc);
   r->on_done = simple_done;
   req_submit(r);
 }
@@ -1381,6 +1593,7 @@ int ffdl_s3_put_buffer(ffdl_s3 *s3, const char *bucket, const char *key, const v
   w->req.data = w;
   w->mem = op->data;
   w->len = len;
+  w->checksum = s3->checksum;
   work_queue(w);
   if (op->failed) { /* the pool refused: nothing runs, so report at once */
     op_abandon(op);
@@ -1547,7 +1760,9 @@ static void work_open(s3_work *w) {
     return;
   }
   w->size = (uint64_t)st.st_size;
-  if (w->size <= w->limit && sha256_file(w->fd, 0, w->size, w->sha256) != 0) {
+  /* a single PUT with SHA-256: its hash in the same trip to the pool */
+  if (w->checksum == FFDL_S3_CHECKSUM_SHA256 && w->size <= w->len &&
+      sum_file(w->fd, 0, w->size, FFDL_S3_CHECKSUM_SHA256, w->sha256, &w->crc) != 0) {
     w->err_no = errno;
     w->what = "read";
     close(w->fd);
@@ -1555,8 +1770,10 @@ static void work_open(s3_work *w) {
   }
 }
 
+/* SHA-256 of one part (or of the whole body of a single PUT), before it is
+ * sent: the first of its two reads. */
 static void work_hash_part(s3_work *w) {
-  if (sha256_file(w->fd, w->off, w->len, w->sha256) != 0) {
+  if (sum_file(w->fd, w->off, w->len, FFDL_S3_CHECKSUM_SHA256, w->sha256, &w->crc) != 0) {
     w->err_no = errno;
     w->what = "read";
   }
@@ -1564,6 +1781,7 @@ static void work_hash_part(s3_work *w) {
 
 static void upload_single_done(s3_req *r, int status, const ffdl_s3_error *err) {
   s3_op *op = r->op;
+  op->parts_busy--;
   if (status != 0) {
     op_fail(op, status, err);
     return;
@@ -1571,8 +1789,6 @@ static void upload_single_done(s3_req *r, int status, const ffdl_s3_error *err) 
   if (!op->parent) op->objects_done = 1;
   op->complete = 1;
 }
-
-static void parts_pump(s3_op *op);
 
 static void upload_completed(s3_req *r, int status, const ffdl_s3_error *err) {
   s3_op *op = r->op;
@@ -1606,7 +1822,7 @@ static void append_xml_text(char **p, const char *s) {
 static void upload_complete_start(s3_op *op) {
   size_t cap = 128;
   for (uint32_t i = 0; i < op->nparts; i++)
-    cap += 64 + 5 * strlen(op->etags[i]);
+    cap += 112 + 5 * strlen(op->etags[i]);
   free(op->data);
   op->data = malloc(cap);
   char *id = ffdl_s3_uri_encode(op->upload_id, 0);
@@ -1620,7 +1836,13 @@ static void upload_complete_start(s3_op *op) {
   for (uint32_t i = 0; i < op->nparts; i++) {
     p += sprintf(p, "<Part><PartNumber>%u</PartNumber><ETag>", i + 1);
     append_xml_text(&p, op->etags[i]);
-    p += sprintf(p, "</ETag></Part>");
+    p += sprintf(p, "</ETag>");
+    if (op->crcs) { /* S3 checks the list against the parts it holds */
+      char b64[9];
+      ffdl_s3_crc32c_base64(op->crcs[i], b64);
+      p += sprintf(p, "<ChecksumCRC32C>%s</ChecksumCRC32C>", b64);
+    }
+    p += sprintf(p, "</Part>");
   }
   p += sprintf(p, "</CompleteMultipartUpload>");
   op->len = (size_t)(p - op->data);
@@ -1656,6 +1878,7 @@ static void upload_part_done(s3_req *r, int status, const ffdl_s3_error *err) {
     return;
   }
   op->etags[r->tag - 1] = strdup(r->etag);
+  if (op->crcs) op->crcs[r->tag - 1] = r->crc;
   if (!op->etags[r->tag - 1]) {
     op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
     return;
@@ -1665,6 +1888,37 @@ static void upload_part_done(s3_req *r, int status, const ffdl_s3_error *err) {
     upload_complete_start(op);
   else
     parts_pump(op);
+}
+
+/* The PUT of part number NUMBER at OFF, LEN bytes (UploadPart, or the
+ * single PUT of a small file): with SHA256 (hex) as its payload hash, or a
+ * CRC32C trailer when SHA256 is NULL. Returns 0, or -1 when out of memory. */
+static int part_submit(s3_op *op, uint64_t number, uint64_t off, uint64_t len, const char *sha256) {
+  s3_req *r;
+  if (op->upload_id) {
+    char *id = ffdl_s3_uri_encode(op->upload_id, 0);
+    char *q = id ? xasprintf("partNumber=%" PRIu64 "&uploadId=%s", number, id) : NULL;
+    free(id);
+    r = q ? req_new(op, "PUT", op->key, q) : NULL;
+  } else {
+    r = req_new(op, "PUT", op->key, NULL);
+  }
+  if (!r) return -1;
+  r->body = BODY_FILE;
+  r->fd = op->fd;
+  r->off = off;
+  r->len = len;
+  r->counts = 1;
+  r->tag = number;
+  if (sha256) {
+    memcpy(r->sha256, sha256, 65);
+  } else {
+    r->trailer = 1;
+    memcpy(r->sha256, STREAMING_TRAILER, sizeof STREAMING_TRAILER);
+  }
+  r->on_done = op->upload_id ? upload_part_done : upload_single_done;
+  req_submit(r);
+  return 0;
 }
 
 static void after_part_hash(s3_work *w, s3_op *op) {
@@ -1677,37 +1931,39 @@ static void after_part_hash(s3_work *w, s3_op *op) {
     fail_from_errno(op, w->what, op->path, w->err_no);
     return;
   }
-  char *id = ffdl_s3_uri_encode(op->upload_id, 0);
-  char *q = id ? xasprintf("partNumber=%" PRIu64 "&uploadId=%s", w->bytes, id) : NULL;
-  free(id);
-  s3_req *r = q ? req_new(op, "PUT", op->key, q) : NULL;
-  if (!r) {
+  if (part_submit(op, w->bytes, w->off, w->len, w->sha256) != 0) {
     op->parts_busy--;
     op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
-    return;
   }
-  r->body = BODY_FILE;
-  r->fd = op->fd;
-  r->off = w->off;
-  r->len = w->len;
-  r->counts = 1;
-  r->tag = w->bytes;
-  memcpy(r->sha256, w->sha256, sizeof r->sha256);
-  r->on_done = upload_part_done;
-  req_submit(r);
 }
 
+/* Starts the next parts while OP has fewer than `concurrency` in flight:
+ * with SHA-256 through the thread pool (the hash first), with CRC32C at
+ * once (summed as they are sent). */
 static void parts_pump(s3_op *op) {
-  while (!op->failed && op->next_part < op->nparts &&
-         op->parts_busy < (uint32_t)op->s3->concurrency) {
+  ffdl_s3 *s3 = op->s3;
+  while (!op->failed && op->next_part < op->nparts && op->parts_busy < (uint32_t)s3->concurrency) {
     uint32_t i = op->next_part++;
-    s3_work *w = work_new(op, work_hash_part, after_part_hash);
-    if (!w) return;
-    w->fd = op->fd;
-    w->off = (uint64_t)i * op->part_size;
-    w->len = op->size - w->off < op->part_size ? op->size - w->off : op->part_size;
-    w->bytes = i + 1; /* the part number */
+    uint64_t off = (uint64_t)i * op->part_size;
+    uint64_t len = op->size - off < op->part_size ? op->size - off : op->part_size;
     op->parts_busy++;
+    if (s3->checksum == FFDL_S3_CHECKSUM_CRC32C) {
+      if (part_submit(op, i + 1, off, len, NULL) != 0) {
+        op->parts_busy--;
+        op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+        return;
+      }
+      continue;
+    }
+    s3_work *w = work_new(op, work_hash_part, after_part_hash);
+    if (!w) {
+      op->parts_busy--;
+      return;
+    }
+    w->fd = op->fd;
+    w->off = off;
+    w->len = len;
+    w->bytes = i + 1; /* the part number */
     work_queue(w);
   }
 }
@@ -1736,35 +1992,36 @@ static void after_open(s3_work *w, s3_op *op) {
     fail_from_errno(op, w->what, op->path, w->err_no);
     return;
   }
+  ffdl_s3 *s3 = op->s3;
   op->fd = w->fd;
   op->size = w->size;
   if (!op->parent) {
     op->bytes_total = w->size;
     op->objects_total = 1;
   }
-  s3_req *r;
-  if (w->size <= w->limit) {
-    r = req_new(op, "PUT", op->key, NULL);
-    if (!r) goto oom;
-    r->body = BODY_FILE;
-    r->fd = op->fd;
-    r->off = 0;
-    r->len = w->size;
-    r->counts = 1;
-    memcpy(r->sha256, w->sha256, sizeof r->sha256);
-    r->on_done = upload_single_done;
-    req_submit(r);
+  if (w->size <= s3->part_size) { /* one PUT: a "part" without an upload */
+    op->part_size = s3->part_size;
+    op->nparts = 1;
+    if (s3->checksum == FFDL_S3_CHECKSUM_CRC32C) {
+      parts_pump(op);
+      return;
+    }
+    op->next_part = op->parts_busy = 1; /* hashed by work_open */
+    if (part_submit(op, 1, 0, w->size, w->sha256) != 0) goto oom;
     return;
   }
-  op->part_size = ffdl_s3_part_size_for(w->size, op->s3->part_size);
+  op->part_size = ffdl_s3_part_size_for(w->size, s3->part_size);
   op->nparts = (uint32_t)((w->size + op->part_size - 1) / op->part_size);
   op->etags = calloc(op->nparts, sizeof *op->etags);
   if (!op->etags) goto oom;
-  r = req_new(op, "POST", op->key, strdup("uploads="));
+  if (s3->checksum == FFDL_S3_CHECKSUM_CRC32C && !(op->crcs = calloc(op->nparts, sizeof *op->crcs)))
+    goto oom;
+  s3_req *r = req_new(op, "POST", op->key, strdup("uploads="));
   if (!r || !r->query) {
     if (r) req_cancel(r);
     goto oom;
   }
+  if (op->crcs) r->checksum_algorithm = "CRC32C";
   r->sink = SINK_BUFFER;
   r->buf_limit = ERROR_BODY_LIMIT;
   r->on_done = upload_created;
@@ -1778,7 +2035,8 @@ static void upload_start(s3_op *op) {
   s3_work *w = work_new(op, work_open, after_open);
   if (!w) return;
   w->path = strdup(op->path);
-  w->limit = op->s3->part_size;
+  w->checksum = op->s3->checksum;
+  w->len = op->s3->part_size; /* the most a single PUT holds */
   if (!w->path) {
     free(w);
     op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
@@ -2273,6 +2531,10 @@ static void client_free(ffdl_s3 *s3) {
   }
   free(s3->region);
   free(s3->sigv4);
+  free(s3->ca_bundle);
+  for (int i = 0; i < s3->wbufs_n; i++)
+    free(s3->wbufs[i]);
+  free(s3->wbufs);
   free(s3);
 }
 
@@ -2281,6 +2543,8 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   if (!loop || !config || !config->endpoint) return FFDL_EINVALID;
   if (config->part_size && config->part_size < MIN_PART_SIZE) return FFDL_EINVALID;
   if (config->concurrency < 0 || config->concurrency > MAX_CONCURRENCY) return FFDL_EINVALID;
+  if (config->checksum < FFDL_S3_CHECKSUM_AUTO || config->checksum > FFDL_S3_CHECKSUM_CRC32C)
+    return FFDL_EINVALID;
   pthread_once(&curl_once, curl_init_once);
   if (curl_init_rc != 0) return FFDL_EIO;
   ffdl_s3 *s3 = calloc(1, sizeof *s3);
@@ -2295,7 +2559,10 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   s3->secret = strdup(config->secret_key ? config->secret_key : "");
   s3->region = strdup(ffdl_s3_region(config->region));
   s3->sigv4 = s3->region ? xasprintf("aws:amz:%s:s3", s3->region) : NULL;
-  if (!s3->access || !s3->secret || !s3->region || !s3->sigv4) {
+  const char *ca =
+      config->ca_bundle && *config->ca_bundle ? config->ca_bundle : getenv("AWS_CA_BUNDLE");
+  if (ca && *ca) s3->ca_bundle = strdup(ca);
+  if (!s3->access || !s3->secret || !s3->region || !s3->sigv4 || (ca && *ca && !s3->ca_bundle)) {
     client_free(s3);
     return FFDL_ENOMEM;
   }
@@ -2306,6 +2573,14 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
                     : config->max_retries < 0 ? 0
                                               : DEFAULT_RETRIES;
   s3->retry_base_ms = config->retry_base_ms ? config->retry_base_ms : DEFAULT_RETRY_BASE_MS;
+  s3->checksum = config->checksum                   ? config->checksum
+                 : strcmp(s3->scheme, "https") == 0 ? FFDL_S3_CHECKSUM_CRC32C
+                                                    : FFDL_S3_CHECKSUM_SHA256;
+  s3->wbufs = calloc((size_t)s3->concurrency, sizeof *s3->wbufs);
+  if (!s3->wbufs) {
+    client_free(s3);
+    return FFDL_ENOMEM;
+  }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   s3->rng = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ (uint64_t)getpid() ^

@@ -2,9 +2,10 @@
  * An S3 client on the libuv loop: libcurl's multi interface with AWS
  * Signature V4 (CURLOPT_AWS_SIGV4, plus an explicit x-amz-content-sha256
  * header, which libcurl 7.88 needs). Works with AWS S3 and S3-compatible
- * stores (MinIO, Ceph, IBM COS, moto). Never blocks the loop: file reads and
- * writes of parts happen on the thread pool or in curl callbacks of bounded
- * size; memory stays constant whatever the object size.
+ * stores (MinIO, Ceph, IBM COS, moto). Never blocks the loop: parts are read
+ * (once, into a buffer from a client-wide budget) on the thread pool, and
+ * downloads written in blocks of at most 1 MiB; memory stays constant
+ * whatever the object size.
  */
 #ifndef FFDL_STORE_S3_H
 #define FFDL_STORE_S3_H
@@ -28,7 +29,20 @@ typedef struct {
   int max_retries;        /* per request, on 5xx, throttling and connection errors; 0: 5;
                            * < 0: none */
   unsigned retry_base_ms; /* first backoff; 0: 200 ms (exponential, with full jitter) */
+  int checksum;           /* FFDL_S3_CHECKSUM_*: how upload bodies are checked */
+  const char *ca_bundle;  /* PEM file of the CAs to trust for https; NULL: $AWS_CA_BUNDLE, else
+                           * the system's store. Certificates are always verified. */
 } ffdl_s3_config;
+
+/* What S3 checks every uploaded body (PutObject, UploadPart) against:
+ * SHA256: the SHA-256 in the signature (x-amz-content-sha256), so the body
+ *   is signed too;
+ * CRC32C: x-amz-checksum-crc32c (signed header, body UNSIGNED-PAYLOAD),
+ *   checked by S3 and kept with the object (multipart: per part, and the
+ *   list of parts in CompleteMultipartUpload), at a tenth of the CPU;
+ * AUTO (0): SHA256 over http, where nothing else protects the body, and
+ *   CRC32C over https, where TLS does (what the AWS SDKs do). */
+enum { FFDL_S3_CHECKSUM_AUTO = 0, FFDL_S3_CHECKSUM_SHA256, FFDL_S3_CHECKSUM_CRC32C };
 
 /* What S3 said when a request failed for good. */
 typedef struct {
@@ -81,12 +95,18 @@ int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
                        void (*body)(void *ud, const void *data, size_t len), ffdl_s3_done_cb done,
                        void *ud);
 /* A file: one PUT when small, else multipart with parts in parallel and a
- * checksum per part; a failed multipart upload is aborted, so no partial
- * object is ever visible. */
+ * checksum per part (config.checksum), each part read from the file once:
+ * the bytes sent are the bytes summed. A failed multipart upload is
+ * aborted, so no partial object is ever visible. */
 int ffdl_s3_upload_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
                         ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
-/* A file: ranged GETs in parallel into PATH.partial, the size verified, then
- * renamed to PATH. */
+/* A file: ranged GETs in parallel into PATH.partial, then renamed to PATH.
+ * Checked: every range is answered 206 with exactly its bytes, every range
+ * after the first carries If-Match with the first answer's ETag (an object
+ * replaced meanwhile fails with 412 instead of mixing two versions), and
+ * the file's final size is the object's. The content is not hashed again:
+ * TCP's checksum (TLS's MAC over https) covers the transfer, and S3's ETag
+ * is no content hash for multipart objects. */
 int ffdl_s3_download_file(ffdl_s3 *s3, const char *bucket, const char *key, const char *path,
                           ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
 /* Every file under DIR to PREFIX/relative-path (PREFIX may be ""). */

@@ -1,6 +1,6 @@
 /*
  * Pure helpers of the S3 client (no I/O, no loop): URI encoding for
- * Signature V4, backoff, Content-Range, key and path mapping. Internal to
+ * Signature V4, backoff, Content-Range, key and path mapping, CRC-32C. Internal to
  * src/store/s3*.c; exposed in a header only so that tests/unit/test_s3.c can
  * check them.
  */
@@ -53,6 +53,16 @@ const char *ffdl_s3_region(const char *region);
  * starting and ending with a letter or digit (DNS-compatible, required for
  * virtual-host-style addressing); LEGACY also accepts upper case and '_'. */
 int ffdl_s3_bucket_ok(const char *bucket, int legacy);
+
+/* CRC-32C (Castagnoli), as S3's x-amz-checksum-crc32c: CRC is 0 to start,
+ * or the value returned for the bytes before DATA, so that a buffer may be
+ * summed in pieces. SSE4.2's crc32 instruction where the CPU has it (three
+ * streams at once), else a table; thread-safe. */
+uint32_t ffdl_s3_crc32c(uint32_t crc, const void *data, size_t len);
+
+/* CRC as S3 writes it: the 4 bytes big-endian, in base64 ("yZRlqg==").
+ * OUT gets 8 characters and a NUL. */
+void ffdl_s3_crc32c_base64(uint32_t crc, char out[9]);
 
 /* An exponentially weighted rate: the previous RATE (bytes/s, 0 when none
  * yet) updated with BYTES moved in DT_S seconds. */

@@ -7,6 +7,10 @@ INITIAL_NO_AUTH_ACTION_COUNT lets exactly the IAM calls that create a user
 and its access key through unauthenticated; every later request must be
 signed with those keys (moto's own IAM).
 
+self_signed_cert() makes a throwaway certificate for 127.0.0.1 and
+localhost with openssl; MotoServer(cert=...) serves HTTPS with it, and the
+certificate file itself is the CA bundle a client must be given.
+
 CutProxy is a loopback TCP proxy the tests control: it forwards to the
 server and can cut connections after a number of client bytes, to inject
 connection failures in the middle of a transfer.
@@ -48,11 +52,28 @@ def wait_until(predicate, timeout, what):
         delay = min(delay * 2, 0.2)
 
 
+def self_signed_cert(directory, name="server"):
+    """A self-signed certificate (its own CA) for 127.0.0.1 and localhost,
+    valid for a day: (cert.pem, key.pem) under DIRECTORY."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN=ffdl test {name}", "-keyout", str(key), "-out", str(cert),
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-addext", "basicConstraints=critical,CA:TRUE"],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
 class MotoServer:
-    def __init__(self, log_dir, auth=False, port=None, ssl=False):
+    def __init__(self, log_dir, auth=False, port=None, ssl=False, cert=None):
         self.log_dir = pathlib.Path(log_dir)
         self.auth = auth
-        self.ssl = ssl  # HTTPS with moto's self-signed, ad-hoc certificate
+        # HTTPS: with CERT, a (cert.pem, key.pem) pair; else, with ssl=True,
+        # moto's ad-hoc self-signed certificate
+        self.cert = cert
+        self.ssl = ssl or cert is not None
         self.port = port or free_port()
         self.proc = None
         self.log_path = self.log_dir / f"moto-{self.port}.log"
@@ -61,16 +82,22 @@ class MotoServer:
     def endpoint(self):
         return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
+    def _tls_context(self):
+        """How the harness itself reaches the server: trusting CERT, or, for
+        moto's ad-hoc certificate, without verification."""
+        import ssl
+        if self.cert:
+            return ssl.create_default_context(cafile=str(self.cert[0]))
+        return ssl._create_unverified_context() if self.ssl else None
+
     def _answers(self):
         if self.proc.poll() is not None:
             raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n"
                                + self.log_path.read_text(errors="replace")[-3000:])
         try:
             # the dashboard: answers without counting as an S3/IAM action
-            import ssl
-            context = ssl._create_unverified_context() if self.ssl else None
             with urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1,
-                                        context=context) as r:
+                                        context=self._tls_context()) as r:
                 return r.status == 200
         except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
             return False
@@ -85,7 +112,11 @@ class MotoServer:
         cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        args = ["-H", "127.0.0.1", "-p", str(self.port)] + (["--ssl"] if self.ssl else [])
+        args = ["-H", "127.0.0.1", "-p", str(self.port)]
+        if self.cert:
+            args += ["--ssl-cert", str(self.cert[0]), "--ssl-key", str(self.cert[1])]
+        elif self.ssl:
+            args += ["--ssl"]
         self.proc = subprocess.Popen(cmd + args, env=env,
                                      stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -124,7 +155,7 @@ class MotoServer:
     def reset(self):
         """Forgets every bucket and object (moto's /moto-api/reset)."""
         req = urllib.request.Request(self.endpoint + "/moto-api/reset", data=b"", method="POST")
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=self._tls_context()) as r:
             json.loads(r.read() or b"{}")
 
     def client(self, access="test", secret="test", **config):
@@ -132,6 +163,7 @@ class MotoServer:
         from botocore.config import Config
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id=access, aws_secret_access_key=secret,
+                            verify=str(self.cert[0]) if self.cert else None,
                             config=Config(s3={"addressing_style": "path"}, **config))
 
     def create_iam_keys(self, user="ffdl-test"):

@@ -18,7 +18,7 @@ from conftest import BUILD
 boto3 = pytest.importorskip("boto3", reason="boto3 is installed by scripts/lib.sh (test venv)")
 pytest.importorskip("moto", reason="moto[server] is installed by scripts/lib.sh (test venv)")
 
-from s3server import CutProxy, MotoServer, wait_until  # noqa: E402
+from s3server import CutProxy, MotoServer, self_signed_cert, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 S3TOOL = BUILD / "s3tool"
@@ -59,6 +59,38 @@ def random_file(path, size, seed=0):
             f.write(rng.randbytes(n))
             left -= n
     return path
+
+
+def crc32c_b64(data):
+    """S3's x-amz-checksum-crc32c of DATA (crcmod, independent of ffdl)."""
+    import base64
+    import crcmod.predefined
+    crc = crcmod.predefined.mkPredefinedCrcFun("crc-32c")(data)
+    return base64.b64encode(crc.to_bytes(4, "big")).decode()
+
+
+def decode_aws_chunked(body):
+    """An aws-chunked body (STREAMING-UNSIGNED-PAYLOAD-TRAILER): (data,
+    trailer headers, chunk sizes), checking the framing as it goes."""
+    data, sizes, pos = bytearray(), [], 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol], 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        sizes.append(size)
+        data += body[pos:pos + size]
+        assert body[pos + size:pos + size + 2] == b"\r\n", "a chunk must end with CRLF"
+        pos += size + 2
+    trailers = {}
+    while not body.startswith(b"\r\n", pos):
+        eol = body.index(b"\r\n", pos)
+        name, value = body[pos:eol].decode().split(":", 1)
+        trailers[name] = value
+        pos = eol + 2
+    assert pos + 2 == len(body), "nothing may follow the trailer's empty line"
+    return bytes(data), trailers, sizes
 
 
 def multipart_etag(path, part_size):
@@ -241,14 +273,87 @@ def test_virtual_host_style(moto, bucket, boto, tmp_path):
     assert f"GET http://{bucket}.localhost:{moto.port}/v%20key%2B.bin" in p.stderr.decode()
 
 
-def test_https_verifies_the_certificate(tmp_path):
-    """TLS is plain libcurl with its default verification: moto's ad-hoc
-    self-signed certificate is refused at once (no retry), clearly."""
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """moto over HTTPS with a throwaway self-signed certificate: the
+    server, and the PEM file a client must trust (its own CA)."""
+    certs = tmp_path_factory.mktemp("tls")
+    cert = self_signed_cert(certs)
+    server = MotoServer(tmp_path_factory.mktemp("moto-tls"), cert=cert).start()
+    server.ca = cert[0]
+    server.other_ca = self_signed_cert(certs, "other")[0]  # trusted by nothing here
+    yield server
+    server.stop()
+
+
+def test_https_round_trip_trusting_the_ca_bundle(tls, tmp_path):
+    """AWS_CA_BUNDLE (or --ca-bundle) names the CA: uploads and downloads
+    over https, multipart and directories, read back byte for byte, by
+    ffdl and by boto3 (which checks the certificate too)."""
+    ep = tls.endpoint
+    assert ep.startswith("https://127.0.0.1:")
+    env = {"AWS_CA_BUNDLE": str(tls.ca)}
+    ok(s3tool(ep, "mb", "tls-data", env=env))
+    src = random_file(tmp_path / "big.bin", 12 * MIB + 777, seed=11)
+    ok(s3tool(ep, "upload", "tls-data", "big/x+y.bin", src, env=env,
+              options=["--part-size=5MiB"]))
+    tree = tmp_path / "tree"
+    files = {"a.txt": b"alpha", "sub/b.bin": os.urandom(300_000), "empty": b""}
+    for name, data in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    # the option instead of the environment
+    ok(s3tool(ep, "upload-dir", "tls-data", "tree", tree, options=[f"--ca-bundle={tls.ca}"],
+              env={"AWS_CA_BUNDLE": ""}))
+    out = tmp_path / "big.out"
+    ok(s3tool(ep, "download", "tls-data", "big/x+y.bin", out, env=env,
+              options=["--part-size=5MiB"]))
+    assert sha256(out) == sha256(src)
+    got_dir = tmp_path / "tree.out"
+    ok(s3tool(ep, "download-prefix", "tls-data", "tree/", got_dir, env=env))
+    got = {str(f.relative_to(got_dir)): f.read_bytes() for f in got_dir.rglob("*") if f.is_file()}
+    assert got == files
+    boto = tls.client()  # verify= the same CA
+    assert hashlib.sha256(boto.get_object(Bucket="tls-data", Key="big/x+y.bin")["Body"].read()) \
+        .hexdigest() == sha256(src)
+    head = boto.head_object(Bucket="tls-data", Key="big/x+y.bin")
+    assert head["ContentLength"] == src.stat().st_size
+    assert head["ETag"].strip('"') == multipart_etag(src, 5 * MIB)
+    assert boto.list_multipart_uploads(Bucket="tls-data").get("Uploads", []) == []
+
+
+def test_https_without_the_ca_bundle_is_refused(tls, tmp_path):
+    """Verification is on by default: without the CA (or with another
+    one) the request is refused at once, with what to do about it, and
+    nothing reaches the server."""
+    src = tmp_path / "f"
+    src.write_bytes(b"never sent")
+    for env, options in (({"AWS_CA_BUNDLE": ""}, []),
+                         ({"AWS_CA_BUNDLE": str(tls.other_ca)}, []),
+                         ({"AWS_CA_BUNDLE": ""}, [f"--ca-bundle={tls.other_ca}"])):
+        p = s3tool(tls.endpoint, "upload", "refused", "k", src, env={**env, "FFDL_LOG": "info"},
+                   options=["--retry-base-ms=5", *options])
+        assert p.returncode == 1, p.stderr
+        err = p.stderr.decode()
+        assert "upload failed: ConnectionError" in err, err
+        assert "certificate" in err and "AWS_CA_BUNDLE" in err, err
+        assert "retry" not in err  # a certificate problem is not retried
+    missing = tmp_path / "no-such-ca.pem"
+    p = s3tool(tls.endpoint, "mb", "refused", env={"AWS_CA_BUNDLE": str(missing)})
+    assert p.returncode == 1
+    assert f"cannot use the CA bundle {missing}" in p.stderr.decode(), p.stderr
+    names = [b["Name"] for b in tls.client().list_buckets().get("Buckets", [])]
+    assert "refused" not in names
+
+
+def test_https_with_motos_adhoc_certificate_is_refused(tmp_path):
+    """moto's own ad-hoc certificate is refused the same way (libcurl's
+    default verification, never turned off)."""
     server = MotoServer(tmp_path / "moto-tls", ssl=True).start()
     try:
         assert server.endpoint.startswith("https://")
         p = s3tool(server.endpoint, "mb", "tls-bucket", options=["--retry-base-ms=5"],
-                   env={"FFDL_LOG": "info"})
+                   env={"FFDL_LOG": "info", "AWS_CA_BUNDLE": ""})
         assert p.returncode == 1
         err = p.stderr.decode()
         assert "mb failed: ConnectionError" in err and "certificate" in err, err
@@ -262,9 +367,11 @@ def test_signature_checked_right_keys_work(moto_auth, tmp_path):
     ep = moto_auth.endpoint
     ok(s3tool(ep, "mb", "signed", access=access, secret=secret))
     src = random_file(tmp_path / "s.bin", 11 * MIB, seed=3)
-    for key in ["plain", *ODD_KEYS[:5]]:
+    for i, key in enumerate(["plain", *ODD_KEYS[:5]]):
+        # both checksums: the aws-chunked headers are signed as well
+        checksum = "crc32c" if i % 2 else "sha256"
         ok(s3tool(ep, "upload", "signed", key, src, access=access, secret=secret,
-                  options=["--part-size=5MiB"]))
+                  options=["--part-size=5MiB", f"--checksum={checksum}"]))
         out = tmp_path / "out"
         ok(s3tool(ep, "download", "signed", key, out, access=access, secret=secret,
                   options=["--part-size=5MiB"]))
@@ -313,13 +420,14 @@ def test_missing_key_and_missing_file(moto, bucket, tmp_path):
     assert f"cannot open {tmp_path / 'does-not-exist'}: No such file" in p.stderr.decode()
 
 
-def test_retry_survives_one_cut_connection(moto, bucket, boto, tmp_path):
+@pytest.mark.parametrize("checksum", ["sha256", "crc32c"])
+def test_retry_survives_one_cut_connection(moto, bucket, boto, tmp_path, checksum):
     proxy = CutProxy(moto.port)
     try:
         src = random_file(tmp_path / "r.bin", 17 * MIB, seed=4)
         proxy.cut_after(2 * MIB, times=1, direction="up")
         ok(s3tool(proxy.endpoint, "upload", bucket, "retried", src,
-                  options=["--part-size=5MiB", "--retry-base-ms=20"]))
+                  options=["--part-size=5MiB", "--retry-base-ms=20", f"--checksum={checksum}"]))
         assert proxy.cuts == 1
         assert boto.head_object(Bucket=bucket, Key="retried")["ETag"].strip('"') == \
             multipart_etag(src, 5 * MIB)
@@ -555,6 +663,81 @@ def test_multipart_part_hashes_and_complete_error_body(tmp_path):
         assert len(completes) == 2
         assert b"<PartNumber>3</PartNumber>" in completes[-1][3]
         assert not [r for r in fake.requests if r[0] == "DELETE"]
+    finally:
+        fake.close()
+
+
+def test_crc32c_trailer_per_part_and_in_the_complete_list(tmp_path):
+    """--checksum=crc32c: each part is sent once, aws-chunked, with the
+    CRC-32C of exactly its bytes in the trailer (a retried part too);
+    CreateMultipartUpload names the algorithm and CompleteMultipartUpload
+    lists every part's checksum, so that S3 checks them."""
+    fake = FakeS3({("PUT", "partNumber"): [(500, "InternalError")]})
+    try:
+        src = random_file(tmp_path / "f.bin", 12 * MIB + 5, seed=12)
+        ok(s3tool(fake.endpoint, "upload", "bucket", "k", src,
+                  options=["--part-size=5MiB", "--retry-base-ms=5", "--checksum=crc32c"]))
+        data = src.read_bytes()
+        creates = [r for r in fake.requests if r[0] == "POST" and r[1].endswith("?uploads=")]
+        assert len(creates) == 1 and creates[0][2]["x-amz-checksum-algorithm"] == "CRC32C"
+        parts, sent = {}, 0
+        for method, path, headers, body in fake.requests:
+            if method != "PUT":
+                continue
+            sent += 1
+            assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+            assert headers["Content-Encoding"] == "aws-chunked"
+            assert headers["x-amz-trailer"] == "x-amz-checksum-crc32c"
+            assert "x-amz-checksum-crc32c" not in headers  # it follows the body
+            signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+            assert "x-amz-trailer" in signed.split(";")
+            part, trailers, sizes = decode_aws_chunked(body)
+            assert int(headers["x-amz-decoded-content-length"]) == len(part)
+            assert trailers == {"x-amz-checksum-crc32c": crc32c_b64(part)}
+            assert all(n == MIB for n in sizes[:-1]) and 0 < sizes[-1] <= MIB
+            parts[int(path.split("partNumber=")[1].split("&")[0])] = part
+        assert sent == 4  # three parts, one of them twice
+        assert b"".join(parts[i] for i in (1, 2, 3)) == data
+        complete = [r for r in fake.requests if r[0] == "POST" and "uploadId=" in r[1]][-1][3]
+        for i in (1, 2, 3):
+            assert (f"<PartNumber>{i}</PartNumber><ETag>" in complete.decode() and
+                    f"<ChecksumCRC32C>{crc32c_b64(parts[i])}</ChecksumCRC32C>"
+                    in complete.decode()), complete
+    finally:
+        fake.close()
+
+
+def test_crc32c_single_put_and_put_from_memory(tmp_path):
+    """A small file is one aws-chunked PUT; a PUT from memory carries the
+    checksum as a header (UNSIGNED-PAYLOAD); an empty file has a trailer
+    too."""
+    fake = FakeS3()
+    try:
+        src = tmp_path / "small"
+        src.write_bytes(os.urandom(1234567))
+        ok(s3tool(fake.endpoint, "upload", "bucket", "small", src, options=["--checksum=crc32c"]))
+        empty = tmp_path / "empty"
+        empty.write_bytes(b"")
+        ok(s3tool(fake.endpoint, "upload", "bucket", "empty", empty,
+                  options=["--checksum=crc32c"]))
+        ok(s3tool(fake.endpoint, "put", "bucket", "mem", "-", input=b"in memory",
+                  options=["--checksum=crc32c"]))
+        puts = {path: (headers, body) for method, path, headers, body in fake.requests
+                if method == "PUT"}
+        for key, want in (("small", src.read_bytes()), ("empty", b"")):
+            headers, body = puts[f"/bucket/{key}"]
+            data, trailers, _ = decode_aws_chunked(body)
+            assert data == want
+            assert trailers["x-amz-checksum-crc32c"] == crc32c_b64(want)
+        headers, body = puts["/bucket/mem"]
+        assert body == b"in memory"
+        assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert headers["x-amz-checksum-crc32c"] == crc32c_b64(b"in memory")
+        # the default over http stays the signed SHA-256 of the body
+        ok(s3tool(fake.endpoint, "upload", "bucket", "sha", src))
+        headers, body = [(h, b) for m, p, h, b in fake.requests if p == "/bucket/sha"][0]
+        assert body == src.read_bytes()
+        assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
     finally:
         fake.close()
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import BUILD, ROOT
-from s3server import MotoServer
+from s3server import MotoServer, self_signed_cert
 
 SECRET = "s3cr3t-never-shown"
 
@@ -128,6 +128,60 @@ print(none, err)
     assert lines[2].startswith("nil\tS3 NoSuchBucket") and "no-such-bucket" in lines[2]
     assert sorted(p.name for p in out.iterdir()) == ["test.npz", "train.npz"]
     assert SECRET not in result.stdout + result.stderr
+
+
+def test_job_scripts_over_https_trust_aws_ca_bundle(tmp_path):
+    """S3 over https from a job script: with AWS_CA_BUNDLE naming the
+    server's CA the transfers go through and come back byte for byte;
+    without it the same call answers nil and an error that says what to
+    do, and nothing is written."""
+    import hashlib
+    cert = self_signed_cert(tmp_path / "certs")
+    server = MotoServer(tmp_path / "moto-tls", cert=cert).start()
+    try:
+        boto = server.client(access="ffdl-key", secret=SECRET)
+        boto.create_bucket(Bucket="tls-bucket")
+        src = tmp_path / "up"
+        (src / "sub").mkdir(parents=True)
+        big = os.urandom(9 * 1024 * 1024 + 3)  # more than one part
+        (src / "sub" / "big.bin").write_bytes(big)
+        (src / "a.txt").write_text("alpha")
+        out = tmp_path / "down"
+        script = tmp_path / "tls.lua"
+        script.write_text(f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "{server.endpoint}", user_name = "ffdl-key", password = "{SECRET}" }}
+local ok, err = ffdl.s3.put(conn, "tls-bucket", "notes/n.txt", "over tls")
+print(ok, err)
+if not ok then return end
+print(ffdl.s3.get(conn, "tls-bucket", "notes/n.txt"))
+assert(ffdl.s3.upload_dir(conn, "{src}", "tls-bucket", "up"))
+assert(ffdl.s3.download_dir(conn, "tls-bucket", "up/", "{out}"))
+""")
+
+        def run_script(ca):
+            env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"), AWS_CA_BUNDLE=ca)
+            return subprocess.run([str(BUILD / "ffdl-run"), str(script)], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=120)
+
+        refused = run_script("")
+        assert refused.returncode == 0, refused.stderr
+        first = refused.stdout.splitlines()[0]
+        assert first.startswith("nil\tS3 ConnectionError"), refused.stdout
+        assert "certificate" in first and "AWS_CA_BUNDLE" in first, first
+        assert boto.list_objects_v2(Bucket="tls-bucket").get("KeyCount") == 0
+        assert not out.exists()
+
+        result = run_script(str(cert[0]))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[:2] == ["true\tnil", "over tls"], result.stdout
+        got = boto.get_object(Bucket="tls-bucket", Key="up/sub/big.bin")["Body"].read()
+        assert hashlib.sha256(got).digest() == hashlib.sha256(big).digest()
+        assert (out / "sub" / "big.bin").read_bytes() == big
+        assert (out / "a.txt").read_text() == "alpha"
+        assert SECRET not in result.stdout + result.stderr
+    finally:
+        server.stop()
 
 
 def test_server_default_store_takes_results_of_manifests_without_stores(moto, digits_in_s3, tmp_path):

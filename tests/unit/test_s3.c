@@ -157,6 +157,57 @@ static void test_rate(void) {
   CHECK(ffdl_s3_rate_update(500, 100, 0) == 500);
 }
 
+/* CRC-32C one bit at a time, straight from the definition. */
+static uint32_t crc32c_bitwise(const unsigned char *p, size_t n) {
+  uint32_t c = 0xffffffffu;
+  for (size_t i = 0; i < n; i++) {
+    c ^= p[i];
+    for (int k = 0; k < 8; k++)
+      c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+  }
+  return ~c;
+}
+
+static void test_crc32c(void) {
+  /* the check value of the Castagnoli CRC, and RFC 3720's vectors */
+  CHECK(ffdl_s3_crc32c(0, "123456789", 9) == 0xe3069283u);
+  unsigned char v[32];
+  memset(v, 0, sizeof v);
+  CHECK(ffdl_s3_crc32c(0, v, 32) == 0x8a9136aau);
+  memset(v, 0xff, sizeof v);
+  CHECK(ffdl_s3_crc32c(0, v, 32) == 0x62a8ab43u);
+  for (int i = 0; i < 32; i++)
+    v[i] = (unsigned char)i;
+  CHECK(ffdl_s3_crc32c(0, v, 32) == 0x46dd794eu);
+  CHECK(ffdl_s3_crc32c(0, "", 0) == 0);
+  /* long enough for the three-lane path, at odd lengths and alignments,
+   * whole and in pieces */
+  size_t n = 3 * 4096 * 5 + 123;
+  unsigned char *buf = malloc(n + 8);
+  CHECK(buf);
+  uint64_t x = 88172645463325252ull;
+  for (size_t i = 0; i < n + 8; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    buf[i] = (unsigned char)x;
+  }
+  for (size_t off = 0; off < 8; off += 3) {
+    for (size_t len = n - 3 * 4096 - 1; len <= n; len += 3 * 4096 / 2 + 1) {
+      uint32_t want = crc32c_bitwise(buf + off, len);
+      CHECK(ffdl_s3_crc32c(0, buf + off, len) == want);
+      size_t cut = len / 3 + off;
+      CHECK(ffdl_s3_crc32c(ffdl_s3_crc32c(0, buf + off, cut), buf + off + cut, len - cut) == want);
+    }
+  }
+  free(buf);
+  char b64[9];
+  ffdl_s3_crc32c_base64(0xe3069283u, b64);
+  CHECK(strcmp(b64, "4waSgw==") == 0);
+  ffdl_s3_crc32c_base64(0, b64);
+  CHECK(strcmp(b64, "AAAAAA==") == 0);
+  ffdl_s3_crc32c_base64(0xffffffffu, b64);
+  CHECK(strcmp(b64, "/////w==") == 0);
+}
+
 static void test_xml_error(void) {
   const char *body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
                      "<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not "
@@ -283,6 +334,9 @@ static void test_new_rejects_bad_config(void) {
   c.part_size = 0;
   c.concurrency = -1;
   CHECK(ffdl_s3_new(&loop, &c, &s3) == FFDL_EINVALID);
+  c.concurrency = 0;
+  c.checksum = 7;
+  CHECK(ffdl_s3_new(&loop, &c, &s3) == FFDL_EINVALID && !s3);
   CHECK(uv_loop_close(&loop) == 0);
 }
 
@@ -447,6 +501,7 @@ int main(int argc, char **argv) {
       {"keys_and_paths", test_keys_and_paths},
       {"region_and_bucket", test_region_and_bucket},
       {"rate", test_rate},
+      {"crc32c", test_crc32c},
       {"xml_error", test_xml_error},
       {"xml_rejects_doctype", test_xml_rejects_doctype},
       {"xml_list", test_xml_list},
