@@ -7,8 +7,17 @@ large file, download it. The files total FFDL_BENCH_S3_TOTAL (default 2GiB;
 e.g. FFDL_BENCH_S3_TOTAL=64MiB for a quick run) and the large file has that
 size too. Both clients use 8 parallel requests and 8 MiB parts.
 
+Clients: s3tool with its default checksum (over http the SHA-256 of each
+body, signed; over https CRC32C in an aws-chunked trailer), s3tool with
+--checksum=crc32c over http (uploads only: the checksum changes nothing in
+a download), and boto3 with its defaults (over http it signs the SHA-256
+of each body and adds a CRC32; over https an unsigned body with a CRC32
+trailer). FFDL_BENCH_S3_TLS=1 runs everything over https, against moto
+with a throwaway self-signed certificate that both clients trust.
+
 For each phase it prints the wall time, the client's CPU seconds per GiB
-moved and its peak RSS:
+moved (user + system, and the system part alone: the kernel's work for the
+sockets and the page cache, which no client avoids) and its peak RSS:
   s3tool: from the child's rusage (os.wait4);
   boto3:  each phase runs in a child Python process that measures its own
           CPU time (resource.getrusage) around the transfer only, without
@@ -88,11 +97,11 @@ def sha256(path):
     return h.hexdigest()
 
 
-def run_measured(cmd):
-    """Runs CMD; returns (wall s, CPU s, peak RSS bytes, stdout), the CPU
-    time and peak RSS from the child's rusage (os.wait4)."""
+def run_measured(cmd, env=None):
+    """Runs CMD; returns (wall s, (user s, system s), peak RSS bytes, stdout),
+    the CPU times and peak RSS from the child's rusage (os.wait4)."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     # read the pipes to the end, then reap with wait4 for the rusage
     out = proc.stdout.read()
     err = proc.stderr.read()
@@ -101,18 +110,19 @@ def run_measured(cmd):
     wall = time.monotonic() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}): {err.decode()[-2000:]}")
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024, out
+    return wall, (ru.ru_utime, ru.ru_stime), ru.ru_maxrss * 1024, out
 
 
 def boto3_phase(args):
     """In a child process: one boto3 phase; prints its CPU seconds."""
-    endpoint, phase, bucket, local = args
+    endpoint, phase, bucket, local, ca = args
     import boto3
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
     from s3transfer.manager import TransferManager
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="test", aws_secret_access_key="test",
+                          verify=ca or None,
                           config=Config(max_pool_connections=CONCURRENCY * 2,
                                         s3={"addressing_style": "path"}))
     config = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
@@ -136,8 +146,8 @@ def boto3_phase(args):
     elif phase == "download-big":
         client.download_file(bucket, "big.bin", str(local), Config=config)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(json.dumps({"cpu": cpu}))
+    print(json.dumps({"user": after.ru_utime - before.ru_utime,
+                      "sys": after.ru_stime - before.ru_stime}))
 
 
 def main():
@@ -148,9 +158,12 @@ def main():
     if not s3tool.exists():
         sys.exit(f"{s3tool} is missing: build it first (FFDL_BUILD names the build directory)")
     total = parse_size(os.environ.get("FFDL_BENCH_S3_TOTAL", "2GiB"))
+    tls = os.environ.get("FFDL_BENCH_S3_TLS") == "1"
     work = pathlib.Path(tempfile.mkdtemp(prefix="ffdl-s3-bench-"))
-    from s3server import MotoServer
-    server = MotoServer(work / "moto")
+    from s3server import MotoServer, self_signed_cert
+    cert = self_signed_cert(work / "certs") if tls else None
+    server = MotoServer(work / "moto", cert=cert)
+    ca = str(cert[0]) if cert else ""
     rows = []
     try:
         print(f"writing {FILES} files of {human(total // FILES)} and one of {human(total)} "
@@ -158,34 +171,45 @@ def main():
         many, big, many_total = make_data(work, total)
         server.start()
         ep = server.endpoint
-        tool = [str(s3tool), "--quiet", f"--concurrency={CONCURRENCY}", f"--part-size={PART}",
-                ep, "test", "test"]
-        phases = [
-            ("upload 1,000 files", many_total, ["upload-dir", "ffdl", "many", many],
-             ("upload-many", "boto", many)),
-            ("download 1,000 files", many_total,
-             ["download-prefix", "ffdl", "many/", work / "out-ffdl-many"],
-             ("download-many", "boto", work / "out-boto-many")),
-            (f"upload 1 file of {human(total)}", total, ["upload", "ffdl", "big.bin", big],
-             ("upload-big", "boto", big)),
-            (f"download 1 file of {human(total)}", total,
-             ["download", "ffdl", "big.bin", work / "out-ffdl-big"],
-             ("download-big", "boto", work / "out-boto-big")),
-        ]
+        tool = [str(s3tool), "--quiet", f"--concurrency={CONCURRENCY}", f"--part-size={PART}"]
+        tool_env = dict(os.environ, AWS_CA_BUNDLE=ca)
+
+        def phases(who):
+            return [
+                ("upload 1,000 files", many_total, ["upload-dir", who, "many", many],
+                 ("upload-many", who, many)),
+                ("download 1,000 files", many_total,
+                 ["download-prefix", who, "many/", work / f"out-{who}-many"],
+                 ("download-many", who, work / f"out-{who}-many")),
+                (f"upload 1 file of {human(total)}", total, ["upload", who, "big.bin", big],
+                 ("upload-big", who, big)),
+                (f"download 1 file of {human(total)}", total,
+                 ["download", who, "big.bin", work / f"out-{who}-big"],
+                 ("download-big", who, work / f"out-{who}-big")),
+            ]
+
+        # (name, bucket, s3tool options or None for boto3, uploads only)
+        clients = [("ffdl", "ffdl", [], False)]
+        if not tls:
+            clients.append(("ffdl crc32c", "crc", ["--checksum=crc32c"], True))
+        clients.append(("boto3", "boto", None, False))
         py = sys.executable
         # each client gets a freshly reset server: moto slows down as it holds more
-        for client in ("ffdl s3tool", "boto3"):
+        for client, who, options, uploads_only in clients:
             server.reset()
-            subprocess.run([*tool, "mb", "ffdl" if client == "ffdl s3tool" else "boto"],
-                           check=True)
-            for name, nbytes, ffdl_args, boto_args in phases:
-                if client == "ffdl s3tool":
-                    wall, cpu, rss, _ = run_measured([*tool, *map(str, ffdl_args)])
+            subprocess.run([*tool, ep, "test", "test", "mb", who], check=True, env=tool_env)
+            for name, nbytes, ffdl_args, boto_args in phases(who):
+                if uploads_only and not name.startswith("upload"):
+                    continue
+                if options is not None:
+                    wall, (user, system), rss, _ = run_measured(
+                        [*tool, *options, ep, "test", "test", *map(str, ffdl_args)], tool_env)
                 else:
                     wall, _, rss, out = run_measured(
-                        [py, __file__, "--boto3-phase", ep, *map(str, boto_args)])
-                    cpu = json.loads(out.decode().strip().splitlines()[-1])["cpu"]
-                rows.append((name, client, nbytes, wall, cpu, rss))
+                        [py, __file__, "--boto3-phase", ep, *map(str, boto_args), ca])
+                    got = json.loads(out.decode().strip().splitlines()[-1])
+                    user, system = got["user"], got["sys"]
+                rows.append((name, client, nbytes, wall, user, system, rss))
                 print(f"  {client}: {name}: {wall:.1f} s", file=sys.stderr)
         # what came back is what went up
         for who in ("ffdl", "boto"):
@@ -197,15 +221,18 @@ def main():
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"S3 transfers against moto on loopback: {CONCURRENCY} parallel requests, "
-          f"{PART // MIB} MiB parts")
+    print(f"S3 transfers against moto on loopback{' over https' if tls else ''}: "
+          f"{CONCURRENCY} parallel requests, {PART // MIB} MiB parts")
     print(f"{'phase':<30} {'client':<12} {'wall s':>8} {'MiB/s':>8} {'CPU s/GiB':>10} "
-          f"{'peak RSS':>10}")
-    for name, client, nbytes, wall, cpu, rss in sorted(
-            rows, key=lambda r: ([p[0] for p in rows].index(r[0]), r[1] != "ffdl s3tool")):
+          f"{'sys s/GiB':>10} {'/ boto3':>8} {'peak RSS':>10}")
+    order = [c[0] for c in clients]
+    boto = {r[0]: (r[4] + r[5]) / r[2] for r in rows if r[1] == "boto3"}
+    for name, client, nbytes, wall, user, system, rss in sorted(
+            rows, key=lambda r: ([p[0] for p in rows].index(r[0]), order.index(r[1]))):
         gib = nbytes / (1024 * MIB)
+        ratio = f"{(user + system) / nbytes / boto[name]:.2f}" if client != "boto3" else ""
         print(f"{name:<30} {client:<12} {wall:>8.2f} {nbytes / MIB / wall:>8.1f} "
-              f"{cpu / gib:>10.2f} {human(rss):>10}")
+              f"{(user + system) / gib:>10.2f} {system / gib:>10.2f} {ratio:>8} {human(rss):>10}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@
  * then sent (a buffer of the whole part would not save a copy: libcurl
  * copies it into its own buffer again). Downloads reach the file in
  * WRITE_BUFFER blocks rather than libcurl's 16 KiB callbacks, and are not
- * hashed (see ffdl_s3_download_file).
+ * hashed (see ffdl_s3_download_file). Over https, TLS sessions are shared
+ * by the client's connections, so a new connection resumes one.
  *
  * Life of a request (s3_req): queued READY -> RUNNING in the multi (at most
  * `concurrency` at once, client-wide) -> on completion classified: success,
@@ -108,6 +109,7 @@ struct sock_ctx {
 struct ffdl_s3 {
   uv_loop_t *loop;
   CURLM *multi;
+  CURLSH *share; /* TLS sessions, resumed by later connections (the loop thread only) */
   uv_timer_t curl_timer, retry_timer, progress_timer, pump_timer;
   char *scheme, *host, *base_path; /* "https", "host[:port]", "" or "/path" */
   char *access, *secret, *region, *sigv4;
@@ -913,6 +915,7 @@ static int req_start(s3_req *r) {
   curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER);
   /* verification stays libcurl's default (peer and host name), always */
   if (s3->ca_bundle) curl_easy_setopt(e, CURLOPT_CAINFO, s3->ca_bundle);
+  if (s3->share) curl_easy_setopt(e, CURLOPT_SHARE, s3->share);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
   curl_easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 300L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -2596,6 +2599,8 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   curl_multi_setopt(s3->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
   curl_multi_setopt(s3->multi, CURLMOPT_TIMERDATA, s3);
   curl_multi_setopt(s3->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)s3->concurrency);
+  if (strcmp(s3->scheme, "https") == 0 && (s3->share = curl_share_init()))
+    curl_share_setopt(s3->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
   uv_timer_t *timers[] = {&s3->curl_timer, &s3->retry_timer, &s3->progress_timer, &s3->pump_timer};
   for (size_t i = 0; i < 4; i++) {
     uv_timer_init(loop, timers[i]);
@@ -2622,6 +2627,8 @@ static void close_maybe_finish(ffdl_s3 *s3) {
     s3->in_cleanup = 1;
     curl_multi_cleanup(s3->multi);
     s3->multi = NULL;
+    if (s3->share) curl_share_cleanup(s3->share);
+    s3->share = NULL;
     while (s3->socks)
       sock_close(s3->socks);
     uv_timer_t *timers[] = {&s3->curl_timer, &s3->retry_timer, &s3->progress_timer,
