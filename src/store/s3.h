@@ -36,10 +36,12 @@ typedef struct {
 
 /* What S3 checks every uploaded body (PutObject, UploadPart) against:
  * SHA256: the SHA-256 in the signature (x-amz-content-sha256), so the body
- *   is signed too;
- * CRC32C: x-amz-checksum-crc32c (signed header, body UNSIGNED-PAYLOAD),
- *   checked by S3 and kept with the object (multipart: per part, and the
- *   list of parts in CompleteMultipartUpload), at a tenth of the CPU;
+ *   is signed too; a file is read twice (hashed, then sent);
+ * CRC32C: x-amz-checksum-crc32c, unsigned body: for a file in an
+ *   aws-chunked trailer (STREAMING-UNSIGNED-PAYLOAD-TRAILER), summed as it
+ *   is read and sent, once; for memory in a signed header. Checked by S3
+ *   and kept with the object (multipart: per part, and the list of parts in
+ *   CompleteMultipartUpload), at a tenth of SHA-256's CPU;
  * AUTO (0): SHA256 over http, where nothing else protects the body, and
  *   CRC32C over https, where TLS does (what the AWS SDKs do). */
 enum { FFDL_S3_CHECKSUM_AUTO = 0, FFDL_S3_CHECKSUM_SHA256, FFDL_S3_CHECKSUM_CRC32C };
