@@ -179,27 +179,6 @@ static int push_hook(ffdl_orch *o, const char *file, const char *name) {
   return lua_isfunction(L, -1) ? 0 : -1;
 }
 
-/* The job as hooks see it: the spec plus id, attempt and flat resources. */
-static void push_job(lua_State *L, const job *j) {
-  ffdl_ljson_push(L, j->spec);
-  lua_pushstring(L, j->id);
-  lua_setfield(L, -2, "id");
-  lua_pushinteger(L, j->attempt);
-  lua_setfield(L, -2, "attempt");
-  lua_pushnumber(L, (lua_Number)j->submitted_ms / 1000.0);
-  lua_setfield(L, -2, "submitted");
-  lua_pushnumber(L, j->req.cpus);
-  lua_setfield(L, -2, "cpus");
-  lua_pushinteger(L, (lua_Integer)j->req.memory);
-  lua_setfield(L, -2, "memory");
-  lua_pushinteger(L, j->req.gpus);
-  lua_setfield(L, -2, "gpus");
-  if (j->req.gpu_type) {
-    lua_pushstring(L, j->req.gpu_type);
-    lua_setfield(L, -2, "gpu_type");
-  }
-}
-
 /* ---- the scheduler's decisions ------------------------------------------ */
 
 typedef enum { HOOK_ADMIT, HOOK_ORDER, HOOK_PLACE, HOOK_RETRY, HOOK_HOLD, HOOK_COUNT } hook_kind;
@@ -905,7 +884,8 @@ static void decide_retry(job *j, retry_decision *d) {
     lua_pop(L, 1);
     return;
   }
-  push_job(L, j);
+  j->sj.attempt = j->attempt;
+  ffdl_sched_push_job(L, &j->sj);
   push_failure(L, j);
   ffdl_generation_push_ctx(o->o.gen, NULL);
   char *err = NULL;

@@ -260,8 +260,7 @@ static void set_string(lua_State *L, const char *key, const char *value) {
   lua_setfield(L, -2, key);
 }
 
-/* The job as hooks see it: the spec plus id, attempt and flat resources. */
-static void push_job(lua_State *L, const ffdl_sched_job *j) {
+void ffdl_sched_push_job(lua_State *L, const ffdl_sched_job *j) {
   /* sized for the fields below, which would otherwise rehash it */
   if (json_is_object(j->spec))
     ffdl_ljson_push_object(L, j->spec, 11);
@@ -476,7 +475,7 @@ static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
   j->rank_serial = s->rank_epoch;
   j->rank = j->submitted;
   if (!push_hook(s, "scheduler", "rank")) return;
-  push_job(L, j);
+  ffdl_sched_push_job(L, j);
   push_ctx(s);
   char *err = NULL;
   if (call(s, "rank", 2, 1, &err) != FFDL_OK) {
@@ -536,7 +535,7 @@ static void order_whole_queue(ffdl_sched *s) {
   lua_createtable(L, (int)s->n, 0);
   lua_createtable(L, 0, (int)s->n); /* job table -> position */
   for (size_t i = 0; i < s->n; i++) {
-    push_job(L, s->queue[i]);
+    ffdl_sched_push_job(L, s->queue[i]);
     lua_pushvalue(L, -1);
     lua_rawseti(L, -4, (lua_Integer)i + 1);
     lua_pushinteger(L, (lua_Integer)i);
@@ -902,12 +901,12 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
     remember_failure(s, c, j);
     c->blocked = 1;
     if (hold_again(s, j)) return s->hold_stops ? -1 : 0; /* no hook call: no job table */
-    push_job(L, j);
+    ffdl_sched_push_job(L, j);
     int rc = hold_for(s, j);
     lua_pop(L, 1);
     return rc;
   }
-  push_job(L, j);
+  ffdl_sched_push_job(L, j);
   int rc = 0;
   if (admit(s, c, j)) {
     char *reason = NULL;

@@ -75,6 +75,10 @@ void ffdl_sched_release(ffdl_sched *s, ffdl_sched_job *j, double now);
 /* Frees what the scheduler allocated for J (after dequeue or release). */
 void ffdl_sched_job_clear(ffdl_sched_job *j);
 
+/* Pushes J as hooks see it: the spec plus id, attempt, user, team,
+ * learners, priority, submitted and the flat resources.  [-0, +1, m] */
+void ffdl_sched_push_job(lua_State *L, const ffdl_sched_job *j);
+
 /* One cycle at time NOW: returns the number of jobs placed. */
 size_t ffdl_sched_cycle(ffdl_sched *s, double now);
 size_t ffdl_sched_queued(const ffdl_sched *s);
