@@ -4,7 +4,7 @@
  * header, which libcurl 7.88 needs). Works with AWS S3 and S3-compatible
  * stores (MinIO, Ceph, IBM COS, moto). Never blocks the loop: parts are read
  * (once, into a buffer from a client-wide budget) on the thread pool, and
- * downloads written in blocks of at most 1 MiB; memory stays constant
+ * downloads written in blocks of 256 KiB; memory stays constant
  * whatever the object size.
  */
 #ifndef FFDL_STORE_S3_H
