@@ -52,7 +52,11 @@ struct ffdl_sched {
    * this cycle" is one array lookup */
   struct shape *shapes;
   unsigned long *shape_failed; /* the cycle number it last failed in */
+  size_t *shape_queued;        /* queued jobs of each shape */
   size_t nshapes, shapecap;
+  /* shapes with queued jobs, and queued jobs with no shape (too many):
+   * a cycle ends once every shape in the queue found no room */
+  size_t live_shapes, unshaped_queued;
 };
 
 typedef struct shape {
@@ -93,6 +97,7 @@ void ffdl_sched_free(ffdl_sched *s) {
   free(s->held);
   free(s->shapes);
   free(s->shape_failed);
+  free(s->shape_queued);
   ffdl_ledger_free(s->ledger);
   free(s->queue);
   free(s);
@@ -162,11 +167,26 @@ static int shape_of(ffdl_sched *s, const ffdl_sched_job *j) {
     unsigned long *failed = realloc(s->shape_failed, cap * sizeof *failed);
     if (!failed) return -1;
     s->shape_failed = failed;
+    size_t *queued = realloc(s->shape_queued, cap * sizeof *queued);
+    if (!queued) return -1;
+    s->shape_queued = queued;
     s->shapecap = cap;
   }
   s->shapes[s->nshapes] = (shape){j->req, j->learners, j->type_index};
   s->shape_failed[s->nshapes] = 0;
+  s->shape_queued[s->nshapes] = 0;
   return (int)s->nshapes++;
+}
+
+/* Keeps live_shapes and unshaped_queued as J joins (+1) or leaves (-1). */
+static void count_shape(ffdl_sched *s, const ffdl_sched_job *j, int delta) {
+  if (j->shape_id < 0) {
+    s->unshaped_queued += (size_t)delta;
+    return;
+  }
+  size_t *queued = &s->shape_queued[j->shape_id];
+  if (delta > 0 && (*queued)++ == 0) s->live_shapes++;
+  if (delta < 0 && --(*queued) == 0) s->live_shapes--;
 }
 
 int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
@@ -185,6 +205,7 @@ int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
   j->rank_serial = 0;
   j->type_index = j->req.gpus > 0 ? ffdl_cluster_type_index(s->cluster, j->req.gpu_type) : 0;
   j->shape_id = shape_of(s, j);
+  count_shape(s, j, +1);
   j->queued = 1;
   j->queue_pos = s->n;
   s->queue[s->n++] = j;
@@ -195,6 +216,7 @@ void ffdl_sched_dequeue(ffdl_sched *s, ffdl_sched_job *j) {
   if (!j->queued) return;
   if (s->hold_job == j) s->hold_job = NULL;
   j->queued = 0;
+  count_shape(s, j, -1);
   s->queue[j->queue_pos] = NULL;
   s->removed++;
 }
@@ -977,7 +999,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     if (!j || !j->queued) continue;
     if (c.blocked && c.scan_left-- <= 0) break;
     /* every shape in the queue found no room: nothing behind can start */
-    if (c.blocked && s->nshapes < MAX_SHAPES && c.shapes_failed >= s->nshapes) break;
+    if (c.blocked && !s->unshaped_queued && c.shapes_failed >= s->live_shapes) break;
     if (try_job(s, &c, j) != 0) break;
   }
   s->in_cycle = 0;

@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "policy/limits.h"
 #include "policy/luaapi.h"
+#include "policy/luapool.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -29,6 +30,7 @@
 
 struct ffdl_sandbox {
   lua_State *L;
+  ffdl_luapool *pool; /* the state's small objects */
   size_t used;
   size_t limit;
   size_t refused; /* the size the last refused growth asked for */
@@ -100,7 +102,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ffdl_sandbox *sb = ud;
   size_t old = ptr ? osize : 0;
   if (nsize == 0) {
-    free(ptr);
+    ffdl_luapool_realloc(sb->pool, ptr, osize, 0);
     sb->used -= old;
     return NULL;
   }
@@ -109,7 +111,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     sb->refused = sb->used - old + nsize;
     return NULL;
   }
-  void *grown = realloc(ptr, nsize);
+  void *grown = ffdl_luapool_realloc(sb->pool, ptr, old, nsize);
   if (!grown) {
     sb->out_of_memory = 1;
     sb->refused = sb->used - old + nsize;
@@ -289,8 +291,10 @@ int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out) {
   ffdl_sandbox *sb = calloc(1, sizeof *sb);
   if (!sb) return FFDL_ENOMEM;
   resolve_limits(sb, limits);
-  sb->L = lua_newstate(capped_alloc, sb);
+  sb->pool = ffdl_luapool_new();
+  sb->L = sb->pool ? lua_newstate(capped_alloc, sb) : NULL;
   if (!sb->L) {
+    ffdl_luapool_free(sb->pool);
     free(sb);
     return FFDL_ENOMEM;
   }
@@ -309,6 +313,7 @@ int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out) {
 void ffdl_sandbox_free(ffdl_sandbox *sb) {
   if (!sb) return;
   if (sb->L) lua_close(sb->L);
+  ffdl_luapool_free(sb->pool);
   free(sb);
 }
 

@@ -1,6 +1,7 @@
 /* Sandbox escapes and limits: each must fail cleanly, and the state must
  * keep working afterwards. */
 #include "core/error.h"
+#include "policy/luapool.h"
 #include "policy/sandbox.h"
 #include "runner.h"
 
@@ -155,6 +156,56 @@ static void json_round_trip(void) {
   ffdl_sandbox_free(sb);
 }
 
+/* Fills N bytes at P with a pattern made from SEED. */
+static void fill(unsigned char *p, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; i++)
+    p[i] = (unsigned char)(seed + i * 7);
+}
+
+static int intact(const unsigned char *p, size_t n, unsigned seed) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != (unsigned char)(seed + i * 7)) return 0;
+  return 1;
+}
+
+/* The small-object pool: blocks of every size keep their bytes across
+ * growth and shrinking, between small and large, and none overlap. */
+static void pool_blocks_keep_their_bytes(void) {
+  enum { N = 3000 };
+  static unsigned char *blocks[N];
+  static size_t sizes[N];
+  ffdl_luapool *pool = ffdl_luapool_new();
+  CHECK(pool);
+  for (int i = 0; i < N; i++) {
+    sizes[i] = (size_t)(i * 37 % 600) + 1; /* small and large */
+    blocks[i] = ffdl_luapool_realloc(pool, NULL, 0, sizes[i]);
+    CHECK(blocks[i]);
+    fill(blocks[i], sizes[i], (unsigned)i);
+  }
+  for (int i = 0; i < N; i += 2) { /* free half: their blocks are reused below */
+    CHECK(ffdl_luapool_realloc(pool, blocks[i], sizes[i], 0) == NULL);
+    blocks[i] = NULL;
+  }
+  for (int i = 1; i < N; i += 2) { /* grow or shrink the other half */
+    size_t to = (size_t)(i * 53 % 700) + 1, kept = to < sizes[i] ? to : sizes[i];
+    blocks[i] = ffdl_luapool_realloc(pool, blocks[i], sizes[i], to);
+    CHECK(blocks[i]);
+    CHECK(intact(blocks[i], kept, (unsigned)i));
+    fill(blocks[i], to, (unsigned)i + 1);
+    sizes[i] = to;
+  }
+  for (int i = 0; i < N; i += 2) {
+    blocks[i] = ffdl_luapool_realloc(pool, NULL, 0, sizes[i]);
+    CHECK(blocks[i]);
+    fill(blocks[i], sizes[i], (unsigned)i + 1);
+  }
+  for (int i = 0; i < N; i++) /* a block overlapping another would have lost its pattern */
+    CHECK(intact(blocks[i], sizes[i], (unsigned)i + 1));
+  for (int i = 0; i < N; i++)
+    ffdl_luapool_realloc(pool, blocks[i], sizes[i], 0);
+  ffdl_luapool_free(pool);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"os_execute", os_execute},
@@ -181,6 +232,7 @@ int main(int argc, char **argv) {
       {"error_with_table", error_with_table},
       {"globals_do_not_leak_between_chunks", globals_do_not_leak_between_chunks},
       {"json_round_trip", json_round_trip},
+      {"pool_blocks_keep_their_bytes", pool_blocks_keep_their_bytes},
       {NULL, NULL}};
   return run_tests(cases, argc, argv);
 }
