@@ -76,6 +76,8 @@
 #define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 #define STREAMING_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 #define CRC_TRAILER "x-amz-checksum-crc32c"
+#define NO_EXPECT_LIMIT (1024 * 1024)     /* libcurl 7.88's EXPECT_100_THRESHOLD for a POST */
+#define OBJECT_TYPE "binary/octet-stream" /* S3's Content-Type for objects sent without one */
 #define PROGRESS_MS 250
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
@@ -863,6 +865,11 @@ static int add_header(struct curl_slist **list, const char *fmt, ...) {
   return 0;
 }
 
+/* The bytes of R's body on the wire: aws-chunked framing included. */
+static uint64_t wire_len(const s3_req *r) {
+  return r->trailer ? chunked_size(r->len) : r->len;
+}
+
 static int req_start(s3_req *r) {
   ffdl_s3 *s3 = r->s3;
   progress_rollback(r);
@@ -895,6 +902,10 @@ static int req_start(s3_req *r) {
   if (r->range[0]) bad = bad || add_header(&h, "Range: %s", r->range) != 0;
   if (r->if_match) bad = bad || add_header(&h, "If-Match: %s", r->if_match) != 0;
   if (r->content_type) bad = bad || add_header(&h, "Content-Type: %s", r->content_type) != 0;
+  /* a small PUT goes as a POST (below): without this, libcurl would add a
+   * form's content type; this one is what S3 stores when none is given */
+  else if (strcmp(r->method, "PUT") == 0 && wire_len(r) <= NO_EXPECT_LIMIT)
+    bad = bad || add_header(&h, "Content-Type: " OBJECT_TYPE) != 0;
   if (bad) {
     free(url);
     if (e) curl_easy_cleanup(e);
@@ -931,10 +942,21 @@ static int req_start(s3_req *r) {
     curl_easy_setopt(e, CURLOPT_USERNAME, s3->access);
     curl_easy_setopt(e, CURLOPT_PASSWORD, s3->secret);
   }
-  if (strcmp(r->method, "PUT") == 0) {
+  if (strcmp(r->method, "PUT") == 0 && wire_len(r) <= NO_EXPECT_LIMIT) {
+    /* libcurl 7.88 sends "Expect: 100-continue" before every PUT body, which
+     * costs small objects a round trip and a wake-up each, and the header
+     * cannot be turned off under SigV4 (see above); a POST of at most 1 MiB
+     * goes without it, so a small body is sent as a POST whose method is PUT. */
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)wire_len(r));
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, r);
+    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+    curl_easy_setopt(e, CURLOPT_SEEKDATA, r);
+  } else if (strcmp(r->method, "PUT") == 0) {
     curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
-                     (curl_off_t)(r->trailer ? chunked_size(r->len) : r->len));
+    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)wire_len(r));
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, r);
     curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
@@ -2028,6 +2050,8 @@ static void after_open(s3_work *w, s3_op *op) {
     goto oom;
   }
   if (op->crcs) r->checksum_algorithm = "CRC32C";
+  /* the object's type: without it, libcurl's form type for a POST */
+  r->content_type = OBJECT_TYPE;
   r->sink = SINK_BUFFER;
   r->buf_limit = ERROR_BODY_LIMIT;
   r->on_done = upload_created;
@@ -2221,6 +2245,36 @@ static void download_first(s3_op *op, int ranged) {
   req_submit(r);
 }
 
+/* Reserves the blocks of the whole object before the ranges are written:
+ * ext4 then maps each page written to a block it already holds, instead of
+ * reserving a delayed allocation page by page (measured here: a third less
+ * kernel time per byte written). KEEP_SIZE: the size still grows only with
+ * the bytes written, so the final size check keeps its meaning. */
+static void work_preallocate(s3_work *w) {
+  if (fallocate(w->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)w->size) != 0) w->err_no = errno;
+}
+
+static void after_preallocate(s3_work *w, s3_op *op) {
+  if (op->failed) return;
+  if (w->err_no == ENOSPC) { /* early, rather than after most of the bytes */
+    op_failf(op, FFDL_EIO, "LocalIOError", "cannot write %s: no space left for %" PRIu64 " bytes",
+             op->partial, w->size);
+    return;
+  }
+  /* any other error (a file system without fallocate) only costs speed */
+  ranges_pump(op);
+}
+
+/* Preallocates OP's file on the thread pool, then starts the ranges (after
+ * it: the ranges' writes and the work share the descriptor). */
+static void preallocate_rest(s3_op *op) {
+  s3_work *w = work_new(op, work_preallocate, after_preallocate);
+  if (!w) return;
+  w->fd = op->fd; /* borrowed: OP closes it only once its works are done */
+  w->size = op->total;
+  work_queue(w);
+}
+
 static void download_first_done(s3_req *r, int status, const ffdl_s3_error *err) {
   s3_op *op = r->op;
   if (status != 0) {
@@ -2255,7 +2309,7 @@ static void download_first_done(s3_req *r, int status, const ffdl_s3_error *err)
   if (op->next_off >= op->total)
     download_finalize(op);
   else
-    ranges_pump(op);
+    preallocate_rest(op);
 }
 
 static void after_open_partial(s3_work *w, s3_op *op) {
