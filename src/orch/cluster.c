@@ -615,13 +615,16 @@ static int candidates_next(lua_State *L) {
   if (!v->cl) return luaL_error(L, "the cluster view is only valid during the hook call");
   int taken = lua_upvalueindex(2);
   if (sc->limit > 0 && sc->yielded >= sc->limit) return 0;
+  /* most jobs have one learner, so taken is empty: no lookup per node */
+  int any_taken = lua_istable(L, taken) && (lua_pushnil(L), lua_next(L, taken) != 0);
+  if (any_taken) lua_pop(L, 2);
   for (long i; (i = scan_step(sc)) >= 0;) {
     const node *nd = &v->cl->nodes[i];
     if (sc->skip_held && nd->held) continue;
-    double tc;
-    lua_Integer tm;
-    int tg;
-    taken_on(L, taken, nd->name, &tc, &tm, &tg);
+    double tc = 0;
+    lua_Integer tm = 0;
+    int tg = 0;
+    if (any_taken) taken_on(L, taken, nd->name, &tc, &tm, &tg);
     if (!node_fits(nd, &sc->req, sc->by_capacity, tc, (double)tm, tg)) continue;
     sc->yielded++;
     push_node(L, lua_upvalueindex(3), v, (size_t)i, tc, tm, tg);
@@ -638,8 +641,11 @@ static void read_request(lua_State *L, int t, scan *sc) {
   if (sc->req.gpus < 0) sc->req.gpus = 0;
   if (sc->req.gpus > FFDL_MAX_NODE_GPUS) sc->req.gpus = BUCKETS; /* fits nowhere */
   sc->req.gpu_type = NULL;
-  if (lua_getfield(L, t, "gpu_type") == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
-    snprintf(sc->gpu_type, sizeof sc->gpu_type, "%s", lua_tostring(L, -1));
+  size_t len = 0;
+  if (lua_getfield(L, t, "gpu_type") == LUA_TSTRING && (len = lua_rawlen(L, -1)) > 0) {
+    if (len >= sizeof sc->gpu_type) len = sizeof sc->gpu_type - 1; /* no such type: fits nowhere */
+    memcpy(sc->gpu_type, lua_tostring(L, -1), len);
+    sc->gpu_type[len] = '\0';
     sc->req.gpu_type = sc->gpu_type;
   }
   lua_pop(L, 1);

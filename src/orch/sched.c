@@ -57,7 +57,20 @@ struct ffdl_sched {
   /* shapes with queued jobs, and queued jobs with no shape (too many):
    * a cycle ends once every shape in the queue found no room */
   size_t live_shapes, unshaped_queued;
+  /* per queue slot, what the walk behind a blocked job needs without
+   * touching the job (most of those jobs are skipped: reading each one's
+   * struct cost a cache miss per job); rebuilt after the queue moves */
+  struct slot_info *slots;
+  size_t slots_cap;
+  int slots_stale;
 };
+
+enum { SLOT_HOLE = -2, SLOT_NO_SHAPE = -1 };
+
+typedef struct slot_info {
+  int shape;   /* the job's shape_id, SLOT_NO_SHAPE, or SLOT_HOLE */
+  int checked; /* its fit_checked: the generation it is known to fit */
+} slot_info;
 
 typedef struct shape {
   ffdl_request req;
@@ -98,6 +111,7 @@ void ffdl_sched_free(ffdl_sched *s) {
   free(s->shapes);
   free(s->shape_failed);
   free(s->shape_queued);
+  free(s->slots);
   ffdl_ledger_free(s->ledger);
   free(s->queue);
   free(s);
@@ -209,6 +223,7 @@ int ffdl_sched_enqueue(ffdl_sched *s, ffdl_sched_job *j, double now) {
   j->queued = 1;
   j->queue_pos = s->n;
   s->queue[s->n++] = j;
+  s->slots_stale = 1;
   return FFDL_OK;
 }
 
@@ -218,6 +233,7 @@ void ffdl_sched_dequeue(ffdl_sched *s, ffdl_sched_job *j) {
   j->queued = 0;
   count_shape(s, j, -1);
   s->queue[j->queue_pos] = NULL;
+  if (!s->slots_stale) s->slots[j->queue_pos].shape = SLOT_HOLE;
   s->removed++;
 }
 
@@ -244,6 +260,7 @@ static void compact(ffdl_sched *s, int always) {
   s->sorted = sorted;
   s->removed = 0;
   s->head = 0;
+  s->slots_stale = 1;
 }
 
 static int by_rank(const void *a, const void *b) {
@@ -337,11 +354,11 @@ static int call(ffdl_sched *s, const char *what, int nargs, int nres, char **err
 
 static void decide(ffdl_sched *s, ffdl_sched_job *j, const char *hook, const char *outcome,
                    const char *reason) {
-  json_t *explained = ffdl_generation_take_explanations(s->gen);
-  if (s->cb.decision)
-    s->cb.decision(s->ud, j, hook, outcome, reason, explained);
-  else
-    json_decref(explained);
+  if (!s->cb.decision) { /* nobody keeps decisions (the simulator) */
+    ffdl_generation_drop_explanations(s->gen);
+    return;
+  }
+  s->cb.decision(s->ud, j, hook, outcome, reason, ffdl_generation_take_explanations(s->gen));
 }
 
 static void waiting(ffdl_sched *s, ffdl_sched_job *j, const char *reason) {
@@ -546,6 +563,7 @@ static void merge_new_jobs(ffdl_sched *s) {
   for (size_t i = 0; i < s->n; i++)
     s->queue[i]->queue_pos = i;
   s->sorted = s->n;
+  s->slots_stale = 1;
 }
 
 /* scheduler.order(queue, ctx) over the whole queue, for policies that keep
@@ -592,6 +610,7 @@ static void order_whole_queue(ffdl_sched *s) {
     memcpy(s->queue, ordered, s->n * sizeof *ordered);
     for (size_t i = 0; i < s->n; i++)
       s->queue[i]->queue_pos = i;
+    s->slots_stale = 1;
   }
   free(ordered);
   s->sorted = s->n;
@@ -769,19 +788,26 @@ static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   free(how);
 }
 
+/* J can fit this cluster (in this generation's view): noted on the job
+ * and in its queue slot. */
+static void mark_fits(ffdl_sched *s, ffdl_sched_job *j) {
+  j->fit_checked = s->gen_serial;
+  if (!s->slots_stale && j->queued) s->slots[j->queue_pos].checked = s->gen_serial;
+}
+
 /* Could J ever fit, on an empty cluster? Asked once per job and generation. */
 static int never_fits(ffdl_sched *s, ffdl_sched_job *j, json_t **explained) {
   if (j->fit_checked == s->gen_serial) return 0;
   /* C answers for the room; place() is asked only to say why it never fits */
   if (ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) {
-    j->fit_checked = s->gen_serial;
+    mark_fits(s, j);
     return 0;
   }
   char *never = NULL;
   int fits = call_place(s, j, 1, &never) != PLACE_NO_ROOM;
   json_decref(ffdl_generation_take_explanations(s->gen)); /* the probe's */
   if (fits) {
-    j->fit_checked = s->gen_serial;
+    mark_fits(s, j);
     free(never);
     return 0;
   }
@@ -903,7 +929,7 @@ static int behind_blocked_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   remember_failure(s, c, j);
   if (j->fit_checked == s->gen_serial) return 1;
   if (!ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) return 0;
-  j->fit_checked = s->gen_serial;
+  mark_fits(s, j);
   char *need = describe_request(j);
   still_waiting(s, j, "place", "waiting",
                 ffdl_strdup_printf("%s; no room now, and jobs ahead of it wait too", need));
@@ -951,6 +977,32 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   return rc;
 }
 
+/* Fills the slot of every queue position; on failure the walk reads the
+ * jobs themselves. */
+static void rebuild_slots(ffdl_sched *s) {
+  if (s->slots_cap < s->n) {
+    size_t cap = s->n + s->n / 2 + 64;
+    slot_info *grown = realloc(s->slots, cap * sizeof *grown);
+    if (!grown) return;
+    s->slots = grown;
+    s->slots_cap = cap;
+  }
+  for (size_t i = 0; i < s->n; i++) {
+    const ffdl_sched_job *j = s->queue[i];
+    s->slots[i] = j ? (slot_info){j->shape_id < 0 ? SLOT_NO_SHAPE : j->shape_id, j->fit_checked}
+                    : (slot_info){SLOT_HOLE, 0};
+  }
+  s->slots_stale = 0;
+}
+
+/* Behind a blocked job: is the job in slot I one whose shape found no
+ * room this cycle and that is known to fit some day? Then it waits, and
+ * try_job would only count it (see behind_blocked_job). */
+static int skipped_by_slot(const ffdl_sched *s, size_t i) {
+  slot_info q = s->slots[i];
+  return q.shape >= 0 && q.checked == s->gen_serial && s->shape_failed[q.shape] == s->stats.cycles;
+}
+
 /* scheduler.config.scan_limit. */
 static long scan_limit(ffdl_sched *s) {
   lua_State *L = lua_of(s);
@@ -994,12 +1046,20 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   s->usage_ref = LUA_NOREF;
   /* the queue may lose jobs (placed, never fits) while we walk it */
   size_t n = s->n;
+  if (s->slots_stale) rebuild_slots(s);
   for (size_t i = s->head; i < n; i++) {
+    /* the slots answer without reading the job (stale only if out of memory) */
+    int by_slot = !s->slots_stale;
+    if (by_slot && s->slots[i].shape == SLOT_HOLE) continue;
     ffdl_sched_job *j = s->queue[i];
-    if (!j || !j->queued) continue;
+    if (!by_slot && (!j || !j->queued)) continue;
     if (c.blocked && c.scan_left-- <= 0) break;
     /* every shape in the queue found no room: nothing behind can start */
     if (c.blocked && !s->unshaped_queued && c.shapes_failed >= s->live_shapes) break;
+    if (c.blocked && by_slot && skipped_by_slot(s, i)) {
+      s->stats.skipped_by_filter++;
+      continue;
+    }
     if (try_job(s, &c, j) != 0) break;
   }
   s->in_cycle = 0;

@@ -35,10 +35,17 @@ typedef struct {
   sim_status status;
 } sim_job;
 
+/* A heap entry: the end time is kept next to the job, so that sifting
+ * reads one array instead of chasing a pointer per comparison. */
+typedef struct {
+  double end;
+  sim_job *job;
+} running_job;
+
 typedef struct {
   sim_job *jobs;
   size_t n;
-  sim_job **running; /* min-heap on end time */
+  running_job *running; /* min-heap on end time */
   size_t nrunning;
   double now;
   long started;
@@ -244,27 +251,27 @@ static int load_trace(sim *sm, const char *path, char **err) {
 /* ---- events -------------------------------------------------------------- */
 
 static void heap_swap(sim *sm, size_t a, size_t b) {
-  sim_job *t = sm->running[a];
+  running_job t = sm->running[a];
   sm->running[a] = sm->running[b];
   sm->running[b] = t;
 }
 
 static void heap_push(sim *sm, sim_job *j) {
   size_t i = sm->nrunning++;
-  sm->running[i] = j;
-  while (i > 0 && sm->running[(i - 1) / 2]->end > sm->running[i]->end) {
+  sm->running[i] = (running_job){j->end, j};
+  while (i > 0 && sm->running[(i - 1) / 2].end > sm->running[i].end) {
     heap_swap(sm, i, (i - 1) / 2);
     i = (i - 1) / 2;
   }
 }
 
 static sim_job *heap_pop(sim *sm) {
-  sim_job *top = sm->running[0];
+  sim_job *top = sm->running[0].job;
   sm->running[0] = sm->running[--sm->nrunning];
   for (size_t i = 0;;) {
     size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < sm->nrunning && sm->running[l]->end < sm->running[m]->end) m = l;
-    if (r < sm->nrunning && sm->running[r]->end < sm->running[m]->end) m = r;
+    if (l < sm->nrunning && sm->running[l].end < sm->running[m].end) m = l;
+    if (r < sm->nrunning && sm->running[r].end < sm->running[m].end) m = r;
     if (m == i) break;
     heap_swap(sm, i, m);
     i = m;
@@ -354,7 +361,7 @@ static int replay(sim *sm, ffdl_sched *sched, ffdl_cluster *cl) {
   for (;;) {
     double t = INFINITY;
     if (next < sm->n) t = arrivals[next]->submit;
-    if (sm->nrunning && sm->running[0]->end < t) t = sm->running[0]->end;
+    if (sm->nrunning && sm->running[0].end < t) t = sm->running[0].end;
     if (isinf(t)) {
       /* nothing runs or arrives: only time can open a budget */
       if (!ffdl_sched_queued(sched) || idle >= FFDL_LEDGER_RETENTION_S) break;
@@ -364,7 +371,7 @@ static int replay(sim *sm, ffdl_sched *sched, ffdl_cluster *cl) {
       idle = 0;
     }
     sm->now = t;
-    while (sm->nrunning && sm->running[0]->end <= t) {
+    while (sm->nrunning && sm->running[0].end <= t) {
       sim_job *j = heap_pop(sm);
       ffdl_sched_release(sched, &j->sj, j->end);
       j->status = SIM_DONE;

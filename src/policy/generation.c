@@ -278,6 +278,15 @@ json_t *ffdl_generation_take_explanations(ffdl_generation *gen) {
   return out;
 }
 
+void ffdl_generation_drop_explanations(ffdl_generation *gen) {
+  lua_State *L = ffdl_sandbox_state(gen->sb);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &EXPLAINED_KEY) != LUA_TNIL) {
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &EXPLAINED_KEY);
+  }
+  lua_pop(L, 1);
+}
+
 /* ctx.log(msg) or ctx:log(msg): one info line in the server log. */
 static int l_ctx_log(lua_State *L) {
   const char *msg = luaL_checkstring(L, lua_istable(L, 1) ? 2 : 1);

@@ -44,5 +44,7 @@ void ffdl_generation_push_ctx(ffdl_generation *gen, const char *file);
 /* The messages hooks recorded with ctx:explain() since the last call of
  * this function, as a new JSON array (caller decrefs). */
 json_t *ffdl_generation_take_explanations(ffdl_generation *gen);
+/* Forgets those messages, for a decision nobody keeps. */
+void ffdl_generation_drop_explanations(ffdl_generation *gen);
 
 #endif
