@@ -32,7 +32,7 @@
 #endif
 
 #define GRANULE 16
-#define MAX_SMALL 256
+#define MAX_SMALL 1024
 #define CLASSES (MAX_SMALL / GRANULE)
 #define SLAB_BYTES (64 * 1024)
 

@@ -456,7 +456,7 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   int outer_expired = sb->expired, outer_oom = sb->out_of_memory;
 
   if (deadline_ms <= 0) deadline_ms = ffdl_sandbox_deadline_for(sb, what);
-  uint64_t deadline = now_ns() + (uint64_t)(deadline_ms * 1e6);
+  uint64_t deadline = started + (uint64_t)(deadline_ms * 1e6);
   int outer_owns_deadline = outer_deadline && outer_deadline <= deadline;
   if (outer_owns_deadline) {
     deadline = outer_deadline;
