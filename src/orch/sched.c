@@ -1003,6 +1003,27 @@ static int skipped_by_slot(const ffdl_sched *s, size_t i) {
   return q.shape >= 0 && q.checked == s->gen_serial && s->shape_failed[q.shape] == s->stats.cycles;
 }
 
+/* Moves the jobs in queue slots [FROM, TO) next to TO, in order, and
+ * starts later walks there. Placed jobs leave holes where the walk goes
+ * every cycle (behind the blocked job), long before half the queue is
+ * holes and compact() runs; stepping over them cost more than the jobs. */
+static void pack_walked(ffdl_sched *s, size_t from, size_t to) {
+  size_t w = to;
+  for (size_t i = to; i-- > from;) {
+    ffdl_sched_job *j = s->queue[i];
+    if (!j) continue;
+    if (--w == i) continue;
+    s->queue[w] = j;
+    j->queue_pos = w;
+    s->queue[i] = NULL;
+    if (!s->slots_stale) {
+      s->slots[w] = s->slots[i];
+      s->slots[i].shape = SLOT_HOLE;
+    }
+  }
+  s->head = w;
+}
+
 /* scheduler.config.scan_limit. */
 static long scan_limit(ffdl_sched *s) {
   lua_State *L = lua_of(s);
@@ -1045,14 +1066,16 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   s->in_cycle = 1;
   s->usage_ref = LUA_NOREF;
   /* the queue may lose jobs (placed, never fits) while we walk it */
-  size_t n = s->n;
+  size_t n = s->n, i, holes = 0;
   if (s->slots_stale) rebuild_slots(s);
-  for (size_t i = s->head; i < n; i++) {
+  for (i = s->head; i < n; i++) {
     /* the slots answer without reading the job (stale only if out of memory) */
     int by_slot = !s->slots_stale;
-    if (by_slot && s->slots[i].shape == SLOT_HOLE) continue;
     ffdl_sched_job *j = s->queue[i];
-    if (!by_slot && (!j || !j->queued)) continue;
+    if (by_slot ? s->slots[i].shape == SLOT_HOLE : !j || !j->queued) {
+      holes++;
+      continue;
+    }
     if (c.blocked && c.scan_left-- <= 0) break;
     /* every shape in the queue found no room: nothing behind can start */
     if (c.blocked && !s->unshaped_queued && c.shapes_failed >= s->live_shapes) break;
@@ -1062,6 +1085,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     }
     if (try_job(s, &c, j) != 0) break;
   }
+  if (holes > 64 && holes * 2 > i - s->head) pack_walked(s, s->head, i);
   s->in_cycle = 0;
   luaL_unref(L, LUA_REGISTRYINDEX, s->usage_ref);
   lua_settop(L, top);
