@@ -31,12 +31,17 @@ typedef struct {
 /*
  * The index that keeps candidate filtering cheap on big clusters: for each
  * GPU type, one bitmap of nodes per number of free GPUs (node order inside
- * a bucket), with a count per bucket so that empty buckets cost nothing.
+ * a bucket), with a count per bucket so that empty buckets cost nothing,
+ * and a summary bit per non-empty word so that a sparse bucket of a big
+ * cluster is walked in a few steps, not one per 64 nodes.
  */
 typedef struct {
-  size_t words;   /* per bitmap */
-  uint64_t *bits; /* [type][bucket][word] */
-  size_t *counts; /* [type][bucket] */
+  size_t words;      /* per bitmap */
+  size_t swords;     /* per summary */
+  uint64_t *bits;    /* [type][bucket][word] */
+  uint64_t *summary; /* [type][bucket][sword]: bit w set when word w is not 0 */
+  size_t *counts;    /* [type][bucket] */
+  int top;           /* the most GPUs a node has: no bucket above it is used */
 } bucket_index;
 
 struct ffdl_cluster {
@@ -73,6 +78,7 @@ void ffdl_cluster_free(ffdl_cluster *cl) {
     free(cl->types[t]);
   free(cl->types);
   free(cl->index.bits);
+  free(cl->index.summary);
   free(cl->index.counts);
   free(cl->held_list);
   free(cl->name_slots);
@@ -102,26 +108,57 @@ static void index_set(ffdl_cluster *cl, size_t i, int on) {
   const node *nd = &cl->nodes[i];
   size_t slot = bucket_slot(cl, nd->type_index, nd->gpus - nd->used_gpus);
   uint64_t *word = &cl->index.bits[slot * cl->index.words + i / 64];
-  uint64_t bit = (uint64_t)1 << (i % 64);
+  uint64_t *summary = &cl->index.summary[slot * cl->index.swords + i / 4096];
+  uint64_t bit = (uint64_t)1 << (i % 64), word_bit = (uint64_t)1 << (i / 64 % 64);
   if (on) {
     *word |= bit;
+    *summary |= word_bit;
     cl->index.counts[slot]++;
   } else {
     *word &= ~bit;
+    if (!*word) *summary &= ~word_bit;
     cl->index.counts[slot]--;
   }
+}
+
+/* The first node at or after FROM in SLOT's bitmap, or -1. */
+static long next_in_slot(const ffdl_cluster *cl, size_t slot, size_t from) {
+  size_t w = from / 64;
+  if (w >= cl->index.words) return -1;
+  const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
+  uint64_t m = bits[w] & (~(uint64_t)0 << (from % 64));
+  if (m) return (long)(w * 64 + (size_t)__builtin_ctzll(m));
+  /* the next non-empty word, from the summary */
+  const uint64_t *summary = &cl->index.summary[slot * cl->index.swords];
+  size_t next = w + 1;
+  for (size_t sw = next / 64; sw < cl->index.swords; sw++) {
+    uint64_t sm = summary[sw];
+    if (sw == next / 64) sm &= ~(uint64_t)0 << (next % 64);
+    if (sm) {
+      size_t found = sw * 64 + (size_t)__builtin_ctzll(sm);
+      return (long)(found * 64 + (size_t)__builtin_ctzll(bits[found]));
+    }
+  }
+  return -1;
 }
 
 /* Builds the index on first use after nodes were added. */
 static int ensure_index(ffdl_cluster *cl) {
   if (cl->index_valid) return FFDL_OK;
   size_t words = (cl->n + 63) / 64, slots = (cl->ntypes ? cl->ntypes : 1) * BUCKETS;
+  size_t swords = (words + 63) / 64;
   free(cl->index.bits);
+  free(cl->index.summary);
   free(cl->index.counts);
   cl->index.words = words;
+  cl->index.swords = swords;
   cl->index.bits = calloc(slots * (words ? words : 1), sizeof(uint64_t));
+  cl->index.summary = calloc(slots * (swords ? swords : 1), sizeof(uint64_t));
   cl->index.counts = calloc(slots, sizeof(size_t));
-  if (!cl->index.bits || !cl->index.counts) return FFDL_ENOMEM;
+  if (!cl->index.bits || !cl->index.summary || !cl->index.counts) return FFDL_ENOMEM;
+  cl->index.top = 0;
+  for (size_t i = 0; i < cl->n; i++)
+    if (cl->nodes[i].gpus > cl->index.top) cl->index.top = cl->nodes[i].gpus;
   for (size_t i = 0; i < cl->n; i++)
     index_set(cl, i, 1);
   cl->index_valid = 1;
@@ -326,19 +363,17 @@ static int room_for(ffdl_cluster *cl, const ffdl_request *req, int learners, int
   int lowest = by_capacity ? 0 : want;
   for (size_t t = 0; t < cl->ntypes; t++) {
     if (only >= 0 && (size_t)only != t) continue;
-    for (int b = lowest; b < BUCKETS; b++) {
+    for (int b = lowest; b <= cl->index.top; b++) {
       size_t slot = bucket_slot(cl, (int)t, b);
       if (!cl->index.counts[slot]) continue;
-      const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
-      for (size_t w = 0; w < cl->index.words; w++)
-        for (uint64_t m = bits[w]; m; m &= m - 1) {
-          const node *nd = &cl->nodes[w * 64 + (size_t)__builtin_ctzll(m)];
-          if (by_capacity)
-            found += learners_by_capacity(nd, req, learners - found);
-          else if (!nd->held)
-            found += learners_on(nd, req, learners - found);
-          if (found >= learners) return 1;
-        }
+      for (long i = next_in_slot(cl, slot, 0); i >= 0; i = next_in_slot(cl, slot, (size_t)i + 1)) {
+        const node *nd = &cl->nodes[i];
+        if (by_capacity)
+          found += learners_by_capacity(nd, req, learners - found);
+        else if (!nd->held)
+          found += learners_on(nd, req, learners - found);
+        if (found >= learners) return 1;
+      }
     }
   }
   return 0;
@@ -578,13 +613,7 @@ static long scan_bucket(scan *sc) {
   ffdl_cluster *cl = sc->v->cl;
   size_t slot = bucket_slot(cl, sc->type, sc->bucket);
   if (!cl->index.counts[slot]) return -1;
-  const uint64_t *bits = &cl->index.bits[slot * cl->index.words];
-  for (size_t w = sc->next / 64; w < cl->index.words; w++) {
-    uint64_t m = bits[w];
-    if (w == sc->next / 64) m &= ~(uint64_t)0 << (sc->next % 64);
-    if (m) return (long)(w * 64 + (size_t)__builtin_ctzll(m));
-  }
-  return -1;
+  return next_in_slot(cl, slot, sc->next);
 }
 
 /* Moves to the next node in scan order (any node, fitting or not); -1 at the end. */
@@ -593,7 +622,7 @@ static long scan_step(scan *sc) {
   if (sc->order == ORDER_NODES) return sc->next < cl->n ? (long)sc->next++ : -1;
   int lowest = sc->by_capacity ? 0 : sc->req.gpus;
   for (;;) {
-    if (sc->bucket < lowest || sc->bucket >= BUCKETS) return -1;
+    if (sc->bucket < lowest || sc->bucket > cl->index.top) return -1;
     if ((size_t)sc->type < cl->ntypes && scan_type_ok(sc, (size_t)sc->type)) {
       long i = scan_bucket(sc);
       if (i >= 0) {
@@ -688,7 +717,7 @@ static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int sk
     if (sc->want_type <= 0) sc->req.gpus = BUCKETS; /* no node has that type */
   }
   if (sc->order == ORDER_BINPACK) sc->bucket = sc->by_capacity ? 0 : sc->req.gpus;
-  if (sc->order == ORDER_SPREAD) sc->bucket = FFDL_MAX_NODE_GPUS;
+  if (sc->order == ORDER_SPREAD) sc->bucket = v->cl->index.top;
   if (taken)
     lua_pushvalue(L, taken);
   else
