@@ -154,9 +154,41 @@ static void room_filters_count_gang_learners(void) {
   ffdl_cluster_free(cl);
 }
 
+/* 5,000 nodes (two summary words per bucket), all busy but three far
+ * apart: both filters and both candidate orders find exactly those. */
+static void sparse_buckets_of_a_big_cluster(void) {
+  ffdl_cluster *cl;
+  CHECK(ffdl_cluster_new(&cl) == FFDL_OK);
+  char name[32];
+  for (int i = 0; i < 5000; i++) {
+    snprintf(name, sizeof name, "n%d", i);
+    CHECK(ffdl_cluster_add_node(cl, name, 8, 64ull << 30, 8, "A100", NULL) == FFDL_OK);
+  }
+  ffdl_request all = {.cpus = 1, .memory = 1, .gpus = 8},
+               seven = {.cpus = 1, .memory = 1, .gpus = 7};
+  int ids[8];
+  for (int i = 0; i < 5000; i++)
+    if (i != 63 && i != 4096)
+      CHECK(ffdl_cluster_reserve(cl, i, i == 4999 ? &seven : &all, ids) == FFDL_OK);
+  ffdl_request one = {.cpus = 1, .memory = 1, .gpus = 1}, two = {.cpus = 1, .memory = 1, .gpus = 8};
+  CHECK(ffdl_cluster_could_fit(cl, &one, 17) && !ffdl_cluster_could_fit(cl, &one, 18)); /* 8+8+1 */
+  CHECK(ffdl_cluster_could_fit(cl, &two, 2) && !ffdl_cluster_could_fit(cl, &two, 3));
+  char code[1024];
+  snprintf(code, sizeof code,
+           "%%sreturn names({gpus = 1, cpus = 1, memory = 0}, {order = 'binpack'}) .. ' / ' .. "
+           "names({gpus = 1, cpus = 1, memory = 0}, {order = 'spread'})");
+  char full[2048];
+  snprintf(full, sizeof full, code, NAMES);
+  char *got = run_view(cl, full);
+  CHECK_CONTAINS(got, "n4999,n63,n4096 / n63,n4096,n4999");
+  free(got);
+  ffdl_cluster_free(cl);
+}
+
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"ledger_counts_running_jobs_up_to_now", ledger_counts_running_jobs_up_to_now},
+      {"sparse_buckets_of_a_big_cluster", sparse_buckets_of_a_big_cluster},
       {"ledger_window_slides_over_finished_jobs", ledger_window_slides_over_finished_jobs},
       {"ledger_lists_what_is_held_now", ledger_lists_what_is_held_now},
       {"candidates_follow_the_strategy_order", candidates_follow_the_strategy_order},
