@@ -295,7 +295,9 @@ static int has_hook(ffdl_sched *s, const char *file, const char *name) {
 
 static void set_string(lua_State *L, const char *key, const char *value) {
   if (!value) return;
-  lua_pushstring(L, value);
+  /* not lua_pushstring: its cache is keyed by address, and every job's
+   * strings have their own, so it missed after two string compares */
+  lua_pushlstring(L, value, strlen(value));
   lua_setfield(L, -2, key);
 }
 
