@@ -49,12 +49,13 @@ function M.rank(job, ctx)
   return job.submitted - priority * M.config.aging_s
 end
 
----@param node ffdl.Node
+---@param free_gpus integer
+---@param free_cpus number
 ---@param strategy string
 ---@return number
-local function score(node, strategy)
+local function score(free_gpus, free_cpus, strategy)
   -- lower is better; GPUs weigh most, so small jobs leave whole GPUs free
-  local s = node.free_gpus * 1000 + node.free_cpus
+  local s = free_gpus * 1000 + free_cpus
   if strategy == "spread" then return -s end
   return s
 end
@@ -116,8 +117,8 @@ function M.place(job, cluster, ctx)
   local taken, placement = {}, {}
   for learner = 1, job.learners do
     local best, best_score
-    for node in cluster:candidates(req, taken, opts) do
-      local s = score(node, config.strategy)
+    for node, free_gpus, free_cpus in cluster:candidates(req, taken, opts) do
+      local s = score(free_gpus, free_cpus, config.strategy)
       if not best or s < best_score then best, best_score = node, s end
     end
     if not best then

@@ -130,7 +130,8 @@ end
 ---   T.cluster{ {name = "n1", cpus = 8, memory = 64 << 30, gpus = 4, gpu_type = "V100",
 ---               used = {cpus = 2, gpus = 1}}, ... }
 --- candidates(req, taken, opts) yields the nodes with room for req beyond
---- what `taken` (by node name) already put there, held nodes left out:
+--- what `taken` (by node name) already put there, held nodes left out,
+--- each with its free_gpus and free_cpus as second and third values:
 ---   no opts.order  node order
 ---   "binpack"      fewest free GPUs first, then node order
 ---   "spread"       most free GPUs first, then node order
@@ -197,7 +198,9 @@ function M.cluster(nodes)
       i = i + 1
       if limit > 0 and i > limit then return nil end
       local e = list[i]
-      return e and node_view(e.node, e.taken)
+      if not e then return nil end
+      local node = node_view(e.node, e.taken)
+      return node, node.free_gpus, node.free_cpus
     end
   end
 

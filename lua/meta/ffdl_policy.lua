@@ -163,12 +163,14 @@ function Ctx:explain(msg) end
 local Cluster = {}
 
 --- The nodes with room for REQ beyond TAKEN; the filtering runs in C.
----   for node in cluster:candidates(req, taken, {order = "binpack", limit = 4}) do ... end
+---   for node, free_gpus, free_cpus in cluster:candidates(req, taken, {order = "binpack", limit = 4}) do ... end
+--- Each step also gives the node's free_gpus and free_cpus (the same as
+--- node.free_gpus and node.free_cpus, without a field read each).
 --- Nodes held for a blocked job are left out.
 ---@param req ffdl.Request
 ---@param taken table<string, ffdl.Taken>?
 ---@param opts ffdl.CandidateOptions?
----@return fun(): ffdl.Node?
+---@return fun(): ffdl.Node?, integer?, number?
 function Cluster:candidates(req, taken, opts) end
 
 --- Every node, in node order, held or not.
