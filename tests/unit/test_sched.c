@@ -112,6 +112,25 @@ static void candidates_follow_the_strategy_order(void) {
   ffdl_cluster_free(cl);
 }
 
+/* The extra loop values are the node's free_gpus and free_cpus, taken
+ * included. */
+static void candidates_give_free_gpus_and_cpus(void) {
+  ffdl_cluster *cl = three_nodes();
+  ffdl_request one = {.cpus = 3, .memory = 1 << 30, .gpus = 3};
+  int ids[4];
+  CHECK(ffdl_cluster_reserve(cl, 1, &one, ids) == FFDL_OK); /* b: 1 GPU, 5 CPUs free */
+  char *got = run_view(cl, "local out = {}\n"
+                           "for n, g, c in cluster:candidates({gpus = 1, cpus = 1, memory = 0},\n"
+                           "    {a = {cpus = 2, memory = 0, gpus = 1}}, {order = 'binpack'}) do\n"
+                           "  assert(g == n.free_gpus and c == n.free_cpus)\n"
+                           "  out[#out + 1] = string.format('%s:%d:%g', n.name, g, c)\n"
+                           "end\n"
+                           "return table.concat(out, ',')");
+  CHECK_CONTAINS(got, "b:1:5,a:3:6,c:4:8");
+  free(got);
+  ffdl_cluster_free(cl);
+}
+
 static void held_nodes_are_never_candidates(void) {
   ffdl_cluster *cl = three_nodes();
   CHECK(ffdl_cluster_hold(cl, 0) == FFDL_OK);
@@ -189,6 +208,7 @@ int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"ledger_counts_running_jobs_up_to_now", ledger_counts_running_jobs_up_to_now},
       {"sparse_buckets_of_a_big_cluster", sparse_buckets_of_a_big_cluster},
+      {"candidates_give_free_gpus_and_cpus", candidates_give_free_gpus_and_cpus},
       {"ledger_window_slides_over_finished_jobs", ledger_window_slides_over_finished_jobs},
       {"ledger_lists_what_is_held_now", ledger_lists_what_is_held_now},
       {"candidates_follow_the_strategy_order", candidates_follow_the_strategy_order},
