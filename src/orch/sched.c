@@ -535,8 +535,9 @@ static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
     return;
   }
   j->rank = rank;
-  char why[96];
-  snprintf(why, sizeof why, "rank %.3f (the queue is tried lowest rank first)", rank);
+  char why[96] = "";
+  if (s->cb.decision) /* formatting costs as much as the rest of this: only when kept */
+    snprintf(why, sizeof why, "rank %.3f (the queue is tried lowest rank first)", rank);
   decide(s, j, "order", "ranked", why);
 }
 
