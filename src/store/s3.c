@@ -23,8 +23,22 @@
  * here: 16 KiB writes cost the kernel about twice as much as 256 KiB ones;
  * 1 MiB ones gain nothing more, and get the page cache's largest folios,
  * which on a VM often land on memory touched for the first time, several
- * times slower), and are not hashed (see ffdl_s3_download_file). Over https, TLS sessions are
- * shared by the client's connections, so a new connection resumes one.
+ * times slower), and are not hashed (see ffdl_s3_download_file). A ranged
+ * download first reserves the whole file (fallocate, KEEP_SIZE): ext4 then
+ * skips its per-page delayed-allocation bookkeeping, a third of the kernel
+ * time of each write here. Bodies of at most 1 MiB go without "Expect:
+ * 100-continue" (see req_start), which saves small objects a round trip.
+ * Over https, TLS sessions are shared by the client's connections, so a new
+ * connection resumes one.
+ *
+ * The default checksum over plain http stays the signed SHA-256 of each
+ * body, as the AWS SDKs do: there, nothing else protects the body against
+ * a change on the way (the CRC32C trailer is not signed, and anyone who
+ * changes the body can recompute it). SHA-256 costs ~0.6 CPU s/GiB even
+ * with SHA-NI, more than the whole CPU budget of a large upload, so over
+ * http that budget is met only with --checksum=crc32c (FFDL_S3_CHECKSUM_
+ * CRC32C), a choice the user makes; over https, where TLS protects the
+ * body, CRC32C is the default (bench/README.md has the figures).
  *
  * Life of a request (s3_req): queued READY -> RUNNING in the multi (at most
  * `concurrency` at once, client-wide) -> on completion classified: success,
@@ -72,6 +86,7 @@
 #define UPLOAD_BUFFER (1024 * 1024) /* curl's upload buffer */
 #define SLICE (1024 * 1024)         /* the SHA-256 pass reads a part in slices of this */
 #define WRITE_BUFFER (256 * 1024)   /* a download is written to its file in blocks of this */
+#define PREALLOC_MIN (1024 * 1024)  /* smaller downloads gain nothing from fallocate here */
 #define CHUNK (1024 * 1024)         /* aws-chunked: data bytes per chunk */
 #define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 #define STREAMING_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
@@ -175,6 +190,7 @@ struct s3_req {
   char *wbuf; /* SINK_FILE: bytes received, not yet written (the last WLEN of RECEIVED) */
   size_t wlen;
   int need_206, check_error_body, cleanup, counts, slow_ok;
+  int prealloc;     /* a download's first GET: reserve the file if this answer holds all of it */
   uint64_t counted; /* bytes added to the progress in this attempt */
   long status;
   char etag[256], content_range[128];
@@ -674,6 +690,25 @@ static int wbuf_flush(s3_req *r) {
   return 0;
 }
 
+/* At the first body byte of a download's first GET: when this answer holds
+ * the whole object (a file smaller than a part), reserves its blocks, as
+ * preallocate_rest does for larger ones (see there). Here, on the loop, only
+ * up to one part: about the cost of one write. Returns 0, or -1 with
+ * R->io_errno set when the disk is full. */
+static int preallocate_answer(s3_req *r) {
+  uint64_t start = 0, end = 0, total = 0;
+  r->prealloc = 0;
+  if (r->status != 206 ||
+      ffdl_s3_parse_content_range(r->content_range, &start, &end, &total) != 0 || start != 0 ||
+      end + 1 != total || total < PREALLOC_MIN)
+    return 0;
+  if (fallocate(r->out_fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)total) != 0 && errno == ENOSPC) {
+    r->io_errno = ENOSPC;
+    return -1;
+  }
+  return 0; /* any other error (a file system without fallocate) only costs speed */
+}
+
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   s3_req *r = ud;
   size_t n = size * nmemb;
@@ -699,6 +734,7 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
     r->overrun = 1;
     return 0;
   }
+  if (r->prealloc && r->received == 0 && preallocate_answer(r) != 0) return 0;
   /* libcurl 7.88 hands the body over in 16 KiB pieces: gather them */
   if (!r->wbuf && r->s3->wbufs_n) r->wbuf = r->s3->wbufs[--r->s3->wbufs_n];
   if (!r->wbuf && !(r->wbuf = malloc(WRITE_BUFFER))) {
@@ -2241,6 +2277,7 @@ static void download_first(s3_op *op, int ranged) {
   r->out_fd = op->fd;
   r->counts = 1;
   r->tag = (uint64_t)ranged;
+  r->prealloc = ranged;
   r->on_done = download_first_done;
   req_submit(r);
 }

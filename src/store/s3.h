@@ -2,10 +2,10 @@
  * An S3 client on the libuv loop: libcurl's multi interface with AWS
  * Signature V4 (CURLOPT_AWS_SIGV4, plus an explicit x-amz-content-sha256
  * header, which libcurl 7.88 needs). Works with AWS S3 and S3-compatible
- * stores (MinIO, Ceph, IBM COS, moto). Never blocks the loop: parts are read
- * (once, into a buffer from a client-wide budget) on the thread pool, and
- * downloads written in blocks of 256 KiB; memory stays constant
- * whatever the object size.
+ * stores (MinIO, Ceph, IBM COS, moto). Never blocks the loop: files are
+ * opened, hashed (SHA-256) and renamed on the thread pool; upload bodies are
+ * read from the file straight into libcurl's buffer, and downloads written
+ * in blocks of 256 KiB; memory stays constant whatever the object size.
  */
 #ifndef FFDL_STORE_S3_H
 #define FFDL_STORE_S3_H
