@@ -7,9 +7,9 @@
  * Must not: block the loop (file opening, SHA-256 of parts, renaming and
  * directory walks run on the thread pool; curl's read and write callbacks
  * move at most one buffer, UPLOAD_BUFFER or WRITE_BUFFER, with
- * pread/pwrite), hold a whole large object in memory, call into curl from
- * inside a curl callback, turn certificate verification off, or ever log
- * the secret key.
+ * pread/pwrite, and reserve at most one part with fallocate), hold a whole
+ * large object in memory, call into curl from inside a curl callback,
+ * turn certificate verification off, or ever log the secret key.
  *
  * CPU per byte (the budget is a fifth of boto3's; see bench/README.md):
  * with CRC32C an uploaded part is read from the file once, straight into
@@ -23,10 +23,12 @@
  * here: 16 KiB writes cost the kernel about twice as much as 256 KiB ones;
  * 1 MiB ones gain nothing more, and get the page cache's largest folios,
  * which on a VM often land on memory touched for the first time, several
- * times slower), and are not hashed (see ffdl_s3_download_file). A ranged
- * download first reserves the whole file (fallocate, KEEP_SIZE): ext4 then
- * skips its per-page delayed-allocation bookkeeping, a third of the kernel
- * time of each write here. Bodies of at most 1 MiB go without "Expect:
+ * times slower), and are not hashed (see ffdl_s3_download_file). A
+ * download of 1 MiB or more first reserves its whole file (fallocate,
+ * KEEP_SIZE): ext4 then skips its per-page delayed-allocation bookkeeping,
+ * a quarter to a third of the kernel time of each write here (on the thread
+ * pool for objects larger than a part; on the loop, at the first body
+ * byte, for one part at most). Bodies of at most 1 MiB go without "Expect:
  * 100-continue" (see req_start), which saves small objects a round trip.
  * Over https, TLS sessions are shared by the client's connections, so a new
  * connection resumes one.
