@@ -19,7 +19,8 @@
 2. Memory: the server's RSS with FFDL_BENCH_QUEUED jobs (default 100,000)
    queued behind a job that holds the whole cluster, while a reload builds
    (two generations alive), next to an empty server.
-FFDL_BENCH_ONLY=flow or =memory runs one of the two.
+FFDL_BENCH_ONLY=flow or =memory runs one of the two. FFDL_BENCH_KEEP=DIR
+keeps the data and the server logs there (DIR must be empty or new).
 """
 import http.client
 import io
@@ -305,6 +306,10 @@ def bench_reload_under_load(tmp):
           f"max {max(noop, default=0):.1f} ms  ({len(noop)} reloads among the others)")
     print(f"  swap pause of the loop:         p50 {pct(pauses, .5):8.1f} us  p99 {pct(pauses, .99):8.1f} us  "
           f"max {final['max_swap_pause_us']:.1f} us  (target < 1000 us)")
+    over = [us for us in pauses if us > 1000]
+    print(f"  swaps that paused the loop over 1 ms: {len(over)} of {len(pauses)}"
+          + (f" ({', '.join(f'{us / 1000:.1f}' for us in sorted(over, reverse=True)[:10])} ms)"
+             if over else ""))
     print(f"  loop CPU time of a swap:        p50 {pct(cpu, .5):8.1f} us  p99 {pct(cpu, .99):8.1f} us  "
           f"max {final['max_swap_cpu_us']:.1f} us  (the rest of the pause: waiting for a CPU)")
     print(f"  baseline, build time (the loop's stall when it built): p50 {pct(builds, .5):.1f} ms  "
@@ -417,8 +422,9 @@ def bench_memory(tmp):
 
 
 if __name__ == "__main__":
+    keep = os.environ.get("FFDL_BENCH_KEEP")  # a directory for the data and server logs
     with tempfile.TemporaryDirectory() as d:
-        tmp = pathlib.Path(d)
+        tmp = pathlib.Path(keep or d)
         only = os.environ.get("FFDL_BENCH_ONLY", "")
         if only in ("", "flow"):
             bench_reload_under_load(tmp)

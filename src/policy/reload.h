@@ -4,9 +4,10 @@
  * tests, and only then replaces the old one. A rejected reload keeps the
  * current generation and records why.
  *
- * The build runs on libuv's thread pool, in Lua states nothing else can
- * reach yet; only the swap runs on the loop, between two callbacks, so no
- * hook call is ever in flight on the generation being replaced.
+ * The build runs on a builder thread at the lowest CPU priority, in Lua
+ * states nothing else can reach yet; only the swap runs on the loop,
+ * between two callbacks, so no hook call is ever in flight on the
+ * generation being replaced.
  */
 #ifndef FFDL_POLICY_RELOAD_H
 #define FFDL_POLICY_RELOAD_H
@@ -20,7 +21,7 @@ typedef struct ffdl_policies ffdl_policies;
 
 /* Called on the loop right after a swap. NOW and OLD are borrowed; OLD
  * must not be used after the callback returns (it is then closed on the
- * thread pool). */
+ * builder thread). */
 typedef void (*ffdl_policies_swap_cb)(void *ud, ffdl_generation *now, ffdl_generation *old);
 
 /* Called on the loop when a requested reload has finished: RC is 0 when the
@@ -42,7 +43,7 @@ void ffdl_policies_free(ffdl_policies *p);
 ffdl_generation *ffdl_policies_active(ffdl_policies *p);
 
 /* Asks for a reload and returns at once: the new generation is built and
- * checked on the thread pool, then swapped in on the loop. DONE (may be
+ * checked on the builder thread, then swapped in on the loop. DONE (may be
  * NULL) gets the result. A request made while a build runs is served by
  * one more build after it, shared by every request made meanwhile, so
  * that the answer reflects the files as they were when it was asked for.
@@ -65,7 +66,7 @@ typedef struct {
   double max_swap_pause_s;  /* the longest swap */
   double last_reload_s;     /* trigger (file event or request) to active */
   double max_reload_s;      /* the longest of those */
-  double last_build_s;      /* thread-pool time of the last build */
+  double last_build_s;      /* builder time of the last build */
   double last_swap_cpu_s;   /* loop thread CPU time of the last swap */
   double max_swap_cpu_s;    /* the most of those */
 } ffdl_policies_timings;

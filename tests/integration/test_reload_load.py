@@ -11,6 +11,7 @@ generation that was active when the decision was made.
 """
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -46,6 +47,22 @@ def failures_metric(srv):
     with urllib.request.urlopen(srv.url + "/metrics", timeout=60) as resp:
         text = resp.read().decode()
     return int(re.search(r"^ffdl_policy_reload_failures_total (\d+)$", text, re.M).group(1))
+
+
+SCHED_IDLE = 5
+
+
+def builder_policies(pid):
+    """The scheduling policy of each server thread that is not SCHED_OTHER
+    (field 41 of /proc/PID/task/TID/stat, counted after the command name)."""
+    policies = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        policy = int(fields[41 - 3])
+        if policy != 0:
+            policies.append(policy)
+    return policies
 
 
 def wait_for_generation(srv, old, timeout=60):
@@ -171,6 +188,9 @@ def test_reloads_while_jobs_flow(tmp_path):
         failed = failures_metric(srv) - failures_before
         assert broken <= failed <= 2 * broken, (broken, failed)
         assert final["max_swap_pause_us"] > 0 and final["max_reload_ms"] > 0
+        # the builds ran on one thread of the lowest CPU priority, so that
+        # they never took the CPU from the loop (Linux)
+        assert builder_policies(srv.proc.pid) == [SCHED_IDLE]
 
         # every decision names the generation active when it was made
         window = {}
