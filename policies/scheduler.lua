@@ -49,17 +49,6 @@ function M.rank(job, ctx)
   return job.submitted - priority * M.config.aging_s
 end
 
----@param free_gpus integer
----@param free_cpus number
----@param strategy string
----@return number
-local function score(free_gpus, free_cpus, strategy)
-  -- lower is better; GPUs weigh most, so small jobs leave whole GPUs free
-  local s = free_gpus * 1000 + free_cpus
-  if strategy == "spread" then return -s end
-  return s
-end
-
 ---@param job ffdl.Job
 ---@return string
 local function describe_request(job)
@@ -115,10 +104,14 @@ function M.place(job, cluster, ctx)
   local req = { cpus = job.cpus, memory = job.memory, gpus = job.gpus, gpu_type = job.gpu_type }
   local opts = { limit = config.candidates, order = config.strategy == "spread" and "spread" or "binpack" }
   local taken, placement = {}, {}
+  -- the score, lower is better: GPUs weigh most, so that small jobs leave
+  -- whole GPUs free; "spread" turns it around (written out in the loop: a
+  -- function call per candidate costs more than the arithmetic)
+  local sign = config.strategy == "spread" and -1 or 1
   for learner = 1, job.learners do
     local best, best_score
     for node, free_gpus, free_cpus in cluster:candidates(req, taken, opts) do
-      local s = score(free_gpus, free_cpus, config.strategy)
+      local s = sign * (free_gpus * 1000 + free_cpus)
       if not best or s < best_score then best, best_score = node, s end
     end
     if not best then
