@@ -152,13 +152,18 @@ static char *tail_text(const job *j) {
   return out;
 }
 
-static void transition(job *j, state st, const char *reason, const char *code) {
+/* The job is in state ST, which the store holds already: tell the observer. */
+static void announce(job *j, state st, const char *reason, const char *code) {
   ffdl_orch *o = j->o;
   j->st = st;
-  if (ffdl_jobstore_transition(o->o.store, j->id, state_names[st], reason, code, now_ms()) != 0)
-    ffdl_log(FFDL_LOG_ERROR, "%s: cannot record %s in the store", j->id, state_names[st]);
   if (o->o.observer && o->o.observer->on_transition)
     o->o.observer->on_transition(o->o.observer_ud, j->id, state_names[st], reason, code);
+}
+
+static void transition(job *j, state st, const char *reason, const char *code) {
+  if (ffdl_jobstore_transition(j->o->o.store, j->id, state_names[st], reason, code, now_ms()) != 0)
+    ffdl_log(FFDL_LOG_ERROR, "%s: cannot record %s in the store", j->id, state_names[st]);
+  announce(j, st, reason, code);
 }
 
 /* ---- hook calls --------------------------------------------------------- */
@@ -1073,40 +1078,123 @@ static void write_job_json(job *j) {
   json_decref(doc);
 }
 
-static void finish(job *j, state st, const char *reason, const char *code) {
-  if (is_terminal(j->st)) return;
+/* The job stops waiting for anything: timers, the queue, its resources. */
+static void leave_scheduler(job *j) {
   uv_timer_stop(&j->retry_timer);
   uv_timer_stop(&j->emetrics_timer);
   ffdl_sched_dequeue(j->o->sched, &j->sj);
   release(j);
-  transition(j, st, reason, code);
-  write_job_json(j);
+}
+
+/* The observer hears that the job ended; its job.json is written. */
+static void tell_end(job *j, state st) {
   ffdl_orch *o = j->o;
   if (o->o.observer && o->o.observer->on_end)
     o->o.observer->on_end(o->o.observer_ud, j->id, state_names[st]);
   schedule_cycle(o);
 }
 
-int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason) {
-  job *j = find_job(o, id);
-  if (!j) return FFDL_ENOENT;
-  if (is_terminal(j->st) || j->halting) return FFDL_OK;
+static void finish(job *j, state st, const char *reason, const char *code) {
+  if (is_terminal(j->st)) return;
+  leave_scheduler(j);
+  transition(j, st, reason, code);
+  write_job_json(j);
+  tell_end(j, st);
+}
+
+static const char *queued_halt_reason(const char *reason) {
+  return reason ? reason : "halted while queued";
+}
+
+static void halt_job(job *j, const char *reason) {
+  if (is_terminal(j->st) || j->halting) return;
   j->halting = 1;
   ffdl_log(FFDL_LOG_INFO, "%s: halting: %s", j->id, reason ? reason : "requested");
-  if (j->st == QUEUED)
-    return end_job(j, HALTED, reason ? reason : "halted while queued", NULL), FFDL_OK;
+  if (j->st == QUEUED) return end_job(j, HALTED, queued_halt_reason(reason), NULL);
   if (j->st == PROCESSING && j->running > 0) {
+    ffdl_orch *o = j->o;
     unsigned grace = o->o.halt_grace_ms ? o->o.halt_grace_ms : 3000;
     for (int k = 0; k < j->learners; k++)
       if (j->slots[k].running) ffdl_backend_kill(o->o.backend, j->slots[k].handle, grace);
   }
   /* PENDING, DOWNLOADING and STORING end when their work returns */
+}
+
+int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason) {
+  job *j = find_job(o, id);
+  if (!j) return FFDL_ENOENT;
+  halt_job(j, reason);
   return FFDL_OK;
 }
 
-void ffdl_orch_halt_all(ffdl_orch *o, const char *reason) {
+/* A queued job that never staged ends at once when halted: it has no logs
+ * to collect and no work to wait for. */
+static int halts_at_once(const job *j) {
+  return j->st == QUEUED && !j->staged && !j->halting;
+}
+
+/* The queued jobs of halts_at_once, in list order (caller frees); NULL
+ * with *N = 0 when there are none or no memory for the array. */
+static job **queued_to_halt(ffdl_orch *o, size_t *n) {
+  *n = 0;
   for (job *j = o->jobs; j; j = j->next)
-    ffdl_orch_halt(o, j->id, reason);
+    *n += (size_t)halts_at_once(j);
+  job **batch = *n ? malloc(*n * sizeof *batch) : NULL;
+  if (!batch) return *n = 0, NULL;
+  size_t k = 0;
+  for (job *j = o->jobs; j; j = j->next)
+    if (halts_at_once(j)) batch[k++] = j;
+  return batch;
+}
+
+/* Records the HALTED transitions of the N jobs of BATCH in one store
+ * transaction; 0 when it is recorded. */
+static int record_halts(ffdl_orch *o, job **batch, size_t n, const char *why) {
+  const char **ids = malloc(n * sizeof *ids);
+  if (!ids) return FFDL_ENOMEM;
+  for (size_t i = 0; i < n; i++)
+    ids[i] = batch[i]->id;
+  int rc =
+      ffdl_jobstore_transition_many(o->o.store, ids, n, state_names[HALTED], why, NULL, now_ms());
+  free(ids);
+  return rc;
+}
+
+/*
+ * Halts every queued job that never staged in one go. One by one, each
+ * halt was its own store transaction and the whole stop took minutes for
+ * 100,000 jobs. Here the store records every HALTED transition in one
+ * transaction (when it cannot, each job records its own, as finish() does),
+ * then each job ends as finish() ends it, with the same reason text. What
+ * remains per job is its job.json and the observer's on_end: file system
+ * work, linear in the number of jobs.
+ */
+static void halt_queued(ffdl_orch *o, const char *reason) {
+  size_t n;
+  job **batch = queued_to_halt(o, &n);
+  if (!batch) return; /* none, or no memory: halt_job ends them one by one */
+  const char *why = queued_halt_reason(reason);
+  int recorded = record_halts(o, batch, n, why) == FFDL_OK;
+  ffdl_log(recorded ? FFDL_LOG_INFO : FFDL_LOG_WARN, "halting %zu queued job(s)%s: %s", n,
+           recorded ? "" : " one by one (the batch was not recorded)", why);
+  for (size_t i = 0; i < n; i++) {
+    job *j = batch[i];
+    j->halting = 1;
+    leave_scheduler(j);
+    if (recorded)
+      announce(j, HALTED, why, NULL);
+    else
+      transition(j, HALTED, why, NULL);
+    write_job_json(j);
+    tell_end(j, HALTED);
+  }
+  free(batch);
+}
+
+void ffdl_orch_halt_all(ffdl_orch *o, const char *reason) {
+  halt_queued(o, reason);
+  for (job *j = o->jobs; j; j = j->next)
+    halt_job(j, reason);
 }
 
 /* ---- submission and lifetime ----------------------------------------- */

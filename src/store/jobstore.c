@@ -2,7 +2,8 @@
  * jobstore.c: the job store, one SQLite file in WAL mode (jobs, their
  * transitions, learners and metrics).
  * Owns: the schema and its version, the cached prepared statements, and
- * the rule that every state change is one transaction.
+ * the rule that every state change is one transaction (one exception: a
+ * whole queue halted at once, ffdl_jobstore_transition_many).
  * Must not: decide which transitions are legal (the orchestrator does),
  * redact specs (the file is the platform's own, mode 0600), or hold a read
  * transaction open between calls (other handles on the file must see changes).
@@ -430,28 +431,51 @@ static double seconds_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int transition_once(ffdl_jobstore *st, const char *id, const char *status,
-                           const char *reason, const char *error_code, int64_t now_ms);
-
-int ffdl_jobstore_transition(ffdl_jobstore *st, const char *id, const char *status,
-                             const char *reason, const char *error_code, int64_t now_ms) {
-  double started = seconds_now();
-  int rc = transition_once(st, id, status, reason, error_code, now_ms);
+/* One write transaction (a commit) took the seconds since STARTED. */
+static void count_write(double started) {
   double took = seconds_now() - started;
   writes++;
   write_seconds += took;
   if (took > write_max) write_max = took;
+}
+
+/* The job row's new status and its transition, inside a write transaction. */
+static int record_transition(ffdl_jobstore *st, const char *id, const char *status,
+                             const char *reason, const char *error_code, int64_t now_ms) {
+  int rc = update_job_status(st, id, status, reason, error_code, now_ms);
+  if (rc == FFDL_OK) rc = append_transition(st, id, status, reason, error_code, now_ms);
   return rc;
 }
 
-static int transition_once(ffdl_jobstore *st, const char *id, const char *status,
-                           const char *reason, const char *error_code, int64_t now_ms) {
+int ffdl_jobstore_transition(ffdl_jobstore *st, const char *id, const char *status,
+                             const char *reason, const char *error_code, int64_t now_ms) {
   if (!id || !status) return FFDL_EINVALID;
+  double started = seconds_now();
   int rc = begin_write(st);
-  if (rc != FFDL_OK) return rc;
-  rc = update_job_status(st, id, status, reason, error_code, now_ms);
-  if (rc == FFDL_OK) rc = append_transition(st, id, status, reason, error_code, now_ms);
-  return finish(st, rc);
+  if (rc == FFDL_OK) rc = finish(st, record_transition(st, id, status, reason, error_code, now_ms));
+  count_write(started);
+  return rc;
+}
+
+/* The exception to one transaction per state change: a server that halts
+ * its whole queue at shutdown would otherwise commit (and append to the WAL,
+ * and checkpoint it) once per job, minutes for 100,000 jobs. One commit
+ * keeps the rule's point: no job is ever seen half-moved, and a failure
+ * leaves every job where it was. */
+int ffdl_jobstore_transition_many(ffdl_jobstore *st, const char *const *ids, size_t n,
+                                  const char *status, const char *reason, const char *error_code,
+                                  int64_t now_ms) {
+  if ((!ids && n) || !status) return FFDL_EINVALID;
+  double started = seconds_now();
+  int rc = begin_write(st);
+  if (rc == FFDL_OK) {
+    for (size_t i = 0; rc == FFDL_OK && i < n; i++)
+      rc = ids[i] ? record_transition(st, ids[i], status, reason, error_code, now_ms)
+                  : FFDL_EINVALID;
+    rc = finish(st, rc);
+  }
+  count_write(started);
+  return rc;
 }
 
 int ffdl_jobstore_learner(ffdl_jobstore *st, const char *id, int learner, int attempt, int pid,

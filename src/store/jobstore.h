@@ -1,6 +1,8 @@
 /*
  * The job store: one SQLite file in WAL mode holding jobs, their state
- * transitions, learners and metrics. Every transition is one transaction.
+ * transitions, learners and metrics. Every transition is one transaction
+ * (ffdl_jobstore_transition_many, for a whole queue at once, is the one
+ * exception).
  */
 #ifndef FFDL_STORE_JOBSTORE_H
 #define FFDL_STORE_JOBSTORE_H
@@ -26,6 +28,14 @@ int ffdl_jobstore_create(ffdl_jobstore *st, const char *id, const json_t *spec, 
  * also sets the completion time. */
 int ffdl_jobstore_transition(ffdl_jobstore *st, const char *id, const char *status,
                              const char *reason, const char *error_code, int64_t now_ms);
+
+/* Moves the N jobs of IDS (borrowed) to STATUS, all with the same REASON
+ * and ERROR_CODE, in one transaction: every job moves, or (on failure, e.g.
+ * FFDL_ENOENT for an id not in the store) none does. The one exception to
+ * one transaction per transition, for halting a whole queue at shutdown. */
+int ffdl_jobstore_transition_many(ffdl_jobstore *st, const char *const *ids, size_t n,
+                                  const char *status, const char *reason, const char *error_code,
+                                  int64_t now_ms);
 
 /* Records or updates learner N (1-based) of job ID for ATTEMPT. Pass
  * exit_code = -1 and signal = 0 while it runs. STATUS: RUNNING, COMPLETED,
