@@ -1,0 +1,183 @@
+"""Shutdown with on_shutdown: halt; prints figures, asserts nothing.
+
+  .venv/bin/python3 bench/shutdown.py [BUILD_DIR]
+
+Starts ffdl-server three times with `on_shutdown: halt` and sends each one
+SIGTERM: with no job, with one job that holds the whole (one-node) cluster,
+and with that job plus FFDL_BENCH_QUEUED jobs (default 100,000) queued
+behind it. Prints the time from SIGTERM to the process's exit for each, and
+then counts, in the store and in the results' job.json files, how many jobs
+ended HALTED. FFDL_BENCH_KEEP=DIR keeps the data and the server logs there.
+"""
+import http.client
+import io
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BUILD = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build").resolve()
+TOKEN = "bench-admin-token"
+QUEUED = int(os.environ.get("FFDL_BENCH_QUEUED", "100000"))
+SUBMITTERS = 4
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data, nodes):
+    port = free_port()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    config = data.parent / f"bench-{port}.yml"
+    config.write_text("creates_per_minute: 0\non_shutdown: halt\n")
+    args = [str(BUILD / "ffdl-server"), "--listen", f"127.0.0.1:{port}", "--data", str(data),
+            "--config", str(config)]
+    env = dict(os.environ, FFDL_ADMIN_TOKEN=TOKEN, FFDL_NODES=str(nodes))
+    log = open(data.parent / f"server-{port}.log", "w")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    while "listening" not in proc.stdout.readline():
+        if proc.poll() is not None:
+            raise SystemExit(f"the server did not start (see {log.name})")
+    return proc, port
+
+
+def seconds_to_exit(proc):
+    """SIGTERM (by pid) to exit, in seconds."""
+    started = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return float("inf")
+    return time.monotonic() - started
+
+
+class Client:
+    """One keep-alive connection to the server (one per thread)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def call(self, method, path, body=None, headers=None):
+        headers = dict(headers or {}, Authorization=f"Bearer {TOKEN}")
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionError):
+            # the server closes idle connections: once more, on a new one
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            self.conn.request(method, path, body=body, headers=headers)
+            resp = self.conn.getresponse()
+        data = resp.read()
+        return resp.status, json.loads(data) if data[:1] in (b"{", b"[") else data
+
+
+def submission(name, command="true", cpus=0.5):
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("run.sh", "true\n")
+    manifest = (f"name: {name}\ncpus: {cpus}\nmemory: 64MiB\nframework:\n  name: custom\n"
+                f"  version: local\n  command: '{command}'\n")
+    b = "benchboundary"
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"manifest\"; filename=\"m.yml\"\r\n\r\n"
+            f"{manifest}\r\n--{b}\r\nContent-Disposition: form-data; name=\"model_definition\"; "
+            f"filename=\"m.zip\"\r\n\r\n").encode() + zipped.getvalue() + f"\r\n--{b}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={b}"}
+
+
+def submit_blocker(port):
+    """A job that holds the only node's CPU until it is halted."""
+    client = Client(port)
+    code, doc = client.call("POST", "/v1/models", *submission("blocker", "sleep 86400", cpus=1))
+    assert code == 201, doc
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        code, doc = client.call("GET", f"/v1/models/{doc['model_id']}")
+        if doc["training"]["training_status"]["status"] == "PROCESSING":
+            return
+        time.sleep(0.1)
+    raise SystemExit("the blocker never started")
+
+
+def fill_queue(port, count):
+    body, headers = submission("queued")
+
+    def fill(n):
+        c = Client(port)
+        for _ in range(n):
+            code, doc = c.call("POST", "/v1/models", body, headers)
+            if code != 201:
+                raise SystemExit(f"submission refused: {code} {doc}")
+
+    shares = [count // SUBMITTERS + (1 if k < count % SUBMITTERS else 0) for k in range(SUBMITTERS)]
+    threads = [threading.Thread(target=fill, args=(n,)) for n in shares]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return count / (time.monotonic() - started)
+
+
+def halted_counts(data):
+    """(jobs in the store by status, job.json files by status)."""
+    db = sqlite3.connect(data / "ffdl.db")
+    stored = dict(db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+    db.close()
+    files = {}
+    for path in (data / "results").glob("*/job.json"):
+        status = json.loads(path.read_text())["status"]
+        files[status] = files.get(status, 0) + 1
+    return stored, files
+
+
+def run(tmp, name, queued, blocker=True):
+    nodes = tmp / "cluster.yml"
+    nodes.write_text("nodes:\n  - {name: only, cpus: 1, memory: 4GiB}\n")
+    data = tmp / name / "data"
+    proc, port = start_server(data, nodes)
+    rate = None
+    if blocker:
+        submit_blocker(port)
+    if queued:
+        rate = fill_queue(port, queued)
+        time.sleep(2)  # a few scheduling cycles over the full queue
+    took = seconds_to_exit(proc)
+    stored, files = halted_counts(data)
+    return took, rate, stored, files
+
+
+def main():
+    keep = os.environ.get("FFDL_BENCH_KEEP")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = pathlib.Path(keep or d)
+        tmp.mkdir(parents=True, exist_ok=True)
+        empty, _, _, _ = run(tmp, "empty", 0, blocker=False)
+        alone, _, _, _ = run(tmp, "blocker", 0)
+        full, rate, stored, files = run(tmp, "queued", QUEUED)
+    print(f"shutdown (on_shutdown: halt), SIGTERM to exit, {BUILD.name}:")
+    print(f"  no job:                              {empty:8.2f} s")
+    print(f"  one running job:                     {alone:8.2f} s")
+    print(f"  one running job + {QUEUED:>7} queued:    {full:8.2f} s  (submitted at {rate:.0f}/s)")
+    print(f"  store after the stop:  {json.dumps(stored, sort_keys=True)}")
+    print(f"  job.json after the stop: {json.dumps(files, sort_keys=True)}")
+
+
+if __name__ == "__main__":
+    main()
