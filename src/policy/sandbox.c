@@ -17,6 +17,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +28,9 @@
 #define DEFAULT_MEMORY_LIMIT ((size_t)64 << 20)
 #define DEFAULT_DEADLINE_MS 1000.0
 #define DEFAULT_PLACE_DEADLINE_MS 50.0
-#define HOOK_EVERY 1000 /* instructions between deadline checks */
+#define HOOK_EVERY 1000      /* instructions between deadline checks in a coroutine */
+#define WATCH_TICK_MS 5      /* how often the watchdog looks at running calls */
+#define WATCH_PARK_TICKS 200 /* idle ticks before it sleeps until a call comes */
 
 struct ffdl_sandbox {
   lua_State *L;
@@ -97,6 +101,8 @@ static ffdl_sandbox *sandbox_of(lua_State *L) {
   return *(ffdl_sandbox **)lua_getextraspace(L);
 }
 
+static void deadline_hook(lua_State *L, lua_Debug *ar);
+
 /* The allocator: refuses any growth past the cap. */
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ffdl_sandbox *sb = ud;
@@ -121,13 +127,160 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   return grown;
 }
 
-/* Count hook: raises once the call's deadline has passed, and on every
- * instruction after that, so that a policy's pcall cannot swallow it. */
+/*
+ * Deadlines. A count hook makes Lua's VM call into the debug layer before
+ * every instruction (whatever the count), which cost about 8% of the
+ * scheduling cycle. So the sandbox's main thread runs without a hook, and
+ * a watchdog thread looks at the running calls every WATCH_TICK_MS: once a
+ * call's deadline has passed, it signals that call's thread, whose
+ * handler installs the hook (lua_sethook may be called from a signal
+ * handler, as lua.c does for Ctrl-C); the hook then raises. It keeps
+ * signalling until the call ends. Coroutines keep a count hook from birth
+ * (see spawn_with_hook): a signal reaches only the main thread, and a
+ * loop inside a coroutine must still stop.
+ */
+typedef struct watched {
+  pthread_t thread;
+  _Atomic uint64_t deadline_ns; /* of the call running on it; 0: none */
+  struct watched *next;
+} watched;
+
+static pthread_mutex_t watch_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t watch_wake = PTHREAD_COND_INITIALIZER;
+static pthread_once_t watch_once = PTHREAD_ONCE_INIT;
+static pthread_key_t watch_key; /* unregisters a thread when it exits */
+static watched *watch_list;
+static atomic_int watch_parked;
+static atomic_int calls_running;
+static int deadline_signal;
+static __thread watched *this_thread;
+static __thread ffdl_sandbox *running_here; /* the innermost call's sandbox */
+
+static void on_deadline_signal(int sig) {
+  (void)sig;
+  ffdl_sandbox *sb = running_here;
+  if (sb) lua_sethook(sb->L, deadline_hook, LUA_MASKCOUNT, 1);
+}
+
+static void signal_overdue_calls(uint64_t now) {
+  for (watched *w = watch_list; w; w = w->next) {
+    uint64_t deadline = atomic_load(&w->deadline_ns);
+    if (deadline && now >= deadline) pthread_kill(w->thread, deadline_signal);
+  }
+}
+
+static void *watchdog_main(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are for the other threads */
+  int idle = 0;
+  for (;;) {
+    pthread_mutex_lock(&watch_lock);
+    idle = atomic_load(&calls_running) ? 0 : idle + 1;
+    if (idle >= WATCH_PARK_TICKS) {
+      atomic_store(&watch_parked, 1);
+      while (atomic_load(&watch_parked))
+        pthread_cond_wait(&watch_wake, &watch_lock);
+      idle = 0;
+    }
+    signal_overdue_calls(now_ns());
+    pthread_mutex_unlock(&watch_lock);
+    struct timespec tick = {0, WATCH_TICK_MS * 1000000L};
+    nanosleep(&tick, NULL);
+  }
+  return NULL;
+}
+
+static void unwatch_thread(void *w) {
+  pthread_mutex_lock(&watch_lock);
+  for (watched **p = &watch_list; *p; p = &(*p)->next)
+    if (*p == w) {
+      *p = ((watched *)w)->next;
+      break;
+    }
+  pthread_mutex_unlock(&watch_lock);
+  free(w);
+}
+
+static void start_watchdog(void) {
+  deadline_signal = SIGRTMIN + 2;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_deadline_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  pthread_t thread;
+  if (pthread_key_create(&watch_key, unwatch_thread) != 0 ||
+      sigaction(deadline_signal, &sa, NULL) != 0 ||
+      pthread_create(&thread, NULL, watchdog_main, NULL) != 0) {
+    ffdl_log(FFDL_LOG_ERROR, "sandbox: no deadline watchdog; policy deadlines are not enforced");
+    deadline_signal = 0;
+    return;
+  }
+  pthread_detach(thread);
+}
+
+/* The calling thread's entry in the watch list; NULL without a watchdog. */
+static watched *watch_this_thread(void) {
+  if (this_thread) return this_thread;
+  pthread_once(&watch_once, start_watchdog);
+  watched *w = calloc(1, sizeof *w);
+  if (!deadline_signal || !w) {
+    free(w);
+    return NULL;
+  }
+  w->thread = pthread_self();
+  sigset_t deadline_only;
+  sigemptyset(&deadline_only);
+  sigaddset(&deadline_only, deadline_signal);
+  pthread_sigmask(SIG_UNBLOCK, &deadline_only, NULL); /* libuv's threads may block it */
+  pthread_mutex_lock(&watch_lock);
+  w->next = watch_list;
+  watch_list = w;
+  pthread_mutex_unlock(&watch_lock);
+  pthread_setspecific(watch_key, w);
+  return this_thread = w;
+}
+
+/* A call with DEADLINE starts on this thread: the watchdog looks at the
+ * earliest deadline of the calls running on it (calls nest, and an inner
+ * one may have less time). Returns what to give unwatch_call. */
+static uint64_t watch_call(uint64_t deadline) {
+  watched *w = watch_this_thread();
+  if (!w) return 0;
+  uint64_t before = atomic_load(&w->deadline_ns);
+  if (before && before < deadline) return before;
+  if (!before) atomic_fetch_add(&calls_running, 1);
+  atomic_store(&w->deadline_ns, deadline);
+  if (atomic_load(&watch_parked)) {
+    pthread_mutex_lock(&watch_lock);
+    atomic_store(&watch_parked, 0);
+    pthread_cond_signal(&watch_wake);
+    pthread_mutex_unlock(&watch_lock);
+  }
+  return before;
+}
+
+/* The call is over: the thread's deadline is BEFORE's again. */
+static void unwatch_call(uint64_t before) {
+  if (!this_thread) return;
+  atomic_store(&this_thread->deadline_ns, before);
+  if (!before) atomic_fetch_sub(&calls_running, 1);
+}
+
+/* Raises once the call's deadline has passed, and on every instruction
+ * after that, so that a policy's pcall cannot swallow it. Installed on the
+ * main thread by the watchdog's signal (a late one finds the deadline not
+ * passed and takes the hook off again), and on coroutines from birth. */
 static void deadline_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   ffdl_sandbox *sb = sandbox_of(L);
-  if (sb->deadline_ns == 0) return;
-  if (!sb->expired && now_ns() < sb->deadline_ns) return;
+  int main_thread = L == sb->L;
+  if (sb->deadline_ns == 0 || (!sb->expired && now_ns() < sb->deadline_ns)) {
+    if (main_thread) lua_sethook(L, NULL, 0, 0);
+    return;
+  }
   if (!sb->expired) {
     sb->expired = 1;
     lua_sethook(L, deadline_hook, LUA_MASKCOUNT, 1);
@@ -222,6 +375,26 @@ static void freeze_top(lua_State *L) {
   lua_call(L, 1, 1);
 }
 
+/* coroutine.create and coroutine.wrap (the original is upvalue 1): a new
+ * thread takes its creator's hook, so the creator has the count hook on
+ * while the original runs, then gets its own back. */
+static int spawn_with_hook(lua_State *L) {
+  lua_Hook hook = lua_gethook(L);
+  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+  lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  lua_sethook(L, hook, mask, count);
+  return lua_gettop(L);
+}
+
+static void hook_spawner(lua_State *L, const char *name) {
+  lua_getfield(L, -1, name);
+  lua_pushcclosure(L, spawn_with_hook, 1);
+  lua_setfield(L, -2, name);
+}
+
 /* Builds the base environment in the registry; runs unprotected inside
  * lua_pcall from ffdl_sandbox_new.  [-0, +0, m] */
 static int build_base_env(lua_State *L) {
@@ -243,6 +416,10 @@ static int build_base_env(lua_State *L) {
     if (strcmp(*lib, "string") == 0) {
       lua_pushnil(L);
       lua_setfield(L, -2, "dump");
+    }
+    if (strcmp(*lib, "coroutine") == 0) {
+      hook_spawner(L, "create");
+      hook_spawner(L, "wrap");
     }
     freeze_top(L);
     lua_setfield(L, -2, *lib);
@@ -299,7 +476,6 @@ int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out) {
     return FFDL_ENOMEM;
   }
   *(ffdl_sandbox **)lua_getextraspace(sb->L) = sb;
-  lua_sethook(sb->L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
   lua_pushcfunction(sb->L, open_all);
   if (lua_pcall(sb->L, 0, 0, 0) != LUA_OK) {
     ffdl_log(FFDL_LOG_ERROR, "sandbox: cannot build the environment: %s", lua_tostring(sb->L, -1));
@@ -466,6 +642,9 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   sb->deadline_ms = deadline_ms;
   sb->expired = 0;
   sb->out_of_memory = 0;
+  ffdl_sandbox *outer_running = running_here;
+  uint64_t watched_before = watch_call(deadline);
+  running_here = sb;
 
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, traceback_handler);
@@ -478,7 +657,9 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
     ffdl_log(FFDL_LOG_DEBUG, "policy call %s failed: %s", what, *err);
   }
   lua_remove(L, base);
-  lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_EVERY);
+  running_here = outer_running;
+  unwatch_call(watched_before);
+  lua_sethook(L, NULL, 0, 0); /* a call that ran out of time left it on */
   uint64_t took = now_ns() - started;
   /* A nested call (C called from Lua calling back in) that ran into the
    * enclosing call's deadline leaves it expired for the enclosing call,

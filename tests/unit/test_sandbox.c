@@ -6,6 +6,8 @@
 #include "runner.h"
 
 #include <lauxlib.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 
 static ffdl_sandbox *new_sandbox(size_t memory, double deadline_ms) {
@@ -121,6 +123,66 @@ static void infinite_loop_in_coroutine(void) {
   expect_error("local co = coroutine.wrap(function() while true do end end) co()", FFDL_ETIMEOUT,
                "deadline");
 }
+static void infinite_loop_in_created_coroutine(void) {
+  /* created with coroutine.create, inside another coroutine, resumed under pcall */
+  expect_error("local outer = coroutine.create(function()\n"
+               "  local inner = coroutine.create(function() while true do end end)\n"
+               "  assert(coroutine.resume(inner))\n"
+               "end)\n"
+               "local ok, err = coroutine.resume(outer) error(err, 0)",
+               FFDL_ETIMEOUT, "deadline of 200 ms exceeded");
+}
+
+/* A thread that blocks every signal before its first call (as some pool
+ * threads do) still has its calls stopped at their deadline. */
+static void *loop_on_this_thread(void *arg) {
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  ffdl_sandbox *sb = new_sandbox(8u << 20, 100);
+  char *err = NULL;
+  *(int *)arg = run(sb, "while true do end", &err);
+  free(err);
+  *(int *)arg = *(int *)arg == FFDL_ETIMEOUT && run(sb, "return 1", &err) == FFDL_OK;
+  ffdl_sandbox_free(sb);
+  return NULL;
+}
+
+static void infinite_loop_on_another_thread(void) {
+  int ok = 0;
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, loop_on_this_thread, &ok) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(ok);
+}
+
+/* A call inside a call (C called from Lua calling back in) keeps its own,
+ * shorter deadline. */
+static int call_inner_loop(lua_State *L) {
+  ffdl_sandbox *sb = lua_touserdata(L, lua_upvalueindex(1));
+  char *err = NULL;
+  lua_pushvalue(L, 1);
+  int rc = ffdl_policy_call(sb, "place", 0, 0, 50, &err);
+  lua_pushboolean(L, rc == FFDL_ETIMEOUT);
+  free(err);
+  return 1;
+}
+
+static void nested_call_keeps_its_deadline(void) {
+  ffdl_sandbox *sb = new_sandbox(8u << 20, 5000);
+  lua_State *L = ffdl_sandbox_state(sb);
+  char *err = NULL;
+  /* the chunk hands a looping function to the C function it is given */
+  CHECK(luaL_loadstring(L, "local inner = ... return inner(function() while true do end end)") ==
+        LUA_OK);
+  lua_pushlightuserdata(L, sb);
+  lua_pushcclosure(L, call_inner_loop, 1);
+  CHECK(ffdl_policy_call(sb, "outer", 1, 1, 0, &err) == FFDL_OK);
+  CHECK(lua_toboolean(L, -1)); /* the inner call ran out of its 50 ms; the outer went on */
+  lua_pop(L, 1);
+  ffdl_sandbox_free(sb);
+}
+
 static void memory_bomb_table(void) {
   expect_error("local t = {} for i = 1, 1e9 do t[i] = {i} end", FFDL_ELIMIT,
                "memory limit of 8 MiB exceeded");
@@ -233,6 +295,9 @@ int main(int argc, char **argv) {
       {"infinite_loop", infinite_loop},
       {"infinite_loop_inside_pcall", infinite_loop_inside_pcall},
       {"infinite_loop_in_coroutine", infinite_loop_in_coroutine},
+      {"infinite_loop_in_created_coroutine", infinite_loop_in_created_coroutine},
+      {"infinite_loop_on_another_thread", infinite_loop_on_another_thread},
+      {"nested_call_keeps_its_deadline", nested_call_keeps_its_deadline},
       {"memory_bomb_table", memory_bomb_table},
       {"memory_bomb_string", memory_bomb_string},
       {"memory_bomb_inside_pcall", memory_bomb_inside_pcall},
