@@ -22,7 +22,6 @@
 FFDL_BENCH_ONLY=flow or =memory runs one of the two. FFDL_BENCH_KEEP=DIR
 keeps the data and the server logs there (DIR must be empty or new).
 """
-import http.client
 import io
 import json
 import os
@@ -37,9 +36,10 @@ import threading
 import time
 import zipfile
 
+from apiclient import TOKEN, Client
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILD = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build").resolve()
-TOKEN = "bench-admin-token"
 JOBS = int(os.environ.get("FFDL_BENCH_JOBS", "10000"))
 RELOADS = int(os.environ.get("FFDL_BENCH_RELOADS", "1000"))
 QUEUED = int(os.environ.get("FFDL_BENCH_QUEUED", "100000"))
@@ -90,28 +90,6 @@ def rss_mib(pid, field="VmRSS"):
     return int(re.search(field + r":\s+(\d+)", text).group(1)) / 1024
 
 
-class Client:
-    """One keep-alive connection to the server (one per thread)."""
-
-    def __init__(self, port):
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-
-    def call(self, method, path, body=None, headers=None):
-        headers = dict(headers or {}, Authorization=f"Bearer {TOKEN}")
-        try:
-            self.conn.request(method, path, body=body, headers=headers)
-            resp = self.conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionError):
-            # the server closes idle connections: once more, on a new one
-            self.conn.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self.conn.request(method, path, body=body, headers=headers)
-            resp = self.conn.getresponse()
-        data = resp.read()
-        return resp.status, json.loads(data) if data[:1] in (b"{", b"[") else data
-
-
 def model_zip():
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as z:
@@ -145,6 +123,7 @@ def pct(values, q):
 
 PROBE = r"""
 import http.client, json, sys, threading, time
+
 port, samples, lock = int(sys.argv[1]), [], threading.Lock()
 def probe():
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)

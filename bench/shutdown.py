@@ -9,7 +9,6 @@ behind it. Prints the time from SIGTERM to the process's exit for each, and
 then counts, in the store and in the results' job.json files, how many jobs
 ended HALTED. FFDL_BENCH_KEEP=DIR keeps the data and the server logs there.
 """
-import http.client
 import io
 import json
 import os
@@ -23,9 +22,10 @@ import threading
 import time
 import zipfile
 
+from apiclient import TOKEN, Client
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILD = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build").resolve()
-TOKEN = "bench-admin-token"
 QUEUED = int(os.environ.get("FFDL_BENCH_QUEUED", "100000"))
 SUBMITTERS = 4
 
@@ -64,28 +64,6 @@ def seconds_to_exit(proc):
         proc.wait()
         return float("inf")
     return time.monotonic() - started
-
-
-class Client:
-    """One keep-alive connection to the server (one per thread)."""
-
-    def __init__(self, port):
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-
-    def call(self, method, path, body=None, headers=None):
-        headers = dict(headers or {}, Authorization=f"Bearer {TOKEN}")
-        try:
-            self.conn.request(method, path, body=body, headers=headers)
-            resp = self.conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionError):
-            # the server closes idle connections: once more, on a new one
-            self.conn.close()
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self.conn.request(method, path, body=body, headers=headers)
-            resp = self.conn.getresponse()
-        data = resp.read()
-        return resp.status, json.loads(data) if data[:1] in (b"{", b"[") else data
 
 
 def submission(name, command="true", cpus=0.5):
