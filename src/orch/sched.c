@@ -1006,6 +1006,24 @@ static int skipped_by_slot(const ffdl_sched *s, size_t i) {
   return q.shape >= 0 && q.checked == s->gen_serial && s->shape_failed[q.shape] == s->stats.cycles;
 }
 
+/* Behind a blocked job, from slot I: steps over holes and over the jobs
+ * skipped_by_slot() would skip, counting them as the walk does, in a loop
+ * that reads only the slots (most of a cycle's walk is spent here).
+ * Returns where the walk goes on: a job to look at, or N. */
+static size_t skip_known_failures(ffdl_sched *s, cycle *c, size_t i, size_t n, size_t *holes) {
+  if (!s->unshaped_queued && c->shapes_failed >= s->live_shapes) return i; /* the walk ends */
+  for (; i < n; i++) {
+    if (s->slots[i].shape == SLOT_HOLE) {
+      (*holes)++;
+      continue;
+    }
+    if (c->scan_left <= 0 || !skipped_by_slot(s, i)) return i;
+    c->scan_left--;
+    s->stats.skipped_by_filter++;
+  }
+  return i;
+}
+
 /* Moves the jobs in queue slots [FROM, TO) next to TO, in order, and
  * starts later walks there. Placed jobs leave holes where the walk goes
  * every cycle (behind the blocked job), long before half the queue is
@@ -1074,6 +1092,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
   for (i = s->head; i < n; i++) {
     /* the slots answer without reading the job (stale only if out of memory) */
     int by_slot = !s->slots_stale;
+    if (c.blocked && by_slot && (i = skip_known_failures(s, &c, i, n, &holes)) == n) break;
     ffdl_sched_job *j = s->queue[i];
     if (by_slot ? s->slots[i].shape == SLOT_HOLE : !j || !j->queued) {
       holes++;
