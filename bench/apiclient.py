@@ -1,7 +1,11 @@
-"""A keep-alive HTTP client for ffdl-server's API, shared by the benchmarks
-that drive a server (reload.py, shutdown.py)."""
+"""What the benchmarks that drive an ffdl-server share (reload.py,
+shutdown.py): starting a server on a free port, and a keep-alive client for
+its API."""
 import http.client
 import json
+import os
+import socket
+import subprocess
 
 TOKEN = "bench-admin-token"  # the benchmarks start their servers with FFDL_ADMIN_TOKEN set to it
 
@@ -26,3 +30,32 @@ class Client:
             resp = self.conn.getresponse()
         data = resp.read()
         return resp.status, json.loads(data) if data[:1] in (b"{", b"[") else data
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(build, data, config_text, policies=None, nodes=None):
+    """Starts BUILD's ffdl-server on DATA with CONFIG_TEXT as its config
+    file; returns (process, port) once it listens. Its log goes next to
+    DATA."""
+    port = free_port()
+    data.parent.mkdir(parents=True, exist_ok=True)
+    config = data.parent / f"bench-{port}.yml"
+    config.write_text(config_text)
+    args = [str(build / "ffdl-server"), "--listen", f"127.0.0.1:{port}", "--data", str(data),
+            "--config", str(config)]
+    if policies:
+        args += ["--policies", str(policies)]
+    env = dict(os.environ, FFDL_ADMIN_TOKEN=TOKEN)
+    if nodes:
+        env["FFDL_NODES"] = str(nodes)
+    log = open(data.parent / f"server-{port}.log", "w")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    while "listening" not in proc.stdout.readline():
+        if proc.poll() is not None:
+            raise SystemExit(f"the server did not start (see {log.name})")
+    return proc, port

@@ -36,7 +36,8 @@ import threading
 import time
 import zipfile
 
-from apiclient import TOKEN, Client
+import apiclient
+from apiclient import Client
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILD = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build").resolve()
@@ -48,32 +49,9 @@ DEBOUNCE_MS = int(os.environ.get("FFDL_BENCH_DEBOUNCE_MS", "200"))
 STATES = ["QUEUED", "PENDING", "DOWNLOADING", "PROCESSING", "STORING", "COMPLETED"]
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data, policies=None, nodes=None, on_shutdown="halt"):
-    port = free_port()
-    data.parent.mkdir(parents=True, exist_ok=True)
-    config = data.parent / f"bench-{port}.yml"
-    config.write_text(f"creates_per_minute: 0\non_shutdown: {on_shutdown}\n"
-                      f"policy_debounce_ms: {DEBOUNCE_MS}\n")
-    args = [str(BUILD / "ffdl-server"), "--listen", f"127.0.0.1:{port}", "--data", str(data),
-            "--config", str(config)]
-    if policies:
-        args += ["--policies", str(policies)]
-    env = dict(os.environ, FFDL_ADMIN_TOKEN=TOKEN)
-    if nodes:
-        env["FFDL_NODES"] = str(nodes)
-    log = open(data.parent / f"server-{port}.log", "w")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    while "listening" not in proc.stdout.readline():
-        if proc.poll() is not None:
-            raise SystemExit(f"the server did not start (see {log.name})")
-    return proc, port
+    return apiclient.start_server(BUILD, data, f"creates_per_minute: 0\non_shutdown: {on_shutdown}\n"
+                                  f"policy_debounce_ms: {DEBOUNCE_MS}\n", policies, nodes)
 
 
 def stop(proc):

@@ -22,7 +22,8 @@ import threading
 import time
 import zipfile
 
-from apiclient import TOKEN, Client
+import apiclient
+from apiclient import Client
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILD = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build").resolve()
@@ -30,27 +31,9 @@ QUEUED = int(os.environ.get("FFDL_BENCH_QUEUED", "100000"))
 SUBMITTERS = 4
 
 
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(data, nodes):
-    port = free_port()
-    data.parent.mkdir(parents=True, exist_ok=True)
-    config = data.parent / f"bench-{port}.yml"
-    config.write_text("creates_per_minute: 0\non_shutdown: halt\n")
-    args = [str(BUILD / "ffdl-server"), "--listen", f"127.0.0.1:{port}", "--data", str(data),
-            "--config", str(config)]
-    env = dict(os.environ, FFDL_ADMIN_TOKEN=TOKEN, FFDL_NODES=str(nodes))
-    log = open(data.parent / f"server-{port}.log", "w")
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    while "listening" not in proc.stdout.readline():
-        if proc.poll() is not None:
-            raise SystemExit(f"the server did not start (see {log.name})")
-    return proc, port
+    return apiclient.start_server(BUILD, data, "creates_per_minute: 0\non_shutdown: halt\n",
+                                  nodes=nodes)
 
 
 def seconds_to_exit(proc):
