@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import subprocess
+import threading
+import time
 
 TOKEN = "bench-admin-token"  # the benchmarks start their servers with FFDL_ADMIN_TOKEN set to it
 
@@ -59,3 +61,23 @@ def start_server(build, data, config_text, policies=None, nodes=None):
         if proc.poll() is not None:
             raise SystemExit(f"the server did not start (see {log.name})")
     return proc, port
+
+
+def submit_many(port, body, headers, count, submitters):
+    """POSTs the submission BODY COUNT times from SUBMITTERS threads, each
+    with its own connection; returns submissions per second."""
+    def submit(n):
+        c = Client(port)
+        for _ in range(n):
+            code, doc = c.call("POST", "/v1/models", body, headers)
+            if code != 201:
+                raise SystemExit(f"submission refused: {code} {doc}")
+
+    shares = [count // submitters + (1 if k < count % submitters else 0) for k in range(submitters)]
+    threads = [threading.Thread(target=submit, args=(n,)) for n in shares]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return count / (time.monotonic() - started)

@@ -304,24 +304,7 @@ def bench_memory(tmp):
         assert code == 201, doc
         blocker = doc["model_id"]
         body, headers = multipart(manifest("queued"), zipped)
-        started = time.monotonic()
-        n = [0]
-
-        def fill(count):
-            c = Client(port)
-            for _ in range(count):
-                code, doc = c.call("POST", "/v1/models", body, headers)
-                if code != 201:
-                    raise SystemExit(f"submission refused: {code} {doc}")
-                n[0] += 1
-
-        threads = [threading.Thread(target=fill, args=(QUEUED // 2 + (QUEUED % 2 if k == 0 else 0),))
-                   for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        filled = time.monotonic() - started
+        rate = apiclient.submit_many(port, body, headers, QUEUED, 2)
         time.sleep(2)  # a few scheduling cycles over the full queue
         one_gen = rss_mib(proc.pid)
         prober = Prober(port)
@@ -367,7 +350,7 @@ def bench_memory(tmp):
                 time.sleep(0.2)
         stop(proc)
     print(f"memory: {QUEUED} jobs queued behind one that holds the cluster "
-          f"(submitted at {QUEUED / filled:.0f}/s)")
+          f"(submitted at {rate:.0f}/s)")
     print(f"  server RSS, empty:                              {base:8.1f} MiB")
     print(f"  server RSS, {QUEUED} queued, one generation:    {one_gen:8.1f} MiB")
     print(f"  server RSS, {QUEUED} queued, two generations:   {peak:8.1f} MiB  "

@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 
@@ -78,22 +77,7 @@ def submit_blocker(port):
 
 def fill_queue(port, count):
     body, headers = submission("queued")
-
-    def fill(n):
-        c = Client(port)
-        for _ in range(n):
-            code, doc = c.call("POST", "/v1/models", body, headers)
-            if code != 201:
-                raise SystemExit(f"submission refused: {code} {doc}")
-
-    shares = [count // SUBMITTERS + (1 if k < count % SUBMITTERS else 0) for k in range(SUBMITTERS)]
-    threads = [threading.Thread(target=fill, args=(n,)) for n in shares]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return count / (time.monotonic() - started)
+    return apiclient.submit_many(port, body, headers, count, SUBMITTERS)
 
 
 def halted_counts(data):
