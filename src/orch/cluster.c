@@ -157,10 +157,10 @@ static int ensure_index(ffdl_cluster *cl) {
   cl->index.counts = calloc(slots, sizeof(size_t));
   if (!cl->index.bits || !cl->index.summary || !cl->index.counts) return FFDL_ENOMEM;
   cl->index.top = 0;
-  for (size_t i = 0; i < cl->n; i++)
+  for (size_t i = 0; i < cl->n; i++) {
     if (cl->nodes[i].gpus > cl->index.top) cl->index.top = cl->nodes[i].gpus;
-  for (size_t i = 0; i < cl->n; i++)
     index_set(cl, i, 1);
+  }
   cl->index_valid = 1;
   return FFDL_OK;
 }
@@ -490,6 +490,15 @@ typedef struct {
 
 static const char NODE_MT_KEY = 0;
 
+/* What ND has free for hooks: in use or not (USED), less TAKEN_*. */
+static int free_gpus_of(const node *nd, int used, int taken_gpus) {
+  return nd->gpus - (used ? nd->used_gpus : 0) - taken_gpus;
+}
+
+static double free_cpus_of(const node *nd, int used, double taken_cpus) {
+  return nd->cpus - (used ? nd->used_cpus : 0) - taken_cpus;
+}
+
 static int l_node_index(lua_State *L) {
   const node_ref *r = lua_touserdata(L, 1);
   if (!r->v->cl) return luaL_error(L, "a node is only valid during the hook call");
@@ -498,9 +507,9 @@ static int l_node_index(lua_State *L) {
   int used = !r->empty;
   if (!key) return 0;
   if (!strcmp(key, "free_gpus"))
-    lua_pushinteger(L, nd->gpus - (used ? nd->used_gpus : 0) - r->taken_gpus);
+    lua_pushinteger(L, free_gpus_of(nd, used, r->taken_gpus));
   else if (!strcmp(key, "free_cpus"))
-    lua_pushnumber(L, nd->cpus - (used ? nd->used_cpus : 0) - r->taken_cpus);
+    lua_pushnumber(L, free_cpus_of(nd, used, r->taken_cpus));
   else if (!strcmp(key, "free_memory"))
     lua_pushinteger(L, (lua_Integer)(nd->memory - (used ? nd->used_memory : 0)) - r->taken_memory);
   else if (!strcmp(key, "name"))
@@ -659,9 +668,8 @@ static int candidates_next(lua_State *L) {
     push_node(L, lua_upvalueindex(3), v, (size_t)i, tc, tm, tg);
     /* what scoring reads most, as extra loop values: each field read
      * through the node is a call into C */
-    int used = !v->empty;
-    lua_pushinteger(L, nd->gpus - (used ? nd->used_gpus : 0) - tg);
-    lua_pushnumber(L, nd->cpus - (used ? nd->used_cpus : 0) - tc);
+    lua_pushinteger(L, free_gpus_of(nd, !v->empty, tg));
+    lua_pushnumber(L, free_cpus_of(nd, !v->empty, tc));
     return 3;
   }
   return 0;

@@ -1006,12 +1006,18 @@ static int skipped_by_slot(const ffdl_sched *s, size_t i) {
   return q.shape >= 0 && q.checked == s->gen_serial && s->shape_failed[q.shape] == s->stats.cycles;
 }
 
+/* Every shape in the queue found no room this cycle: nothing behind the
+ * blocked job can start, and the walk ends. */
+static int all_shapes_failed(const ffdl_sched *s, const cycle *c) {
+  return !s->unshaped_queued && c->shapes_failed >= s->live_shapes;
+}
+
 /* Behind a blocked job, from slot I: steps over holes and over the jobs
  * skipped_by_slot() would skip, counting them as the walk does, in a loop
  * that reads only the slots (most of a cycle's walk is spent here).
  * Returns where the walk goes on: a job to look at, or N. */
 static size_t skip_known_failures(ffdl_sched *s, cycle *c, size_t i, size_t n, size_t *holes) {
-  if (!s->unshaped_queued && c->shapes_failed >= s->live_shapes) return i; /* the walk ends */
+  if (all_shapes_failed(s, c)) return i; /* the walk ends below */
   for (; i < n; i++) {
     if (s->slots[i].shape == SLOT_HOLE) {
       (*holes)++;
@@ -1099,12 +1105,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
       continue;
     }
     if (c.blocked && c.scan_left-- <= 0) break;
-    /* every shape in the queue found no room: nothing behind can start */
-    if (c.blocked && !s->unshaped_queued && c.shapes_failed >= s->live_shapes) break;
-    if (c.blocked && by_slot && skipped_by_slot(s, i)) {
-      s->stats.skipped_by_filter++;
-      continue;
-    }
+    if (c.blocked && all_shapes_failed(s, &c)) break;
     if (try_job(s, &c, j) != 0) break;
   }
   if (holes > 64 && holes * 2 > i - s->head) pack_walked(s, s->head, i);

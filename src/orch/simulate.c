@@ -468,24 +468,19 @@ static json_t *figures(const sim *sm, ffdl_sched *sched, const ffdl_cluster *cl,
   json_decref(usage);
   double makespan = completed ? last - first : 0;
   const ffdl_sched_stats *st = ffdl_sched_get_stats(sched);
-  json_t *out =
-      json_pack("{s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:I,s:f,s:I,s:I,s:I,s:f}", "jobs",
-                (json_int_t)sm->n, "completed", (json_int_t)completed, "never_fit",
-                (json_int_t)never, "unscheduled", (json_int_t)unscheduled, "makespan_s", makespan,
-                "mean_queue_s", started ? queue_sum / (double)started : 0.0, "p95_queue_s", p95,
-                "mean_jct_s", completed ? jct_sum / (double)completed : 0.0, "gpu_utilization",
-                gpus > 0 && makespan > 0 ? gpu_s / (gpus * makespan) : 0.0, "cpu_utilization",
-                cpus > 0 && makespan > 0 ? cpu_s / (cpus * makespan) : 0.0, "share_by_team",
-                share_by_team(sm, gpu_s, cpu_s), "placements", (json_int_t)st->placements,
-                "placements_per_s", wall > 0 ? (double)st->placements / wall : 0.0, "cycles",
-                (json_int_t)st->cycles, "place_calls", (json_int_t)st->place_calls, "admit_calls",
-                (json_int_t)st->admit_calls, "wall_s", wall);
-  if (out) {
-    json_object_set_new(out, "cpu_s", json_real(took.cpu_s));
-    json_object_set_new(out, "placements_per_cpu_s",
-                        json_real(took.cpu_s > 0 ? (double)st->placements / took.cpu_s : 0.0));
-  }
-  return out;
+  return json_pack(
+      "{s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:o,s:I,s:f,s:I,s:I,s:I,s:f,s:f,s:f}", "jobs",
+      (json_int_t)sm->n, "completed", (json_int_t)completed, "never_fit", (json_int_t)never,
+      "unscheduled", (json_int_t)unscheduled, "makespan_s", makespan, "mean_queue_s",
+      started ? queue_sum / (double)started : 0.0, "p95_queue_s", p95, "mean_jct_s",
+      completed ? jct_sum / (double)completed : 0.0, "gpu_utilization",
+      gpus > 0 && makespan > 0 ? gpu_s / (gpus * makespan) : 0.0, "cpu_utilization",
+      cpus > 0 && makespan > 0 ? cpu_s / (cpus * makespan) : 0.0, "share_by_team",
+      share_by_team(sm, gpu_s, cpu_s), "placements", (json_int_t)st->placements, "placements_per_s",
+      wall > 0 ? (double)st->placements / wall : 0.0, "cycles", (json_int_t)st->cycles,
+      "place_calls", (json_int_t)st->place_calls, "admit_calls", (json_int_t)st->admit_calls,
+      "wall_s", wall, "cpu_s", took.cpu_s, "placements_per_cpu_s",
+      took.cpu_s > 0 ? (double)st->placements / took.cpu_s : 0.0);
 }
 
 static void free_sim(sim *sm) {

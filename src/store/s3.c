@@ -980,21 +980,20 @@ static int req_start(s3_req *r) {
     curl_easy_setopt(e, CURLOPT_USERNAME, s3->access);
     curl_easy_setopt(e, CURLOPT_PASSWORD, s3->secret);
   }
-  if (strcmp(r->method, "PUT") == 0 && wire_len(r) <= NO_EXPECT_LIMIT) {
-    /* libcurl 7.88 sends "Expect: 100-continue" before every PUT body, which
-     * costs small objects a round trip and a wake-up each, and the header
-     * cannot be turned off under SigV4 (see above); a POST of at most 1 MiB
-     * goes without it, so a small body is sent as a POST whose method is PUT. */
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)wire_len(r));
-    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
-    curl_easy_setopt(e, CURLOPT_READDATA, r);
-    curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
-    curl_easy_setopt(e, CURLOPT_SEEKDATA, r);
-  } else if (strcmp(r->method, "PUT") == 0) {
-    curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-    curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)wire_len(r));
+  if (strcmp(r->method, "PUT") == 0) {
+    if (wire_len(r) <= NO_EXPECT_LIMIT) {
+      /* libcurl 7.88 sends "Expect: 100-continue" before every PUT body,
+       * which costs small objects a round trip and a wake-up each, and the
+       * header cannot be turned off under SigV4 (see above); a POST of at
+       * most 1 MiB goes without it, so a small body is sent as a POST whose
+       * method is PUT. */
+      curl_easy_setopt(e, CURLOPT_POST, 1L);
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+      curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)wire_len(r));
+    } else {
+      curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+      curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)wire_len(r));
+    }
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, r);
     curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
