@@ -2,8 +2,9 @@
  * sandbox.c: the Lua state that runs untrusted policy and spec code.
  * Owns: the capped allocator, the deadline of each hook and the watchdog
  * thread that enforces it, the base environment and ffdl_policy_call(),
- * the single way into Lua, and its latency histogram. Must not: block, open io/os/package/
- * debug, or let a Lua error unwind past ffdl_policy_call().
+ * the single way into Lua, and its latency histogram. Must not: block,
+ * open io/os/package/debug, or let a Lua error unwind past
+ * ffdl_policy_call().
  * One sandbox is used by one thread at a time; what is process-wide (the
  * histogram, limit events, the watchdog's list of threads) is behind a
  * mutex. The watchdog signals a thread (SIGRTMIN+2) only while a call on
