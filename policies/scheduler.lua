@@ -94,6 +94,19 @@ local function add_taken(taken, name, req)
   taken[name] = t
 end
 
+-- candidates() options for place(), made again only when the config changes
+-- (a table per call costs more than the comparison)
+local place_options = { limit = 0, order = "" }
+
+---@param config ffdl.SchedulerConfig
+local function options_for(config)
+  local order = config.strategy == "spread" and "spread" or "binpack"
+  if place_options.limit ~= config.candidates or place_options.order ~= order then
+    place_options = { limit = config.candidates, order = order }
+  end
+  return place_options
+end
+
 ---@param job ffdl.Job
 ---@param cluster ffdl.Cluster
 ---@param ctx ffdl.Ctx
@@ -101,16 +114,18 @@ end
 ---@return string? reason
 function M.place(job, cluster, ctx)
   local config = M.config
-  local req = { cpus = job.cpus, memory = job.memory, gpus = job.gpus, gpu_type = job.gpu_type }
-  local opts = { limit = config.candidates, order = config.strategy == "spread" and "spread" or "binpack" }
-  local taken, placement = {}, {}
+  local opts = options_for(config)
   -- the score, lower is better: GPUs weigh most, so that small jobs leave
   -- whole GPUs free; "spread" turns it around (written out in the loop: a
   -- function call per candidate costs more than the arithmetic)
   local sign = config.strategy == "spread" and -1 or 1
-  for learner = 1, job.learners do
+  local learners = job.learners
+  -- the job is the request (cpus, memory, gpus, gpu_type); taken is made
+  -- only for a second learner, so most jobs need no table but the result
+  local taken, placement = nil, {}
+  for learner = 1, learners do
     local best, best_score
-    for node, free_gpus, free_cpus in cluster:candidates(req, taken, opts) do
+    for node, free_gpus, free_cpus in cluster:candidates(job, taken, opts) do
       local s = sign * (free_gpus * 1000 + free_cpus)
       if not best or s < best_score then best, best_score = node, s end
     end
@@ -122,8 +137,12 @@ function M.place(job, cluster, ctx)
       ctx:explain(reason .. "; " .. best_free(cluster, job))
       return nil, reason
     end
-    placement[learner] = best.name
-    add_taken(taken, best.name, req)
+    local name = best.name
+    placement[learner] = name
+    if learner < learners then
+      taken = taken or {}
+      add_taken(taken, name, job)
+    end
   end
   return placement
 end

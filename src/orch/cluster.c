@@ -314,15 +314,16 @@ size_t ffdl_cluster_held_count(const ffdl_cluster *cl) {
   return cl->nheld;
 }
 
-/* Does node ND have room for REQ beyond TAKEN (what this placement already put there)? */
-static int node_fits(const node *nd, const ffdl_request *req, int by_capacity, double taken_cpus,
-                     double taken_mem, int taken_gpus) {
+/* Does node ND have room for REQ beyond TAKEN (what this placement already
+ * put there)? WANT_TYPE: the GPU type index REQ's GPUs must have, or -1. */
+static int node_fits(const node *nd, const ffdl_request *req, int want_type, int by_capacity,
+                     double taken_cpus, double taken_mem, int taken_gpus) {
   double free_cpus = nd->cpus - (by_capacity ? 0 : nd->used_cpus) - taken_cpus;
   double free_mem = (double)(nd->memory - (by_capacity ? 0 : nd->used_memory)) - taken_mem;
   int free_gpus = nd->gpus - (by_capacity ? 0 : nd->used_gpus) - taken_gpus;
   if (free_cpus + 1e-9 < req->cpus || free_mem < (double)req->memory || free_gpus < req->gpus)
     return 0;
-  return req->gpus == 0 || type_matches(nd, req->gpu_type);
+  return req->gpus == 0 || want_type < 0 || nd->type_index == want_type;
 }
 
 /* How many learners of REQ fit on ND now (at most WANT). */
@@ -603,8 +604,7 @@ typedef enum { ORDER_NODES, ORDER_BINPACK, ORDER_SPREAD } scan_order;
  */
 typedef struct {
   view *v;
-  ffdl_request req;
-  char gpu_type[128];
+  ffdl_request req; /* no gpu_type: want_type stands for it */
   scan_order order;
   int by_capacity, skip_held;
   lua_Integer limit, yielded;
@@ -663,7 +663,7 @@ static int candidates_next(lua_State *L) {
     lua_Integer tm = 0;
     int tg = 0;
     if (any_taken) taken_on(L, taken, nd->name, &tc, &tm, &tg);
-    if (!node_fits(nd, &sc->req, sc->by_capacity, tc, (double)tm, tg)) continue;
+    if (!node_fits(nd, &sc->req, sc->want_type, sc->by_capacity, tc, (double)tm, tg)) continue;
     sc->yielded++;
     push_node(L, lua_upvalueindex(3), v, (size_t)i, tc, tm, tg);
     /* what scoring reads most, as extra loop values: each field read
@@ -682,13 +682,12 @@ static void read_request(lua_State *L, int t, scan *sc) {
   sc->req.gpus = (int)field_number(L, t, "gpus");
   if (sc->req.gpus < 0) sc->req.gpus = 0;
   if (sc->req.gpus > FFDL_MAX_NODE_GPUS) sc->req.gpus = BUCKETS; /* fits nowhere */
-  sc->req.gpu_type = NULL;
-  size_t len = 0;
-  if (lua_getfield(L, t, "gpu_type") == LUA_TSTRING && (len = lua_rawlen(L, -1)) > 0) {
-    if (len >= sizeof sc->gpu_type) len = sizeof sc->gpu_type - 1; /* no such type: fits nowhere */
-    memcpy(sc->gpu_type, lua_tostring(L, -1), len);
-    sc->gpu_type[len] = '\0';
-    sc->req.gpu_type = sc->gpu_type;
+  if (lua_getfield(L, t, "gpu_type") == LUA_TSTRING && sc->req.gpus > 0 && lua_rawlen(L, -1) > 0) {
+    int type = ffdl_cluster_type_index(sc->v->cl, lua_tostring(L, -1));
+    if (type > 0)
+      sc->want_type = type;
+    else
+      sc->req.gpus = BUCKETS; /* no node has that type: fits nowhere */
   }
   lua_pop(L, 1);
 }
@@ -719,16 +718,12 @@ static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int sk
   scan *sc = lua_newuserdatauv(L, sizeof *sc, 0);
   memset(sc, 0, sizeof *sc);
   sc->v = v;
+  sc->want_type = -1;
   sc->skip_held = skip_held && !v->empty;
   if (req) read_request(L, req, sc);
   if (opts) read_options(L, opts, sc);
   sc->by_capacity |= v->empty; /* "could it ever fit": every node counts as free */
   if (sc->order != ORDER_NODES && ensure_index(v->cl) != FFDL_OK) sc->order = ORDER_NODES;
-  sc->want_type = -1;
-  if (sc->req.gpus > 0 && sc->req.gpu_type) {
-    sc->want_type = ffdl_cluster_type_index(v->cl, sc->req.gpu_type);
-    if (sc->want_type <= 0) sc->req.gpus = BUCKETS; /* no node has that type */
-  }
   if (sc->order == ORDER_BINPACK) sc->bucket = sc->by_capacity ? 0 : sc->req.gpus;
   if (sc->order == ORDER_SPREAD) sc->bucket = v->cl->index.top;
   if (taken)

@@ -59,18 +59,17 @@ struct ffdl_sched {
   size_t live_shapes, unshaped_queued;
   /* per queue slot, what the walk behind a blocked job needs without
    * touching the job (most of those jobs are skipped: reading each one's
-   * struct cost a cache miss per job); rebuilt after the queue moves */
-  struct slot_info *slots;
+   * struct cost a cache miss per job); rebuilt after the queue moves and
+   * when the generation changes */
+  int *slots; /* SLOT_* or a shape id */
   size_t slots_cap;
   int slots_stale;
 };
 
-enum { SLOT_HOLE = -2, SLOT_NO_SHAPE = -1 };
-
-typedef struct slot_info {
-  int shape;   /* the job's shape_id, SLOT_NO_SHAPE, or SLOT_HOLE */
-  int checked; /* its fit_checked: the generation it is known to fit */
-} slot_info;
+/* A queue slot: the job's shape id when the job is known to fit this
+ * generation's cluster (the walk may skip it once its shape failed);
+ * SLOT_LOOK when the walk must look at the job; SLOT_HOLE: no job. */
+enum { SLOT_HOLE = -2, SLOT_LOOK = -1 };
 
 typedef struct shape {
   ffdl_request req;
@@ -139,6 +138,7 @@ void ffdl_sched_set_generation(ffdl_sched *s, ffdl_generation *gen) {
   }
   s->gen = gen;
   s->gen_serial++;
+  s->slots_stale = 1; /* which jobs are known to fit is per generation */
 }
 
 size_t ffdl_sched_queued(const ffdl_sched *s) {
@@ -233,7 +233,7 @@ void ffdl_sched_dequeue(ffdl_sched *s, ffdl_sched_job *j) {
   j->queued = 0;
   count_shape(s, j, -1);
   s->queue[j->queue_pos] = NULL;
-  if (!s->slots_stale) s->slots[j->queue_pos].shape = SLOT_HOLE;
+  if (!s->slots_stale) s->slots[j->queue_pos] = SLOT_HOLE;
   s->removed++;
 }
 
@@ -791,11 +791,16 @@ static void leave_queue_placed(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   free(how);
 }
 
+/* What the queue slot of J says (see SLOT_LOOK). */
+static int slot_of(const ffdl_sched *s, const ffdl_sched_job *j) {
+  return j->shape_id >= 0 && j->fit_checked == s->gen_serial ? j->shape_id : SLOT_LOOK;
+}
+
 /* J can fit this cluster (in this generation's view): noted on the job
  * and in its queue slot. */
 static void mark_fits(ffdl_sched *s, ffdl_sched_job *j) {
   j->fit_checked = s->gen_serial;
-  if (!s->slots_stale && j->queued) s->slots[j->queue_pos].checked = s->gen_serial;
+  if (!s->slots_stale && j->queued) s->slots[j->queue_pos] = slot_of(s, j);
 }
 
 /* Could J ever fit, on an empty cluster? Asked once per job and generation. */
@@ -985,25 +990,14 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
 static void rebuild_slots(ffdl_sched *s) {
   if (s->slots_cap < s->n) {
     size_t cap = s->n + s->n / 2 + 64;
-    slot_info *grown = realloc(s->slots, cap * sizeof *grown);
+    int *grown = realloc(s->slots, cap * sizeof *grown);
     if (!grown) return;
     s->slots = grown;
     s->slots_cap = cap;
   }
-  for (size_t i = 0; i < s->n; i++) {
-    const ffdl_sched_job *j = s->queue[i];
-    s->slots[i] = j ? (slot_info){j->shape_id < 0 ? SLOT_NO_SHAPE : j->shape_id, j->fit_checked}
-                    : (slot_info){SLOT_HOLE, 0};
-  }
+  for (size_t i = 0; i < s->n; i++)
+    s->slots[i] = s->queue[i] ? slot_of(s, s->queue[i]) : SLOT_HOLE;
   s->slots_stale = 0;
-}
-
-/* Behind a blocked job: is the job in slot I one whose shape found no
- * room this cycle and that is known to fit some day? Then it waits, and
- * try_job would only count it (see behind_blocked_job). */
-static int skipped_by_slot(const ffdl_sched *s, size_t i) {
-  slot_info q = s->slots[i];
-  return q.shape >= 0 && q.checked == s->gen_serial && s->shape_failed[q.shape] == s->stats.cycles;
 }
 
 /* Every shape in the queue found no room this cycle: nothing behind the
@@ -1013,20 +1007,29 @@ static int all_shapes_failed(const ffdl_sched *s, const cycle *c) {
 }
 
 /* Behind a blocked job, from slot I: steps over holes and over the jobs
- * skipped_by_slot() would skip, counting them as the walk does, in a loop
- * that reads only the slots (most of a cycle's walk is spent here).
- * Returns where the walk goes on: a job to look at, or N. */
+ * known to fit some day whose shape found no room this cycle (they wait:
+ * try_job would only count them, see behind_blocked_job), counting them
+ * as the walk does, in a loop that reads only the slots and the shapes'
+ * last failures (most of a cycle's walk is spent here). Returns where the
+ * walk goes on: a job to look at, or N. */
 static size_t skip_known_failures(ffdl_sched *s, cycle *c, size_t i, size_t n, size_t *holes) {
   if (all_shapes_failed(s, c)) return i; /* the walk ends below */
+  const int *slots = s->slots;
+  const unsigned long *failed = s->shape_failed, now = s->stats.cycles;
+  long left = c->scan_left;
+  size_t holes_here = 0;
   for (; i < n; i++) {
-    if (s->slots[i].shape == SLOT_HOLE) {
-      (*holes)++;
+    int slot = slots[i];
+    if (slot == SLOT_HOLE) {
+      holes_here++;
       continue;
     }
-    if (c->scan_left <= 0 || !skipped_by_slot(s, i)) return i;
-    c->scan_left--;
-    s->stats.skipped_by_filter++;
+    if (left <= 0 || slot < 0 || failed[slot] != now) break;
+    left--;
   }
+  s->stats.skipped_by_filter += (unsigned long)(c->scan_left - left);
+  c->scan_left = left;
+  *holes += holes_here;
   return i;
 }
 
@@ -1045,7 +1048,7 @@ static void pack_walked(ffdl_sched *s, size_t from, size_t to) {
     s->queue[i] = NULL;
     if (!s->slots_stale) {
       s->slots[w] = s->slots[i];
-      s->slots[i].shape = SLOT_HOLE;
+      s->slots[i] = SLOT_HOLE;
     }
   }
   s->head = w;
@@ -1100,7 +1103,7 @@ size_t ffdl_sched_cycle(ffdl_sched *s, double now) {
     int by_slot = !s->slots_stale;
     if (c.blocked && by_slot && (i = skip_known_failures(s, &c, i, n, &holes)) == n) break;
     ffdl_sched_job *j = s->queue[i];
-    if (by_slot ? s->slots[i].shape == SLOT_HOLE : !j || !j->queued) {
+    if (by_slot ? s->slots[i] == SLOT_HOLE : !j || !j->queued) {
       holes++;
       continue;
     }
