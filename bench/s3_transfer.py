@@ -7,12 +7,13 @@ large file, download it. The files total FFDL_BENCH_S3_TOTAL (default 2GiB;
 e.g. FFDL_BENCH_S3_TOTAL=64MiB for a quick run) and the large file has that
 size too. Both clients use 8 parallel requests and 8 MiB parts.
 
-Clients: s3tool with its default checksum (over http the SHA-256 of each
-body, signed; over https CRC32C in an aws-chunked trailer), s3tool with
---checksum=crc32c over http (uploads only: the checksum changes nothing in
-a download), and boto3 with its defaults (over http it signs the SHA-256
-of each body and adds a CRC32; over https an unsigned body with a CRC32
-trailer). FFDL_BENCH_S3_TLS=1 runs everything over https, against moto
+Clients: s3tool with its default checksum ("ffdl": CRC32C in an aws-chunked
+trailer, unsigned body; a download checks the CRC32C of each object smaller
+than a part), s3tool with --checksum=sha256 over http ("ffdl sha256", the
+opt-in that signs each body's SHA-256; uploads only: the checksum changes
+nothing in a download), and boto3 with its defaults (over http it signs the
+SHA-256 of each body and adds a CRC32; over https an unsigned body with a
+CRC32 trailer). FFDL_BENCH_S3_TLS=1 runs everything over https, against moto
 with a throwaway self-signed certificate that both clients trust.
 
 For each phase it prints the wall time, the client's CPU seconds per GiB
@@ -229,7 +230,7 @@ def main():
         # weighs on ffdl, not on the client it is compared with
         clients = [("boto3", "boto", None, False), ("ffdl", "ffdl", [], False)]
         if not tls:
-            clients.append(("ffdl crc32c", "crc", ["--checksum=crc32c"], True))
+            clients.append(("ffdl sha256", "sha", ["--checksum=sha256"], True))
         py = sys.executable
         # each client gets a freshly reset server: moto slows down as it holds more
         for client, who, options, uploads_only in clients:

@@ -33,14 +33,16 @@
  * Over https, TLS sessions are shared by the client's connections, so a new
  * connection resumes one.
  *
- * The default checksum over plain http stays the signed SHA-256 of each
- * body, as the AWS SDKs do: there, nothing else protects the body against
- * a change on the way (the CRC32C trailer is not signed, and anyone who
- * changes the body can recompute it). SHA-256 costs ~0.6 CPU s/GiB even
- * with SHA-NI, more than the whole CPU budget of a large upload, so over
- * http that budget is met only with --checksum=crc32c (FFDL_S3_CHECKSUM_
- * CRC32C), a choice the user makes; over https, where TLS protects the
- * body, CRC32C is the default (bench/README.md has the figures).
+ * Upload bodies are checked with CRC32C by default, over http as over
+ * https (FFDL_S3_CHECKSUM_CRC32C): S3 verifies it and keeps it with the
+ * object, the AWS SDKs default to a CRC32-family checksum since 2025, and it
+ * costs a tenth of SHA-256, which alone (~0.6 CPU s/GiB even with SHA-NI)
+ * is more than the whole CPU budget of a large upload. It protects against
+ * corruption, not against tampering: the trailer is not signed. Over plain
+ * http, FFDL_S3_CHECKSUM_SHA256 signs the SHA-256 of each body instead, so
+ * that a body changed on the way fails the signature (bench/README.md has
+ * the figures). A download asks for the object's stored checksum and checks
+ * it when an answer holds a whole single-part object (see sum_decide).
  *
  * Life of a request (s3_req): queued READY -> RUNNING in the multi (at most
  * `concurrency` at once, client-wide) -> on completion classified: success,
@@ -192,8 +194,13 @@ struct s3_req {
   char *wbuf; /* SINK_FILE: bytes received, not yet written (the last WLEN of RECEIVED) */
   size_t wlen;
   int need_206, check_error_body, cleanup, counts, slow_ok;
-  int prealloc;     /* a download's first GET: reserve the file if this answer holds all of it */
-  uint64_t counted; /* bytes added to the progress in this attempt */
+  int prealloc; /* a download's first GET: reserve the file if this answer holds all of it */
+  /* a GET that asks for the object's stored CRC32C (x-amz-checksum-mode) */
+  int ask_sum;
+  char sum_want[16], sum_type[16]; /* x-amz-checksum-crc32c and -type of the answer */
+  int sum_decided, summing;        /* whether this answer's body is summed (sum_decide) */
+  uint32_t sum_got;                /* CRC32C of the body received so far */
+  uint64_t counted;                /* bytes added to the progress in this attempt */
   long status;
   char etag[256], content_range[128];
   int too_big, overrun, io_errno, io_read;
@@ -649,11 +656,15 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   if (n > 5 && strncmp(data, "HTTP/", 5) == 0) {
     const char *sp = memchr(data, ' ', n);
     r->status = sp ? strtol(sp + 1, NULL, 10) : 0;
-    r->etag[0] = r->content_range[0] = '\0';
+    r->etag[0] = r->content_range[0] = r->sum_want[0] = r->sum_type[0] = '\0';
   } else if (header_is(data, n, "etag")) {
     header_value(data, n, 5, r->etag, sizeof r->etag);
   } else if (header_is(data, n, "content-range")) {
     header_value(data, n, 14, r->content_range, sizeof r->content_range);
+  } else if (r->ask_sum && header_is(data, n, CRC_TRAILER)) {
+    header_value(data, n, sizeof CRC_TRAILER, r->sum_want, sizeof r->sum_want);
+  } else if (r->ask_sum && header_is(data, n, "x-amz-checksum-type")) {
+    header_value(data, n, 20, r->sum_type, sizeof r->sum_type);
   }
   return n;
 }
@@ -711,10 +722,36 @@ static int preallocate_answer(s3_req *r) {
   return 0; /* any other error (a file system without fallocate) only costs speed */
 }
 
+/* Whether the body of R's answer is checked against the CRC32C the server
+ * sent with it, decided once per answer: only when the answer holds the
+ * whole object (200, or 206 from byte 0 to the end) and the object is a
+ * single part. For a multipart object the stored sum is a sum of the
+ * parts' sums: its value ends in "-N" without a range, may come without
+ * that suffix for a range (botocore#3346), and its type is COMPOSITE; a
+ * multipart ETag ends in "-N" too. Any such sign, or no sum at all (an
+ * object uploaded without one, a server that keeps none, an arbitrary
+ * range), and the body goes unchecked, as before. */
+static void sum_decide(s3_req *r) {
+  uint64_t start = 0, end = 0, total = 0;
+  r->sum_decided = 1;
+  r->summing = 0;
+  r->sum_got = 0;
+  if (!r->ask_sum || strlen(r->sum_want) != 8 || strchr(r->sum_want, '-') ||
+      strcasecmp(r->sum_type, "COMPOSITE") == 0 || strchr(r->etag, '-'))
+    return;
+  if (r->status == 200)
+    r->summing = 1;
+  else if (r->status == 206)
+    r->summing = ffdl_s3_parse_content_range(r->content_range, &start, &end, &total) == 0 &&
+                 start == 0 && end + 1 == total;
+}
+
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   s3_req *r = ud;
   size_t n = size * nmemb;
   int ok_status = r->status >= 200 && r->status < 300;
+  if (ok_status && !r->sum_decided) sum_decide(r);
+  if (ok_status && r->summing) r->sum_got = ffdl_s3_crc32c(r->sum_got, data, n);
   if (!ok_status || r->sink == SINK_BUFFER) {
     size_t limit = ok_status ? r->buf_limit : ERROR_BODY_LIMIT;
     if (r->buf_len + n > limit) {
@@ -918,7 +955,8 @@ static int req_start(s3_req *r) {
   r->pos = 0;
   chunked_rewind(r);
   r->too_big = r->overrun = r->io_errno = r->io_read = 0;
-  r->etag[0] = r->content_range[0] = r->curl_err[0] = '\0';
+  r->sum_decided = r->summing = 0;
+  r->etag[0] = r->content_range[0] = r->curl_err[0] = r->sum_want[0] = r->sum_type[0] = '\0';
 
   char *url = make_url(s3, r->bucket, r->key, r->query);
   CURL *e = curl_easy_init();
@@ -931,6 +969,11 @@ static int req_start(s3_req *r) {
    * the empty header and every signature would be wrong. The wait for
    * "100 Continue" is bounded below instead. */
   if (r->crc32c[0]) bad = bad || add_header(&h, CRC_TRAILER ": %s", r->crc32c) != 0;
+  /* what the AWS SDKs send with a body's checksum (some servers, moto
+   * among them, keep the sum only when it is named) */
+  if (r->crc32c[0] || r->trailer)
+    bad = bad || add_header(&h, "x-amz-sdk-checksum-algorithm: CRC32C") != 0;
+  if (r->ask_sum) bad = bad || add_header(&h, "x-amz-checksum-mode: ENABLED") != 0;
   if (r->trailer) /* the CRC32C follows the body (read_chunked) */
     bad = bad || add_header(&h, "Content-Encoding: aws-chunked") != 0 ||
           add_header(&h, "x-amz-decoded-content-length: %" PRIu64, r->len) != 0 ||
@@ -1186,6 +1229,19 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
              r->received, r->expect_len, r->range);
     *retry = 1;
     return FFDL_EIO;
+  }
+  if (ok && !r->sum_decided) sum_decide(r); /* an empty body */
+  if (ok && r->summing) {
+    char got[9];
+    ffdl_s3_crc32c_base64(r->sum_got, got);
+    if (strcmp(got, r->sum_want) != 0) {
+      set_field(err->code, sizeof err->code, "ChecksumMismatch");
+      snprintf(err->message, sizeof err->message,
+               "the body received has CRC32C %s, the object's stored checksum is %s", got,
+               r->sum_want);
+      *retry = 1;
+      return FFDL_EIO;
+    }
   }
   ffdl_s3_xml_error x;
   if (ok &&
@@ -1683,6 +1739,7 @@ int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
   }
   r->sink = SINK_BUFFER;
   r->buf_limit = BUFFER_LIMIT;
+  r->ask_sum = 1;
   r->on_done = simple_done;
   req_submit(r);
   return 0;
@@ -2279,6 +2336,7 @@ static void download_first(s3_op *op, int ranged) {
   r->counts = 1;
   r->tag = (uint64_t)ranged;
   r->prealloc = ranged;
+  r->ask_sum = 1; /* checked when this answer holds the whole object */
   r->on_done = download_first_done;
   req_submit(r);
 }
@@ -2671,9 +2729,7 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
                     : config->max_retries < 0 ? 0
                                               : DEFAULT_RETRIES;
   s3->retry_base_ms = config->retry_base_ms ? config->retry_base_ms : DEFAULT_RETRY_BASE_MS;
-  s3->checksum = config->checksum                   ? config->checksum
-                 : strcmp(s3->scheme, "https") == 0 ? FFDL_S3_CHECKSUM_CRC32C
-                                                    : FFDL_S3_CHECKSUM_SHA256;
+  s3->checksum = config->checksum ? config->checksum : FFDL_S3_CHECKSUM_CRC32C;
   s3->wbufs = calloc((size_t)s3->concurrency, sizeof *s3->wbufs);
   if (!s3->wbufs) {
     client_free(s3);

@@ -562,11 +562,13 @@ class FakeS3:
     """A scripted S3 on loopback for what moto never does: 5xx, throttling,
     a 200 whose body is an <Error>. FAILURES maps (method, query-name) to a
     list of (status, code) answers served first; then it answers like S3.
+    A GET answers "fake body" with ETag "x" and the headers in get_headers.
     Every request is recorded with its headers and body."""
 
     def __init__(self, failures=None):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         self.failures = {k: list(v) for k, v in (failures or {}).items()}
+        self.get_headers = {}
         self.requests = []
         self.lock = threading.Lock()
         fake = self
@@ -618,7 +620,7 @@ class FakeS3:
         if method == "PUT":
             return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
         if method == "GET":
-            return 200, {"ETag": '"x"'}, b"fake body"
+            return 200, {"ETag": '"x"', **self.get_headers}, b"fake body"
         return 204, {}, b""
 
     def close(self):
@@ -636,7 +638,8 @@ def test_retries_on_throttling_and_5xx():
         assert len(puts) == 3
         for _, path, headers, body in puts:
             assert path == "/bucket/k" and body == b"payload"
-            assert headers["x-amz-content-sha256"] == hashlib.sha256(b"payload").hexdigest()
+            assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+            assert headers["x-amz-checksum-crc32c"] == crc32c_b64(b"payload")
             assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=test/")
         assert ok(s3tool(fake.endpoint, "get", "bucket", "k",
                          options=["--retry-base-ms=5"])).stdout == b"fake body"
@@ -661,14 +664,15 @@ def test_retries_give_up_with_s3s_code():
 
 
 def test_multipart_part_hashes_and_complete_error_body(tmp_path):
-    """Each part carries the SHA-256 of its own bytes; a 200 whose body is
-    an <Error> is a failure (retried when the code says so)."""
+    """--checksum=sha256: each part carries the SHA-256 of its own bytes; a
+    200 whose body is an <Error> is a failure (retried when the code says
+    so)."""
     fake = FakeS3({("POST", "uploadId"): [(200, "InternalError")],
                    ("PUT", "partNumber"): [(500, "InternalError")]})
     try:
         src = random_file(tmp_path / "f.bin", 12 * MIB + 5, seed=9)
         ok(s3tool(fake.endpoint, "upload", "bucket", "a b+", src,
-                  options=["--part-size=5MiB", "--retry-base-ms=5"]))
+                  options=["--part-size=5MiB", "--retry-base-ms=5", "--checksum=sha256"]))
         data = src.read_bytes()
         parts = {}
         for method, path, headers, body in fake.requests:
@@ -688,7 +692,7 @@ def test_multipart_part_hashes_and_complete_error_body(tmp_path):
 
 
 def test_crc32c_trailer_per_part_and_in_the_complete_list(tmp_path):
-    """--checksum=crc32c: each part is sent once, aws-chunked, with the
+    """CRC32C (the default): each part is sent once, aws-chunked, with the
     CRC-32C of exactly its bytes in the trailer (a retried part too);
     CreateMultipartUpload names the algorithm and CompleteMultipartUpload
     lists every part's checksum, so that S3 checks them."""
@@ -696,7 +700,7 @@ def test_crc32c_trailer_per_part_and_in_the_complete_list(tmp_path):
     try:
         src = random_file(tmp_path / "f.bin", 12 * MIB + 5, seed=12)
         ok(s3tool(fake.endpoint, "upload", "bucket", "k", src,
-                  options=["--part-size=5MiB", "--retry-base-ms=5", "--checksum=crc32c"]))
+                  options=["--part-size=5MiB", "--retry-base-ms=5"]))
         data = src.read_bytes()
         creates = [r for r in fake.requests if r[0] == "POST" and r[1].endswith("?uploads=")]
         assert len(creates) == 1 and creates[0][2]["x-amz-checksum-algorithm"] == "CRC32C"
@@ -708,6 +712,7 @@ def test_crc32c_trailer_per_part_and_in_the_complete_list(tmp_path):
             assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
             assert headers["Content-Encoding"] == "aws-chunked"
             assert headers["x-amz-trailer"] == "x-amz-checksum-crc32c"
+            assert headers["x-amz-sdk-checksum-algorithm"] == "CRC32C"
             assert "x-amz-checksum-crc32c" not in headers  # it follows the body
             signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
             assert "x-amz-trailer" in signed.split(";")
@@ -728,24 +733,27 @@ def test_crc32c_trailer_per_part_and_in_the_complete_list(tmp_path):
 
 
 def test_crc32c_single_put_and_put_from_memory(tmp_path):
-    """A small file is one aws-chunked PUT; a PUT from memory carries the
-    checksum as a header (UNSIGNED-PAYLOAD); an empty file has a trailer
-    too."""
+    """The default, over http too: a small file is one aws-chunked PUT; a
+    PUT from memory carries the checksum as a header (UNSIGNED-PAYLOAD); an
+    empty file has a trailer too. --checksum=sha256 signs the body's
+    SHA-256 instead."""
     fake = FakeS3()
     try:
         src = tmp_path / "small"
         src.write_bytes(os.urandom(1234567))
-        ok(s3tool(fake.endpoint, "upload", "bucket", "small", src, options=["--checksum=crc32c"]))
+        ok(s3tool(fake.endpoint, "upload", "bucket", "small", src))
         empty = tmp_path / "empty"
         empty.write_bytes(b"")
-        ok(s3tool(fake.endpoint, "upload", "bucket", "empty", empty,
-                  options=["--checksum=crc32c"]))
-        ok(s3tool(fake.endpoint, "put", "bucket", "mem", "-", input=b"in memory",
+        ok(s3tool(fake.endpoint, "upload", "bucket", "empty", empty))
+        ok(s3tool(fake.endpoint, "put", "bucket", "mem", "-", input=b"in memory"))
+        ok(s3tool(fake.endpoint, "upload", "bucket", "explicit", src,
                   options=["--checksum=crc32c"]))
         puts = {path: (headers, body) for method, path, headers, body in fake.requests
                 if method == "PUT"}
-        for key, want in (("small", src.read_bytes()), ("empty", b"")):
+        for key, want in (("small", src.read_bytes()), ("empty", b""),
+                          ("explicit", src.read_bytes())):
             headers, body = puts[f"/bucket/{key}"]
+            assert headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
             data, trailers, _ = decode_aws_chunked(body)
             assert data == want
             assert trailers["x-amz-checksum-crc32c"] == crc32c_b64(want)
@@ -753,13 +761,67 @@ def test_crc32c_single_put_and_put_from_memory(tmp_path):
         assert body == b"in memory"
         assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
         assert headers["x-amz-checksum-crc32c"] == crc32c_b64(b"in memory")
-        # the default over http stays the signed SHA-256 of the body
-        ok(s3tool(fake.endpoint, "upload", "bucket", "sha", src))
+        # the opt-in: the body's SHA-256, signed, and no CRC32C
+        ok(s3tool(fake.endpoint, "upload", "bucket", "sha", src, options=["--checksum=sha256"]))
         headers, body = [(h, b) for m, p, h, b in fake.requests if p == "/bucket/sha"][0]
         assert body == src.read_bytes()
         assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
+        assert not [h for h in headers if h.lower().startswith("x-amz-checksum")]
+        signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+        assert "x-amz-content-sha256" in signed.split(";")
     finally:
         fake.close()
+
+
+def test_download_checks_the_stored_crc32c(tmp_path):
+    """A GET asks for the object's stored checksum (x-amz-checksum-mode)
+    and checks the CRC32C of an answer that holds a whole single-part
+    object: a mismatch is retried, then fails with ChecksumMismatch. The
+    sum of a multipart object (ETag or sum "-N", type COMPOSITE) is no sum
+    of its bytes and is not checked."""
+    fake = FakeS3()
+    out = tmp_path / "out"
+    try:
+        right, wrong = crc32c_b64(b"fake body"), crc32c_b64(b"another body")
+        fake.get_headers = {"x-amz-checksum-crc32c": right, "x-amz-checksum-type": "FULL_OBJECT"}
+        assert ok(s3tool(fake.endpoint, "get", "bucket", "k")).stdout == b"fake body"
+        ok(s3tool(fake.endpoint, "download", "bucket", "k", out))
+        assert out.read_bytes() == b"fake body"
+        gets = [h for m, p, h, b in fake.requests if m == "GET"]
+        assert len(gets) == 2 and all(h["x-amz-checksum-mode"] == "ENABLED" for h in gets)
+        signed = gets[0]["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+        assert "x-amz-checksum-mode" in signed.split(";")
+
+        fake.get_headers = {"x-amz-checksum-crc32c": wrong}
+        fake.requests.clear()
+        for cmd in (["get", "bucket", "k"], ["download", "bucket", "k", out]):
+            p = s3tool(fake.endpoint, *cmd, options=["--max-retries=1", "--retry-base-ms=5"])
+            assert p.returncode == 1
+            assert (f"ChecksumMismatch (HTTP 200): the body received has CRC32C {right}, the "
+                    f"object's stored checksum is {wrong} (after 2 attempts)") in p.stderr.decode()
+        assert len([r for r in fake.requests if r[0] == "GET"]) == 4
+        assert not pathlib.Path(f"{out}.partial").exists()
+
+        for headers in ({"x-amz-checksum-crc32c": wrong, "ETag": '"abc-2"'},
+                        {"x-amz-checksum-crc32c": wrong, "x-amz-checksum-type": "COMPOSITE"},
+                        {"x-amz-checksum-crc32c": f"{wrong}-2"}):
+            fake.get_headers = headers
+            assert ok(s3tool(fake.endpoint, "get", "bucket", "k")).stdout == b"fake body"
+    finally:
+        fake.close()
+
+
+def test_crc32c_kept_by_the_server_and_checked_on_download(moto, bucket, boto, tmp_path):
+    """The default upload's CRC32C is what the server keeps with the object
+    (moto keeps it because the request names the algorithm, as the SDKs
+    do), and a download of the single-part object checks it."""
+    src = random_file(tmp_path / "one.bin", 3 * MIB + 1, seed=13)
+    ok(s3tool(moto.endpoint, "upload", bucket, "one", src))
+    got = boto.get_object(Bucket=bucket, Key="one", ChecksumMode="ENABLED")
+    assert got["ChecksumCRC32C"] == crc32c_b64(src.read_bytes())
+    out = tmp_path / "one.out"
+    ok(s3tool(moto.endpoint, "download", bucket, "one", out))
+    assert sha256(out) == sha256(src)
 
 
 def test_failed_multipart_is_aborted():
