@@ -32,8 +32,9 @@ struct ffdl_sched {
   size_t n, cap, sorted, removed;
   size_t head; /* no job before this index: the start of every walk */
   int in_cycle;
-  int usage_ref;           /* this cycle's usage, built on first use */
-  int ctx_ref, ctx_serial; /* the generation's ctx (see push_ctx) */
+  int usage_ref;                      /* this cycle's usage, built on first use */
+  int ctx_ref, ctx_serial;            /* the generation's ctx (see push_ctx) */
+  int module_refs[2], modules_serial; /* its policy modules (see push_hook) */
   double ctx_now;
   int gen_facts_serial; /* generation the two below were read from */
   int has_order;        /* scheduler.order() exists: the general path */
@@ -275,10 +276,33 @@ static lua_State *lua_of(ffdl_sched *s) {
   return ffdl_sandbox_state(ffdl_generation_sandbox(s->gen));
 }
 
-/* Pushes policies/FILE.lua's function NAME, or nothing: 1 when pushed. */
-static int push_hook(ffdl_sched *s, const char *file, const char *name) {
+/* The policy files whose hooks the scheduler calls. */
+typedef enum { POLICY_SCHEDULER, POLICY_BUDGET } policy_file;
+
+/* Pushes the module policies/FILE.lua returned (nil when it has none),
+ * from a registry ref made once per generation: finding it by name cost
+ * as much as a third of a hook call's own overhead. */
+static void push_module(ffdl_sched *s, policy_file file) {
+  static const char *const names[] = {"scheduler", "budget"};
   lua_State *L = lua_of(s);
-  ffdl_generation_push_policy(s->gen, file);
+  if (s->modules_serial != s->gen_serial) { /* refs of an earlier generation went with its state */
+    s->module_refs[POLICY_SCHEDULER] = s->module_refs[POLICY_BUDGET] = LUA_NOREF;
+    s->modules_serial = s->gen_serial;
+  }
+  if (s->module_refs[file] != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->module_refs[file]);
+    return;
+  }
+  ffdl_generation_push_policy(s->gen, names[file]);
+  lua_pushvalue(L, -1);
+  s->module_refs[file] = luaL_ref(L, LUA_REGISTRYINDEX); /* LUA_REFNIL for nil */
+}
+
+/* Pushes policies/FILE.lua's function NAME, or nothing: 1 when pushed.
+ * Looked up per call: a policy may replace its own functions. */
+static int push_hook(ffdl_sched *s, policy_file file, const char *name) {
+  lua_State *L = lua_of(s);
+  push_module(s, file);
   if (lua_istable(L, -1) && lua_getfield(L, -1, name) == LUA_TFUNCTION) {
     lua_remove(L, -2);
     return 1;
@@ -287,7 +311,7 @@ static int push_hook(ffdl_sched *s, const char *file, const char *name) {
   return 0;
 }
 
-static int has_hook(ffdl_sched *s, const char *file, const char *name) {
+static int has_hook(ffdl_sched *s, policy_file file, const char *name) {
   if (!push_hook(s, file, name)) return 0;
   lua_pop(lua_of(s), 1);
   return 1;
@@ -515,7 +539,7 @@ static void rank_job(ffdl_sched *s, ffdl_sched_job *j) {
   lua_State *L = lua_of(s);
   j->rank_serial = s->rank_epoch;
   j->rank = j->submitted;
-  if (!push_hook(s, "scheduler", "rank")) return;
+  if (!push_hook(s, POLICY_SCHEDULER, "rank")) return;
   ffdl_sched_push_job(L, j);
   push_ctx(s);
   char *err = NULL;
@@ -574,7 +598,7 @@ static void merge_new_jobs(ffdl_sched *s) {
 static void order_whole_queue(ffdl_sched *s) {
   lua_State *L = lua_of(s);
   compact(s, 1);
-  if (s->n < 2 || !push_hook(s, "scheduler", "order")) return;
+  if (s->n < 2 || !push_hook(s, POLICY_SCHEDULER, "order")) return;
   lua_createtable(L, (int)s->n, 0);
   lua_createtable(L, 0, (int)s->n); /* job table -> position */
   for (size_t i = 0; i < s->n; i++) {
@@ -652,7 +676,7 @@ static void remember_failure(ffdl_sched *s, cycle *c, const ffdl_sched_job *j) {
  * at the top of the stack and stays there. */
 static int admit(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   lua_State *L = lua_of(s);
-  if (!push_hook(s, "budget", "admit")) return 1; /* no budget policy: admitted */
+  if (!push_hook(s, POLICY_BUDGET, "admit")) return 1; /* no budget policy: admitted */
   s->stats.admit_calls++;
   lua_pushvalue(L, -2);
   push_cycle_usage(s);
@@ -693,7 +717,7 @@ enum { PLACE_NO_ROOM = -1, PLACE_FAILED = -2 };
 static int call_place(ffdl_sched *s, ffdl_sched_job *j, int empty, char **reason) {
   lua_State *L = lua_of(s);
   *reason = NULL;
-  if (!push_hook(s, "scheduler", "place")) {
+  if (!push_hook(s, POLICY_SCHEDULER, "place")) {
     *reason = strdup("policies/scheduler.lua has no place()");
     return PLACE_FAILED;
   }
@@ -869,7 +893,7 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
   s->hold_serial = s->gen_serial;
   s->hold_stops = 1;
   s->nheld = 0;
-  if (!push_hook(s, "scheduler", "hold")) return s->hold_stops = 0; /* every job is tried */
+  if (!push_hook(s, POLICY_SCHEDULER, "hold")) return s->hold_stops = 0; /* every job is tried */
   lua_pushvalue(L, -2);
   void *view = ffdl_cluster_push_view(s->cluster, L, 0);
   push_ctx(s);
@@ -918,14 +942,15 @@ static int blocked(ffdl_sched *s, cycle *c, ffdl_sched_job *j, const char *reaso
   return hold_for(s, j);
 }
 
-static char *describe_request(const ffdl_sched_job *j) {
+/* "needs 2 learners x 4 CPUs, 16.0 GiB, 1 GPU of type V100" and THEN,
+ * into OUT (no allocation: it runs for most jobs of a long queue). */
+static void describe_request(char *out, size_t size, const ffdl_sched_job *j, const char *then) {
   char gpus[160] = "";
   if (j->req.gpus > 0)
     snprintf(gpus, sizeof gpus, ", %d GPU%s%s%s", j->req.gpus, j->req.gpus > 1 ? "s" : "",
              j->req.gpu_type ? " of type " : "", j->req.gpu_type ? j->req.gpu_type : "");
-  return ffdl_strdup_printf("needs %d learner%s x %g CPUs, %.1f GiB%s", j->learners,
-                            j->learners > 1 ? "s" : "", j->req.cpus,
-                            (double)j->req.memory / (1u << 30), gpus);
+  snprintf(out, size, "needs %d learner%s x %g CPUs, %.1f GiB%s%s", j->learners,
+           j->learners > 1 ? "s" : "", j->req.cpus, (double)j->req.memory / (1u << 30), gpus, then);
 }
 
 /* A job behind the blocked one, for which C already knows there is no
@@ -938,10 +963,10 @@ static int behind_blocked_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   if (j->fit_checked == s->gen_serial) return 1;
   if (!ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) return 0;
   mark_fits(s, j);
-  char *need = describe_request(j);
-  still_waiting(s, j, "place", "waiting",
-                ffdl_strdup_printf("%s; no room now, and jobs ahead of it wait too", need));
-  free(need);
+  char why[512];
+  describe_request(why, sizeof why, j, "; no room now, and jobs ahead of it wait too");
+  decide(s, j, "place", "waiting", why);
+  waiting(s, j, why);
   return 1;
 }
 
@@ -1059,7 +1084,7 @@ static long scan_limit(ffdl_sched *s) {
   lua_State *L = lua_of(s);
   int top = lua_gettop(L);
   long limit = DEFAULT_SCAN_LIMIT;
-  ffdl_generation_push_policy(s->gen, "scheduler");
+  push_module(s, POLICY_SCHEDULER);
   if (lua_istable(L, -1) && lua_getfield(L, -1, "config") == LUA_TTABLE) {
     lua_getfield(L, -1, "scan_limit");
     if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) limit = (long)lua_tointeger(L, -1);
@@ -1072,7 +1097,7 @@ static long scan_limit(ffdl_sched *s) {
 static void read_generation_facts(ffdl_sched *s) {
   if (s->gen_facts_serial == s->gen_serial) return;
   s->gen_facts_serial = s->gen_serial;
-  s->has_order = has_hook(s, "scheduler", "order");
+  s->has_order = has_hook(s, POLICY_SCHEDULER, "order");
   s->scan_limit = scan_limit(s);
 }
 
