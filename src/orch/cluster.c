@@ -558,15 +558,56 @@ static void push_node_metatable(lua_State *L) {
   lua_rawsetp(L, LUA_REGISTRYINDEX, &NODE_MT_KEY);
 }
 
-/* Pushes node INDEX of the view at stack index VIEW_IDX.  [-0, +1, m] */
-static void push_node(lua_State *L, int view_idx, view *v, size_t index, double taken_cpus,
-                      lua_Integer taken_mem, int taken_gpus) {
+/*
+ * Node objects with nothing taken are made once per node and Lua state
+ * and handed out again, moved to the current view (a userdata per
+ * candidate, and collecting it, cost a fifth of candidates()). Their
+ * fields are the same whichever call yields them, and one kept from an
+ * earlier call still fails unless it is yielded again. The cache table
+ * holds the cluster it belongs to at [0].
+ */
+static const char NODE_CACHE_KEY = 0;
+
+static void push_node_cache(lua_State *L, const ffdl_cluster *cl) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NODE_CACHE_KEY) == LUA_TTABLE) {
+    int same = lua_rawgeti(L, -1, 0) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == cl;
+    lua_pop(L, 1);
+    if (same) return;
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, (int)cl->n, 1);
+  lua_pushlightuserdata(L, (void *)cl);
+  lua_rawseti(L, -2, 0);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &NODE_CACHE_KEY);
+}
+
+/* Pushes node INDEX of the view at stack index VIEW_IDX; CACHE_IDX is
+ * the node cache.  [-0, +1, m] */
+static void push_node(lua_State *L, int view_idx, int cache_idx, view *v, size_t index,
+                      double taken_cpus, lua_Integer taken_mem, int taken_gpus) {
+  int untaken = taken_cpus == 0 && taken_mem == 0 && taken_gpus == 0;
+  if (untaken) {
+    if (lua_rawgeti(L, cache_idx, (lua_Integer)index + 1) == LUA_TUSERDATA) {
+      node_ref *r = lua_touserdata(L, -1);
+      r->v = v;
+      r->empty = v->empty;
+      lua_pushvalue(L, view_idx);
+      lua_setiuservalue(L, -2, 1);
+      return;
+    }
+    lua_pop(L, 1);
+  }
   node_ref *r = lua_newuserdatauv(L, sizeof *r, 1);
   *r = (node_ref){v, (int)index, v->empty, taken_gpus, taken_cpus, taken_mem};
   lua_pushvalue(L, view_idx);
   lua_setiuservalue(L, -2, 1);
   push_node_metatable(L);
   lua_setmetatable(L, -2);
+  if (untaken) {
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, cache_idx, (lua_Integer)index + 1);
+  }
 }
 
 static view *check_view(lua_State *L) {
@@ -665,7 +706,7 @@ static int candidates_next(lua_State *L) {
     if (any_taken) taken_on(L, taken, nd->name, &tc, &tm, &tg);
     if (!node_fits(nd, &sc->req, sc->want_type, sc->by_capacity, tc, (double)tm, tg)) continue;
     sc->yielded++;
-    push_node(L, lua_upvalueindex(3), v, (size_t)i, tc, tm, tg);
+    push_node(L, lua_upvalueindex(3), lua_upvalueindex(4), v, (size_t)i, tc, tm, tg);
     /* what scoring reads most, as extra loop values: each field read
      * through the node is a call into C */
     lua_pushinteger(L, free_gpus_of(nd, !v->empty, tg));
@@ -731,7 +772,8 @@ static int push_scan(lua_State *L, view *v, int req, int taken, int opts, int sk
   else
     lua_pushnil(L);
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, candidates_next, 3);
+  push_node_cache(L, v->cl);
+  lua_pushcclosure(L, candidates_next, 4);
   return 1;
 }
 
