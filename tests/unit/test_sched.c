@@ -38,6 +38,37 @@ static void ledger_window_slides_over_finished_jobs(void) {
   ffdl_ledger_free(l);
 }
 
+/* Jobs sharing start times, one starting earlier than those before it
+ * (adopted at a restart), stopped in another order: the windowed sums
+ * match a job-by-job count at every step. */
+static void ledger_stops_jobs_in_any_order(void) {
+  enum { N = 60 };
+  double start[N];
+  int gpus[N], running[N];
+  ffdl_ledger *l;
+  CHECK(ffdl_ledger_new(&l) == FFDL_OK);
+  for (int i = 0; i < N; i++) {
+    start[i] = i == N - 1 ? 0.5 * HOUR : (double)(i / 7) * HOUR; /* seven per start */
+    gpus[i] = 1 + i % 3;
+    running[i] = 1;
+    CHECK(ffdl_ledger_start(l, "vision", "ann", gpus[i], start[i]) == FFDL_OK);
+  }
+  double now = 10 * HOUR, booked = 0; /* GPU-seconds of stopped jobs, all inside the window */
+  for (int step = 0; step < N; step++) {
+    int i = (step * 37) % N; /* every job once, out of order */
+    ffdl_ledger_stop(l, "vision", "ann", gpus[i], start[i], now);
+    running[i] = 0;
+    booked += gpus[i] * (now - start[i]);
+    double expected = booked;
+    for (int k = 0; k < N; k++)
+      if (running[k]) expected += gpus[k] * (now + HOUR - start[k]);
+    CHECK(NEAR(ffdl_ledger_gpu_hours(l, FFDL_LEDGER_USER, "ann", 24 * HOUR, now + HOUR),
+               expected / 3600));
+  }
+  CHECK(NEAR(ffdl_ledger_gpu_hours(l, FFDL_LEDGER_TEAM, "vision", 24 * HOUR, now), booked / 3600));
+  ffdl_ledger_free(l);
+}
+
 static int holders;
 static void count_holder(void *ud, const char *name, int gpus, int jobs) {
   (void)ud;
@@ -252,6 +283,7 @@ int main(int argc, char **argv) {
       {"candidates_give_free_gpus_and_cpus", candidates_give_free_gpus_and_cpus},
       {"ledger_window_slides_over_finished_jobs", ledger_window_slides_over_finished_jobs},
       {"ledger_lists_what_is_held_now", ledger_lists_what_is_held_now},
+      {"ledger_stops_jobs_in_any_order", ledger_stops_jobs_in_any_order},
       {"candidates_follow_the_strategy_order", candidates_follow_the_strategy_order},
       {"held_nodes_are_never_candidates", held_nodes_are_never_candidates},
       {"room_filters_count_gang_learners", room_filters_count_gang_learners},
