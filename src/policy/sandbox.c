@@ -94,10 +94,22 @@ static void resolve_limits(ffdl_sandbox *sb, const ffdl_sandbox_limits *limits) 
 /* The base environment's registry key: the address of this static. */
 static const char BASE_ENV_KEY = 'b';
 
-static uint64_t now_ns(void) {
+static uint64_t clock_ns(clockid_t clock) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(clock, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void) {
+  return clock_ns(CLOCK_MONOTONIC);
+}
+
+/* The clock this thread's calls measure their deadlines on (see
+ * ffdl_sandbox_deadlines_in_cpu_time). */
+static __thread clockid_t deadline_clock = CLOCK_MONOTONIC;
+
+static uint64_t deadline_now(void) {
+  return clock_ns(deadline_clock);
 }
 
 static ffdl_sandbox *sandbox_of(lua_State *L) {
@@ -144,7 +156,8 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
  */
 typedef struct watched {
   pthread_t thread;
-  _Atomic uint64_t deadline_ns; /* of the call running on it; 0: none */
+  _Atomic clockid_t clock;      /* its deadline_clock */
+  _Atomic uint64_t deadline_ns; /* of the call running on it, on CLOCK; 0: none */
   struct watched *next;
 } watched;
 
@@ -165,10 +178,11 @@ static void on_deadline_signal(int sig) {
   if (sb) lua_sethook(sb->L, deadline_hook, LUA_MASKCOUNT, 1);
 }
 
-static void signal_overdue_calls(uint64_t now) {
+static void signal_overdue_calls(void) {
   for (watched *w = watch_list; w; w = w->next) {
     uint64_t deadline = atomic_load(&w->deadline_ns);
-    if (deadline && now >= deadline) pthread_kill(w->thread, deadline_signal);
+    if (deadline && clock_ns(atomic_load(&w->clock)) >= deadline)
+      pthread_kill(w->thread, deadline_signal);
   }
 }
 
@@ -187,7 +201,7 @@ static void *watchdog_main(void *arg) {
         pthread_cond_wait(&watch_wake, &watch_lock);
       idle = 0;
     }
-    signal_overdue_calls(now_ns());
+    signal_overdue_calls();
     pthread_mutex_unlock(&watch_lock);
     struct timespec tick = {0, WATCH_TICK_MS * 1000000L};
     nanosleep(&tick, NULL);
@@ -234,6 +248,7 @@ static watched *watch_this_thread(void) {
     return NULL;
   }
   w->thread = pthread_self();
+  atomic_store(&w->clock, deadline_clock);
   sigset_t deadline_only;
   sigemptyset(&deadline_only);
   sigaddset(&deadline_only, deadline_signal);
@@ -244,6 +259,13 @@ static watched *watch_this_thread(void) {
   pthread_mutex_unlock(&watch_lock);
   pthread_setspecific(watch_key, w);
   return this_thread = w;
+}
+
+void ffdl_sandbox_deadlines_in_cpu_time(void) {
+  clockid_t cpu;
+  if (pthread_getcpuclockid(pthread_self(), &cpu) != 0) return; /* wall time, then */
+  deadline_clock = cpu;
+  if (this_thread) atomic_store(&this_thread->clock, cpu);
 }
 
 /* A call with DEADLINE starts on this thread: the watchdog looks at the
@@ -280,7 +302,7 @@ static void deadline_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   ffdl_sandbox *sb = sandbox_of(L);
   int main_thread = L == sb->L;
-  if (sb->deadline_ns == 0 || (!sb->expired && now_ns() < sb->deadline_ns)) {
+  if (sb->deadline_ns == 0 || (!sb->expired && deadline_now() < sb->deadline_ns)) {
     if (main_thread) lua_sethook(L, NULL, 0, 0);
     return;
   }
@@ -627,6 +649,7 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
                      char **err) {
   lua_State *L = sb->L;
   uint64_t started = now_ns();
+  uint64_t started_on_clock = deadline_clock == CLOCK_MONOTONIC ? started : deadline_now();
   *err = NULL;
   /* Calls may nest (a C function called from Lua calling back in): keep the
    * outer call's limits and restore them afterwards. */
@@ -635,7 +658,7 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   int outer_expired = sb->expired, outer_oom = sb->out_of_memory;
 
   if (deadline_ms <= 0) deadline_ms = ffdl_sandbox_deadline_for(sb, what);
-  uint64_t deadline = started + (uint64_t)(deadline_ms * 1e6);
+  uint64_t deadline = started_on_clock + (uint64_t)(deadline_ms * 1e6);
   int outer_owns_deadline = outer_deadline && outer_deadline <= deadline;
   if (outer_owns_deadline) {
     deadline = outer_deadline;

@@ -41,6 +41,12 @@ typedef struct {
  * start-up, before any other thread creates sandboxes. */
 void ffdl_sandbox_set_defaults(const ffdl_sandbox_limits *limits);
 
+/* Calls made on this thread from now on measure their deadlines in the
+ * thread's CPU time, not wall time: for a thread that runs at the lowest
+ * priority (the reload builder), where a busy machine would otherwise turn
+ * a policy that needs 100 ms into one that "exceeded its deadline". */
+void ffdl_sandbox_deadlines_in_cpu_time(void);
+
 /* Creates a sandbox (caller frees with ffdl_sandbox_free). */
 int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out);
 void ffdl_sandbox_free(ffdl_sandbox *sb);

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 
 static ffdl_sandbox *new_sandbox(size_t memory, double deadline_ms) {
   ffdl_sandbox_limits limits = {.memory_limit = memory, .deadline_ms = deadline_ms};
@@ -156,6 +157,51 @@ static void infinite_loop_on_another_thread(void) {
   CHECK(ok);
 }
 
+/* On a thread whose deadlines count CPU time (the reload builder), time
+ * the thread spends off the CPU does not count: a call that sleeps past
+ * its deadline in wall time passes; a loop still stops. */
+static int sleep_200_ms(lua_State *L) {
+  struct timespec pause = {0, 200 * 1000000L};
+  nanosleep(&pause, NULL);
+  (void)L;
+  return 0;
+}
+
+static void *sleep_then_loop_on_cpu_time(void *arg) {
+  ffdl_sandbox_deadlines_in_cpu_time();
+  ffdl_sandbox *sb = new_sandbox(8u << 20, 100);
+  lua_State *L = ffdl_sandbox_state(sb);
+  char *err = NULL;
+  CHECK(luaL_loadstring(L, "local nap = ... nap() return 'woke'") == LUA_OK);
+  lua_pushcfunction(L, sleep_200_ms);
+  int slept = ffdl_policy_call(sb, "test", 1, 1, 0, &err) == FFDL_OK;
+  if (slept) lua_pop(L, 1);
+  free(err);
+  err = NULL;
+  int stopped = run(sb, "while true do end", &err) == FFDL_ETIMEOUT;
+  free(err);
+  *(int *)arg = slept && stopped;
+  ffdl_sandbox_free(sb);
+  return NULL;
+}
+
+static void cpu_time_deadlines_ignore_time_off_the_cpu(void) {
+  int ok = 0;
+  pthread_t thread;
+  CHECK(pthread_create(&thread, NULL, sleep_then_loop_on_cpu_time, &ok) == 0);
+  CHECK(pthread_join(thread, NULL) == 0);
+  CHECK(ok);
+  /* this thread still measures wall time: the same nap runs out */
+  ffdl_sandbox *sb = new_sandbox(8u << 20, 100);
+  lua_State *L = ffdl_sandbox_state(sb);
+  char *err = NULL;
+  CHECK(luaL_loadstring(L, "local nap = ... nap() return 'woke'") == LUA_OK);
+  lua_pushcfunction(L, sleep_200_ms);
+  CHECK(ffdl_policy_call(sb, "test", 1, 1, 0, &err) == FFDL_ETIMEOUT);
+  free(err);
+  ffdl_sandbox_free(sb);
+}
+
 /* A call inside a call (C called from Lua calling back in) keeps its own,
  * shorter deadline. */
 static int call_inner_loop(lua_State *L) {
@@ -297,6 +343,7 @@ int main(int argc, char **argv) {
       {"infinite_loop_in_coroutine", infinite_loop_in_coroutine},
       {"infinite_loop_in_created_coroutine", infinite_loop_in_created_coroutine},
       {"infinite_loop_on_another_thread", infinite_loop_on_another_thread},
+      {"cpu_time_deadlines_ignore_time_off_the_cpu", cpu_time_deadlines_ignore_time_off_the_cpu},
       {"nested_call_keeps_its_deadline", nested_call_keeps_its_deadline},
       {"memory_bomb_table", memory_bomb_table},
       {"memory_bomb_string", memory_bomb_string},
