@@ -30,6 +30,9 @@
  * pool for objects larger than a part; on the loop, at the first body
  * byte, for one part at most). Bodies of at most 1 MiB go without "Expect:
  * 100-continue" (see req_start), which saves small objects a round trip.
+ * Connections to a server on this host get a large receive buffer
+ * (on_open_socket): the kernel's default leaves the server's sends to run
+ * in the client's softirq there.
  * Over https, TLS sessions are shared by the client's connections, so a new
  * connection resumes one.
  *
@@ -71,6 +74,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -86,12 +91,13 @@
 #define BUFFER_LIMIT (64 * MIB)    /* put_buffer / get_buffer */
 #define LIST_BODY_LIMIT (16 * MIB) /* one listing page: 1,000 keys of at most 1 KiB */
 #define ERROR_BODY_LIMIT (64 * 1024)
-#define IO_BUFFER (512 * 1024)      /* curl's download buffer (its maximum in 7.88) */
-#define UPLOAD_BUFFER (1024 * 1024) /* curl's upload buffer */
-#define SLICE (1024 * 1024)         /* the SHA-256 pass reads a part in slices of this */
-#define WRITE_BUFFER (256 * 1024)   /* a download is written to its file in blocks of this */
-#define PREALLOC_MIN (1024 * 1024)  /* smaller downloads gain nothing from fallocate here */
-#define CHUNK (1024 * 1024)         /* aws-chunked: data bytes per chunk */
+#define IO_BUFFER (512 * 1024)            /* curl's download buffer (its maximum in 7.88) */
+#define UPLOAD_BUFFER (1024 * 1024)       /* curl's upload buffer */
+#define SLICE (1024 * 1024)               /* the SHA-256 pass reads a part in slices of this */
+#define WRITE_BUFFER (256 * 1024)         /* a download is written to its file in blocks of this */
+#define PREALLOC_MIN (1024 * 1024)        /* smaller downloads gain nothing from fallocate here */
+#define LOOPBACK_RCVBUF (4 * 1024 * 1024) /* SO_RCVBUF of a connection to this host */
+#define CHUNK (1024 * 1024)               /* aws-chunked: data bytes per chunk */
 #define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 #define STREAMING_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 #define CRC_TRAILER "x-amz-checksum-crc32c"
@@ -903,6 +909,38 @@ static int on_seek(void *ud, curl_off_t offset, int origin) {
   return CURL_SEEKFUNC_OK;
 }
 
+/* Whether ADDR is on this host: 127.0.0.0/8, ::1 or ::ffff:127.x. */
+static int is_loopback(const struct sockaddr *addr) {
+  if (addr->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127;
+  if (addr->sa_family != AF_INET6) return 0;
+  const struct in6_addr *a = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+  return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
+/* Opens every connection's socket (close-on-exec: learners never inherit
+ * one). To a server on this host it asks for a 4 MiB receive buffer
+ * (LOOPBACK_RCVBUF). There the kernel's receive-buffer autotuning never
+ * grows the default 128 KiB (its estimate needs a longer round trip), so
+ * the window stays near 64 KiB: the server's sends stall on it, and each
+ * window update of the client runs the server's pending transmits in the
+ * client's softirq. With 4 MiB (capped by net.core.rmem_max) the server
+ * sends in its own context: measured here, 15-30% less client CPU
+ * downloading 512 MiB from moto (medians of 8 and 5 paired runs), 25%
+ * less from a server that uses sendfile, and no longer wall time. To any
+ * other host the socket is left to autotuning, which works there and which
+ * a fixed size would turn off. A failed setsockopt only costs speed. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+  (void)ud;
+  (void)purpose;
+  curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (fd >= 0 && is_loopback(&a->addr)) {
+    int size = LOOPBACK_RCVBUF;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  }
+  return fd >= 0 ? fd : CURL_SOCKET_BAD;
+}
+
 static char *make_url(ffdl_s3 *s3, const char *bucket, const char *key, const char *query) {
   char *ekey = key ? ffdl_s3_uri_encode(key, 1) : strdup("");
   if (!ekey) return NULL;
@@ -1014,6 +1052,7 @@ static int req_start(s3_req *r) {
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
   curl_easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 300L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
   /* a stalled transfer is a connection error; CompleteMultipartUpload may
    * legitimately stay silent while the server assembles a large object */
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
