@@ -177,7 +177,7 @@ static int push_hook(ffdl_orch *o, const char *file, const char *name) {
   lua_State *L = lua_of(o);
   ffdl_generation_push_policy(o->o.gen, file);
   if (lua_istable(L, -1))
-    lua_getfield(L, -1, name);
+    ffdl_raw_field(L, -1, name);
   else
     lua_pushnil(L);
   lua_remove(L, -2);
@@ -900,9 +900,9 @@ static void decide_retry(job *j, retry_decision *d) {
     return;
   }
   if (lua_istable(L, -1)) {
-    lua_getfield(L, -1, "action");
-    lua_getfield(L, -2, "delay");
-    lua_getfield(L, -3, "reason");
+    ffdl_raw_field(L, -1, "action");
+    ffdl_raw_field(L, -2, "delay");
+    ffdl_raw_field(L, -3, "reason");
     const char *action = lua_tostring(L, -3);
     if (action &&
         (!strcmp(action, "restart") || !strcmp(action, "resume") || !strcmp(action, "fail")))
@@ -1207,10 +1207,10 @@ static int local_runtime(job *j, char **err) {
   const char *name = json_string_value(json_object_get(fw, "name"));
   ffdl_generation_push_policy(o->o.gen, "frameworks");
   int rc = 0;
-  if (lua_istable(L, -1) && name && lua_getfield(L, -1, name) == LUA_TTABLE) {
-    if (lua_getfield(L, -1, "local") == LUA_TTABLE) {
-      lua_getfield(L, -1, "installed");
-      lua_getfield(L, -2, "interpreter");
+  if (lua_istable(L, -1) && name && ffdl_raw_field(L, -1, name) == LUA_TTABLE) {
+    if (ffdl_raw_field(L, -1, "local") == LUA_TTABLE) {
+      ffdl_raw_field(L, -1, "installed");
+      ffdl_raw_field(L, -2, "interpreter");
       if (lua_isboolean(L, -2) && !lua_toboolean(L, -2)) {
         const char *image = json_string_value(json_object_get(fw, "image"));
         *err = ffdl_strdup_printf("%s is not installed on this machine: it runs on the Kubernetes "
@@ -1553,6 +1553,9 @@ int ffdl_orch_recover(ffdl_orch *o, size_t *recovered) {
 void ffdl_orch_set_generation(ffdl_orch *o, ffdl_generation *gen) {
   o->o.gen = gen;
   ffdl_sched_set_generation(o->sched, gen);
+  /* queued jobs get the new policies' answer now, not at the next event
+   * (one the old policies failed on would otherwise wait for it) */
+  if (o->sched && ffdl_sched_queued(o->sched)) schedule_cycle(o);
 }
 
 json_t *ffdl_orch_stats(const ffdl_orch *o) {

@@ -73,8 +73,9 @@ struct ffdl_sched {
 enum { SLOT_HOLE = -2, SLOT_LOOK = -1 };
 
 typedef struct shape {
-  ffdl_request req;
+  ffdl_request req; /* gpu_type borrowed from the first job: not for later use */
   int learners, type_index;
+  char *need; /* describe_request()'s text, made on first use; NULL in a cycle's copies */
 } shape;
 
 #define MAX_SHAPES 4096
@@ -108,6 +109,8 @@ int ffdl_sched_new(ffdl_cluster *cluster, ffdl_generation *gen, const ffdl_sched
 void ffdl_sched_free(ffdl_sched *s) {
   if (!s) return;
   free(s->held);
+  for (size_t k = 0; k < s->nshapes; k++)
+    free(s->shapes[k].need);
   free(s->shapes);
   free(s->shape_failed);
   free(s->shape_queued);
@@ -187,7 +190,7 @@ static int shape_of(ffdl_sched *s, const ffdl_sched_job *j) {
     s->shape_queued = queued;
     s->shapecap = cap;
   }
-  s->shapes[s->nshapes] = (shape){j->req, j->learners, j->type_index};
+  s->shapes[s->nshapes] = (shape){j->req, j->learners, j->type_index, NULL};
   s->shape_failed[s->nshapes] = 0;
   s->shape_queued[s->nshapes] = 0;
   return (int)s->nshapes++;
@@ -303,7 +306,7 @@ static void push_module(ffdl_sched *s, policy_file file) {
 static int push_hook(ffdl_sched *s, policy_file file, const char *name) {
   lua_State *L = lua_of(s);
   push_module(s, file);
-  if (lua_istable(L, -1) && lua_getfield(L, -1, name) == LUA_TFUNCTION) {
+  if (lua_istable(L, -1) && ffdl_raw_field(L, -1, name) == LUA_TFUNCTION) {
     lua_remove(L, -2);
     return 1;
   }
@@ -620,7 +623,7 @@ static void order_whole_queue(ffdl_sched *s) {
   ffdl_sched_job **ordered = calloc(s->n, sizeof *ordered);
   size_t m = 0;
   if (ordered && lua_istable(L, -1)) {
-    lua_Integer len = luaL_len(L, -1);
+    lua_Integer len = (lua_Integer)lua_rawlen(L, -1);
     for (lua_Integer i = 1; i <= len && m < s->n; i++) {
       lua_rawgeti(L, -1, i);
       int isnum = 0;
@@ -669,7 +672,7 @@ static void remember_failure(ffdl_sched *s, cycle *c, const ffdl_sched_job *j) {
     c->shapes_failed++;
   }
   if (c->nfailed < MAX_FAILED_SHAPES)
-    c->failed[c->nfailed++] = (shape){j->req, j->learners, j->type_index};
+    c->failed[c->nfailed++] = (shape){j->req, j->learners, j->type_index, NULL};
 }
 
 /* budget.admit(job, usage, ctx): 1 admitted, 0 not now. The job table is
@@ -702,7 +705,7 @@ static int admit(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
 
 /* Reads a node name, or a {node = name} table, at the top; pops it. */
 static int pop_node(ffdl_sched *s, lua_State *L) {
-  if (lua_istable(L, -1)) lua_getfield(L, -1, "node"), lua_remove(L, -2);
+  if (lua_istable(L, -1)) ffdl_raw_field(L, -1, "node"), lua_remove(L, -2);
   const char *name = lua_tostring(L, -1);
   int node = name ? ffdl_cluster_find(s->cluster, name) : -1;
   lua_pop(L, 1);
@@ -912,7 +915,7 @@ static int hold_for(ffdl_sched *s, ffdl_sched_job *j) {
     decide(s, j, "hold", "holding", "no job may pass this one (hold() returned nil)");
     return -1;
   }
-  lua_Integer n = luaL_len(L, -1);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, -1, i);
     int node = pop_node(s, L);
@@ -942,15 +945,26 @@ static int blocked(ffdl_sched *s, cycle *c, ffdl_sched_job *j, const char *reaso
   return hold_for(s, j);
 }
 
-/* "needs 2 learners x 4 CPUs, 16.0 GiB, 1 GPU of type V100" and THEN,
- * into OUT (no allocation: it runs for most jobs of a long queue). */
-static void describe_request(char *out, size_t size, const ffdl_sched_job *j, const char *then) {
+/* "needs 2 learners x 4 CPUs, 16.0 GiB, 1 GPU of type V100" (caller frees). */
+static char *describe_request(const ffdl_sched_job *j) {
   char gpus[160] = "";
   if (j->req.gpus > 0)
     snprintf(gpus, sizeof gpus, ", %d GPU%s%s%s", j->req.gpus, j->req.gpus > 1 ? "s" : "",
              j->req.gpu_type ? " of type " : "", j->req.gpu_type ? j->req.gpu_type : "");
-  snprintf(out, size, "needs %d learner%s x %g CPUs, %.1f GiB%s%s", j->learners,
-           j->learners > 1 ? "s" : "", j->req.cpus, (double)j->req.memory / (1u << 30), gpus, then);
+  return ffdl_strdup_printf("needs %d learner%s x %g CPUs, %.1f GiB%s", j->learners,
+                            j->learners > 1 ? "s" : "", j->req.cpus,
+                            (double)j->req.memory / (1u << 30), gpus);
+}
+
+/* J's describe_request() text, formatted once per shape (formatting the
+ * numbers cost 3,000 instructions, for most jobs of a long queue); NULL
+ * when out of memory. Borrowed, or *OWNED when J has no shape. */
+static const char *request_text(ffdl_sched *s, const ffdl_sched_job *j, char **owned) {
+  *owned = NULL;
+  if (j->shape_id < 0) return *owned = describe_request(j);
+  shape *sh = &s->shapes[j->shape_id];
+  if (!sh->need) sh->need = describe_request(j);
+  return sh->need;
 }
 
 /* A job behind the blocked one, for which C already knows there is no
@@ -963,8 +977,10 @@ static int behind_blocked_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   if (j->fit_checked == s->gen_serial) return 1;
   if (!ffdl_cluster_could_ever_fit(s->cluster, &j->req, j->learners)) return 0;
   mark_fits(s, j);
-  char why[512];
-  describe_request(why, sizeof why, j, "; no room now, and jobs ahead of it wait too");
+  char *owned, why[512];
+  const char *need = request_text(s, j, &owned);
+  snprintf(why, sizeof why, "%s; no room now, and jobs ahead of it wait too", need ? need : "");
+  free(owned);
   decide(s, j, "place", "waiting", why);
   waiting(s, j, why);
   return 1;
@@ -1085,8 +1101,8 @@ static long scan_limit(ffdl_sched *s) {
   int top = lua_gettop(L);
   long limit = DEFAULT_SCAN_LIMIT;
   push_module(s, POLICY_SCHEDULER);
-  if (lua_istable(L, -1) && lua_getfield(L, -1, "config") == LUA_TTABLE) {
-    lua_getfield(L, -1, "scan_limit");
+  if (lua_istable(L, -1) && ffdl_raw_field(L, -1, "config") == LUA_TTABLE) {
+    ffdl_raw_field(L, -1, "scan_limit");
     if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0) limit = (long)lua_tointeger(L, -1);
   }
   lua_settop(L, top);

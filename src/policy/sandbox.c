@@ -41,6 +41,7 @@ struct ffdl_sandbox {
   size_t used;
   size_t limit;
   size_t refused; /* the size the last refused growth asked for */
+  size_t used_after_collect; /* what the last forced collection left */
   double default_deadline_ms;
   double hook_deadline_ms[FFDL_HOOK_COUNT]; /* resolved: never 0 */
   double deadline_ms;                       /* the current call's limit, for messages */
@@ -118,7 +119,11 @@ static ffdl_sandbox *sandbox_of(lua_State *L) {
 
 static void deadline_hook(lua_State *L, lua_Debug *ar);
 
-/* The allocator: refuses any growth past the cap. */
+/* The allocator: refuses any growth past the cap while a policy call
+ * runs. Between calls only the runtime allocates (the arguments of the
+ * next call, a few kilobytes), outside any protected call: a refusal there
+ * would end the process, so a policy that kept memory up to its cap makes
+ * its own next call fail, not the server. */
 static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   ffdl_sandbox *sb = ud;
   size_t old = ptr ? osize : 0;
@@ -127,7 +132,7 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     sb->used -= old;
     return NULL;
   }
-  if (nsize > old && sb->used - old + nsize > sb->limit) {
+  if (nsize > old && sb->deadline_ns && sb->used - old + nsize > sb->limit) {
     sb->out_of_memory = 1;
     sb->refused = sb->used - old + nsize;
     return NULL;
@@ -349,6 +354,22 @@ static int l_xpcall(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* setmetatable without finalizers: a __gc function runs whenever the
+ * collector gets to it, which may be between policy calls, where no
+ * deadline would stop it. */
+static int l_setmetatable(lua_State *L) {
+  if (lua_istable(L, 2)) {
+    lua_pushliteral(L, "__gc");
+    int has_gc = lua_rawget(L, 2) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (has_gc) return luaL_error(L, "setmetatable(): __gc is not allowed in the sandbox");
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
 /* Only "count" is allowed: stopping or tuning the collector is not. */
 static int l_collectgarbage(lua_State *L) {
   const char *opt = luaL_optstring(L, 1, "count");
@@ -450,6 +471,9 @@ static int build_base_env(lua_State *L) {
     lua_setfield(L, -2, *lib);
   }
   luaL_setfuncs(L, safe_overrides, 0);
+  lua_getfield(L, -1, "setmetatable");
+  lua_pushcclosure(L, l_setmetatable, 1);
+  lua_setfield(L, -2, "setmetatable");
   ffdl_luaapi_push(L);
   freeze_top(L);
   lua_setfield(L, -2, "ffdl");
@@ -695,8 +719,15 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
   else if (code == FFDL_ETIMEOUT || code == FFDL_ELIMIT)
     report_limit(sb, what, code, (double)took / 1e6, *err);
   /* what a call that hit the memory cap left behind is garbage now: free
-   * it at once rather than when later calls happen to allocate enough */
-  if (code == FFDL_ELIMIT && !outer_deadline) lua_gc(L, LUA_GCCOLLECT, 0);
+   * it at once rather than when later calls happen to allocate enough;
+   * unless the last such collection left about as much (a policy that
+   * keeps its memory: every call of it fails, and each full collection of
+   * a full heap would take tens of milliseconds) */
+  if (code == FFDL_ELIMIT && !outer_deadline &&
+      sb->used > sb->used_after_collect + sb->limit / 8) {
+    lua_gc(L, LUA_GCCOLLECT, 0);
+    sb->used_after_collect = sb->used;
+  }
   sb->deadline_ns = outer_deadline;
   sb->deadline_ms = outer_ms;
   sb->expired = outer_expired;

@@ -47,6 +47,18 @@ void ffdl_sandbox_set_defaults(const ffdl_sandbox_limits *limits);
  * a policy that needs 100 ms into one that "exceeded its deadline". */
 void ffdl_sandbox_deadlines_in_cpu_time(void);
 
+/*
+ * Pushes T[KEY], T at IDX, without metamethods, and returns its type. The
+ * runtime reads tables a policy made (its module, its config, what a hook
+ * returned) outside any policy call, where a metamethod would run with no
+ * deadline and an error in it would end the process: it reads them raw.
+ */
+static inline int ffdl_raw_field(lua_State *L, int idx, const char *key) {
+  idx = lua_absindex(L, idx);
+  lua_pushstring(L, key);
+  return lua_rawget(L, idx);
+}
+
 /* Creates a sandbox (caller frees with ffdl_sandbox_free). */
 int ffdl_sandbox_new(const ffdl_sandbox_limits *limits, ffdl_sandbox **out);
 void ffdl_sandbox_free(ffdl_sandbox *sb);

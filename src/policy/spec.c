@@ -212,14 +212,17 @@ static int decode_lua(ffdl_generation *gen, const char *name, const char *text, 
 
 /* Reads diags = {{path=, message=, warning=, line=, col=}, ...} at IDX. */
 static void collect_diags(lua_State *L, int idx, ffdl_diags *diags) {
-  lua_Integer n = luaL_len(L, idx);
+  lua_Integer n = lua_istable(L, idx) ? (lua_Integer)lua_rawlen(L, idx) : 0;
   for (lua_Integer i = 1; i <= n; i++) {
-    lua_rawgeti(L, idx, i);
-    lua_getfield(L, -1, "line");
-    lua_getfield(L, -2, "col");
-    lua_getfield(L, -3, "warning");
-    lua_getfield(L, -4, "path");
-    lua_getfield(L, -5, "message");
+    if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      continue;
+    }
+    ffdl_raw_field(L, -1, "line");
+    ffdl_raw_field(L, -2, "col");
+    ffdl_raw_field(L, -3, "warning");
+    ffdl_raw_field(L, -4, "path");
+    ffdl_raw_field(L, -5, "message");
     const char *path = lua_tostring(L, -2), *msg = lua_tostring(L, -1);
     diag_add(diags, (int)lua_tointeger(L, -5), (int)lua_tointeger(L, -4), lua_toboolean(L, -3),
              path && *path ? path : "(file)", msg ? msg : "(no message)");
@@ -266,7 +269,10 @@ static int normalize_and_validate(ffdl_generation *gen, const char *name, ffdl_d
   if (!lua_isnil(L, spec)) {
     /* the team's validate(spec, ctx), on a copy so that it cannot alter the spec */
     ffdl_generation_push_policy(gen, "validate");
-    lua_getfield(L, -1, "validate");
+    if (lua_istable(L, -1))
+      ffdl_raw_field(L, -1, "validate");
+    else
+      lua_pushnil(L);
     lua_remove(L, -2);
     lua_pushvalue(L, spec);
     lua_pushvalue(L, ctx);

@@ -118,3 +118,36 @@ def test_policy_test_command_fails_with_file_and_line(tmp_path):
     assert result.returncode != 0
     assert re.search(r"FAIL .*budget_test\.lua everything_is_admitted_by_default: .*budget_test\.lua:\d+: expected false, got true", result.stdout), result.stdout
     assert re.search(r"^\d+ passed, 1 failed$", result.stdout, re.M)
+
+
+def test_a_policy_that_fills_its_memory_cap_fails_its_calls_and_the_server_stays_up(live):
+    """A policy that keeps memory up to the generation's cap, and only in
+    production (its tests pass): its calls fail and the job waits; the
+    server itself keeps serving (the runtime once ran out of the cap while
+    building a job's table between calls, which ended the process), and a
+    fixed policy lets the job run."""
+    srv, policies = live
+    scheduler = policies / "scheduler.lua"
+    good = scheduler.read_text()
+    scheduler.write_text(good.replace(
+        "function M.rank(job, ctx)\n",
+        "local kept = {}\nfunction M.rank(job, ctx)\n"
+        "  if job.user == 'hoarder' then while true do kept[#kept + 1] = {} end end\n", 1))
+    result = cli(srv, "policy", "reload")
+    assert result.returncode == 0, result.stderr
+    token = add_user(srv, "hoarder")
+    code, created, _ = create(srv, token)
+    assert code == 201, created
+    model = created["model_id"]
+    deadline = time.monotonic() + 30
+    while "memory limit" not in json.dumps(call(srv, "GET", f"/v1/models/{model}/explain", token=token)[1]):
+        assert srv.proc.poll() is None, "the server ended"
+        assert time.monotonic() < deadline, "rank() never hit the memory cap"
+        time.sleep(0.2)
+    time.sleep(1)  # cycles go on with the cap full
+    assert srv.proc.poll() is None, "the server ended"
+    assert status(srv)["hash"]
+    scheduler.write_text(good)
+    result = cli(srv, "policy", "reload")
+    assert result.returncode == 0, result.stderr
+    wait_status(srv, model, {"COMPLETED"}, token=token)  # the swap itself starts a cycle

@@ -233,6 +233,38 @@ static void memory_bomb_table(void) {
   expect_error("local t = {} for i = 1, 1e9 do t[i] = {i} end", FFDL_ELIMIT,
                "memory limit of 8 MiB exceeded");
 }
+/* A policy that keeps its memory up to the cap: its own calls fail, and
+ * the runtime can still push the next call's arguments (outside any
+ * protected call, a refusal would end the process). */
+static void memory_kept_to_the_cap(void) {
+  ffdl_sandbox *sb = new_sandbox(8u << 20, 5000);
+  lua_State *L = ffdl_sandbox_state(sb);
+  char *err = NULL;
+  lua_newtable(L); /* kept alive here, as a policy module keeps its upvalues */
+  int kept = lua_gettop(L);
+  const char fill[] = "local kept = ... while true do kept[#kept + 1] = {} end";
+  CHECK(luaL_loadstring(L, fill) == LUA_OK);
+  lua_pushvalue(L, kept);
+  CHECK(ffdl_policy_call(sb, "test", 1, 0, 0, &err) == FFDL_ELIMIT);
+  free(err);
+  CHECK(ffdl_sandbox_memory_used(sb) > (7u << 20)); /* what it kept is alive */
+  for (int i = 0; i < 100; i++) { /* what the scheduler pushes for a job, and more */
+    lua_createtable(L, 0, 16);
+    lua_rawseti(L, kept, -i - 1);
+  }
+  CHECK(luaL_loadstring(L, fill) == LUA_OK);
+  lua_pushvalue(L, kept);
+  CHECK(ffdl_policy_call(sb, "test", 1, 0, 0, &err) == FFDL_ELIMIT);
+  free(err);
+  lua_pop(L, 1);
+  ffdl_sandbox_free(sb);
+}
+
+static void finalizer_refused(void) {
+  expect_error("setmetatable({}, {__gc = function() while true do end end})", FFDL_ELUA,
+               "__gc is not allowed");
+}
+
 static void memory_bomb_string(void) {
   expect_error("return string.rep('x', 1 << 30)", FFDL_ELIMIT, "memory limit");
 }
@@ -344,6 +376,8 @@ int main(int argc, char **argv) {
       {"infinite_loop_in_created_coroutine", infinite_loop_in_created_coroutine},
       {"infinite_loop_on_another_thread", infinite_loop_on_another_thread},
       {"cpu_time_deadlines_ignore_time_off_the_cpu", cpu_time_deadlines_ignore_time_off_the_cpu},
+      {"memory_kept_to_the_cap", memory_kept_to_the_cap},
+      {"finalizer_refused", finalizer_refused},
       {"nested_call_keeps_its_deadline", nested_call_keeps_its_deadline},
       {"memory_bomb_table", memory_bomb_table},
       {"memory_bomb_string", memory_bomb_string},
