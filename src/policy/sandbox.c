@@ -40,7 +40,7 @@ struct ffdl_sandbox {
   ffdl_luapool *pool; /* the state's small objects */
   size_t used;
   size_t limit;
-  size_t refused; /* the size the last refused growth asked for */
+  size_t refused;            /* the size the last refused growth asked for */
   size_t used_after_collect; /* what the last forced collection left */
   double default_deadline_ms;
   double hook_deadline_ms[FFDL_HOOK_COUNT]; /* resolved: never 0 */
@@ -723,8 +723,7 @@ int ffdl_policy_call(ffdl_sandbox *sb, const char *what, int nargs, int nres, do
    * unless the last such collection left about as much (a policy that
    * keeps its memory: every call of it fails, and each full collection of
    * a full heap would take tens of milliseconds) */
-  if (code == FFDL_ELIMIT && !outer_deadline &&
-      sb->used > sb->used_after_collect + sb->limit / 8) {
+  if (code == FFDL_ELIMIT && !outer_deadline && sb->used > sb->used_after_collect + sb->limit / 8) {
     lua_gc(L, LUA_GCCOLLECT, 0);
     sb->used_after_collect = sb->used;
   }
