@@ -404,10 +404,19 @@ static void push_ctx(ffdl_sched *s) {
     s->ctx_now = s->now - 1;
   } else {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
+    /* ctx.explanations is what this call explained: not the last call's
+     * (kept, the list grew with every call until the memory cap) */
+    if (ffdl_raw_field(L, -1, "explanations") != LUA_TNIL) {
+      lua_pushliteral(L, "explanations");
+      lua_pushnil(L);
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
   }
-  if (s->ctx_now != s->now) {
+  if (s->ctx_now != s->now) { /* raw: hooks can reach ctx, and set it a metatable */
+    lua_pushliteral(L, "now");
     lua_pushnumber(L, s->now);
-    lua_setfield(L, -2, "now");
+    lua_rawset(L, -3);
     s->ctx_now = s->now;
   }
 }

@@ -264,3 +264,18 @@ def test_a_policy_with_order_instead_of_rank_is_honoured(tmp_path, policies_copy
                         policies=policies_copy)
     starts = sorted((j["start_s"], j["name"]) for j in out["per_job"])
     assert [name for _, name in starts] == ["first", "w3", "w2", "w1"]
+
+
+def test_ctx_explanations_hold_only_this_calls_messages(tmp_path, policies_copy):
+    """Hooks share one ctx per generation: rank()'s explanations of earlier
+    jobs must not show in a later admit() (they did, and the list grew
+    with every call)."""
+    text = (policies_copy / "budget.lua").read_text()
+    (policies_copy / "budget.lua").write_text(text.replace(
+        "function M.admit(job, usage, ctx)\n",
+        "function M.admit(job, usage, ctx)\n"
+        "  if ctx.explanations then return false, #ctx.explanations .. ' explanations of other calls' end\n", 1))
+    cluster = cluster_file(tmp_path, "nodes:\n  - {name: g, cpus: 8, memory: 64GiB, gpus: 2}\n")
+    rows = [HEADER] + [f"{i},j{i},u,t,1,1,1,1GiB,,60,2" for i in range(5)]  # priority 2: rank() explains
+    out = simulate_json(cluster, write(tmp_path / "t.csv", "\n".join(rows) + "\n"), policies=policies_copy)
+    assert out["completed"] == 5, out["not_completed"]
