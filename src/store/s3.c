@@ -30,6 +30,8 @@
  * pool for objects larger than a part; on the loop, at the first body
  * byte, for one part at most). Bodies of at most 1 MiB go without "Expect:
  * 100-continue" (see req_start), which saves small objects a round trip.
+ * A directory upload opens its files ahead, in batches (open_ahead), and
+ * finished requests leave their easy handle for the next (easy_release).
  * Connections to a server on this host get a large receive buffer
  * (on_open_socket): the kernel's default leaves the server's sends to run
  * in the client's softirq there.
@@ -98,6 +100,7 @@
 #define PREALLOC_MIN (1024 * 1024)        /* smaller downloads gain nothing from fallocate here */
 #define LOOPBACK_RCVBUF (4 * 1024 * 1024) /* SO_RCVBUF of a connection to this host */
 #define CHUNK (1024 * 1024)               /* aws-chunked: data bytes per chunk */
+#define OPEN_AHEAD 32 /* files a directory upload holds open before their turn */
 #define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
 #define STREAMING_TRAILER "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 #define CRC_TRAILER "x-amz-checksum-crc32c"
@@ -148,6 +151,8 @@ struct ffdl_s3 {
   int checksum; /* FFDL_S3_CHECKSUM_SHA256 or _CRC32C, never AUTO */
   char **wbufs; /* free WRITE_BUFFERs, kept for the next download request */
   int wbufs_n;  /* at most `concurrency` */
+  CURL **idle;  /* easy handles reset for the next request (see easy_release) */
+  int idle_n;   /* at most `concurrency` */
   uint64_t part_size;
   int concurrency, max_retries;
   unsigned retry_base_ms;
@@ -221,6 +226,10 @@ typedef struct {
   char *rel; /* the path under the directory */
   char *key; /* a prefix download: the exact key listed; NULL for uploads */
   uint64_t size;
+  /* a directory upload's file, opened ahead (see open_ahead) */
+  int fd;           /* -1 once handed to its transfer, or when none */
+  int err_no;       /* the failed step's errno, or 0 */
+  const char *what; /* the failed step, static */
 } dir_entry;
 
 struct s3_op {
@@ -261,6 +270,8 @@ struct s3_op {
   dir_entry *entries;
   size_t n_entries, cap_entries, next_entry;
   int children_busy;
+  size_t next_open; /* a directory upload: entries before this one are opened */
+  int opening;      /* ... and a batch of opens is on the thread pool */
 };
 
 struct s3_work {
@@ -280,6 +291,7 @@ struct s3_work {
   const void *mem;
   dir_entry *entries;
   size_t n, cap;
+  dir_entry *batch; /* open_ahead: borrowed, entries [off, off + len) */
   uint64_t bytes;
 };
 
@@ -455,6 +467,7 @@ static void op_free(s3_op *op) {
   for (size_t i = 0; i < op->n_entries; i++) {
     free(op->entries[i].rel);
     free(op->entries[i].key);
+    if (op->entries[i].fd >= 0) close(op->entries[i].fd); /* opened ahead, never sent */
   }
   free(op->entries);
   free(op);
@@ -599,10 +612,24 @@ static void req_submit(s3_req *r) {
   if (!uv_is_active((uv_handle_t *)&s3->pump_timer)) uv_timer_start(&s3->pump_timer, on_pump, 0, 0);
 }
 
+/* Keeps E, reset, for the next request, or frees it. A handle kept keeps
+ * what libcurl allocates once per handle (its 512 KiB download buffer among
+ * them) instead of allocating it again for every request: measured here,
+ * 4.5% less CPU uploading 1,000 files (median of 8 paired runs, lower in
+ * 7). libcurl frees its upload buffer after every transfer either way. */
+static void easy_release(ffdl_s3 *s3, CURL *e) {
+  if (!s3->closing && s3->idle_n < s3->concurrency) {
+    curl_easy_reset(e);
+    s3->idle[s3->idle_n++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
+}
+
 static void req_detach_easy(s3_req *r) {
   if (r->easy) {
     curl_multi_remove_handle(r->s3->multi, r->easy);
-    curl_easy_cleanup(r->easy);
+    easy_release(r->s3, r->easy);
     r->easy = NULL;
     r->s3->running--;
   }
@@ -997,7 +1024,7 @@ static int req_start(s3_req *r) {
   r->etag[0] = r->content_range[0] = r->curl_err[0] = r->sum_want[0] = r->sum_type[0] = '\0';
 
   char *url = make_url(s3, r->bucket, r->key, r->query);
-  CURL *e = curl_easy_init();
+  CURL *e = s3->idle_n ? s3->idle[--s3->idle_n] : curl_easy_init();
   struct curl_slist *h = NULL;
   int bad = !url || !e;
   /* SigV4 with libcurl 7.88 needs the payload hash as a header; every
@@ -1027,7 +1054,7 @@ static int req_start(s3_req *r) {
     bad = bad || add_header(&h, "Content-Type: " OBJECT_TYPE) != 0;
   if (bad) {
     free(url);
-    if (e) curl_easy_cleanup(e);
+    if (e) easy_release(s3, e);
     curl_slist_free_all(h);
     return FFDL_ENOMEM;
   }
@@ -1090,7 +1117,7 @@ static int req_start(s3_req *r) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   }
   if (curl_multi_add_handle(s3->multi, e) != CURLM_OK) {
-    curl_easy_cleanup(e);
+    easy_release(s3, e);
     curl_slist_free_all(h);
     return FFDL_ENOMEM;
   }
@@ -1817,9 +1844,7 @@ static void list_object(void *ud, const char *key, uint64_t size, const char *et
     op->entries = e;
     op->cap_entries = cap;
   }
-  op->entries[op->n_entries].rel = rel;
-  op->entries[op->n_entries].key = strdup(key);
-  op->entries[op->n_entries].size = size;
+  op->entries[op->n_entries] = (dir_entry){.rel = rel, .key = strdup(key), .size = size, .fd = -1};
   if (!op->entries[op->n_entries].key) {
     free(rel);
     op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
@@ -1905,22 +1930,31 @@ int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_ob
 
 /* ---- upload_file ------------------------------------------------------------ */
 
-static void work_open(s3_work *w) {
-  w->fd = open(w->path, O_RDONLY | O_CLOEXEC);
-  if (w->fd < 0) {
-    w->err_no = errno;
-    w->what = "open";
-    return;
-  }
+/* Opens PATH for an upload (thread pool): 0 with *FD and *SIZE set, or an
+ * errno with *WHAT the step that failed and *FD -1. */
+static int open_regular(const char *path, int *fd, uint64_t *size, const char **what) {
   struct stat st;
-  if (fstat(w->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    w->err_no = S_ISDIR(st.st_mode) ? EISDIR : errno ? errno : EINVAL;
-    w->what = "read";
-    close(w->fd);
-    w->fd = -1;
-    return;
+  int err_no = 0;
+  if ((*fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+    *what = "open";
+    return errno;
   }
-  w->size = (uint64_t)st.st_size;
+  if (fstat(*fd, &st) != 0)
+    err_no = errno;
+  else if (!S_ISREG(st.st_mode))
+    err_no = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+  if (err_no) {
+    *what = "read";
+    close(*fd);
+    *fd = -1;
+    return err_no;
+  }
+  *size = (uint64_t)st.st_size;
+  return 0;
+}
+
+static void work_open(s3_work *w) {
+  if ((w->err_no = open_regular(w->path, &w->fd, &w->size, &w->what)) != 0) return;
   /* a single PUT with SHA-256: its hash in the same trip to the pool */
   if (w->checksum == FFDL_S3_CHECKSUM_SHA256 && w->size <= w->len &&
       sum_file(w->fd, 0, w->size, FFDL_S3_CHECKSUM_SHA256, w->sha256, &w->crc) != 0) {
@@ -2144,23 +2178,17 @@ static void upload_created(s3_req *r, int status, const ffdl_s3_error *err) {
   parts_pump(op);
 }
 
-static void after_open(s3_work *w, s3_op *op) {
-  if (op->failed) {
-    if (w->fd >= 0) close(w->fd);
-    return;
-  }
-  if (w->err_no) {
-    fail_from_errno(op, w->what, op->path, w->err_no);
-    return;
-  }
+/* OP's file is open (FD, taken, of SIZE bytes): its PUT, or its multipart
+ * upload, starts. SHA256: the hash of a file of one part with SHA-256. */
+static void upload_opened(s3_op *op, int fd, uint64_t size, const char *sha256) {
   ffdl_s3 *s3 = op->s3;
-  op->fd = w->fd;
-  op->size = w->size;
+  op->fd = fd;
+  op->size = size;
   if (!op->parent) {
-    op->bytes_total = w->size;
+    op->bytes_total = size;
     op->objects_total = 1;
   }
-  if (w->size <= s3->part_size) { /* one PUT: a "part" without an upload */
+  if (size <= s3->part_size) { /* one PUT: a "part" without an upload */
     op->part_size = s3->part_size;
     op->nparts = 1;
     if (s3->checksum == FFDL_S3_CHECKSUM_CRC32C) {
@@ -2168,11 +2196,11 @@ static void after_open(s3_work *w, s3_op *op) {
       return;
     }
     op->next_part = op->parts_busy = 1; /* hashed by work_open */
-    if (part_submit(op, 1, 0, w->size, w->sha256) != 0) goto oom;
+    if (part_submit(op, 1, 0, size, sha256) != 0) goto oom;
     return;
   }
-  op->part_size = ffdl_s3_part_size_for(w->size, s3->part_size);
-  op->nparts = (uint32_t)((w->size + op->part_size - 1) / op->part_size);
+  op->part_size = ffdl_s3_part_size_for(size, s3->part_size);
+  op->nparts = (uint32_t)((size + op->part_size - 1) / op->part_size);
   op->etags = calloc(op->nparts, sizeof *op->etags);
   if (!op->etags) goto oom;
   if (s3->checksum == FFDL_S3_CHECKSUM_CRC32C && !(op->crcs = calloc(op->nparts, sizeof *op->crcs)))
@@ -2192,6 +2220,17 @@ static void after_open(s3_work *w, s3_op *op) {
   return;
 oom:
   op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+}
+
+static void after_open(s3_work *w, s3_op *op) {
+  if (op->failed) {
+    if (w->fd >= 0) close(w->fd);
+    return;
+  }
+  if (w->err_no)
+    fail_from_errno(op, w->what, op->path, w->err_no);
+  else
+    upload_opened(op, w->fd, w->size, w->sha256);
 }
 
 static void upload_start(s3_op *op) {
@@ -2505,10 +2544,60 @@ static void child_done(s3_op *parent, s3_op *child) {
     dir_pump(parent);
 }
 
+/* A directory upload (with CRC32C: nothing to hash first) opens its files
+ * ahead, up to OPEN_AHEAD of them in one trip to the thread pool, rather
+ * than in one trip per file: each trip wakes a worker and then the loop,
+ * and for small files those wake-ups were a large part of the client's
+ * CPU. Measured here, uploading 1,000 files of 512 KiB: with no trip at
+ * all, 15% less CPU; with this and the reuse of easy handles
+ * (easy_release), 10% and 11% less (medians of 8 and 6 paired runs). */
+static void work_open_batch(s3_work *w) {
+  for (uint64_t i = w->off; i < w->off + w->len; i++) {
+    dir_entry *e = &w->batch[i];
+    char *path = xasprintf("%s/%s", w->path, e->rel);
+    if (!path) {
+      e->err_no = ENOMEM;
+      e->what = "open";
+      continue;
+    }
+    e->err_no = open_regular(path, &e->fd, &e->size, &e->what);
+    free(path);
+  }
+}
+
+static void dir_pump(s3_op *op);
+
+static void after_open_batch(s3_work *w, s3_op *op) {
+  op->opening = 0;
+  op->next_open = (size_t)(w->off + w->len);
+  if (!op->failed) dir_pump(op); /* a failed OP closes the files in op_free */
+}
+
+static void open_ahead(s3_op *op) {
+  size_t ready = op->next_open - op->next_entry;
+  if (op->failed || op->opening || op->next_open >= op->n_entries || ready >= OPEN_AHEAD / 2)
+    return;
+  s3_work *w = work_new(op, work_open_batch, after_open_batch);
+  if (!w) return;
+  if (!(w->path = strdup(op->path))) {
+    free(w);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
+    return;
+  }
+  w->batch = op->entries;
+  w->off = op->next_open;
+  w->len = OPEN_AHEAD - ready;
+  if (w->len > op->n_entries - op->next_open) w->len = op->n_entries - op->next_open;
+  op->opening = 1;
+  work_queue(w);
+}
+
 static void dir_pump(s3_op *op) {
+  int up = op->kind == OP_UPLOAD_DIR;
+  int ahead = up && op->s3->checksum == FFDL_S3_CHECKSUM_CRC32C;
   while (!op->failed && op->next_entry < op->n_entries && op->children_busy < op->s3->concurrency) {
+    if (ahead && op->next_entry >= op->next_open) break; /* its file is not open yet */
     dir_entry *e = &op->entries[op->next_entry++];
-    int up = op->kind == OP_UPLOAD_DIR;
     s3_op *c = op_new(op->s3, up ? OP_UPLOAD : OP_DOWNLOAD, op);
     if (!c) {
       op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory");
@@ -2525,12 +2614,20 @@ static void dir_pump(s3_op *op) {
       op_check(c);
       return;
     }
-    if (up)
+    if (ahead && e->err_no) {
+      fail_from_errno(c, e->what, c->path, e->err_no);
+    } else if (ahead) {
+      int fd = e->fd;
+      e->fd = -1;
+      upload_opened(c, fd, e->size, NULL);
+    } else if (up) {
       upload_start(c);
-    else
+    } else {
       download_start(c);
+    }
     if (c->failed) op_check(c);
   }
+  if (ahead) open_ahead(op);
 }
 
 static int walk_add(s3_work *w, const char *rel, uint64_t size) {
@@ -2541,10 +2638,8 @@ static int walk_add(s3_work *w, const char *rel, uint64_t size) {
     w->entries = e;
     w->cap = cap;
   }
-  w->entries[w->n].rel = strdup(rel);
-  w->entries[w->n].key = NULL;
+  w->entries[w->n] = (dir_entry){.rel = strdup(rel), .size = size, .fd = -1};
   if (!w->entries[w->n].rel) return ENOMEM;
-  w->entries[w->n].size = size;
   w->n++;
   w->bytes += size;
   return 0;
@@ -2730,6 +2825,7 @@ static void client_free(ffdl_s3 *s3) {
   for (int i = 0; i < s3->wbufs_n; i++)
     free(s3->wbufs[i]);
   free(s3->wbufs);
+  free(s3->idle); /* emptied by close_maybe_finish */
   free(s3);
 }
 
@@ -2770,7 +2866,8 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   s3->retry_base_ms = config->retry_base_ms ? config->retry_base_ms : DEFAULT_RETRY_BASE_MS;
   s3->checksum = config->checksum ? config->checksum : FFDL_S3_CHECKSUM_CRC32C;
   s3->wbufs = calloc((size_t)s3->concurrency, sizeof *s3->wbufs);
-  if (!s3->wbufs) {
+  s3->idle = calloc((size_t)s3->concurrency, sizeof *s3->idle);
+  if (!s3->wbufs || !s3->idle) {
     client_free(s3);
     return FFDL_ENOMEM;
   }
@@ -2815,6 +2912,8 @@ static void close_maybe_finish(ffdl_s3 *s3) {
      * handle now; its cleanup closes the cached connections and may call
      * on_socket with CURL_POLL_REMOVE */
     s3->in_cleanup = 1;
+    while (s3->idle_n) /* before the share they may hold */
+      curl_easy_cleanup(s3->idle[--s3->idle_n]);
     curl_multi_cleanup(s3->multi);
     s3->multi = NULL;
     if (s3->share) curl_share_cleanup(s3->share);

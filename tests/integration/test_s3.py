@@ -824,6 +824,26 @@ def test_crc32c_kept_by_the_server_and_checked_on_download(moto, bucket, boto, t
     assert sha256(out) == sha256(src)
 
 
+def test_upload_dir_stops_at_the_first_failure(tmp_path):
+    """A directory upload opens its files ahead, in batches; when one PUT
+    fails for good, the files not yet sent are closed unsent and the error
+    names the key."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(100):
+        (tree / f"f{i:03d}").write_bytes(b"x" * (i + 1))
+    fake = FakeS3({("PUT", ""): [(403, "AccessDenied")]})
+    try:
+        p = s3tool(fake.endpoint, "upload-dir", "bucket", "p", tree,
+                   options=["--quiet", "--concurrency=1"])
+        assert p.returncode == 1
+        assert "upload-dir failed: AccessDenied (HTTP 403)" in p.stderr.decode()
+        assert "[bucket bucket, key p/f000]" in p.stderr.decode()
+        assert len([r for r in fake.requests if r[0] == "PUT"]) == 1
+    finally:
+        fake.close()
+
+
 def test_failed_multipart_is_aborted():
     fake = FakeS3({("PUT", "partNumber"): [(400, "InvalidPart")] * 10})
     try:
