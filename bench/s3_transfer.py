@@ -29,20 +29,33 @@ ranged GETs and CompleteMultipartUpload of large objects, and slows down as
 it holds more: each client gets a freshly reset server); none of this
 asserts anything (the machines are shared and noisy).
 
-Both clients get the same memory conditions, which the kernel's share of
-the CPU time depends on: before the first phase the bench writes and
-deletes a scratch file larger than all the downloads (on a VM the first
-touch of guest memory is several times slower than any later one, and
-would otherwise fall on whichever client runs first); every upload starts
-with its files read into the page cache; every download is checked
-(SHA-256 of each file) and deleted once its phase is over. boto3 runs
-first: on a file system without a journal (as on this machine's ext4),
-creating a file skips the inodes deleted in the last minutes, so the client
-that downloads 1,000 files after another's were deleted pays for a longer
-search; that client is ffdl. Every phase starts after a sync, so that
-no client's phase runs while the kernel writes back the bench's 4 GiB of
-generated data (in runs without it, the first client's download of
-1,000 files took 1.4 to 2.6 times the kernel time it took as the second).
+Both clients get the same memory and file-system conditions, which the
+kernel's share of the CPU time depends on:
+- every phase starts after a sync, so that no client's phase runs while
+  the kernel writes back earlier data (in runs without it, the first
+  client's download of 1,000 files took 1.4 to 2.6 times the kernel time
+  it took as the second);
+- every download starts right after the bench has written and deleted a
+  scratch file a quarter larger than what it downloads, so that its page
+  cache reuses memory the guest has just touched. On this VM, memory that
+  stays free for a few seconds goes back to the host (virtio-balloon's
+  free page reporting) and its next touch is a first touch again: writing
+  512 MiB to the page cache cost 0.85 s of kernel time after 15 s, 0.12 s
+  at once (a download that could not reuse memory cost ffdl 2.9-3.2 CPU
+  s/GiB instead of 0.6, in copy_folio_from_iter);
+- every upload starts with its files read into the page cache;
+- every download is checked (SHA-256 of each file) once its phase is over,
+  then the large file is deleted and the 1,000 files are truncated to
+  nothing (their memory and blocks freed, as a deletion would) and deleted
+  only at the end of the run. On a file system without a journal (as on
+  this machine's ext4), creating a file skips every inode of its group
+  deleted in the last minutes (ext4's recently_deleted(): 60 s, 360 s
+  while the inode's table block is dirty, as creating files next to it
+  keeps it), reading each one's inode-table entry on the way: when one
+  client's 1,000 files had just been deleted, the other's download of
+  1,000 files spent about half of its CPU in that search (perf:
+  __ext4_new_inode), a cost of the bench's order, not of the client.
+boto3 runs first.
 
     FFDL_BUILD=/tmp/build .venv/bin/python3 bench/s3_transfer.py
 """
@@ -107,7 +120,7 @@ def make_data(work, total):
 
 def warm_memory(work, nbytes):
     """Writes and deletes NBYTES of scratch file: the memory the page cache
-    will use has been touched once, whichever client comes first."""
+    will use next has just been touched (see the module's doc)."""
     block = b"\0" * (4 * MIB)
     scratch = work / "scratch"
     with open(scratch, "wb") as f:
@@ -205,7 +218,6 @@ def main():
         print(f"writing {FILES} files of {human(total // FILES)} and one of {human(total)} "
               f"in {work}", file=sys.stderr)
         many, big, many_total = make_data(work, total)
-        warm_memory(work, 3 * total)
         server.start()
         ep = server.endpoint
         tool = [str(s3tool), "--quiet", f"--concurrency={CONCURRENCY}", f"--part-size={PART}"]
@@ -242,6 +254,8 @@ def main():
                 if name.startswith("upload"):
                     read_through(pathlib.Path(ffdl_args[-1]))
                 os.sync()  # no writeback of earlier data during the phase
+                if name.startswith("download"):
+                    warm_memory(work, nbytes + nbytes // 4)
                 if options is not None:
                     wall, (user, system), rss, _ = run_measured(
                         [*tool, *options, ep, "test", "test", *map(str, ffdl_args)], tool_env)
@@ -257,10 +271,11 @@ def main():
                     if out.is_file():
                         assert sha256(out) == sha256(big), client
                         out.unlink()
-                    else:
+                    else:  # emptied, deleted at the end (see the module's doc)
                         got = {p.name: sha256(p) for p in out.iterdir()}
                         assert got == {p.name: sha256(p) for p in many.iterdir()}, client
-                        shutil.rmtree(out)
+                        for f in out.iterdir():
+                            os.truncate(f, 0)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
