@@ -406,12 +406,9 @@ static void push_ctx(ffdl_sched *s) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx_ref);
     /* ctx.explanations is what this call explained: not the last call's
      * (kept, the list grew with every call until the memory cap) */
-    if (ffdl_raw_field(L, -1, "explanations") != LUA_TNIL) {
-      lua_pushliteral(L, "explanations");
-      lua_pushnil(L);
-      lua_rawset(L, -4);
-    }
-    lua_pop(L, 1);
+    lua_pushliteral(L, "explanations");
+    lua_pushnil(L);
+    lua_rawset(L, -3);
   }
   if (s->ctx_now != s->now) { /* raw: hooks can reach ctx, and set it a metatable */
     lua_pushliteral(L, "now");
@@ -439,11 +436,17 @@ static void waiting(ffdl_sched *s, ffdl_sched_job *j, const char *reason) {
   if (s->cb.waiting) s->cb.waiting(s->ud, j, reason);
 }
 
-/* A decision that leaves the job waiting, for WHY (freed here). */
-static void still_waiting(ffdl_sched *s, ffdl_sched_job *j, const char *hook, const char *outcome,
-                          char *why) {
+/* A decision that leaves the job waiting, for WHY. */
+static void keeps_waiting(ffdl_sched *s, ffdl_sched_job *j, const char *hook, const char *outcome,
+                          const char *why) {
   decide(s, j, hook, outcome, why);
   waiting(s, j, why);
+}
+
+/* The same, for WHY freed here. */
+static void still_waiting(ffdl_sched *s, ffdl_sched_job *j, const char *hook, const char *outcome,
+                          char *why) {
+  keeps_waiting(s, j, hook, outcome, why);
   free(why);
 }
 
@@ -1026,8 +1029,7 @@ static int behind_blocked_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
   const char *need = request_text(s, j, &owned);
   snprintf(why, sizeof why, "%s; no room now, and jobs ahead of it wait too", need ? need : "");
   free(owned);
-  decide(s, j, "place", "waiting", why);
-  waiting(s, j, why);
+  keeps_waiting(s, j, "place", "waiting", why);
   return 1;
 }
 
@@ -1060,8 +1062,7 @@ static int try_job(ffdl_sched *s, cycle *c, ffdl_sched_job *j) {
       waiting(s, j, "place() chose nodes without room; the job stays queued");
     } else if (placed == PLACE_FAILED) {
       /* the policy's failure, not a lack of room: other jobs are unaffected */
-      decide(s, j, "place", "error", reason);
-      waiting(s, j, reason);
+      keeps_waiting(s, j, "place", "error", reason);
     } else {
       rc = blocked(s, c, j, reason);
     }
