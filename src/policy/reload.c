@@ -17,19 +17,19 @@
  * after the swap when no build comes. One build runs at a time: requests
  * made during a build share one more build after it.
  *
- * The builder runs at the lowest CPU priority (SCHED_IDLE), so it never
- * takes the CPU from the loop, and it shares no lock with the loop (a lock
- * held by a thread that has lost the CPU would stall the loop). On libuv's
- * pool, at normal priority, 18 swaps in 1,200 paused the loop for over
- * 1 ms on a busy 2-core machine; 1 in 1,200 with this builder
- * (bench/README.md). Its policy calls measure their deadlines in the
- * builder's CPU time: a machine busy with other work slows a build down,
- * and a wall-clock deadline would then reject a good policy (an infinite
- * loop still uses CPU time, and is still stopped). ffdl_policies_free stops it: it ends its current
- * task, closes what is queued without building it, and exits; the loop joins it and the memory goes
- * in the close callback.
+ * The builder runs at a low CPU priority (SCHED_BATCH, nice 10; see
+ * lower_priority), so it seldom takes the CPU from the loop, and it shares
+ * no lock with the loop (a lock held by a thread that has lost the CPU
+ * would stall the loop). On libuv's pool, at normal priority, 18 swaps in
+ * 1,200 paused the loop for over 1 ms on a busy 2-core machine; about 1 in
+ * 1,000 with this builder (bench/README.md). Its policy calls measure their
+ * deadlines in the builder's CPU time: a machine busy with other work slows
+ * a build down, and a wall-clock deadline would then reject a good policy
+ * (an infinite loop still uses CPU time, and is still stopped). ffdl_policies_free stops it: it
+ * ends its current task, closes what is queued without building it, and exits; the loop joins it
+ * and the memory goes in the close callback.
  */
-#define _GNU_SOURCE /* SCHED_IDLE */
+#define _GNU_SOURCE /* SCHED_BATCH */
 #include "policy/reload.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -53,6 +53,8 @@
 #define MAX_BUILD_ATTEMPTS 3
 /* How long replaced generations wait for a build to close them. */
 #define REAP_AFTER_MS 1000
+/* The builder thread's nice value (see lower_priority). */
+#define BUILDER_NICE 10
 
 /* A caller waiting for the result of a build. */
 typedef struct waiter {
@@ -315,17 +317,22 @@ static build *take_all(build *_Atomic *head) {
   return fifo;
 }
 
-/* The builder runs at the lowest CPU priority there is (SCHED_IDLE, or
- * nice 19 where that is refused): compiling and testing a generation, or
- * closing one, must never take the CPU from the loop. A thread may lower
- * its own priority without privileges but not raise it back, which is why
- * this is a thread of its own and not libuv's pool (its threads also do the
- * jobs' file work). */
+/* The builder runs below the loop's priority: SCHED_BATCH (it never
+ * preempts a thread when it wakes) at nice 10, where a nice-0 thread that
+ * wants the CPU gets ten times its share. It is not SCHED_IDLE: that
+ * gets no CPU at all while other work keeps every core busy (learners on a
+ * local-backend server), and a reload then took seconds to minutes; at
+ * nice 10 a build of the default policies with four busy loops on two
+ * cores takes ~0.1 s (4-5 s at SCHED_IDLE), and the loop's pauses at swaps
+ * measured the same (bench/README.md). A thread may lower its own priority
+ * without privileges but not raise it back, which is why this is a thread
+ * of its own and not libuv's pool (its threads also do the jobs' file
+ * work). */
 static void lower_priority(void) {
 #ifdef __linux__
   struct sched_param param = {0};
-  if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &param) != 0)
-    setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19); /* this thread only */
+  pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);         /* nice alone where refused */
+  setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), BUILDER_NICE); /* this thread only */
 #endif
 }
 
