@@ -259,6 +259,8 @@ local connection = S.record { fields = {
   auth_url = S.string {}, user_name = S.string {}, password = S.string {},
   region = S.string {}, type = S.string {}, name = S.string {}, path = S.string {},
   bucket = S.string {},
+  -- ffdl's extension: what S3 checks uploaded bodies against (src/store/s3.h)
+  checksum = S.string { one_of = { "crc32c", "sha256" } },
 } }
 
 local container = S.record { fields = {

@@ -37,6 +37,7 @@
 ---@field name string?
 ---@field path string?
 ---@field bucket string?
+---@field checksum "crc32c"|"sha256"?  ffdl's extension: how S3 checks uploads (default crc32c)
 
 ---@class ffdl.DataStore
 ---@field id string

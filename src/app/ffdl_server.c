@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "policy/limits.h"
+#include "store/s3.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -48,17 +49,20 @@ static void usage(FILE *out) {
         "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
         "               creates_per_minute, on_shutdown (leave | halt), policy_debounce_ms,\n"
         "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket,\n"
+        "               s3_checksum (crc32c | sha256),\n"
         "               policy_limits: {memory_mb: N, deadline_ms: {default|HOOK: ms}}\n",
         out);
 }
 
-/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket: the
- * default results store, in the shape of a manifest's data store. */
+/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_checksum (checked by
+ * the caller), s3_results_bucket: the default results store, in the shape of
+ * a manifest's data store. */
 static int set_default_store(options *o, const char *key, const char *val) {
   static const char *const keys[][2] = {{"url", "auth_url"},
                                         {"access_key", "user_name"},
                                         {"secret_key", "password"},
-                                        {"region", "region"}};
+                                        {"region", "region"},
+                                        {"checksum", "checksum"}};
   if (!o->default_store)
     o->default_store = json_pack("{s:s,s:s,s:{},s:{}}", "id", "internal", "type", "s3_datastore",
                                  "connection", "training_results");
@@ -168,6 +172,7 @@ static int read_config(const char *path, options *o) {
     }
     if (k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) continue;
     const char *key = (const char *)k->data.scalar.value, *val = (const char *)v->data.scalar.value;
+    int checksum;
     if (!strcmp(key, "listen") && !o->listen)
       o->listen = strdup(val);
     else if (!strcmp(key, "data") && !o->data)
@@ -182,7 +187,11 @@ static int read_config(const char *path, options *o) {
       o->creates_per_minute = strtod(val, NULL);
     else if (!strcmp(key, "policy_debounce_ms"))
       o->policy_debounce_ms = (unsigned)strtoul(val, NULL, 10);
-    else if (!strncmp(key, "s3_", 3) && set_default_store(o, key + 3, val) == 0)
+    else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
+      fprintf(stderr, "ffdl-server: %s:%d:%d: %s: must be " FFDL_S3_CHECKSUM_NAMES ", got \"%s\"\n",
+              path, (int)v->start_mark.line + 1, (int)v->start_mark.column + 1, key, val);
+      rc = -1;
+    } else if (!strncmp(key, "s3_", 3) && set_default_store(o, key + 3, val) == 0)
       ;
     else if (!strcmp(key, "on_shutdown") && (!strcmp(val, "halt") || !strcmp(val, "leave")))
       o->halt_on_shutdown = !strcmp(val, "halt");

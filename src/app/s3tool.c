@@ -178,10 +178,9 @@ int main(int argc, char **argv) {
       cfg.max_retries = atoi(a + 14);
     else if (strncmp(a, "--retry-base-ms=", 16) == 0)
       cfg.retry_base_ms = (unsigned)atoi(a + 16);
-    else if (strcmp(a, "--checksum=sha256") == 0)
-      cfg.checksum = FFDL_S3_CHECKSUM_SHA256;
-    else if (strcmp(a, "--checksum=crc32c") == 0)
-      cfg.checksum = FFDL_S3_CHECKSUM_CRC32C;
+    else if (strncmp(a, "--checksum=", 11) == 0 &&
+             ffdl_s3_checksum_parse(a + 11, &cfg.checksum) == 0)
+      ;
     else if (strncmp(a, "--ca-bundle=", 12) == 0 && a[12])
       cfg.ca_bundle = a + 12;
     else if (strcmp(a, "--quiet") == 0)

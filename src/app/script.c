@@ -401,6 +401,15 @@ static int l_s3(lua_State *L) {
                         .region = field_or(L, 2, "region", "region")};
   if (!cfg.endpoint || !cfg.access_key || !cfg.secret_key)
     return luaL_error(L, "ffdl.s3: the connection needs auth_url, user_name and password");
+  lua_getfield(L, 2, "checksum"); /* [-0, +1, e]: ffdl's extension; nil: crc32c */
+  if (!lua_isnil(L, -1)) {
+    const char *text = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (ffdl_s3_checksum_parse(text, &cfg.checksum) != 0)
+      return luaL_error(L,
+                        "ffdl.s3: connection.checksum must be " FFDL_S3_CHECKSUM_NAMES ", got %s",
+                        text ? lua_pushfstring(L, "\"%s\"", text) : luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
   s3_call *c = calloc(1, sizeof *c);
   if (!c) return luaL_error(L, "out of memory");
   c->s = script_of(L);

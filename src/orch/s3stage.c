@@ -1,8 +1,8 @@
 /*
  * s3stage.c: the S3 side of DOWNLOADING and STORING.
- * Owns: turning an FfDL connection (auth_url, user_name, password, region)
- * into a client, and S3 errors into FfDL's codes. Must not: log or return
- * a secret.
+ * Owns: turning an FfDL connection (auth_url, user_name, password, region,
+ * and ffdl's checksum) into a client, and S3 errors into FfDL's codes.
+ * Must not: log or return a secret.
  */
 #include "orch/s3stage.h"
 #include "core/error.h"
@@ -78,6 +78,9 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
                         .access_key = json_string_value(json_object_get(conn, "user_name")),
                         .secret_key = json_string_value(json_object_get(conn, "password")),
                         .region = json_string_value(json_object_get(conn, "region"))};
+  /* ffdl's extension: crc32c (the default) or sha256, checked by the manifest schema */
+  const char *checksum = json_string_value(json_object_get(conn, "checksum"));
+  if (checksum && ffdl_s3_checksum_parse(checksum, &cfg.checksum) != 0) return NULL;
   op *o = calloc(1, sizeof *o);
   if (!o) return NULL;
   o->done = done;

@@ -2829,6 +2829,16 @@ static void client_free(ffdl_s3 *s3) {
   free(s3);
 }
 
+int ffdl_s3_checksum_parse(const char *text, int *out) {
+  if (text && !strcmp(text, "crc32c"))
+    *out = FFDL_S3_CHECKSUM_CRC32C;
+  else if (text && !strcmp(text, "sha256"))
+    *out = FFDL_S3_CHECKSUM_SHA256;
+  else
+    return FFDL_EINVALID;
+  return 0;
+}
+
 int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   *out = NULL;
   if (!loop || !config || !config->endpoint) return FFDL_EINVALID;

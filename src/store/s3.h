@@ -50,6 +50,15 @@ typedef struct {
  *   (hashed, then sent), ~0.6 CPU s/GiB more. */
 enum { FFDL_S3_CHECKSUM_AUTO = 0, FFDL_S3_CHECKSUM_SHA256, FFDL_S3_CHECKSUM_CRC32C };
 
+/* The checksum's name as users write it (a manifest's connection.checksum,
+ * a job script's ffdl.s3 connection, ffdl-server's s3_checksum, s3tool's
+ * --checksum): "crc32c" or "sha256", lower case. Returns 0 and sets *OUT
+ * to FFDL_S3_CHECKSUM_CRC32C or _SHA256, or FFDL_EINVALID (*OUT untouched)
+ * for any other TEXT, NULL included. TEXT is borrowed. */
+int ffdl_s3_checksum_parse(const char *text, int *out);
+/* The names ffdl_s3_checksum_parse accepts, for error messages. */
+#define FFDL_S3_CHECKSUM_NAMES "crc32c or sha256"
+
 /* What S3 said when a request failed for good. */
 typedef struct {
   int http_status;   /* 0 for a connection error */

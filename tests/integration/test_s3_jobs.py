@@ -211,3 +211,155 @@ def test_incomplete_default_store_is_refused(tmp_path):
     result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
                              str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "needs s3_url, s3_access_key" in result.stderr
+
+
+# ---- connection.checksum (ffdl's extension): crc32c (default) or sha256 ----
+
+def fake_s3():
+    """test_s3's recording FakeS3, answering a listing too (an empty one), so
+    that a job's DOWNLOADING finds no training data and goes on."""
+    from test_s3 import FakeS3
+
+    class Store(FakeS3):
+        def answer(self, method, path, headers, body):
+            status, out_headers, out = super().answer(method, path, headers, body)
+            if method == "GET" and "list-type=2" in path and status == 200:
+                return 200, {}, (b"<ListBucketResult><IsTruncated>false</IsTruncated>"
+                                 b"</ListBucketResult>")
+            return status, out_headers, out
+
+    return Store()
+
+
+def puts(fake):
+    """{path: (headers, body)} of every PUT FAKE received."""
+    return {path: (headers, body) for method, path, headers, body in fake.requests
+            if method == "PUT"}
+
+
+def assert_sha256_signed(headers, body):
+    """The body's SHA-256 in x-amz-content-sha256, signed, and no CRC32C."""
+    import hashlib
+    assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest(), headers
+    assert not [h for h in headers if h.lower().startswith("x-amz-checksum")], headers
+    signed = headers["Authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert "x-amz-content-sha256" in signed.split(";")
+
+
+def run_script(tmp_path, text):
+    script = tmp_path / "s3.lua"
+    script.write_text(text)
+    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"))
+    return subprocess.run([str(BUILD / "ffdl-run"), str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_job_script_s3_checksum_sha256_signs_the_body(tmp_path):
+    from test_s3 import crc32c_b64
+    fake = fake_s3()
+    try:
+        result = run_script(tmp_path, f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "{fake.endpoint}", user_name = "k", password = "{SECRET}" }}
+assert(ffdl.s3.put(conn, "bkt", "default", "payload one"))
+conn.checksum = "sha256"
+assert(ffdl.s3.put(conn, "bkt", "sha", "payload two"))
+conn.checksum = "crc32c"
+assert(ffdl.s3.put(conn, "bkt", "crc", "payload three"))
+""")
+        assert result.returncode == 0, result.stderr
+        got = puts(fake)
+        assert set(got) == {"/bkt/default", "/bkt/sha", "/bkt/crc"}
+        for key, body in (("default", b"payload one"), ("crc", b"payload three")):
+            headers, sent = got[f"/bkt/{key}"]
+            assert sent == body
+            assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+            assert headers["x-amz-checksum-crc32c"] == crc32c_b64(body)
+        headers, sent = got["/bkt/sha"]
+        assert sent == b"payload two"
+        assert_sha256_signed(headers, sent)
+    finally:
+        fake.close()
+
+
+def test_job_script_s3_bad_checksum_raises(tmp_path):
+    fake = fake_s3()
+    try:
+        result = run_script(tmp_path, f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "{fake.endpoint}", user_name = "k", password = "{SECRET}",
+               checksum = 256 }}
+print(pcall(ffdl.s3.put, conn, "bkt", "k", "x"))
+conn.checksum = "md5"
+ffdl.s3.put(conn, "bkt", "k", "x")
+""")
+        assert result.returncode == 2, result.stderr
+        assert ('ffdl.s3: connection.checksum must be crc32c or sha256, got number'
+                in result.stdout), result.stdout
+        assert ('ffdl.s3: connection.checksum must be crc32c or sha256, got "md5"'
+                in result.stderr), result.stderr
+        assert "s3.lua:7: in main chunk" in result.stderr  # the traceback names the call
+        assert fake.requests == []
+    finally:
+        fake.close()
+
+
+def test_manifest_results_store_checksum_sha256(tmp_path):
+    """A data store whose connection says checksum: sha256 stores the
+    results with each body's SHA-256 signed, and no CRC32C."""
+    fake = fake_s3()
+    try:
+        path = tmp_path / "sha.yml"
+        path.write_text(
+            "name: sha\ncpus: 0.5\nmemory: 256MiB\n"
+            "data_stores:\n  - id: s3\n    type: s3_datastore\n"
+            "    training_data:\n      container: data\n"
+            "    training_results:\n      container: results\n"
+            f"    connection:\n      auth_url: {fake.endpoint}\n      user_name: k\n"
+            f"      password: {SECRET}\n      checksum: sha256\n"
+            "framework:\n  name: custom\n  version: local\n"
+            "  command: echo stored-with-sha256 > $RESULT_DIR/out.txt\n")
+        result = run(tmp_path, path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+        got = puts(fake)
+        assert got[f"/results/{tid}/model/out.txt"][1] == b"stored-with-sha256\n"
+        assert f"/results/{tid}/learner-1/training-log.txt" in got
+        for headers, body in got.values():
+            assert_sha256_signed(headers, body)
+    finally:
+        fake.close()
+
+
+def test_server_s3_checksum_sha256_for_the_default_store(tmp_path):
+    from test_server import Server, add_user, create, wait_status
+    fake = fake_s3()
+    config = tmp_path / "server.yml"
+    config.write_text(f"on_shutdown: halt\ns3_url: {fake.endpoint}\ns3_access_key: k\n"
+                      f"s3_secret_key: {SECRET}\ns3_results_bucket: results\n"
+                      "s3_checksum: sha256\n")
+    srv = Server(tmp_path / "data", extra_args=["--config", config])
+    try:
+        token = add_user(srv, "alice")
+        code, doc, _ = create(srv, token, command="echo stored")
+        model_id = doc["model_id"]
+        wait_status(srv, model_id, {"COMPLETED"}, token=token)
+        got = puts(fake)
+        assert f"/results/{model_id}/learner-1/training-log.txt" in got, list(got)
+        for headers, body in got.values():
+            assert_sha256_signed(headers, body)
+    finally:
+        srv.stop()
+        fake.close()
+
+
+def test_server_bad_s3_checksum_is_a_config_error(tmp_path):
+    config = tmp_path / "server.yml"
+    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
+                      "s3_results_bucket: r\ns3_checksum: md5\n")
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert (f'ffdl-server: {config}:5:14: s3_checksum: must be crc32c or sha256, got "md5"'
+            in result.stderr), result.stderr
+    assert not (tmp_path / "d").exists()

@@ -326,6 +326,19 @@ static void test_xml_upload_id(void) {
   CHECK(ffdl_s3_xml_parse_upload_id(err, strlen(err), &id) != 0 && !id);
 }
 
+static void test_checksum_names(void) {
+  int c = -1;
+  CHECK(ffdl_s3_checksum_parse("crc32c", &c) == 0 && c == FFDL_S3_CHECKSUM_CRC32C);
+  CHECK(ffdl_s3_checksum_parse("sha256", &c) == 0 && c == FFDL_S3_CHECKSUM_SHA256);
+  /* anything else leaves *OUT alone */
+  static const char *const bad[] = {"", "SHA256", "crc32", "sha256 ", "md5", "auto"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    c = -1;
+    CHECK(ffdl_s3_checksum_parse(bad[i], &c) == FFDL_EINVALID && c == -1);
+  }
+  CHECK(ffdl_s3_checksum_parse(NULL, &c) == FFDL_EINVALID && c == -1);
+}
+
 /* ---- the client without a server ---------------------------------------- */
 
 static void test_new_rejects_bad_config(void) {
@@ -514,6 +527,7 @@ int main(int argc, char **argv) {
       {"xml_rejects_doctype", test_xml_rejects_doctype},
       {"xml_list", test_xml_list},
       {"xml_upload_id", test_xml_upload_id},
+      {"checksum_names", test_checksum_names},
       {"new_rejects_bad_config", test_new_rejects_bad_config},
       {"connection_error_after_retries", test_connection_error_after_retries},
       {"invalid_arguments_fail_at_once", test_invalid_arguments_fail_at_once},
