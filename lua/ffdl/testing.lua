@@ -157,7 +157,8 @@ function M.cluster(nodes)
     if room("cpus") + 1e-9 < req.cpus or room("memory") < req.memory or room("gpus") < req.gpus then
       return false
     end
-    return req.gpus == 0 or not req.gpu_type or node.gpu_type == req.gpu_type
+    return req.gpus == 0 or not req.gpu_type
+      or (node.gpu_type ~= nil and node.gpu_type:lower() == req.gpu_type:lower()) -- any case, as in C
   end
 
   function view:candidates(req, taken, opts)

@@ -7,6 +7,7 @@
 #include "orch/cluster.h"
 #include "core/error.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,9 +89,11 @@ void ffdl_cluster_free(ffdl_cluster *cl) {
 
 /* ---- the bucket index ------------------------------------------------- */
 
+/* GPU types match without regard to case ("a100" in a cluster file is
+ * "A100" in a manifest); the first spelling seen names the type. */
 static int type_index_of(ffdl_cluster *cl, const char *gpu_type) {
   for (size_t t = 1; t < cl->ntypes; t++)
-    if (gpu_type && strcmp(cl->types[t], gpu_type) == 0) return (int)t;
+    if (gpu_type && strcasecmp(cl->types[t], gpu_type) == 0) return (int)t;
   if (!gpu_type) return 0;
   char **grown = realloc(cl->types, (cl->ntypes + 1) * sizeof *grown);
   if (!grown) return -1;
@@ -251,7 +254,7 @@ const char *ffdl_cluster_node_name(const ffdl_cluster *cl, int idx) {
 }
 
 static int type_matches(const node *nd, const char *gpu_type) {
-  return !gpu_type || !*gpu_type || (nd->gpu_type && strcmp(nd->gpu_type, gpu_type) == 0);
+  return !gpu_type || !*gpu_type || (nd->gpu_type && strcasecmp(nd->gpu_type, gpu_type) == 0);
 }
 
 int ffdl_cluster_reserve(ffdl_cluster *cl, int idx, const ffdl_request *req, int *gpu_ids) {
@@ -427,7 +430,7 @@ json_t *ffdl_cluster_usage(const ffdl_cluster *cl) {
 int ffdl_cluster_type_index(const ffdl_cluster *cl, const char *gpu_type) {
   if (!gpu_type || !*gpu_type) return 0;
   for (size_t t = 1; t < cl->ntypes; t++)
-    if (strcmp(cl->types[t], gpu_type) == 0) return (int)t;
+    if (strcasecmp(cl->types[t], gpu_type) == 0) return (int)t;
   return -1;
 }
 
@@ -849,86 +852,194 @@ static const char *scalar(yaml_node_t *n) {
 }
 
 int ffdl_cluster_parse_bytes(const char *text, uint64_t *out) {
-  char *end;
-  double v = strtod(text, &end);
-  if (end == text || v < 0) return -1;
-  while (*end == ' ')
-    end++;
   static const struct {
     const char *unit;
     double factor;
-  } units[] = {{"", 1},      {"b", 1},
-               {"kb", 1e3},  {"kib", 1024.0},
-               {"mb", 1e6},  {"mib", 1048576.0},
-               {"gb", 1e9},  {"gib", 1073741824.0},
-               {"tb", 1e12}, {"tib", 1099511627776.0},
-               {"k", 1e3},   {"m", 1e6},
-               {"g", 1e9},   {"t", 1e12}};
+  } units[] = {{"", 1},
+               {"b", 1},
+               {"kb", 1e3},
+               {"kib", 1024.0},
+               {"mb", 1e6},
+               {"mib", 1048576.0},
+               {"gb", 1e9},
+               {"gib", 1073741824.0},
+               {"tb", 1e12},
+               {"tib", 1099511627776.0},
+               {"k", 1e3},
+               {"m", 1e6},
+               {"g", 1e9},
+               {"t", 1e12},
+               /* Kubernetes' binary suffixes, as in a pod's resources */
+               {"ki", 1024.0},
+               {"mi", 1048576.0},
+               {"gi", 1073741824.0},
+               {"ti", 1099511627776.0}};
+  /* digits with an optional fraction: strtod alone would take "inf", "nan",
+   * hex and exponents */
+  const char *p = text;
+  while (*p == ' ')
+    p++;
+  if (*p < '0' || *p > '9') return -1;
+  char *end;
+  double v = strtod(p, &end);
+  for (const char *q = p; q < end; q++)
+    if ((*q < '0' || *q > '9') && *q != '.') return -1;
+  while (*end == ' ')
+    end++;
   for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
     if (strcasecmp(end, units[i].unit) == 0) {
-      *out = (uint64_t)(v * units[i].factor + 0.5);
+      double bytes = v * units[i].factor + 0.5;
+      if (bytes >= 9.2e18) return -1; /* past what a uint64_t holds with room */
+      *out = (uint64_t)bytes;
       return 0;
     }
   }
   return -1;
 }
 
+/* One node entry's fields, checked. */
+typedef struct {
+  const char *name, *gpu_type;
+  long count; /* -1: no count, one node named NAME */
+  double cpus;
+  uint64_t memory;
+  long gpus;
+  json_t *labels;
+} node_entry;
+
+static const char *const NODE_FIELDS[] = {"name", "count",    "cpus",  "memory",
+                                          "gpus", "gpu_type", "labels"};
+
+/* "nodes[I].KEY: MSG" at the value's position. */
+static int field_error(const char *path, const yaml_node_t *at, int index, const char *key,
+                       const char *msg, char **err) {
+  char field[96];
+  snprintf(field, sizeof field, "nodes[%d].%s", index, key);
+  *err = yaml_error(path, at, field, msg);
+  return FFDL_EINVALID;
+}
+
+/* A whole number in [LO, HI], nothing else around it. */
+static int whole_in(const char *text, long lo, long hi, long *out) {
+  if (!text || !*text) return -1;
+  char *end;
+  errno = 0;
+  long v = strtol(text, &end, 10);
+  if (*end || errno || v < lo || v > hi) return -1;
+  *out = v;
+  return 0;
+}
+
+/* Every key known, every value a scalar where one is expected: a typo such
+ * as "gpu-type" would otherwise leave the GPUs untyped without a word. */
+static int check_node_keys(yaml_document_t *doc, yaml_node_t *entry, const char *path, int index,
+                           char **err) {
+  for (yaml_node_pair_t *p = entry->data.mapping.pairs.start; p < entry->data.mapping.pairs.top;
+       p++) {
+    yaml_node_t *k = yaml_document_get_node(doc, p->key),
+                *v = yaml_document_get_node(doc, p->value);
+    const char *key = scalar(k);
+    size_t known = 0;
+    while (key && known < sizeof NODE_FIELDS / sizeof NODE_FIELDS[0] &&
+           strcmp(key, NODE_FIELDS[known]) != 0)
+      known++;
+    if (!key || known == sizeof NODE_FIELDS / sizeof NODE_FIELDS[0])
+      return field_error(path, k, index, key ? key : "?",
+                         "unknown field (known: name, count, cpus, memory, gpus, gpu_type, "
+                         "labels)",
+                         err);
+    int wants_mapping = strcmp(key, "labels") == 0;
+    if (v && (wants_mapping ? v->type != YAML_MAPPING_NODE : v->type != YAML_SCALAR_NODE))
+      return field_error(path, v, index, key,
+                         wants_mapping ? "must be a mapping of label names to values"
+                                       : "must be a single value",
+                         err);
+  }
+  return FFDL_OK;
+}
+
+static int read_labels(yaml_document_t *doc, yaml_node_t *lab, const char *path, int index,
+                       json_t *labels, char **err) {
+  for (yaml_node_pair_t *p = lab->data.mapping.pairs.start; p < lab->data.mapping.pairs.top; p++) {
+    yaml_node_t *v = yaml_document_get_node(doc, p->value);
+    const char *k = scalar(yaml_document_get_node(doc, p->key)), *text = scalar(v);
+    if (!k || !text) return field_error(path, v, index, "labels", "values must be strings", err);
+    json_object_set_new(labels, k, json_string(text));
+  }
+  return FFDL_OK;
+}
+
+/* Reads and checks ENTRY's fields into E (E->labels to release). */
+static int read_node_entry(yaml_document_t *doc, yaml_node_t *entry, const char *path, int index,
+                           node_entry *e, char **err) {
+  int rc = check_node_keys(doc, entry, path, index, err);
+  if (rc != FFDL_OK) return rc;
+  yaml_node_t *name = map_get(doc, entry, "name"), *count = map_get(doc, entry, "count");
+  yaml_node_t *cpus = map_get(doc, entry, "cpus"), *mem = map_get(doc, entry, "memory");
+  yaml_node_t *gpus = map_get(doc, entry, "gpus"), *type = map_get(doc, entry, "gpu_type");
+  yaml_node_t *labels = map_get(doc, entry, "labels");
+  char *end = NULL;
+  e->name = scalar(name);
+  e->gpu_type = type && *scalar(type) ? scalar(type) : NULL;
+  e->count = -1;
+  e->gpus = 0;
+  if (!e->name || !*e->name)
+    return field_error(path, name ? name : entry, index, "name", "is required", err);
+  if (count && whole_in(scalar(count), 0, 100000, &e->count) != 0)
+    return field_error(path, count, index, "count", "must be a whole number 0..100000", err);
+  if (cpus) e->cpus = strtod(scalar(cpus), &end);
+  if (!cpus || end == scalar(cpus) || *end || !(e->cpus > 0) || e->cpus > 1e6)
+    return field_error(path, cpus ? cpus : entry, index, "cpus", "must be a number > 0", err);
+  if (!mem || ffdl_cluster_parse_bytes(scalar(mem), &e->memory) != 0)
+    return field_error(path, mem ? mem : entry, index, "memory",
+                       "must be a size such as 64GiB, 512Gi or 68719476736", err);
+  if (gpus && whole_in(scalar(gpus), 0, FFDL_MAX_NODE_GPUS, &e->gpus) != 0)
+    return field_error(path, gpus, index, "gpus", "must be a whole number 0..64", err);
+  e->labels = json_object();
+  if (!e->labels) return FFDL_ENOMEM;
+  return labels ? read_labels(doc, labels, path, index, e->labels, err) : FFDL_OK;
+}
+
 static int load_node_entry(ffdl_cluster *cl, yaml_document_t *doc, yaml_node_t *entry,
                            const char *path, int index, char **err) {
-  char field[64];
-  snprintf(field, sizeof field, "nodes[%d]", index);
   if (entry->type != YAML_MAPPING_NODE) {
+    char field[64];
+    snprintf(field, sizeof field, "nodes[%d]", index);
     *err = yaml_error(path, entry, field, "must be a mapping");
     return FFDL_EINVALID;
   }
-  const char *name = scalar(map_get(doc, entry, "name"));
-  const char *count_s = scalar(map_get(doc, entry, "count"));
-  const char *cpus_s = scalar(map_get(doc, entry, "cpus"));
-  const char *mem_s = scalar(map_get(doc, entry, "memory"));
-  const char *gpus_s = scalar(map_get(doc, entry, "gpus"));
-  const char *gpu_type = scalar(map_get(doc, entry, "gpu_type"));
-  if (!name || !*name) {
-    *err = yaml_error(path, entry, field, "name is required");
-    return FFDL_EINVALID;
+  node_entry e = {0};
+  int rc = read_node_entry(doc, entry, path, index, &e, err);
+  if (rc == FFDL_OK && e.count < 0)
+    rc = ffdl_cluster_add_node(cl, e.name, e.cpus, e.memory, (int)e.gpus, e.gpu_type, e.labels);
+  for (long i = 1; rc == FFDL_OK && i <= e.count; i++) {
+    char full[256];
+    snprintf(full, sizeof full, "%s-%ld", e.name, i);
+    rc = ffdl_cluster_add_node(cl, full, e.cpus, e.memory, (int)e.gpus, e.gpu_type, e.labels);
   }
-  long count = count_s ? strtol(count_s, NULL, 10) : 0;
-  double cpus = cpus_s ? strtod(cpus_s, NULL) : 0;
-  long gpus = gpus_s ? strtol(gpus_s, NULL, 10) : 0;
-  uint64_t memory = 0;
-  if (!cpus_s || cpus <= 0) {
-    *err = yaml_error(path, entry, field, "cpus must be a number > 0");
-    return FFDL_EINVALID;
-  }
-  if (!mem_s || ffdl_cluster_parse_bytes(mem_s, &memory) != 0) {
-    *err = yaml_error(path, entry, field, "memory must be a size such as 64GiB");
-    return FFDL_EINVALID;
-  }
-  if (gpus < 0 || gpus > FFDL_MAX_NODE_GPUS || count < 0 || count > 100000) {
-    *err = yaml_error(path, entry, field, "gpus must be 0..64 and count 0..100000");
-    return FFDL_EINVALID;
-  }
-  json_t *labels = json_object();
-  yaml_node_t *lab = map_get(doc, entry, "labels");
-  if (lab && lab->type == YAML_MAPPING_NODE) {
-    for (yaml_node_pair_t *p = lab->data.mapping.pairs.start; p < lab->data.mapping.pairs.top;
-         p++) {
-      const char *k = scalar(yaml_document_get_node(doc, p->key));
-      const char *v = scalar(yaml_document_get_node(doc, p->value));
-      if (k && v) json_object_set_new(labels, k, json_string(v));
-    }
-  }
-  int rc = FFDL_OK;
-  if (count == 0) {
-    rc = ffdl_cluster_add_node(cl, name, cpus, memory, (int)gpus, gpu_type, labels);
-  } else {
-    for (long i = 1; i <= count && rc == FFDL_OK; i++) {
-      char full[256];
-      snprintf(full, sizeof full, "%s-%ld", name, i);
-      rc = ffdl_cluster_add_node(cl, full, cpus, memory, (int)gpus, gpu_type, labels);
-    }
-  }
-  json_decref(labels);
+  json_decref(e.labels);
   return rc;
+}
+
+/* Placements name nodes, so two nodes of one name would be one node to a
+ * policy. FIRST[k] is the first node entry k made. */
+static int check_unique_names(const ffdl_cluster *cl, const char *path, yaml_document_t *doc,
+                              yaml_node_t *nodes, const size_t *first, char **err) {
+  for (size_t i = 0; i < cl->n; i++) {
+    if (ffdl_cluster_find(cl, cl->nodes[i].name) == (int)i) continue;
+    int k = 0;
+    while (k + 1 < (int)(nodes->data.sequence.items.top - nodes->data.sequence.items.start) &&
+           first[k + 1] <= i)
+      k++;
+    yaml_node_t *entry = yaml_document_get_node(doc, nodes->data.sequence.items.start[k]);
+    char msg[300];
+    snprintf(msg, sizeof msg,
+             "node %s is named twice (names must be unique; count N names "
+             "nodes NAME-1..NAME-N)",
+             cl->nodes[i].name);
+    return field_error(path, map_get(doc, entry, "name"), k, "name", msg, err);
+  }
+  return FFDL_OK;
 }
 
 int ffdl_cluster_load_yaml(ffdl_cluster *cl, const char *path, char **err) {
@@ -960,10 +1071,17 @@ int ffdl_cluster_load_yaml(ffdl_cluster *cl, const char *path, char **err) {
     *err = yaml_error(path, root, "nodes", "a list of nodes is required");
     rc = FFDL_EINVALID;
   }
-  int index = 0;
-  for (yaml_node_item_t *it = rc ? NULL : nodes->data.sequence.items.start;
-       it && it < nodes->data.sequence.items.top && rc == FFDL_OK; it++, index++)
-    rc = load_node_entry(cl, &doc, yaml_document_get_node(&doc, *it), path, index, err);
+  size_t entries =
+      rc ? 0 : (size_t)(nodes->data.sequence.items.top - nodes->data.sequence.items.start);
+  size_t *first = calloc(entries + 1, sizeof *first);
+  if (!first) rc = FFDL_ENOMEM;
+  for (size_t k = 0; rc == FFDL_OK && k < entries; k++) {
+    first[k] = cl->n;
+    yaml_node_t *entry = yaml_document_get_node(&doc, nodes->data.sequence.items.start[k]);
+    rc = load_node_entry(cl, &doc, entry, path, (int)k, err);
+  }
+  if (rc == FFDL_OK) rc = check_unique_names(cl, path, &doc, nodes, first, err);
+  free(first);
   yaml_document_delete(&doc);
   yaml_parser_delete(&parser);
   fclose(f);

@@ -215,7 +215,9 @@ static int load_trace(sim *sm, const char *path, char **err) {
     lineno++;
     chomp(line);
     if (width < 0) {
-      rc = (width = read_header(line, path, col, err)) < 0 ? FFDL_EINVALID : FFDL_OK;
+      /* a spreadsheet's UTF-8 export starts with a byte order mark */
+      char *header = strncmp(line, "\xEF\xBB\xBF", 3) == 0 ? line + 3 : line;
+      rc = (width = read_header(header, path, col, err)) < 0 ? FFDL_EINVALID : FFDL_OK;
       continue;
     }
     if (!*line) continue;

@@ -194,7 +194,7 @@ def test_bad_cluster_and_missing_files_and_options(tmp_path):
     trace = random_trace(tmp_path, jobs=3)
     bad = cluster_file(tmp_path, "nodes:\n  - {name: a, cpus: 0, memory: 1GiB}\n")
     result = simulate("--cluster", bad, "--workload", trace)
-    assert result.returncode == 2 and f"{bad}:2:5: nodes[0]: cpus must be a number > 0" in result.stderr
+    assert result.returncode == 2 and f"{bad}:2:21: nodes[0].cpus: must be a number > 0" in result.stderr
     result = simulate("--cluster", tmp_path / "nope.yml", "--workload", trace)
     assert result.returncode == 2 and "nope.yml" in result.stderr and "cannot open" in result.stderr
     result = simulate("--cluster", cluster_file(tmp_path), "--workload", tmp_path / "nope.csv")
@@ -203,6 +203,54 @@ def test_bad_cluster_and_missing_files_and_options(tmp_path):
     assert result.returncode == 2 and "--workload are required" in result.stderr
     result = simulate("--cluster", cluster_file(tmp_path), "--workload", trace, "--frobnicate")
     assert result.returncode == 2 and "--frobnicate is not an option" in result.stderr
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a typo in a field name would leave the GPUs untyped without a word
+    ("nodes:\n  - {name: a, cpus: 8, memory: 1GiB, gpus: 2, gpu-type: V100}\n",
+     "2:47: nodes[0].gpu-type: unknown field (known: name, count, cpus, memory, gpus, gpu_type, labels)"),
+    ("nodes:\n  - name: a\n    cpus: 8\n    memory: 1GiB\n    gpus: eight\n",
+     "5:11: nodes[0].gpus: must be a whole number 0..64"),
+    ("nodes:\n  - {name: a, cpus: 8, memory: 1GiB, gpus: 65}\n", "2:44: nodes[0].gpus: must be a whole number 0..64"),
+    ("nodes:\n  - {name: a, count: two, cpus: 8, memory: 1GiB}\n", "2:22: nodes[0].count: must be a whole number"),
+    ("nodes:\n  - {name: a, cpus: 8x, memory: 1GiB}\n", "2:21: nodes[0].cpus: must be a number > 0"),
+    ("nodes:\n  - {name: a, cpus: 8, memory: nan}\n", "2:32: nodes[0].memory: must be a size"),
+    ("nodes:\n  - {name: a, cpus: 8, memory: 1e9}\n", "2:32: nodes[0].memory: must be a size"),
+    ("nodes:\n  - {name: a, cpus: 8, memory: 1GiB, labels: [x]}\n",
+     "2:46: nodes[0].labels: must be a mapping of label names to values"),
+    ("nodes:\n  - {name: a, cpus: 8, memory: 1GiB, gpus: [1]}\n", "2:44: nodes[0].gpus: must be a single value"),
+    ("nodes:\n  - {cpus: 8, memory: 1GiB}\n", "2:5: nodes[0].name: is required"),
+    # count N names nodes NAME-1..NAME-N, which can collide with a named node
+    ("nodes:\n  - {name: g, count: 2, cpus: 8, memory: 1GiB}\n  - {name: g-2, cpus: 8, memory: 1GiB}\n",
+     "3:12: nodes[1].name: node g-2 is named twice"),
+])
+def test_bad_cluster_fields_are_named_with_line_and_column(tmp_path, text, expected):
+    cluster = write(tmp_path / "cluster.yml", text)
+    result = simulate("--cluster", cluster, "--workload", random_trace(tmp_path, jobs=3), "--json")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"{cluster}:{expected}" in result.stderr, result.stderr
+
+
+def test_spreadsheet_trace_and_kubernetes_sizes(tmp_path):
+    """A trace saved by a spreadsheet (byte order mark, CRLF, quoted names),
+    sizes with Kubernetes' suffixes, GPU types in another case than the
+    cluster's, and count: 0 for a pool switched off."""
+    cluster = write(tmp_path / "cluster.yml",
+                    "nodes:\n  - {name: a, count: 2, cpus: 32, memory: 256Gi, gpus: 8, gpu_type: a100}\n"
+                    "  - {name: off, count: 0, cpus: 32, memory: 256Gi, gpus: 8, gpu_type: A100}\n")
+    rows = [HEADER, '0,"big, first",u,t,2,8,4,16Gi,A100,100,0', "1,small,u,t,1,1,2,512Mi,A100,10,0"]
+    trace = tmp_path / "trace.csv"
+    trace.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+    out = simulate_json(cluster, trace, "--per-job")
+    assert out["jobs"] == 2 and out["completed"] == 2, out
+    jobs = {j["name"]: j for j in out["per_job"]}
+    assert sorted(jobs["big, first"]["nodes"]) == ["a-1", "a-2"]
+    assert jobs["small"]["start_s"] == 100  # both nodes' GPUs were taken until then
+    # 16Gi is 2^34 bytes: a node of 256Gi takes 16 such learners, not 17 of 16GB
+    over = write(tmp_path / "over.csv", HEADER + "\n0,fits,u,t,1,0,1,16Gi,,10,0\n0,full,u,t,1,0,1,241Gi,,10,0\n")
+    out = simulate_json(cluster, over, "--per-job")
+    starts = {j["name"]: j.get("start_s") for j in out["per_job"]}
+    assert starts == {"fits": 0, "full": 0}, out["per_job"]
 
 
 def test_broken_policies_are_refused_before_simulating(tmp_path, policies_copy):
