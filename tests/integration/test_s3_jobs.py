@@ -1,4 +1,5 @@
 """Jobs with S3 data stores, end to end against moto on loopback."""
+import contextlib
 import json
 import os
 import re
@@ -184,25 +185,34 @@ assert(ffdl.s3.download_dir(conn, "tls-bucket", "up/", "{out}"))
         server.stop()
 
 
-def test_server_default_store_takes_results_of_manifests_without_stores(moto, digits_in_s3, tmp_path):
-    from test_server import Server, add_user, create, wait_status, call
+@contextlib.contextmanager
+def default_store_job(tmp_path, endpoint, extra=""):
+    """Yields (server, token, model_id): a job without data stores that
+    COMPLETED on a server whose config names a default S3 store at
+    ENDPOINT (bucket digits-results), plus the EXTRA config lines."""
+    from test_server import Server, add_user, create, wait_status
     config = tmp_path / "server.yml"
-    config.write_text(f"on_shutdown: halt\ns3_url: {moto.endpoint}\ns3_access_key: ffdl-key\n"
-                      f"s3_secret_key: {SECRET}\ns3_results_bucket: digits-results\n")
+    config.write_text(f"on_shutdown: halt\ns3_url: {endpoint}\ns3_access_key: ffdl-key\n"
+                      f"s3_secret_key: {SECRET}\ns3_results_bucket: digits-results\n{extra}")
     srv = Server(tmp_path / "data", extra_args=["--config", config])
     try:
         token = add_user(srv, "alice")
         code, doc, _ = create(srv, token, command="echo stored")
-        model_id = doc["model_id"]
-        wait_status(srv, model_id, {"COMPLETED"}, token=token)
+        wait_status(srv, doc["model_id"], {"COMPLETED"}, token=token)
+        yield srv, token, doc["model_id"]
+    finally:
+        srv.stop()
+
+
+def test_server_default_store_takes_results_of_manifests_without_stores(moto, digits_in_s3, tmp_path):
+    from test_server import call
+    with default_store_job(tmp_path, moto.endpoint) as (srv, token, model_id):
         keys = {o["Key"] for o in digits_in_s3.list_objects_v2(Bucket="digits-results",
                                                                 Prefix=f"{model_id}/")["Contents"]}
         assert {f"{model_id}/learner-1/training-log.txt", f"{model_id}/_submitted_code/model.zip"} <= keys
         code, shown, _ = call(srv, "GET", f"/v1/models/{model_id}", token=token)
         assert SECRET not in json.dumps(shown)
         assert shown["data_stores"][0]["connection"]["password"] == "***"
-    finally:
-        srv.stop()
 
 
 def test_incomplete_default_store_is_refused(tmp_path):
@@ -332,24 +342,14 @@ def test_manifest_results_store_checksum_sha256(tmp_path):
 
 
 def test_server_s3_checksum_sha256_for_the_default_store(tmp_path):
-    from test_server import Server, add_user, create, wait_status
     fake = fake_s3()
-    config = tmp_path / "server.yml"
-    config.write_text(f"on_shutdown: halt\ns3_url: {fake.endpoint}\ns3_access_key: k\n"
-                      f"s3_secret_key: {SECRET}\ns3_results_bucket: results\n"
-                      "s3_checksum: sha256\n")
-    srv = Server(tmp_path / "data", extra_args=["--config", config])
     try:
-        token = add_user(srv, "alice")
-        code, doc, _ = create(srv, token, command="echo stored")
-        model_id = doc["model_id"]
-        wait_status(srv, model_id, {"COMPLETED"}, token=token)
-        got = puts(fake)
-        assert f"/results/{model_id}/learner-1/training-log.txt" in got, list(got)
+        with default_store_job(tmp_path, fake.endpoint, "s3_checksum: sha256\n") as (_, _, tid):
+            got = puts(fake)
+        assert f"/digits-results/{tid}/learner-1/training-log.txt" in got, list(got)
         for headers, body in got.values():
             assert_sha256_signed(headers, body)
     finally:
-        srv.stop()
         fake.close()
 
 
