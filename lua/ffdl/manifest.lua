@@ -84,6 +84,8 @@ local SIZE_UNITS = {
   m = 1000 ^ 2, mb = 1000 ^ 2, mib = 1024 ^ 2,
   g = 1000 ^ 3, gb = 1000 ^ 3, gib = 1024 ^ 3,
   t = 1000 ^ 4, tb = 1000 ^ 4, tib = 1024 ^ 4,
+  -- Kubernetes' binary suffixes, as in a pod's resources
+  ki = 1024, mi = 1024 ^ 2, gi = 1024 ^ 3, ti = 1024 ^ 4,
 }
 local SIZE_HINT = "a size such as 1Gb, 1000MiB, 16GB or 2GiB"
 

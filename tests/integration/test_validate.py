@@ -106,7 +106,7 @@ def print_spec(ffdl, path, *extra):
 
 @pytest.mark.parametrize("text,expected", [
     ("1Gb", 10**9), ("1000MiB", 1000 * 2**20), ("16GB", 16 * 10**9), ("2GiB", 2 * 2**30),
-    ("512mb", 512 * 10**6), ("1TiB", 2**40)])
+    ("512mb", 512 * 10**6), ("1TiB", 2**40), ("16Gi", 16 * 2**30), ("512Mi", 512 * 2**20)])
 def test_memory_units(ffdl, tmp_path, text, expected):
     path = write(tmp_path, "m.yml", GOOD + f"memory: {text}\n")
     spec = print_spec(ffdl, path)
