@@ -225,7 +225,8 @@ def test_incomplete_default_store_is_refused(tmp_path):
 
 # ---- connection.checksum (ffdl's extension): crc32c (default) or sha256 ----
 
-def fake_s3():
+@pytest.fixture
+def fake():
     """test_s3's recording FakeS3, answering a listing too (an empty one), so
     that a job's DOWNLOADING finds no training data and goes on."""
     from test_s3 import FakeS3
@@ -238,7 +239,9 @@ def fake_s3():
                                  b"</ListBucketResult>")
             return status, out_headers, out
 
-    return Store()
+    store = Store()
+    yield store
+    store.close()
 
 
 def puts(fake):
@@ -264,11 +267,9 @@ def run_script(tmp_path, text):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_job_script_s3_checksum_sha256_signs_the_body(tmp_path):
+def test_job_script_s3_checksum_sha256_signs_the_body(fake, tmp_path):
     from test_s3 import crc32c_b64
-    fake = fake_s3()
-    try:
-        result = run_script(tmp_path, f"""
+    result = run_script(tmp_path, f"""
 local ffdl = require "ffdl"
 local conn = {{ auth_url = "{fake.endpoint}", user_name = "k", password = "{SECRET}" }}
 assert(ffdl.s3.put(conn, "bkt", "default", "payload one"))
@@ -277,25 +278,21 @@ assert(ffdl.s3.put(conn, "bkt", "sha", "payload two"))
 conn.checksum = "crc32c"
 assert(ffdl.s3.put(conn, "bkt", "crc", "payload three"))
 """)
-        assert result.returncode == 0, result.stderr
-        got = puts(fake)
-        assert set(got) == {"/bkt/default", "/bkt/sha", "/bkt/crc"}
-        for key, body in (("default", b"payload one"), ("crc", b"payload three")):
-            headers, sent = got[f"/bkt/{key}"]
-            assert sent == body
-            assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
-            assert headers["x-amz-checksum-crc32c"] == crc32c_b64(body)
-        headers, sent = got["/bkt/sha"]
-        assert sent == b"payload two"
-        assert_sha256_signed(headers, sent)
-    finally:
-        fake.close()
+    assert result.returncode == 0, result.stderr
+    got = puts(fake)
+    assert set(got) == {"/bkt/default", "/bkt/sha", "/bkt/crc"}
+    for key, body in (("default", b"payload one"), ("crc", b"payload three")):
+        headers, sent = got[f"/bkt/{key}"]
+        assert sent == body
+        assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        assert headers["x-amz-checksum-crc32c"] == crc32c_b64(body)
+    headers, sent = got["/bkt/sha"]
+    assert sent == b"payload two"
+    assert_sha256_signed(headers, sent)
 
 
-def test_job_script_s3_bad_checksum_raises(tmp_path):
-    fake = fake_s3()
-    try:
-        result = run_script(tmp_path, f"""
+def test_job_script_s3_bad_checksum_raises(fake, tmp_path):
+    result = run_script(tmp_path, f"""
 local ffdl = require "ffdl"
 local conn = {{ auth_url = "{fake.endpoint}", user_name = "k", password = "{SECRET}",
                checksum = 256 }}
@@ -303,54 +300,44 @@ print(pcall(ffdl.s3.put, conn, "bkt", "k", "x"))
 conn.checksum = "md5"
 ffdl.s3.put(conn, "bkt", "k", "x")
 """)
-        assert result.returncode == 2, result.stderr
-        assert ('ffdl.s3: connection.checksum must be crc32c or sha256, got number'
-                in result.stdout), result.stdout
-        assert ('ffdl.s3: connection.checksum must be crc32c or sha256, got "md5"'
-                in result.stderr), result.stderr
-        assert "s3.lua:7: in main chunk" in result.stderr  # the traceback names the call
-        assert fake.requests == []
-    finally:
-        fake.close()
+    assert result.returncode == 2, result.stderr
+    assert ('ffdl.s3: connection.checksum must be crc32c or sha256, got number'
+            in result.stdout), result.stdout
+    assert ('ffdl.s3: connection.checksum must be crc32c or sha256, got "md5"'
+            in result.stderr), result.stderr
+    assert "s3.lua:7: in main chunk" in result.stderr  # the traceback names the call
+    assert fake.requests == []
 
 
-def test_manifest_results_store_checksum_sha256(tmp_path):
+def test_manifest_results_store_checksum_sha256(fake, tmp_path):
     """A data store whose connection says checksum: sha256 stores the
     results with each body's SHA-256 signed, and no CRC32C."""
-    fake = fake_s3()
-    try:
-        path = tmp_path / "sha.yml"
-        path.write_text(
-            "name: sha\ncpus: 0.5\nmemory: 256MiB\n"
-            "data_stores:\n  - id: s3\n    type: s3_datastore\n"
-            "    training_data:\n      container: data\n"
-            "    training_results:\n      container: results\n"
-            f"    connection:\n      auth_url: {fake.endpoint}\n      user_name: k\n"
-            f"      password: {SECRET}\n      checksum: sha256\n"
-            "framework:\n  name: custom\n  version: local\n"
-            "  command: echo stored-with-sha256 > $RESULT_DIR/out.txt\n")
-        result = run(tmp_path, path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+    path = tmp_path / "sha.yml"
+    path.write_text(
+        "name: sha\ncpus: 0.5\nmemory: 256MiB\n"
+        "data_stores:\n  - id: s3\n    type: s3_datastore\n"
+        "    training_data:\n      container: data\n"
+        "    training_results:\n      container: results\n"
+        f"    connection:\n      auth_url: {fake.endpoint}\n      user_name: k\n"
+        f"      password: {SECRET}\n      checksum: sha256\n"
+        "framework:\n  name: custom\n  version: local\n"
+        "  command: echo stored-with-sha256 > $RESULT_DIR/out.txt\n")
+    result = run(tmp_path, path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+    got = puts(fake)
+    assert got[f"/results/{tid}/model/out.txt"][1] == b"stored-with-sha256\n"
+    assert f"/results/{tid}/learner-1/training-log.txt" in got
+    for headers, body in got.values():
+        assert_sha256_signed(headers, body)
+
+
+def test_server_s3_checksum_sha256_for_the_default_store(fake, tmp_path):
+    with default_store_job(tmp_path, fake.endpoint, "s3_checksum: sha256\n") as (_, _, tid):
         got = puts(fake)
-        assert got[f"/results/{tid}/model/out.txt"][1] == b"stored-with-sha256\n"
-        assert f"/results/{tid}/learner-1/training-log.txt" in got
-        for headers, body in got.values():
-            assert_sha256_signed(headers, body)
-    finally:
-        fake.close()
-
-
-def test_server_s3_checksum_sha256_for_the_default_store(tmp_path):
-    fake = fake_s3()
-    try:
-        with default_store_job(tmp_path, fake.endpoint, "s3_checksum: sha256\n") as (_, _, tid):
-            got = puts(fake)
-        assert f"/digits-results/{tid}/learner-1/training-log.txt" in got, list(got)
-        for headers, body in got.values():
-            assert_sha256_signed(headers, body)
-    finally:
-        fake.close()
+    assert f"/digits-results/{tid}/learner-1/training-log.txt" in got, list(got)
+    for headers, body in got.values():
+        assert_sha256_signed(headers, body)
 
 
 def test_server_bad_s3_checksum_is_a_config_error(tmp_path):
