@@ -126,10 +126,13 @@ end
 M.s3 = {}
 local s3_waiting = {}
 
+-- Errors name the script's line: the M.s3 functions tail-call this one, so
+-- their caller is level 2 here.
 local function s3_call(op, conn, bucket, a, b)
   local co, is_main = coroutine.running()
-  if is_main then error("ffdl.s3 calls must run in the script or a coroutine of ffdl.spawn", 3) end
-  local token = core.s3(op, conn, bucket, a, b)
+  if is_main then error("ffdl.s3 calls must run in the script or a coroutine of ffdl.spawn", 2) end
+  local started, token = pcall(core.s3, op, conn, bucket, a, b)
+  if not started then error(token, 2) end
   s3_waiting[token] = co
   local ev = coroutine.yield()
   if not ev.ok then return nil, ev.error end
