@@ -93,7 +93,10 @@ struct ffdl_policies {
   ffdl_generation *active;
   ffdl_policies_swap_cb on_swap;
   void *ud;
-  uv_fs_event_t watch_dir, watch_tests;
+  /* the directory, its tests/ and the directory above it (for the
+   * directory itself swapped: a symlink moved to a new release) */
+  uv_fs_event_t watch_dir, watch_tests, watch_parent;
+  char *dir_name; /* the last part of policies_dir, as the parent's events name it */
   uv_timer_t debounce;
   unsigned debounce_ms;
   int watching;
@@ -248,6 +251,7 @@ static void maybe_free(ffdl_policies *p) {
   close_graves(p->graves);
   ffdl_generation_free(p->active);
   free(p->policies_dir);
+  free(p->dir_name);
   free(p->lua_dir);
   free(p->last_error);
   free(p);
@@ -434,9 +438,10 @@ void ffdl_policies_free(ffdl_policies *p) {
     uv_ref((uv_handle_t *)&p->finished);
   }
   if (p->watching) {
-    p->pending += 3;
+    p->pending += 4;
     uv_close((uv_handle_t *)&p->watch_dir, on_handle_closed);
     uv_close((uv_handle_t *)&p->watch_tests, on_handle_closed);
+    uv_close((uv_handle_t *)&p->watch_parent, on_handle_closed);
     uv_close((uv_handle_t *)&p->debounce, on_handle_closed);
   }
   if (p->reaper_started) {
@@ -606,28 +611,75 @@ static void on_debounced(uv_timer_t *t) {
   ffdl_policies_reload(t->data, NULL, NULL);
 }
 
-static void on_change(uv_fs_event_t *h, const char *file, int events, int status) {
-  (void)file, (void)events, (void)status;
-  ffdl_policies *p = h->data;
-  if (p->closing) return;
+static void schedule_reload(ffdl_policies *p) {
   if (!p->trigger_ns) p->trigger_ns = uv_hrtime();
   uv_timer_start(&p->debounce, on_debounced, p->debounce_ms, 0);
 }
 
-int ffdl_policies_watch(ffdl_policies *p, unsigned debounce_ms) {
-  p->debounce_ms = debounce_ms;
-  uv_timer_init(p->loop, &p->debounce);
-  uv_fs_event_init(p->loop, &p->watch_dir);
-  uv_fs_event_init(p->loop, &p->watch_tests);
-  p->debounce.data = p->watch_dir.data = p->watch_tests.data = p;
-  uv_unref((uv_handle_t *)&p->debounce);
-  p->watching = 1;
+static void on_change(uv_fs_event_t *h, const char *file, int events, int status);
+
+/* Watches W on PATH from now on (a watch follows an inode: a directory
+ * deleted and made again, or a symlink moved, needs a new one). 0 when
+ * PATH can be watched. */
+static int rearm(uv_fs_event_t *w, const char *path) {
+  uv_fs_event_stop(w);
+  return uv_fs_event_start(w, on_change, path, 0);
+}
+
+static int rearm_tests(ffdl_policies *p) {
   char tests[4096];
   snprintf(tests, sizeof tests, "%s/tests", p->policies_dir);
-  int rc = uv_fs_event_start(&p->watch_dir, on_change, p->policies_dir, 0);
-  uv_fs_event_start(&p->watch_tests, on_change, tests, 0); /* optional */
-  uv_unref((uv_handle_t *)&p->watch_dir);
-  uv_unref((uv_handle_t *)&p->watch_tests);
+  return rearm(&p->watch_tests, tests); /* optional: there may be no tests/ */
+}
+
+static void on_change(uv_fs_event_t *h, const char *file, int events, int status) {
+  (void)events, (void)status;
+  ffdl_policies *p = h->data;
+  if (p->closing) return;
+  if (h == &p->watch_parent) {
+    if (!file || strcmp(file, p->dir_name) != 0) return; /* a neighbour of the directory */
+    rearm(&p->watch_dir, p->policies_dir);
+    rearm_tests(p);
+  } else if (h == &p->watch_dir && (!file || strcmp(file, "tests") == 0)) {
+    rearm_tests(p); /* tests/ made, deleted or replaced */
+  }
+  schedule_reload(p);
+}
+
+/* "DIR/" -> DIR's parent and last part (*NAME points into *PARENT's copy). */
+static int split_dir(const char *dir, char **parent, char **name) {
+  size_t len = strlen(dir);
+  while (len > 1 && dir[len - 1] == '/')
+    len--;
+  size_t cut = len;
+  while (cut > 0 && dir[cut - 1] != '/')
+    cut--;
+  *parent = cut == 0 ? strdup(".") : cut == 1 ? strdup("/") : strndup(dir, cut - 1);
+  *name = strndup(dir + cut, len - cut);
+  return *parent && *name ? FFDL_OK : FFDL_ENOMEM;
+}
+
+int ffdl_policies_watch(ffdl_policies *p, unsigned debounce_ms) {
+  p->debounce_ms = debounce_ms;
+  char *parent = NULL;
+  if (split_dir(p->policies_dir, &parent, &p->dir_name) != FFDL_OK) {
+    free(parent);
+    return FFDL_ENOMEM;
+  }
+  uv_timer_init(p->loop, &p->debounce);
+  uv_fs_event_t *watches[] = {&p->watch_dir, &p->watch_tests, &p->watch_parent};
+  for (size_t i = 0; i < 3; i++) {
+    uv_fs_event_init(p->loop, watches[i]);
+    watches[i]->data = p;
+    uv_unref((uv_handle_t *)watches[i]);
+  }
+  p->debounce.data = p;
+  uv_unref((uv_handle_t *)&p->debounce);
+  p->watching = 1;
+  int rc = rearm(&p->watch_dir, p->policies_dir);
+  rearm_tests(p);
+  rearm(&p->watch_parent, parent); /* optional: the parent may not be readable */
+  free(parent);
   return rc == 0 ? FFDL_OK : FFDL_EIO;
 }
 

@@ -151,3 +151,57 @@ def test_a_policy_that_fills_its_memory_cap_fails_its_calls_and_the_server_stays
     result = cli(srv, "policy", "reload")
     assert result.returncode == 0, result.stderr
     wait_status(srv, model, {"COMPLETED"}, token=token)  # the swap itself starts a cycle
+
+
+def wait_for_failures(srv, at_least, timeout=10):
+    """Waits until the file watcher's reloads have been rejected AT_LEAST
+    times in all; returns the status."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if failures_metric(srv) >= at_least:
+            return status(srv)
+        time.sleep(0.05)
+    raise AssertionError("the edit was not picked up")
+
+
+FAILING_TEST = "return { always_fails = function(T) T.eq(1, 2) end }\n"
+
+
+def test_a_tests_directory_made_again_is_still_watched(live):
+    """A watch follows a directory's inode: tests/ deleted and made again
+    (a checkout, a deploy) must be watched anew, or edits in it go unseen."""
+    srv, policies = live
+    saved = policies.parent / "saved-tests"
+    shutil.move(policies / "tests", saved)
+    shutil.copytree(saved, policies / "tests")
+    time.sleep(1)  # the debounced reloads of the move and the copy
+    failures = failures_metric(srv)
+    (policies / "tests" / "new_test.lua").write_text(FAILING_TEST)
+    doc = wait_for_failures(srv, failures + 1)
+    assert "new_test.lua" in doc["last_error"], doc["last_error"]
+
+
+def test_a_policy_directory_swapped_by_symlink_is_followed(tmp_path):
+    """--policies names a symlink that a deploy moves to a new release: the
+    watcher follows it, and then watches the new release's files."""
+    v1, v2, current = tmp_path / "v1", tmp_path / "v2", tmp_path / "current"
+    shutil.copytree(ROOT / "policies", v1)
+    shutil.copytree(ROOT / "policies", v2)
+    budget = v2 / "budget.lua"
+    budget.write_text(budget.read_text().replace("max_running_jobs_by_user = nil",
+                                                 "max_running_jobs_by_user = 50"))
+    current.symlink_to(v1)
+    srv = Server(tmp_path / "data", extra_args=["--policies", current])
+    try:
+        old = status(srv)["hash"]
+        (tmp_path / "next").symlink_to(v2)
+        (tmp_path / "next").replace(current)  # rename(2): the swap is atomic
+        swapped = wait_for_hash_change(srv, old)
+        sha = {f["name"]: f["sha256"] for f in swapped["files"]}
+        import hashlib
+        assert sha["budget.lua"] == hashlib.sha256(budget.read_bytes()).hexdigest()
+        budget.write_text(budget.read_text().replace("max_running_jobs_by_user = 50",
+                                                     "max_running_jobs_by_user = 60"))
+        wait_for_hash_change(srv, swapped["hash"])
+    finally:
+        srv.stop()
