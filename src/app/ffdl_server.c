@@ -141,6 +141,83 @@ static int read_policy_limits(const char *file, yaml_document_t *doc, yaml_node_
   return rc == FFDL_OK ? 0 : -1;
 }
 
+/* "FILE:LINE:COL: KEY: MSG" at node N. */
+static void config_error(const char *path, const yaml_node_t *n, const char *key, const char *msg) {
+  fprintf(stderr, "ffdl-server: %s:%d:%d: %s: %s\n", path, (int)n->start_mark.line + 1,
+          (int)n->start_mark.column + 1, key, msg);
+}
+
+/* A number in [LO, HI] (a whole one when WHOLE), nothing else around it. */
+static int number_in(const char *text, double lo, double hi, int whole, double *out) {
+  char *end;
+  double v = strtod(text, &end);
+  if (end == text || *end || !isfinite(v) || v < lo || v > hi || (whole && v != floor(v)))
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* The numeric settings: what each takes, and where it goes. */
+static int read_number_setting(const char *path, const yaml_node_t *v, const char *key,
+                               const char *val, options *o) {
+  static const struct {
+    const char *key;
+    double lo, hi;
+    int whole;
+    const char *expect;
+  } numbers[] = {
+      {"max_upload_mb", 1, 1 << 20, 1, "must be a whole number of MiB, 1..1048576"},
+      {"max_unzipped_mb", 1, 1 << 24, 1, "must be a whole number of MiB, 1..16777216"},
+      {"creates_per_minute", 0, 1e9, 0, "must be a number >= 0 (0: no limit)"},
+      {"policy_debounce_ms", 0, 60000, 1, "must be a whole number of ms, 0..60000"},
+  };
+  for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
+    if (strcmp(key, numbers[i].key) != 0) continue;
+    double n;
+    if (number_in(val, numbers[i].lo, numbers[i].hi, numbers[i].whole, &n) != 0) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "%s, got \"%s\"", numbers[i].expect, val);
+      config_error(path, v, key, msg);
+      return -1;
+    }
+    if (i == 0) o->max_upload = (size_t)n << 20;
+    if (i == 1) o->max_unzipped = (uint64_t)n << 20;
+    if (i == 2) o->creates_per_minute = n;
+    if (i == 3) o->policy_debounce_ms = (unsigned)n;
+    return 0;
+  }
+  return 1; /* not a numeric setting */
+}
+
+/* One KEY: VALUE of the config (a scalar); 0, or -1 after saying why. */
+static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_t *v,
+                        const char *key, const char *val, options *o) {
+  int checksum, rc = read_number_setting(path, v, key, val, o);
+  if (rc <= 0) return rc;
+  if (!strcmp(key, "listen")) {
+    if (!o->listen) o->listen = strdup(val);
+  } else if (!strcmp(key, "data")) {
+    if (!o->data) o->data = strdup(val);
+  } else if (!strcmp(key, "policies")) {
+    if (!o->policies) o->policies = strdup(val);
+  } else if (!strcmp(key, "on_shutdown")) {
+    if (strcmp(val, "halt") != 0 && strcmp(val, "leave") != 0) {
+      config_error(path, v, key, "must be leave (learners go on for the next start) or halt");
+      return -1;
+    }
+    o->halt_on_shutdown = !strcmp(val, "halt");
+  } else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "must be " FFDL_S3_CHECKSUM_NAMES ", got \"%s\"", val);
+    config_error(path, v, key, msg);
+    return -1;
+  } else if (strncmp(key, "s3_", 3) != 0 || set_default_store(o, key + 3, val) != 0) {
+    config_error(path, k, key, "unknown setting");
+    return -1;
+  }
+  return 0;
+}
+
 /* Reads the flat YAML config; command-line flags win. */
 static int read_config(const char *path, options *o) {
   FILE *f = fopen(path, "rb");
@@ -160,44 +237,21 @@ static int read_config(const char *path, options *o) {
   }
   yaml_node_t *root = ok ? yaml_document_get_root_node(&doc) : NULL;
   int rc = ok ? 0 : -1;
-  for (yaml_node_pair_t *p =
-           root && root->type == YAML_MAPPING_NODE ? root->data.mapping.pairs.start : NULL;
+  if (root && root->type != YAML_MAPPING_NODE) { /* an empty file has no root: no settings */
+    config_error(path, root, "(file)", "must be a mapping of settings (key: value)");
+    rc = -1;
+  }
+  for (yaml_node_pair_t *p = rc == 0 && root ? root->data.mapping.pairs.start : NULL;
        p && p < root->data.mapping.pairs.top; p++) {
     yaml_node_t *k = yaml_document_get_node(&doc, p->key),
                 *v = yaml_document_get_node(&doc, p->value);
-    if (k->type == YAML_SCALAR_NODE &&
-        !strcmp((const char *)k->data.scalar.value, "policy_limits")) {
+    const char *key = k->type == YAML_SCALAR_NODE ? (const char *)k->data.scalar.value : "?";
+    if (!strcmp(key, "policy_limits")) {
       if (read_policy_limits(path, &doc, k, v, o) != 0) rc = -1;
-      continue;
-    }
-    if (k->type != YAML_SCALAR_NODE || v->type != YAML_SCALAR_NODE) continue;
-    const char *key = (const char *)k->data.scalar.value, *val = (const char *)v->data.scalar.value;
-    int checksum;
-    if (!strcmp(key, "listen") && !o->listen)
-      o->listen = strdup(val);
-    else if (!strcmp(key, "data") && !o->data)
-      o->data = strdup(val);
-    else if (!strcmp(key, "policies") && !o->policies)
-      o->policies = strdup(val);
-    else if (!strcmp(key, "max_upload_mb"))
-      o->max_upload = (size_t)strtoull(val, NULL, 10) << 20;
-    else if (!strcmp(key, "max_unzipped_mb"))
-      o->max_unzipped = strtoull(val, NULL, 10) << 20;
-    else if (!strcmp(key, "creates_per_minute"))
-      o->creates_per_minute = strtod(val, NULL);
-    else if (!strcmp(key, "policy_debounce_ms"))
-      o->policy_debounce_ms = (unsigned)strtoul(val, NULL, 10);
-    else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
-      fprintf(stderr, "ffdl-server: %s:%d:%d: %s: must be " FFDL_S3_CHECKSUM_NAMES ", got \"%s\"\n",
-              path, (int)v->start_mark.line + 1, (int)v->start_mark.column + 1, key, val);
+    } else if (v->type != YAML_SCALAR_NODE) {
+      config_error(path, v, key, "must be a single value");
       rc = -1;
-    } else if (!strncmp(key, "s3_", 3) && set_default_store(o, key + 3, val) == 0)
-      ;
-    else if (!strcmp(key, "on_shutdown") && (!strcmp(val, "halt") || !strcmp(val, "leave")))
-      o->halt_on_shutdown = !strcmp(val, "halt");
-    else {
-      fprintf(stderr, "ffdl-server: %s:%d:%d: %s: unknown setting\n", path,
-              (int)k->start_mark.line + 1, (int)k->start_mark.column + 1, key);
+    } else if (read_setting(path, k, v, key, (const char *)v->data.scalar.value, o) != 0) {
       rc = -1;
     }
   }
@@ -317,8 +371,10 @@ static int split_listen(const char *listen, char *host, size_t cap, int *port) {
   const char *colon = strrchr(listen, ':');
   if (!colon) return -1;
   snprintf(host, cap, "%.*s", (int)(colon - listen), listen);
-  *port = atoi(colon + 1);
-  return *port >= 0 && *port < 65536 ? 0 : -1;
+  double n;
+  if (number_in(colon + 1, 0, 65535, 1, &n) != 0) return -1; /* 0: any free port */
+  *port = (int)n;
+  return 0;
 }
 
 int main(int argc, char **argv) {

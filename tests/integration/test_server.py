@@ -344,13 +344,31 @@ def test_rate_limit_answers_429(tmp_path):
         srv.stop()
 
 
-def test_config_file_errors_name_the_line(tmp_path):
+@pytest.mark.parametrize("text, expected", [
+    ("max_upload_mb: 10\ncolour: blue\n", "2:1: colour: unknown setting"),
+    # values that were read as 0 or taken as they came
+    ("policy_debounce_ms: fast\n", '1:21: policy_debounce_ms: must be a whole number of ms, 0..60000, got "fast"'),
+    ("creates_per_minute: -1\n", '1:21: creates_per_minute: must be a number >= 0 (0: no limit), got "-1"'),
+    ("max_upload_mb: 1e99\n", "1:16: max_upload_mb: must be a whole number of MiB"),
+    ("max_unzipped_mb: 12x\n", "1:18: max_unzipped_mb: must be a whole number of MiB"),
+    ("on_shutdown: maybe\n", "1:14: on_shutdown: must be leave (learners go on for the next start) or halt"),
+    ("listen: [127.0.0.1, 8080]\n", "1:9: listen: must be a single value"),
+    ("- listen\n", "1:1: (file): must be a mapping of settings (key: value)"),
+])
+def test_config_file_errors_name_the_line(tmp_path, text, expected):
     config = tmp_path / "server.yml"
-    config.write_text("max_upload_mb: 10\ncolour: blue\n")
+    config.write_text(text)
     result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
                              str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert f"{config}:2:1: colour: unknown setting" in result.stderr
+    assert f"{config}:{expected}" in result.stderr, result.stderr
+
+
+def test_listen_port_must_be_a_number(tmp_path):
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--listen", "127.0.0.1:http", "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--listen wants HOST:PORT, got 127.0.0.1:http" in result.stderr
 
 
 def test_a_hundred_followers_get_every_line(server):
