@@ -345,6 +345,14 @@ local function check_data_store(store, path, c)
         c.error(join(join(path, "connection"), key), "is required for " .. store.type)
       end
     end
+    -- the S3 client's own rule (ffdl_s3_endpoint_problem), said here so that
+    -- the manifest is refused, not the job failed when it stages data
+    local url = conn.auth_url
+    if type(url) == "string" and not url:match("^https?://[^/?#@]+") then
+      c.error(join(join(path, "connection"), "auth_url"),
+        fmt("must be an http:// or https:// URL with a host (such as https://s3.us-east-1.amazonaws.com), got %s",
+          describe(url)))
+    end
   elseif store.type == "mount_volume" then
     if conn == nil then
       c.error(join(path, "connection"), "is required for mount_volume (type: host_mount, name, path)")

@@ -217,8 +217,12 @@ int main(int argc, char **argv) {
   ffdl_s3 *s3;
   int rc = ffdl_s3_new(&loop, &cfg, &s3);
   if (rc) {
-    fprintf(stderr, "s3tool: bad client settings (endpoint %s, part size at least 5 MiB): %s\n",
-            cfg.endpoint, ffdl_strerror(rc));
+    const char *problem = ffdl_s3_endpoint_problem(cfg.endpoint);
+    if (problem)
+      fprintf(stderr, "s3tool: the endpoint %s\n", problem);
+    else
+      fprintf(stderr, "s3tool: bad client settings (part size at least 5 MiB): %s\n",
+              ffdl_strerror(rc));
     return 2;
   }
   ffdl_s3_progress_cb progress = t.quiet ? NULL : on_progress;

@@ -401,6 +401,9 @@ static int l_s3(lua_State *L) {
                         .region = field_or(L, 2, "region", "region")};
   if (!cfg.endpoint || !cfg.access_key || !cfg.secret_key)
     return luaL_error(L, "ffdl.s3: the connection needs auth_url, user_name and password");
+  const char *problem = ffdl_s3_endpoint_problem(cfg.endpoint);
+  if (problem)
+    return luaL_error(L, "ffdl.s3: connection.auth_url %s, got \"%s\"", problem, cfg.endpoint);
   lua_getfield(L, 2, "checksum"); /* [-0, +1, e]: ffdl's extension; nil: crc32c */
   if (!lua_isnil(L, -1)) {
     const char *text = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;

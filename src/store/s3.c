@@ -2791,16 +2791,27 @@ static void curl_init_once(void) {
   curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -1;
 }
 
+const char *ffdl_s3_endpoint_problem(const char *endpoint) {
+  if (!endpoint || !*endpoint) return "is missing";
+  const char *host = strncmp(endpoint, "http://", 7) == 0    ? endpoint + 7
+                     : strncmp(endpoint, "https://", 8) == 0 ? endpoint + 8
+                                                             : NULL;
+  if (!host) return "must start with http:// or https://";
+  size_t hn = strcspn(host, "/");
+  if (hn == 0) return "names no host";
+  if (memchr(host, '?', hn) || memchr(host, '#', hn) || memchr(host, '@', hn))
+    return "must name a host only (no user, query or fragment)";
+  return NULL;
+}
+
 static int parse_endpoint(ffdl_s3 *s3, const char *endpoint) {
+  if (ffdl_s3_endpoint_problem(endpoint)) return FFDL_EINVALID;
   const char *sep = strstr(endpoint, "://");
-  if (!sep) return FFDL_EINVALID;
   s3->scheme = strndup(endpoint, (size_t)(sep - endpoint));
   if (!s3->scheme) return FFDL_ENOMEM;
-  if (strcmp(s3->scheme, "http") != 0 && strcmp(s3->scheme, "https") != 0) return FFDL_EINVALID;
   const char *host = sep + 3;
   const char *slash = strchr(host, '/');
   size_t hn = slash ? (size_t)(slash - host) : strlen(host);
-  if (hn == 0 || memchr(host, '?', hn) || memchr(host, '@', hn)) return FFDL_EINVALID;
   s3->host = strndup(host, hn);
   s3->base_path = strdup(slash ? slash : "");
   if (!s3->host || !s3->base_path) return FFDL_ENOMEM;

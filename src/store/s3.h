@@ -59,6 +59,11 @@ int ffdl_s3_checksum_parse(const char *text, int *out);
 /* The names ffdl_s3_checksum_parse accepts, for error messages. */
 #define FFDL_S3_CHECKSUM_NAMES "crc32c or sha256"
 
+/* NULL when ENDPOINT can be a client's endpoint (http:// or https://, a
+ * host, an optional path), else what is wrong with it, to follow the
+ * field's name in a message ("must start with http:// or https://"). */
+const char *ffdl_s3_endpoint_problem(const char *endpoint);
+
 /* What S3 said when a request failed for good. */
 typedef struct {
   int http_status;   /* 0 for a connection error */

@@ -628,6 +628,18 @@ class FakeS3:
         self.server.server_close()
 
 
+@pytest.mark.parametrize("endpoint, problem", [
+    ("localhost:9000", "must start with http:// or https://"),
+    ("ftp://host", "must start with http:// or https://"),
+    ("https://", "names no host"),
+    ("http://user@host", "must name a host only (no user, query or fragment)"),
+])
+def test_an_endpoint_that_is_no_url_is_named(endpoint, problem):
+    p = s3tool(endpoint, "list", "bucket")
+    assert p.returncode == 2
+    assert f"s3tool: the endpoint {problem}" in p.stderr.decode()
+
+
 def test_retries_on_throttling_and_5xx():
     fake = FakeS3({("PUT", ""): [(503, "SlowDown"), (500, "InternalError")],
                    ("GET", ""): [(429, "TooManyRequests")]})

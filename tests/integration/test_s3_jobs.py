@@ -309,6 +309,20 @@ ffdl.s3.put(conn, "bkt", "k", "x")
     assert fake.requests == []
 
 
+def test_job_script_s3_endpoint_without_scheme_raises(tmp_path):
+    result = run_script(tmp_path, """
+local ffdl = require "ffdl"
+local conn = { auth_url = "localhost:9000", user_name = "k", password = "x" }
+print(pcall(ffdl.s3.list, conn, "bkt"))
+conn.auth_url = "http:///bkt"
+ffdl.s3.list(conn, "bkt")
+""")
+    assert result.returncode == 2, result.stderr
+    assert ('connection.auth_url must start with http:// or https://, got "localhost:9000"'
+            in result.stdout), result.stdout
+    assert 's3.lua:6: ffdl.s3: connection.auth_url names no host, got "http:///bkt"' in result.stderr
+
+
 def test_manifest_results_store_checksum_sha256(fake, tmp_path):
     """A data store whose connection says checksum: sha256 stores the
     results with each body's SHA-256 signed, and no CRC32C."""
