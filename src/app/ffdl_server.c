@@ -206,6 +206,11 @@ static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_
       return -1;
     }
     o->halt_on_shutdown = !strcmp(val, "halt");
+  } else if (!strcmp(key, "s3_url") && ffdl_s3_endpoint_problem(val)) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s, got \"%s\"", ffdl_s3_endpoint_problem(val), val);
+    config_error(path, v, key, msg);
+    return -1;
   } else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
     char msg[160];
     snprintf(msg, sizeof msg, "must be " FFDL_S3_CHECKSUM_NAMES ", got \"%s\"", val);

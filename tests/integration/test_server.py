@@ -354,6 +354,7 @@ def test_rate_limit_answers_429(tmp_path):
     ("on_shutdown: maybe\n", "1:14: on_shutdown: must be leave (learners go on for the next start) or halt"),
     ("listen: [127.0.0.1, 8080]\n", "1:9: listen: must be a single value"),
     ("- listen\n", "1:1: (file): must be a mapping of settings (key: value)"),
+    ("s3_url: minio:9000\n", '1:9: s3_url: must start with http:// or https://, got "minio:9000"'),
 ])
 def test_config_file_errors_name_the_line(tmp_path, text, expected):
     config = tmp_path / "server.yml"
