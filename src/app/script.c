@@ -387,14 +387,43 @@ static const char *field_or(lua_State *L, int t, const char *a, const char *b) {
   return v;
 }
 
+/* The arguments of ffdl.s3.OP that must be non-empty strings, by their
+ * names in ffdl.lua, at core.s3's positions (3: bucket, 4: a, 5: b). */
+static int check_s3_args(lua_State *L, int op, const char *const *ops) {
+  static const struct {
+    int index;
+    const char *name;
+    int may_be_empty;
+  } wanted[][3] = {{{3, "bucket", 0}, {4, "key", 0}, {5, "data", 1}}, /* put */
+                   {{3, "bucket", 0}, {4, "key", 0}, {0, NULL, 0}},   /* get */
+                   {{3, "bucket", 0}, {4, "prefix", 1}, {0, NULL, 0}},
+                   {{3, "bucket", 0}, {4, "dir", 0}, {5, "prefix", 1}},  /* upload_dir */
+                   {{3, "bucket", 0}, {4, "prefix", 1}, {5, "dir", 0}}}; /* download_dir */
+  for (int i = 0; i < 3 && wanted[op][i].name; i++) {
+    int at = wanted[op][i].index, type = lua_type(L, at);
+    if (type == LUA_TNUMBER ||
+        (type == LUA_TSTRING && (wanted[op][i].may_be_empty || lua_rawlen(L, at) > 0)))
+      continue;
+    return luaL_error(L, "ffdl.s3.%s: %s must be a%s string, got %s", ops[op], wanted[op][i].name,
+                      wanted[op][i].may_be_empty ? "" : " non-empty",
+                      type == LUA_TSTRING ? "\"\"" : lua_typename(L, type));
+  }
+  return 0;
+}
+
 /* core.s3(op, connection, bucket, a, b) -> token: starts put/get/list/
  * upload_dir/download_dir; the result arrives as an "s3" event. */
 static int l_s3(lua_State *L) {
   static int next_token;
   static const char *const ops[] = {"put", "get", "list", "upload_dir", "download_dir", NULL};
   int op = luaL_checkoption(L, 1, NULL, ops);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  const char *bucket = luaL_checkstring(L, 3);
+  if (!lua_istable(L, 2))
+    return luaL_error(L,
+                      "ffdl.s3.%s: the connection must be a table {auth_url=, user_name=, "
+                      "password=}, got %s",
+                      ops[op], luaL_typename(L, 2));
+  check_s3_args(L, op, ops);
+  const char *bucket = lua_tostring(L, 3);
   ffdl_s3_config cfg = {.endpoint = field_or(L, 2, "endpoint", "auth_url"),
                         .access_key = field_or(L, 2, "access_key", "user_name"),
                         .secret_key = field_or(L, 2, "secret_key", "password"),

@@ -323,6 +323,30 @@ ffdl.s3.list(conn, "bkt")
     assert 's3.lua:6: ffdl.s3: connection.auth_url names no host, got "http:///bkt"' in result.stderr
 
 
+def test_job_script_s3_bad_arguments_are_named(fake, tmp_path):
+    """Each argument by its name in ffdl.s3's signature, not core.s3's
+    positions; nothing is sent."""
+    result = run_script(tmp_path, f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "{fake.endpoint}", user_name = "k", password = "{SECRET}" }}
+print(pcall(ffdl.s3.put, conn, "bkt", "k", {{}}))
+print(pcall(ffdl.s3.get, conn, "", "k"))
+print(pcall(ffdl.s3.get, nil, "bkt", "k"))
+print(pcall(ffdl.s3.upload_dir, conn, nil, "bkt"))
+print(pcall(ffdl.s3.download_dir, conn, "bkt", "p"))
+ffdl.s3.get(conn, "bkt", "")
+""")
+    assert result.returncode == 2, result.stderr
+    for expected in ("ffdl.s3.put: data must be a string, got table",
+                     'ffdl.s3.get: bucket must be a non-empty string, got ""',
+                     "ffdl.s3.get: the connection must be a table {auth_url=, user_name=, password=}, got nil",
+                     "ffdl.s3.upload_dir: dir must be a non-empty string, got nil",
+                     "ffdl.s3.download_dir: dir must be a non-empty string, got nil"):
+        assert expected in result.stdout, result.stdout
+    assert 's3.lua:9: ffdl.s3.get: key must be a non-empty string, got ""' in result.stderr
+    assert fake.requests == []
+
+
 def test_manifest_results_store_checksum_sha256(fake, tmp_path):
     """A data store whose connection says checksum: sha256 stores the
     results with each body's SHA-256 signed, and no CRC32C."""
