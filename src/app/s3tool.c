@@ -223,6 +223,7 @@ int main(int argc, char **argv) {
     else
       fprintf(stderr, "s3tool: bad client settings (part size at least 5 MiB): %s\n",
               ffdl_strerror(rc));
+    uv_loop_close(&loop);
     return 2;
   }
   ffdl_s3_progress_cb progress = t.quiet ? NULL : on_progress;
