@@ -349,7 +349,7 @@ static void trained_model(ffdl_api *api, h2o_req_t *req, const char *id) {
   char *err = NULL;
   ffdl_localstore_mkdirs(zip, 0755);
   rmdir(zip);
-  if (access(dir, F_OK) != 0 || ffdl_localstore_zip_dir(dir, zip, &err) != FFDL_OK) {
+  if (access(dir, F_OK) != 0 || ffdl_localstore_zip_dir(dir, zip, NULL, &err) != FFDL_OK) {
     free(err);
     return ffdl_http_error(req, 404, "Not Found", "the job has no results yet");
   }

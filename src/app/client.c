@@ -156,7 +156,7 @@ static int model_zip(const char *model, char *upload, size_t cap, int *tmp_fd, c
   snprintf(upload, cap, "/tmp/ffdl-model-XXXXXX");
   *tmp_fd = mkstemp(upload);
   char *zerr = NULL;
-  if (*tmp_fd < 0 || ffdl_localstore_zip_dir(dir, upload, &zerr) != 0) {
+  if (*tmp_fd < 0 || ffdl_localstore_zip_dir(dir, upload, NULL, &zerr) != 0) {
     char msg[4300];
     snprintf(msg, sizeof msg, "cannot zip %s: %s", dir, zerr ? zerr : "no such directory");
     *err = strdup(msg);

@@ -386,8 +386,11 @@ static void stage(work *w) {
     char *code_dir = ffdl_strdup_printf("%s/_submitted_code", j->results_dir);
     char *zip = ffdl_strdup_printf("%s/model.zip", code_dir);
     ffdl_localstore_mkdirs(code_dir, 0755);
-    w->rc = ffdl_localstore_copy_model(j->model_dir, model, &w->err);
-    if (w->rc == 0) w->rc = ffdl_localstore_zip_dir(j->model_dir, zip, &w->err);
+    /* the model directory may hold the runtime's own (ffdl-run started
+     * below it): those stay out of the copy and the zip */
+    const char *const runtime_dirs[] = {j->o->home, j->o->results, NULL};
+    w->rc = ffdl_localstore_copy_model(j->model_dir, model, runtime_dirs, &w->err);
+    if (w->rc == 0) w->rc = ffdl_localstore_zip_dir(j->model_dir, zip, runtime_dirs, &w->err);
     if (w->rc != 0) w->code = "S301";
     free(model);
     free(code_dir);

@@ -79,29 +79,74 @@ static int skipped_in_model(const char *name) {
   return name[0] == '.' || strcmp(name, "ffdl-results") == 0 || strcmp(name, "__pycache__") == 0;
 }
 
-static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **err, int follow,
-                      int model_root) {
+/* Directories a copy or a zip leaves out wherever they are in the tree,
+ * known by identity: the copy's own top directory once made (a source
+ * that holds it would copy the copy into itself, without end) and, for
+ * model code, the runtime's data home and results (ffdl-run started below
+ * the model directory keeps its jobs there: every job would copy all the
+ * earlier jobs' copies). */
+#define MAX_LEFT_OUT 4
+typedef struct {
+  dev_t dev[MAX_LEFT_OUT];
+  ino_t ino[MAX_LEFT_OUT];
+  int n;
+} left_out;
+
+static void leave_out(left_out *lo, const char *path) {
+  struct stat st;
+  if (lo->n < MAX_LEFT_OUT && path && stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+    lo->dev[lo->n] = st.st_dev;
+    lo->ino[lo->n] = st.st_ino;
+    lo->n++;
+  }
+}
+
+static void leave_out_all(left_out *lo, const char *const *paths) {
+  for (int i = 0; paths && paths[i]; i++)
+    leave_out(lo, paths[i]);
+}
+
+static int is_left_out(const left_out *lo, const struct stat *st) {
+  for (int i = 0; S_ISDIR(st->st_mode) && i < lo->n; i++)
+    if (lo->dev[i] == st->st_dev && lo->ino[i] == st->st_ino) return 1;
+  return 0;
+}
+
+typedef struct {
+  uint64_t *bytes;
+  char **err;
+  left_out skip;
+  int root_made; /* the top directory of the copy is in SKIP */
+} copy_job;
+
+static int copy_entry(copy_job *c, const char *src, const char *dst, int follow, int model_root) {
   struct stat st;
   if ((follow ? stat(src, &st) : lstat(src, &st)) != 0) {
-    *err = path_error("cannot read", src);
+    *c->err = path_error("cannot read", src);
     return FFDL_ENOENT;
   }
+  if (is_left_out(&c->skip, &st)) return FFDL_OK;
   if (S_ISLNK(st.st_mode)) {
     char target[4096];
     ssize_t n = readlink(src, target, sizeof target - 1);
-    if (n < 0) return (*err = path_error("cannot read link", src), FFDL_EIO);
+    if (n < 0) return (*c->err = path_error("cannot read link", src), FFDL_EIO);
     target[n] = '\0';
     unlink(dst);
-    return symlink(target, dst) == 0 ? FFDL_OK : (*err = path_error("cannot link", dst), FFDL_EIO);
+    return symlink(target, dst) == 0 ? FFDL_OK
+                                     : (*c->err = path_error("cannot link", dst), FFDL_EIO);
   }
-  if (!S_ISDIR(st.st_mode)) return copy_file(src, dst, st.st_mode, bytes, err);
+  if (!S_ISDIR(st.st_mode)) return copy_file(src, dst, st.st_mode, c->bytes, c->err);
   if (ffdl_localstore_mkdirs(dst, 0755) != FFDL_OK) {
-    *err = path_error("cannot create", dst);
+    *c->err = path_error("cannot create", dst);
     return FFDL_EIO;
+  }
+  if (!c->root_made) {
+    leave_out(&c->skip, dst);
+    c->root_made = 1;
   }
   DIR *d = opendir(src);
   if (!d) {
-    *err = path_error("cannot list", src);
+    *c->err = path_error("cannot list", src);
     return FFDL_EIO;
   }
   int rc = FFDL_OK;
@@ -112,7 +157,7 @@ static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **
     char from[4096], to[4096];
     snprintf(from, sizeof from, "%s/%s", src, e->d_name);
     snprintf(to, sizeof to, "%s/%s", dst, e->d_name);
-    rc = copy_entry(from, to, bytes, err, 0, 0);
+    rc = copy_entry(c, from, to, 0, 0);
   }
   closedir(d);
   return rc;
@@ -122,12 +167,16 @@ static int copy_entry(const char *src, const char *dst, uint64_t *bytes, char **
  * links inside the tree are copied as links. */
 int ffdl_localstore_copy_tree(const char *src, const char *dst, uint64_t *bytes, char **err) {
   *err = NULL;
-  return copy_entry(src, dst, bytes, err, 1, 0);
+  copy_job c = {.bytes = bytes, .err = err};
+  return copy_entry(&c, src, dst, 1, 0);
 }
 
-int ffdl_localstore_copy_model(const char *src, const char *dst, char **err) {
+int ffdl_localstore_copy_model(const char *src, const char *dst, const char *const *left_out_dirs,
+                               char **err) {
   *err = NULL;
-  return copy_entry(src, dst, NULL, err, 1, 1);
+  copy_job c = {.err = err};
+  leave_out_all(&c.skip, left_out_dirs);
+  return copy_entry(&c, src, dst, 1, 1);
 }
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
@@ -142,11 +191,13 @@ int ffdl_localstore_remove_tree(const char *path) {
 }
 
 /* Adds DIR/REL (a file or a directory, recursively) to the archive. */
-static int add_to_zip(zip_t *z, const char *dir, const char *rel, char **err) {
+static int add_to_zip(zip_t *z, const char *dir, const char *rel, const left_out *skip,
+                      char **err) {
   char full[4096];
   snprintf(full, sizeof full, "%s%s%s", dir, *rel ? "/" : "", rel);
   struct stat st;
   if (lstat(full, &st) != 0) return (*err = path_error("cannot read", full), FFDL_EIO);
+  if (is_left_out(skip, &st)) return FFDL_OK;
   if (S_ISREG(st.st_mode)) {
     zip_source_t *src = zip_source_file(z, full, 0, -1);
     if (!src || zip_file_add(z, rel, src, ZIP_FL_ENC_UTF_8) < 0) {
@@ -167,18 +218,21 @@ static int add_to_zip(zip_t *z, const char *dir, const char *rel, char **err) {
     if (strcmp(e->d_name, "__pycache__") == 0 || (!*rel && skipped_in_model(e->d_name))) continue;
     char child[4096];
     snprintf(child, sizeof child, "%s%s%s", rel, *rel ? "/" : "", e->d_name);
-    rc = add_to_zip(z, dir, child, err);
+    rc = add_to_zip(z, dir, child, skip, err);
   }
   closedir(d);
   return rc;
 }
 
-int ffdl_localstore_zip_dir(const char *dir, const char *zip_path, char **err) {
+int ffdl_localstore_zip_dir(const char *dir, const char *zip_path, const char *const *left_out_dirs,
+                            char **err) {
   *err = NULL;
+  left_out skip = {0};
+  leave_out_all(&skip, left_out_dirs);
   int zerr;
   zip_t *z = zip_open(zip_path, ZIP_CREATE | ZIP_TRUNCATE, &zerr);
   if (!z) return (*err = path_error("cannot create", zip_path), FFDL_EIO);
-  int rc = add_to_zip(z, dir, "", err);
+  int rc = add_to_zip(z, dir, "", &skip, err);
   if (rc != FFDL_OK) {
     zip_discard(z);
     unlink(zip_path);

@@ -423,3 +423,32 @@ def test_the_workdir_as_model_leaves_out_ffdl_state(workdir):
     assert result.returncode == 0, result.stderr
     assert "[1] .ffdl" not in result.stderr and "[1] ffdl-results" not in result.stderr
     assert "[1] custom.yml" in result.stderr
+
+
+def test_run_from_below_the_model_directory_keeps_the_runtime_out(tmp_path):
+    """ffdl-run started in a subdirectory of the model directory keeps its
+    data home and results there: the model copy and model.zip leave them
+    out (before, the copy copied itself until a path was too long, and every
+    job copied the earlier jobs' copies)."""
+    model = tmp_path / "model"
+    sub = model / "sub"
+    sub.mkdir(parents=True)
+    (sub / "helper.py").write_text("X = 1\n")
+    manifest = model / "m.yml"
+    manifest.write_text("name: below\ncpus: 0.5\nmemory: 64MiB\nframework:\n  name: custom\n"
+                        "  version: local\n  command: ls -a $MODEL_DIR/sub\n")
+    env = dict(os.environ, FFDL_HOME=str(sub / ".ffdl"), FFDL_RESULTS=str(sub / "ffdl-results"))
+    ids = []
+    for _ in range(2):
+        result = subprocess.run([str(BUILD / "ffdl-run"), str(manifest)], cwd=sub, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-3000:]
+        ids.append(training_id(result.stderr))
+    for tid in ids:
+        copied = sub / ".ffdl" / "jobs" / tid / "model" / "sub"
+        assert sorted(p.name for p in copied.iterdir()) == ["helper.py"]
+        import zipfile
+        with zipfile.ZipFile(sub / "ffdl-results" / tid / "_submitted_code" / "model.zip") as z:
+            names = z.namelist()
+        assert "sub/helper.py" in names and "m.yml" in names
+        assert not [n for n in names if n.startswith(("sub/.ffdl", "sub/ffdl-results"))], names
