@@ -345,6 +345,16 @@ local function check_data_store(store, path, c)
         c.error(join(join(path, "connection"), key), "is required for " .. store.type)
       end
     end
+    -- S3 keys seldom start with "/": "/data/" matches none of data/*, and
+    -- the job would start with an empty $DATA_DIR
+    for _, which in ipairs { "training_data", "training_results" } do
+      local prefix = type(store[which]) == "table" and store[which].prefix
+      if type(prefix) == "string" and prefix:sub(1, 1) == "/" then
+        c.warn(join(join(path, which), "prefix"),
+          fmt("starts with /, which S3 keys seldom do: %s matches no key %s...", describe(prefix),
+            (prefix:gsub("^/+", ""))))
+      end
+    end
     -- the S3 client's own rule (ffdl_s3_endpoint_problem), said here so that
     -- the manifest is refused, not the job failed when it stages data
     local url = conn.auth_url

@@ -98,6 +98,15 @@ def test_unknown_field_is_a_warning_with_its_line(ffdl):
         f"{name}:7:3: warning: framework.entrypoint: unknown field, ignored"]
 
 
+def test_s3_prefix_with_a_leading_slash_is_a_warning(ffdl):
+    name = "tests/data/warn/s3-prefix-slash.yml"
+    result = ffdl("validate", name)
+    assert result.returncode == 0
+    assert diagnostics(result.stderr, name) == [
+        f'{name}:7:15: warning: data_stores[0].training_data.prefix: starts with /, which S3 keys '
+        f'seldom do: "/sub/" matches no key sub/...']
+
+
 def print_spec(ffdl, path, *extra):
     result = ffdl("validate", "--print", *extra, path)
     assert result.returncode == 0, result.stderr
