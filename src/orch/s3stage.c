@@ -17,8 +17,9 @@ typedef struct {
   ffdl_s3 *s3;
   ffdl_s3stage_cb done;
   ffdl_s3stage_progress_cb progress;
-  uint64_t bytes_done, bytes_total;
+  uint64_t bytes_done, bytes_total, objects_total;
   void *ud;
+  char source[600]; /* a download's s3://bucket/prefix, "" for an upload */
   const char *fail_code;
   char what[64];
   char code[8];
@@ -60,7 +61,8 @@ static void finished(void *ud, int status, const ffdl_s3_error *err) {
     snprintf(o->message, sizeof o->message, "%s failed: S3 %s (HTTP %d): %s%s%s", o->what, s3code,
              err ? err->http_status : 0, err ? err->message : "",
              err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
-  }
+  } else if (o->source[0] && o->objects_total == 0) /* not an error: some jobs need no data */
+    ffdl_log(FFDL_LOG_WARN, "%s: no object under %s; $DATA_DIR is empty", o->what, o->source);
   ffdl_s3_close(o->s3, closed, o);
 }
 
@@ -68,6 +70,7 @@ static void progress(void *ud, const ffdl_s3_progress *p) {
   op *o = ud;
   o->bytes_done = p->bytes_done;
   o->bytes_total = p->bytes_total;
+  o->objects_total = p->objects_total;
   if (o->progress) o->progress(o->ud, o->what, p->bytes_done, p->bytes_total, 0);
 }
 
@@ -102,6 +105,7 @@ int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
   const char *prefix = json_string_value(json_object_get(data, "prefix"));
   op *o = start(loop, store, "downloading the training data", "S302", progress_cb, done, ud);
   if (!o || !bucket) return free(o), FFDL_EINVALID;
+  snprintf(o->source, sizeof o->source, "s3://%s/%s", bucket, prefix ? prefix : "");
   int rc = ffdl_s3_download_prefix(o->s3, bucket, prefix ? prefix : "", dir, progress, finished, o);
   if (rc != 0) ffdl_s3_close(o->s3, free, o);
   return rc;

@@ -97,6 +97,17 @@ def test_missing_bucket_is_named(moto, digits_in_s3, tmp_path):
     assert re.search(r"FAILED S302: .*NoSuchBucket.*no-such-bucket", result.stderr), result.stderr
 
 
+def test_a_prefix_that_matches_nothing_is_said(moto, digits_in_s3, tmp_path):
+    """"/digits/" matches none of digits/*: a warning when the manifest is
+    read, and another when the download finds no object (the training
+    script then fails for want of data)."""
+    result = run(tmp_path, manifest(tmp_path, moto.endpoint, prefix="/digits/"))
+    assert "training_data.prefix: starts with /, which S3 keys seldom do" in result.stderr
+    assert ("downloading the training data: no object under s3://digits-data//digits/; "
+            "$DATA_DIR is empty") in result.stderr, result.stderr
+    assert result.returncode == 1
+
+
 def test_job_scripts_use_s3_with_yielding_calls(moto, digits_in_s3, tmp_path):
     out = tmp_path / "staged"
     src = tmp_path / "up"
