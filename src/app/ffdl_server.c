@@ -10,6 +10,7 @@
 #include "app/paths.h"
 #include "app/runtime.h"
 #include "core/error.h"
+#include "core/str.h"
 #include "core/log.h"
 #include "policy/limits.h"
 #include "store/s3.h"
@@ -147,17 +148,30 @@ static void config_error(const char *path, const yaml_node_t *n, const char *key
           (int)n->start_mark.column + 1, key, msg);
 }
 
-/* A number in [LO, HI] (a whole one when WHOLE), nothing else around it. */
-static int number_in(const char *text, double lo, double hi, int whole, double *out) {
-  char *end;
-  double v = strtod(text, &end);
-  if (end == text || *end || !isfinite(v) || v < lo || v > hi || (whole && v != floor(v)))
-    return -1;
-  *out = v;
-  return 0;
+/* "KEY: EXPECT, got "VAL"" at the value; -1. */
+static int bad_value(const char *path, const yaml_node_t *v, const char *key, const char *expect,
+                     const char *val) {
+  char msg[300];
+  snprintf(msg, sizeof msg, "%s, got \"%s\"", expect, val);
+  config_error(path, v, key, msg);
+  return -1;
 }
 
-/* The numeric settings: what each takes, and where it goes. */
+static void set_max_upload(options *o, double n) {
+  o->max_upload = (size_t)n << 20;
+}
+static void set_max_unzipped(options *o, double n) {
+  o->max_unzipped = (uint64_t)n << 20;
+}
+static void set_creates_per_minute(options *o, double n) {
+  o->creates_per_minute = n;
+}
+static void set_policy_debounce(options *o, double n) {
+  o->policy_debounce_ms = (unsigned)n;
+}
+
+/* The numeric settings: what each takes, and where it goes. 1 when KEY is
+ * not one of them. */
 static int read_number_setting(const char *path, const yaml_node_t *v, const char *key,
                                const char *val, options *o) {
   static const struct {
@@ -165,28 +179,25 @@ static int read_number_setting(const char *path, const yaml_node_t *v, const cha
     double lo, hi;
     int whole;
     const char *expect;
+    void (*set)(options *, double);
   } numbers[] = {
-      {"max_upload_mb", 1, 1 << 20, 1, "must be a whole number of MiB, 1..1048576"},
-      {"max_unzipped_mb", 1, 1 << 24, 1, "must be a whole number of MiB, 1..16777216"},
-      {"creates_per_minute", 0, 1e9, 0, "must be a number >= 0 (0: no limit)"},
-      {"policy_debounce_ms", 0, 60000, 1, "must be a whole number of ms, 0..60000"},
+      {"max_upload_mb", 1, 1 << 20, 1, "must be a whole number of MiB, 1..1048576", set_max_upload},
+      {"max_unzipped_mb", 1, 1 << 24, 1, "must be a whole number of MiB, 1..16777216",
+       set_max_unzipped},
+      {"creates_per_minute", 0, 1e9, 0, "must be a number >= 0 (0: no limit)",
+       set_creates_per_minute},
+      {"policy_debounce_ms", 0, 60000, 1, "must be a whole number of ms, 0..60000",
+       set_policy_debounce},
   };
   for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
     if (strcmp(key, numbers[i].key) != 0) continue;
     double n;
-    if (number_in(val, numbers[i].lo, numbers[i].hi, numbers[i].whole, &n) != 0) {
-      char msg[160];
-      snprintf(msg, sizeof msg, "%s, got \"%s\"", numbers[i].expect, val);
-      config_error(path, v, key, msg);
-      return -1;
-    }
-    if (i == 0) o->max_upload = (size_t)n << 20;
-    if (i == 1) o->max_unzipped = (uint64_t)n << 20;
-    if (i == 2) o->creates_per_minute = n;
-    if (i == 3) o->policy_debounce_ms = (unsigned)n;
+    if (ffdl_parse_number(val, numbers[i].lo, numbers[i].hi, numbers[i].whole, &n) != 0)
+      return bad_value(path, v, key, numbers[i].expect, val);
+    numbers[i].set(o, n);
     return 0;
   }
-  return 1; /* not a numeric setting */
+  return 1;
 }
 
 /* One KEY: VALUE of the config (a scalar); 0, or -1 after saying why. */
@@ -207,15 +218,9 @@ static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_
     }
     o->halt_on_shutdown = !strcmp(val, "halt");
   } else if (!strcmp(key, "s3_url") && ffdl_s3_endpoint_problem(val)) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "%s, got \"%s\"", ffdl_s3_endpoint_problem(val), val);
-    config_error(path, v, key, msg);
-    return -1;
+    return bad_value(path, v, key, ffdl_s3_endpoint_problem(val), val);
   } else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "must be " FFDL_S3_CHECKSUM_NAMES ", got \"%s\"", val);
-    config_error(path, v, key, msg);
-    return -1;
+    return bad_value(path, v, key, "must be " FFDL_S3_CHECKSUM_NAMES, val);
   } else if (strncmp(key, "s3_", 3) != 0 || set_default_store(o, key + 3, val) != 0) {
     config_error(path, k, key, "unknown setting");
     return -1;
@@ -377,7 +382,7 @@ static int split_listen(const char *listen, char *host, size_t cap, int *port) {
   if (!colon) return -1;
   snprintf(host, cap, "%.*s", (int)(colon - listen), listen);
   double n;
-  if (number_in(colon + 1, 0, 65535, 1, &n) != 0) return -1; /* 0: any free port */
+  if (ffdl_parse_number(colon + 1, 0, 65535, 1, &n) != 0) return -1; /* 0: any free port */
   *port = (int)n;
   return 0;
 }

@@ -6,4 +6,9 @@
  * memory (caller frees). */
 char *ffdl_strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* TEXT as a finite number in [LO, HI], a whole one when WHOLE, with
+ * nothing after it but spaces: 0 with *OUT set, or -1 (strtod alone takes
+ * "12x" as 12 and "nan" as a number). */
+int ffdl_parse_number(const char *text, double lo, double hi, int whole, double *out);
+
 #endif

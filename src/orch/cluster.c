@@ -6,8 +6,8 @@
  */
 #include "orch/cluster.h"
 #include "core/error.h"
+#include "core/str.h"
 
-#include <errno.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -919,14 +919,11 @@ static int field_error(const char *path, const yaml_node_t *at, int index, const
   return FFDL_EINVALID;
 }
 
-/* A whole number in [LO, HI], nothing else around it. */
+/* A whole number in [LO, HI]. */
 static int whole_in(const char *text, long lo, long hi, long *out) {
-  if (!text || !*text) return -1;
-  char *end;
-  errno = 0;
-  long v = strtol(text, &end, 10);
-  if (*end || errno || v < lo || v > hi) return -1;
-  *out = v;
+  double v;
+  if (ffdl_parse_number(text, (double)lo, (double)hi, 1, &v) != 0) return -1;
+  *out = (long)v;
   return 0;
 }
 
@@ -978,7 +975,6 @@ static int read_node_entry(yaml_document_t *doc, yaml_node_t *entry, const char 
   yaml_node_t *cpus = map_get(doc, entry, "cpus"), *mem = map_get(doc, entry, "memory");
   yaml_node_t *gpus = map_get(doc, entry, "gpus"), *type = map_get(doc, entry, "gpu_type");
   yaml_node_t *labels = map_get(doc, entry, "labels");
-  char *end = NULL;
   e->name = scalar(name);
   e->gpu_type = type && *scalar(type) ? scalar(type) : NULL;
   e->count = -1;
@@ -987,8 +983,7 @@ static int read_node_entry(yaml_document_t *doc, yaml_node_t *entry, const char 
     return field_error(path, name ? name : entry, index, "name", "is required", err);
   if (count && whole_in(scalar(count), 0, 100000, &e->count) != 0)
     return field_error(path, count, index, "count", "must be a whole number 0..100000", err);
-  if (cpus) e->cpus = strtod(scalar(cpus), &end);
-  if (!cpus || end == scalar(cpus) || *end || !(e->cpus > 0) || e->cpus > 1e6)
+  if (!cpus || ffdl_parse_number(scalar(cpus), 0, 1e6, 0, &e->cpus) != 0 || e->cpus <= 0)
     return field_error(path, cpus ? cpus : entry, index, "cpus", "must be a number > 0", err);
   if (!mem || ffdl_cluster_parse_bytes(scalar(mem), &e->memory) != 0)
     return field_error(path, mem ? mem : entry, index, "memory",

@@ -7,6 +7,7 @@
 #define _GNU_SOURCE /* asprintf */
 #include "orch/simulate.h"
 #include "core/error.h"
+#include "core/str.h"
 #include "orch/cluster.h"
 #include "orch/sched.h"
 
@@ -112,19 +113,12 @@ static char *trace_error(const char *path, int line, int col, const char *field,
 }
 
 static int parse_number(const char *text, double *out, double min) {
-  char *end;
-  errno = 0;
-  double v = strtod(text, &end);
-  while (*end == ' ')
-    end++;
-  if (end == text || *end || errno || !isfinite(v) || v < min) return -1;
-  *out = v;
-  return 0;
+  return ffdl_parse_number(text, min, INFINITY, 0, out);
 }
 
 static int parse_int(const char *text, long *out, long min, long max) {
   double v;
-  if (parse_number(text, &v, (double)min) != 0 || v > (double)max || v != floor(v)) return -1;
+  if (ffdl_parse_number(text, (double)min, (double)max, 1, &v) != 0) return -1;
   *out = (long)v;
   return 0;
 }

@@ -646,7 +646,8 @@ static void on_change(uv_fs_event_t *h, const char *file, int events, int status
   schedule_reload(p);
 }
 
-/* "DIR/" -> DIR's parent and last part (*NAME points into *PARENT's copy). */
+/* "A/B/DIR/" -> "A/B" and "DIR" (both allocated; "." and "/" for a
+ * directory with no parent part). */
 static int split_dir(const char *dir, char **parent, char **name) {
   size_t len = strlen(dir);
   while (len > 1 && dir[len - 1] == '/')

@@ -2810,10 +2810,9 @@ static int parse_endpoint(ffdl_s3 *s3, const char *endpoint) {
   s3->scheme = strndup(endpoint, (size_t)(sep - endpoint));
   if (!s3->scheme) return FFDL_ENOMEM;
   const char *host = sep + 3;
-  const char *slash = strchr(host, '/');
-  size_t hn = slash ? (size_t)(slash - host) : strlen(host);
+  size_t hn = strcspn(host, "/");
   s3->host = strndup(host, hn);
-  s3->base_path = strdup(slash ? slash : "");
+  s3->base_path = strdup(host + hn);
   if (!s3->host || !s3->base_path) return FFDL_ENOMEM;
   size_t bn = strlen(s3->base_path);
   while (bn > 0 && s3->base_path[bn - 1] == '/')
