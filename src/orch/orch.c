@@ -710,14 +710,32 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
   return rc;
 }
 
-static void launch_learners(job *j) {
+/* Appends a platform warning to each learner's log before it starts, where
+ * `ffdl logs` shows it next to what the learner then prints. */
+static void warn_in_logs(job *j, const char *warning) {
+  for (int i = 1; i <= j->learners; i++) {
+    char *path = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+    FILE *f = path ? fopen(path, "a") : NULL;
+    if (f) {
+      fprintf(f, "ffdl: warning: %s\n", warning);
+      fclose(f);
+    }
+    free(path);
+  }
+}
+
+/* WARNING (or NULL) comes from staging: it goes in the learners' logs and in
+ * the reason of the PROCESSING transition. */
+static void launch_learners(job *j, const char *warning) {
   char *command = full_command(j);
   int master_port = free_port();
   int *tf_ports = calloc((size_t)j->learners, sizeof *tf_ports);
   for (int i = 0; tf_ports && i < j->learners; i++)
     tf_ports[i] = free_port();
   memset(&j->failure, 0, sizeof j->failure);
-  char *why = ffdl_strdup_printf("%d learner%s running: %s", j->learners,
+  if (warning) warn_in_logs(j, warning);
+  char *why = ffdl_strdup_printf("%s%s%s%d learner%s running: %s", warning ? "warning: " : "",
+                                 warning ? warning : "", warning ? ". " : "", j->learners,
                                  j->learners > 1 ? "s" : "", command);
   transition(j, PROCESSING, why, NULL);
   free(why);
@@ -980,7 +998,8 @@ static json_t *first_store(const job *j) {
   return json_array_get(json_object_get(j->spec, "data_stores"), 0);
 }
 
-/* Launches once staging is done, unless the job was halted or staging failed. */
+/* Launches once staging is done, unless the job was halted or staging failed
+ * (CODE set). Without CODE, MESSAGE is NULL or a warning for the user. */
 static void staged(job *j, const char *code, const char *message) {
   if (j->halting) {
     release(j);
@@ -991,7 +1010,7 @@ static void staged(job *j, const char *code, const char *message) {
     return finish(j, FAILED, message ? message : "staging failed", code);
   }
   j->staged = 1;
-  launch_learners(j);
+  launch_learners(j, message);
 }
 
 static void s3_progress(void *ud, const char *what, uint64_t done, uint64_t total, int final) {
@@ -1052,8 +1071,54 @@ static void end_job(job *j, state st, const char *reason, const char *code) {
   queue_work(w);
 }
 
+/* How a job ends once its logs are in its S3 results store. */
+typedef struct {
+  job *j;
+  state st;
+  char *reason;
+  const char *code; /* static */
+} ending;
+
+static void logs_progress(void *ud, const char *what, uint64_t done, uint64_t total, int final) {
+  s3_progress(((ending *)ud)->j, what, done, total, final);
+}
+
+static void logs_stored(void *ud, const char *code, const char *message) {
+  ending *e = ud;
+  if (code)
+    ffdl_log(FFDL_LOG_WARN, "%s: the learner logs did not reach the results store: %s", e->j->id,
+             message ? message : code);
+  finish(e->j, e->st, e->reason, e->code);
+  free(e->reason);
+  free(e);
+}
+
+/* A job that ends other than through STORING (a learner failed, a halt)
+ * leaves its learner logs and whatever $RESULT_DIR holds in its S3 results
+ * store too, under <training-id>/ as STORING would: the logs say why it
+ * failed. Returns 1 when the upload runs (it finishes the job), 0 when the
+ * job has no such store or the upload could not start. */
+static int store_logs(work *w) {
+  job *j = w->j;
+  json_t *store = first_store(j);
+  if (!ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_results")) return 0;
+  ending *e = calloc(1, sizeof *e);
+  if (e && (e->reason = strdup(w->final_reason ? w->final_reason : ""))) {
+    *e = (ending){.j = j, .st = w->final_state, .reason = e->reason, .code = w->final_code};
+    if (ffdl_s3stage_upload(j->o->o.loop, store, j->id, j->results_dir, logs_progress, logs_stored,
+                            e) == 0)
+      return 1;
+  }
+  ffdl_log(FFDL_LOG_WARN, "%s: cannot start uploading the learner logs to the results store",
+           j->id);
+  if (e) free(e->reason);
+  free(e);
+  return 0;
+}
+
 static void after_collect(work *w) {
   if (w->rc != 0) ffdl_log(FFDL_LOG_WARN, "%s: %s", w->j->id, w->err ? w->err : "cannot copy logs");
+  if (store_logs(w)) return;
   finish(w->j, w->final_state, w->final_reason, w->final_code);
 }
 

@@ -24,7 +24,7 @@ typedef struct {
   char what[64];
   char code[8];
   char message[1024];
-  int failed;
+  int failed, empty; /* EMPTY: a download found no object (MESSAGE says so) */
 } op;
 
 int ffdl_s3stage_is_s3(const json_t *store) {
@@ -35,7 +35,7 @@ int ffdl_s3stage_is_s3(const json_t *store) {
 static void closed(void *ud) {
   op *o = ud;
   if (o->progress) o->progress(o->ud, o->what, o->bytes_done, o->bytes_total, 1);
-  o->done(o->ud, o->failed ? o->code : NULL, o->failed ? o->message : NULL);
+  o->done(o->ud, o->failed ? o->code : NULL, o->failed || o->empty ? o->message : NULL);
   free(o);
 }
 
@@ -61,8 +61,12 @@ static void finished(void *ud, int status, const ffdl_s3_error *err) {
     snprintf(o->message, sizeof o->message, "%s failed: S3 %s (HTTP %d): %s%s%s", o->what, s3code,
              err ? err->http_status : 0, err ? err->message : "",
              err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
-  } else if (o->source[0] && o->objects_total == 0) /* not an error: some jobs need no data */
-    ffdl_log(FFDL_LOG_WARN, "%s: no object under %s; $DATA_DIR is empty", o->what, o->source);
+  } else if (o->source[0] && o->objects_total == 0) { /* not an error: some jobs need no data */
+    o->empty = 1;
+    snprintf(o->message, sizeof o->message, "%s: no object under %s; $DATA_DIR is empty", o->what,
+             o->source);
+    ffdl_log(FFDL_LOG_WARN, "%s", o->message);
+  }
   ffdl_s3_close(o->s3, closed, o);
 }
 

@@ -7,7 +7,9 @@
 #include <uv.h>
 
 /* CODE is NULL on success, else "C103" (S3 refused the credentials) or the
- * FAIL_CODE given; MESSAGE carries S3's own code and message, never a secret. */
+ * FAIL_CODE given; MESSAGE carries S3's own code and message, never a secret.
+ * On success MESSAGE is NULL, or a warning for the job's user (a download
+ * that found no object). */
 typedef void (*ffdl_s3stage_cb)(void *ud, const char *code, const char *message);
 /* Bytes moved so far (TOTAL 0 while unknown); FINAL once, at the end. */
 typedef void (*ffdl_s3stage_progress_cb)(void *ud, const char *what, uint64_t done, uint64_t total,

@@ -33,11 +33,12 @@ def digits_in_s3(moto, tmp_path_factory):
     return s3
 
 
-def manifest(tmp_path, endpoint, data_bucket="digits-data", secret=SECRET, prefix="digits/"):
+def manifest(tmp_path, endpoint, data_bucket="digits-data", secret=SECRET, prefix="digits/",
+             results_bucket="digits-results"):
     text = (ROOT / "manifests" / "pytorch-digits.yml").read_text()
     store = (f"data_stores:\n  - id: cos\n    type: mount_cos\n    training_data:\n"
              f"      container: {data_bucket}\n      prefix: {prefix}\n    training_results:\n"
-             f"      container: digits-results\n    connection:\n      auth_url: {endpoint}\n"
+             f"      container: {results_bucket}\n    connection:\n      auth_url: {endpoint}\n"
              f"      user_name: ffdl-key\n      password: {secret}\n      region: us-east-1\n")
     text = re.sub(r"data_stores:\n(  .*\n|    .*\n|      .*\n)*", store, text)
     text = text.replace("../examples", str(ROOT / "examples"))
@@ -103,9 +104,61 @@ def test_a_prefix_that_matches_nothing_is_said(moto, digits_in_s3, tmp_path):
     script then fails for want of data)."""
     result = run(tmp_path, manifest(tmp_path, moto.endpoint, prefix="/digits/"))
     assert "training_data.prefix: starts with /, which S3 keys seldom do" in result.stderr
-    assert ("downloading the training data: no object under s3://digits-data//digits/; "
-            "$DATA_DIR is empty") in result.stderr, result.stderr
+    warning = ("downloading the training data: no object under s3://digits-data//digits/; "
+               "$DATA_DIR is empty")
+    assert warning in result.stderr, result.stderr
     assert result.returncode == 1
+    # the learner's log says it too, ahead of the script's own failure
+    tid = re.search(r"(training-[a-z0-9]+) FAILED", result.stderr).group(1)
+    log = digits_in_s3.get_object(Bucket="digits-results",
+                                  Key=f"{tid}/learner-1/training-log.txt")["Body"].read().decode()
+    assert log.startswith(f"ffdl: warning: {warning}\n"), log[:500]
+
+
+def test_a_failed_jobs_logs_that_cannot_be_stored_keep_its_failure(moto, digits_in_s3, tmp_path):
+    """A learner that failed: its logs go to the results store; when that
+    fails too, the job still ends with the learner's failure, and a warning
+    says where the logs did not go."""
+    result = run(tmp_path, manifest(tmp_path, moto.endpoint, prefix="nothing/",
+                                    results_bucket="no-such-results"))
+    assert result.returncode == 1
+    failed = re.search(r"(training-[a-z0-9]+): FAILED (\w+):", result.stderr)
+    assert failed and failed.group(2) == "C201", result.stderr[-2000:]
+    assert re.search(r"the learner logs did not reach the results store: .*NoSuchBucket.*"
+                     r"no-such-results", result.stderr), result.stderr[-2000:]
+    tid = failed.group(1)
+    assert (tmp_path / "res" / tid / "learner-1" / "training-log.txt").exists()
+
+
+def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp_path):
+    """On a server the warning reaches `ffdl logs` and the job's status."""
+    from test_server import Server, add_user, call, cli, multipart, wait_status, zip_bytes
+    text = ("name: empty-data\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
+            "  version: local\n  command: ls $DATA_DIR | wc -l\ndata_stores:\n  - id: cos\n"
+            "    type: mount_cos\n    training_data:\n      container: digits-data\n"
+            "      prefix: nothing-here/\n    training_results:\n      container: digits-results\n"
+            f"    connection:\n      auth_url: {moto.endpoint}\n      user_name: ffdl-key\n"
+            f"      password: {SECRET}\n")
+    srv = Server(tmp_path / "data")
+    try:
+        token = add_user(srv, "alice")
+        body, headers = multipart({"manifest": ("manifest.yml", text.encode()),
+                                   "model_definition": ("model.zip", zip_bytes({"a": "b"}))})
+        code, doc, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
+        assert code == 201, doc
+        model_id = doc["model_id"]
+        wait_status(srv, model_id, {"COMPLETED"}, token=token)
+        logs = cli(srv, "logs", model_id, token=token)
+        assert logs.returncode == 0, logs.stderr
+        assert logs.stdout.splitlines() == [
+            "ffdl: warning: downloading the training data: no object under "
+            "s3://digits-data/nothing-here/; $DATA_DIR is empty", "0"], logs.stdout
+        history = json.loads((srv.data / "results" / model_id / "job.json").read_text())
+        assert [t["reason"] for t in history["transitions"]
+                if t["status"] == "PROCESSING"][0].startswith(
+            "warning: downloading the training data: no object under s3://digits-data/nothing-here/")
+    finally:
+        srv.stop()
 
 
 def test_job_scripts_use_s3_with_yielding_calls(moto, digits_in_s3, tmp_path):
