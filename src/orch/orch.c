@@ -68,7 +68,8 @@ struct job {
   ffdl_request req;
   int64_t submitted_ms;
   int staged, halting, eligible, work_busy, wipe_checkpoint;
-  ffdl_sched_job sj; /* the job as the scheduler sees it */
+  ffdl_s3stage *download; /* the S3 training-data download while it runs */
+  ffdl_sched_job sj;      /* the job as the scheduler sees it */
   learner_slot *slots;
   int running;
   failure_info failure;
@@ -1021,7 +1022,9 @@ static void s3_progress(void *ud, const char *what, uint64_t done, uint64_t tota
 }
 
 static void s3_staged(void *ud, const char *code, const char *message) {
-  staged(ud, code, message);
+  job *j = ud;
+  j->download = NULL;
+  staged(j, code, message);
 }
 
 static void after_stage(work *w) {
@@ -1031,7 +1034,8 @@ static void after_stage(work *w) {
   if (w->stage_data && ffdl_s3stage_is_s3(store) && json_object_get(store, "training_data") &&
       !j->halting) {
     char *data = job_path(j, "data");
-    int rc = ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j);
+    int rc =
+        ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j, &j->download);
     free(data);
     if (rc == 0) return;
     return staged(j, "S302", "cannot start the S3 download (check the connection fields)");
@@ -1185,6 +1189,9 @@ static void halt_job(job *j, const char *reason) {
     for (int k = 0; k < j->learners; k++)
       if (j->slots[k].running) ffdl_backend_kill(o->o.backend, j->slots[k].handle, grace);
   }
+  /* a training-data download stops now; nothing is lost (STORING goes on:
+   * what it uploads is the job's results) */
+  if (j->download) ffdl_s3stage_cancel(j->download);
   /* PENDING, DOWNLOADING and STORING end when their work returns */
 }
 

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
+struct ffdl_s3stage {
   ffdl_s3 *s3;
   ffdl_s3stage_cb done;
   ffdl_s3stage_progress_cb progress;
@@ -25,7 +25,9 @@ typedef struct {
   char code[8];
   char message[1024];
   int failed, empty; /* EMPTY: a download found no object (MESSAGE says so) */
-} op;
+  int canceled;
+};
+typedef struct ffdl_s3stage op;
 
 int ffdl_s3stage_is_s3(const json_t *store) {
   const char *type = json_string_value(json_object_get(store, "type"));
@@ -58,16 +60,19 @@ static void finished(void *ud, int status, const ffdl_s3_error *err) {
     o->failed = 1;
     const char *s3code = err && err->code[0] ? err->code : "Error";
     snprintf(o->code, sizeof o->code, "%s", is_credentials_error(s3code) ? "C103" : o->fail_code);
-    snprintf(o->message, sizeof o->message, "%s failed: S3 %s (HTTP %d): %s%s%s", o->what, s3code,
-             err ? err->http_status : 0, err ? err->message : "",
-             err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
+    if (o->canceled)
+      snprintf(o->message, sizeof o->message, "%s: canceled", o->what);
+    else
+      snprintf(o->message, sizeof o->message, "%s failed: S3 %s (HTTP %d): %s%s%s", o->what, s3code,
+               err ? err->http_status : 0, err ? err->message : "",
+               err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
   } else if (o->source[0] && o->objects_total == 0) { /* not an error: some jobs need no data */
     o->empty = 1;
     snprintf(o->message, sizeof o->message, "%s: no object under %s; $DATA_DIR is empty", o->what,
              o->source);
     ffdl_log(FFDL_LOG_WARN, "%s", o->message);
   }
-  ffdl_s3_close(o->s3, closed, o);
+  ffdl_s3_close(o->s3, closed, o); /* after a cancel: closing already, CLOSED comes once */
 }
 
 static void progress(void *ud, const ffdl_s3_progress *p) {
@@ -103,7 +108,8 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
 }
 
 int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
-                          ffdl_s3stage_progress_cb progress_cb, ffdl_s3stage_cb done, void *ud) {
+                          ffdl_s3stage_progress_cb progress_cb, ffdl_s3stage_cb done, void *ud,
+                          ffdl_s3stage **running) {
   json_t *data = json_object_get(store, "training_data");
   const char *bucket = json_string_value(json_object_get(data, "container"));
   const char *prefix = json_string_value(json_object_get(data, "prefix"));
@@ -112,7 +118,15 @@ int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
   snprintf(o->source, sizeof o->source, "s3://%s/%s", bucket, prefix ? prefix : "");
   int rc = ffdl_s3_download_prefix(o->s3, bucket, prefix ? prefix : "", dir, progress, finished, o);
   if (rc != 0) ffdl_s3_close(o->s3, free, o);
+  if (rc == 0 && running) *running = o;
   return rc;
+}
+
+void ffdl_s3stage_cancel(ffdl_s3stage *o) {
+  if (!o || o->canceled) return;
+  o->canceled = 1;
+  /* fails what runs with "Canceled": FINISHED, then CLOSED, which calls DONE */
+  ffdl_s3_close(o->s3, closed, o);
 }
 
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,

@@ -15,13 +15,22 @@ typedef void (*ffdl_s3stage_cb)(void *ud, const char *code, const char *message)
 typedef void (*ffdl_s3stage_progress_cb)(void *ud, const char *what, uint64_t done, uint64_t total,
                                          int final);
 
+/* One running download or upload. */
+typedef struct ffdl_s3stage ffdl_s3stage;
+
 /* Whether a spec data store (borrowed) is staged through S3. */
 int ffdl_s3stage_is_s3(const json_t *store);
 
 /* Downloads training_data.container (optionally under training_data.prefix)
- * of STORE into DIR. Returns 0 and calls DONE once, or fails at once. */
+ * of STORE into DIR. Returns 0 and calls DONE once, or fails at once. *RUNNING
+ * (when RUNNING is not NULL) is the download until DONE is called. */
 int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
-                          ffdl_s3stage_progress_cb progress, ffdl_s3stage_cb done, void *ud);
+                          ffdl_s3stage_progress_cb progress, ffdl_s3stage_cb done, void *ud,
+                          ffdl_s3stage **running);
+/* Stops a download before its end (a halted job): its DONE comes soon from
+ * the loop, with code "S302" and a message that says it was canceled; files
+ * already complete stay in DIR, a partial one is removed. */
+void ffdl_s3stage_cancel(ffdl_s3stage *stage);
 /* Uploads the tree RESULTS to training_results.container under PREFIX/. */
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
                         const char *results, ffdl_s3stage_progress_cb progress,

@@ -212,6 +212,7 @@ class CutProxy:
         self.cuts = 0
         self.refusing = False
         self.rate = None
+        self.rate_direction = "up"
         self.closed = False
         self.conns = set()
         self.thread = threading.Thread(target=self._accept, daemon=True)
@@ -225,11 +226,12 @@ class CutProxy:
         with self.lock:
             self.limit, self.times, self.direction = nbytes, times, direction
 
-    def throttle(self, bytes_per_s):
-        """Slows each connection's client-to-server bytes to BYTES_PER_S
-        (None: full speed), so that a test can act in mid-transfer."""
+    def throttle(self, bytes_per_s, direction="up"):
+        """Slows each connection's bytes in DIRECTION ("up": client to
+        server, "down": server to client) to BYTES_PER_S (None: full speed),
+        so that a test can act in mid-transfer."""
         with self.lock:
-            self.rate = bytes_per_s
+            self.rate, self.rate_direction = bytes_per_s, direction
 
     def refuse(self, on=True):
         with self.lock:
@@ -288,7 +290,7 @@ class CutProxy:
         try:
             while True:
                 with self.lock:
-                    rate = self.rate if direction == "up" else None
+                    rate = self.rate if direction == self.rate_direction else None
                 if rate:
                     # pacing the stream, not waiting for a condition
                     ahead = carried / rate - (time.monotonic() - started)

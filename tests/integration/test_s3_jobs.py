@@ -3,12 +3,14 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
+import threading
 
 import pytest
 
 from conftest import BUILD, ROOT
-from s3server import MotoServer, self_signed_cert
+from s3server import CutProxy, MotoServer, self_signed_cert
 
 SECRET = "s3cr3t-never-shown"
 
@@ -452,3 +454,45 @@ def test_server_bad_s3_checksum_is_a_config_error(tmp_path):
     assert (f'ffdl-server: {config}:5:14: s3_checksum: must be crc32c or sha256, got "md5"'
             in result.stderr), result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_halting_a_job_stops_its_training_data_download(moto, digits_in_s3, tmp_path):
+    """Ctrl-C while a large training set is downloaded (slowly, through a
+    throttling proxy): the download is canceled, not waited for, and the
+    job ends HALTED without the file."""
+    digits_in_s3.put_object(Bucket="digits-data", Key="big/blob.bin", Body=os.urandom(48 << 20))
+    proxy = CutProxy(moto.port)
+    proxy.throttle(4 << 20, direction="down")  # about 12 s for the whole object
+    path = tmp_path / "slow.yml"
+    path.write_text(
+        "name: slow-data\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
+        "  version: local\n  command: ls $DATA_DIR\ndata_stores:\n  - id: cos\n"
+        "    type: mount_cos\n    training_data:\n      container: digits-data\n"
+        "      prefix: big/\n    connection:\n"
+        f"      auth_url: {proxy.endpoint}\n      user_name: ffdl-key\n      password: {SECRET}\n")
+    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"), FFDL_RESULTS=str(tmp_path / "res"))
+    proc = subprocess.Popen([str(BUILD / "ffdl-run"), str(path)], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if re.search(r"downloading the training data: [1-9][\d.]* ", line):
+                break  # bytes are arriving
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.close()
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out[-3000:]
+    tid = re.search(r"(training-[a-z0-9]+): HALTED", out).group(1)
+    data = tmp_path / ".ffdl" / "jobs" / tid / "data"
+    # canceled: neither the whole object nor its partial file is there
+    assert sorted(p.name for p in data.rglob("*")) == [], list(data.rglob("*"))
