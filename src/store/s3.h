@@ -139,7 +139,9 @@ int ffdl_s3_download_file(ffdl_s3 *s3, const char *bucket, const char *key, cons
 int ffdl_s3_upload_dir(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
                        ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);
 /* Every object under PREFIX into DIR/key-without-prefix (directories made as
- * needed; keys ending in '/' skipped). A key with ".", ".." or empty path
+ * needed; keys ending in '/' skipped). PREFIX "data" is the folder data/ (or
+ * the object "data"), not every key that starts with "data": see
+ * ffdl_s3_key_to_relpath. A key with ".", ".." or empty path
  * components fails the whole operation before anything is written. */
 int ffdl_s3_download_prefix(ffdl_s3 *s3, const char *bucket, const char *prefix, const char *dir,
                             ffdl_s3_progress_cb progress, ffdl_s3_done_cb done, void *ud);

@@ -122,6 +122,17 @@ int ffdl_s3_key_to_relpath(const char *prefix, const char *key, char **out) {
   size_t pn = strlen(prefix);
   if (strncmp(key, prefix, pn) != 0) return -1;
   const char *rel = key + pn;
+  if (pn && prefix[pn - 1] != '/') {
+    /* "data" names the folder data/ (as `aws s3 cp --recursive` reads it)
+     * or the one object "data", never "database/x": a string prefix would
+     * pour a neighbouring folder's keys into the target as "base/x" */
+    if (!*rel) {
+      const char *slash = strrchr(prefix, '/');
+      rel = slash ? slash + 1 : prefix;
+    } else if (*rel != '/') {
+      return 1;
+    }
+  }
   while (*rel == '/')
     rel++;
   size_t rn = strlen(rel);

@@ -40,10 +40,13 @@ uint64_t ffdl_s3_part_size_for(uint64_t size, uint64_t part_size);
 char *ffdl_s3_join_key(const char *prefix, const char *rel);
 
 /* The relative path a KEY listed under PREFIX is written to by a prefix
- * download: KEY without PREFIX and without leading '/'. Returns 0 and sets
- * *OUT (caller frees), 1 when the key is to be skipped (a "folder" marker
- * ending in '/', or the prefix itself), or -1 when the key would escape the
- * target directory (".." or "." components, empty components, NUL). */
+ * download: KEY without PREFIX and without leading '/'. A PREFIX that does
+ * not end in '/' names a folder: "data" takes "data/a" as "a" and the object
+ * "data" itself as "data", and skips "database/a". Returns 0 and sets *OUT
+ * (caller frees), 1 when the key is to be skipped (a "folder" marker ending
+ * in '/', the prefix itself when it ends in '/', a key beside the folder),
+ * or -1 when the key would escape the target directory ("..", "." or empty
+ * components, NUL). */
 int ffdl_s3_key_to_relpath(const char *prefix, const char *key, char **out);
 
 /* "us-east-1" for NULL, "" and FfDL's "us-standard"; else REGION. */

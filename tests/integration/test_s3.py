@@ -256,6 +256,24 @@ def test_upload_dir_download_prefix_round_trip(moto, bucket, tmp_path):
     assert p.returncode == 0
 
 
+def test_a_prefix_without_slash_is_a_folder_not_a_string_prefix(moto, bucket, boto, tmp_path):
+    """"sets/digits" takes sets/digits/... (as `aws s3 cp --recursive`
+    does), not the neighbouring folder sets/digitsX/, whose keys would land
+    as X/... in the target."""
+    for key in ("sets/digits/train.npz", "sets/digits/sub/test.npz", "sets/digitsX/junk.txt",
+                "sets/digits.md"):
+        boto.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    out = tmp_path / "folder"
+    ok(s3tool(moto.endpoint, "download-prefix", bucket, "sets/digits", out))
+    got = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+    assert got == ["sub/test.npz", "train.npz"]
+    # a prefix that names one object takes that object
+    one = tmp_path / "one"
+    ok(s3tool(moto.endpoint, "download-prefix", bucket, "sets/digits.md", one))
+    assert [f.name for f in one.iterdir()] == ["digits.md"]
+    assert (one / "digits.md").read_bytes() == b"sets/digits.md"
+
+
 def test_download_prefix_refuses_keys_escaping_the_directory(moto, bucket, boto, tmp_path):
     boto.put_object(Bucket=bucket, Key="p/ok.txt", Body=b"fine")
     boto.put_object(Bucket=bucket, Key="p/../../escape.txt", Body=b"evil")

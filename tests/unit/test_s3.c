@@ -122,7 +122,13 @@ static void test_keys_and_paths(void) {
   check_rel("data", "data/a/b.txt", 0, "a/b.txt");
   check_rel("data/", "data/a b+c", 0, "a b+c");
   check_rel("", "x", 0, "x");
-  check_rel("da", "data/x", 0, "ta/x");
+  /* a prefix without '/' names a folder or one object, not a string prefix */
+  check_rel("da", "data/x", 1, NULL);
+  check_rel("sets/digits", "sets/digitsX/junk.txt", 1, NULL);
+  check_rel("sets/digits", "sets/digits/train.npz", 0, "train.npz");
+  check_rel("sets/digits", "sets/digits", 0, "digits");
+  check_rel("data", "data", 0, "data");
+  check_rel("x/..", "x/..", -1, NULL);
   check_rel("data/", "data/", 1, NULL);
   check_rel("data/", "data/sub/", 1, NULL);
   check_rel("data/", "data/../../etc/passwd", -1, NULL);
