@@ -68,7 +68,7 @@ struct job {
   ffdl_request req;
   int64_t submitted_ms;
   int staged, halting, eligible, work_busy, wipe_checkpoint;
-  ffdl_s3stage *download; /* the S3 training-data download while it runs */
+  ffdl_s3stage *download; /* the S3 results check or training-data download while it runs */
   ffdl_sched_job sj;      /* the job as the scheduler sees it */
   learner_slot *slots;
   int running;
@@ -1027,20 +1027,36 @@ static void s3_staged(void *ud, const char *code, const char *message) {
   staged(j, code, message);
 }
 
+/* The S3 part of a first staging: the training data into $DATA_DIR. */
+static void download_training_data(job *j) {
+  json_t *store = first_store(j);
+  if (!ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_data") || j->halting)
+    return staged(j, NULL, NULL);
+  char *data = job_path(j, "data");
+  int rc =
+      ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j, &j->download);
+  free(data);
+  if (rc != 0) staged(j, "S302", "cannot start the S3 download (check the connection fields)");
+}
+
+static void results_checked(void *ud, const char *code, const char *message) {
+  job *j = ud;
+  j->download = NULL;
+  if (code && !j->halting) return staged(j, code, message);
+  download_training_data(j);
+}
+
 static void after_stage(work *w) {
   job *j = w->j;
   if (w->rc != 0) return staged(j, w->code ? w->code : "S302", w->err ? w->err : "staging failed");
+  if (!w->stage_data) return staged(j, NULL, NULL); /* a retry reuses the staged data */
   json_t *store = first_store(j);
-  if (w->stage_data && ffdl_s3stage_is_s3(store) && json_object_get(store, "training_data") &&
-      !j->halting) {
-    char *data = job_path(j, "data");
-    int rc =
-        ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j, &j->download);
-    free(data);
-    if (rc == 0) return;
-    return staged(j, "S302", "cannot start the S3 download (check the connection fields)");
-  }
-  staged(j, NULL, NULL);
+  if (!ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_results") || j->halting)
+    return download_training_data(j);
+  /* a missing results bucket or refused credentials fail the job now, not
+   * after it has trained */
+  if (ffdl_s3stage_check_results(j->o->o.loop, store, j->id, results_checked, j, &j->download) != 0)
+    staged(j, "S303", "cannot start checking the results bucket (check the connection fields)");
 }
 
 static void stored(void *ud, const char *code, const char *message) {

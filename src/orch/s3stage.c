@@ -122,6 +122,29 @@ int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
   return rc;
 }
 
+static void ignore_object(void *ud, const char *key, uint64_t size, const char *etag) {
+  (void)ud, (void)key, (void)size, (void)etag;
+}
+
+int ffdl_s3stage_check_results(uv_loop_t *loop, const json_t *store, const char *prefix,
+                               ffdl_s3stage_cb done, void *ud, ffdl_s3stage **running) {
+  json_t *res = json_object_get(store, "training_results");
+  const char *bucket = json_string_value(json_object_get(res, "container"));
+  op *o = start(loop, store, "checking the results bucket", "S303", NULL, done, ud);
+  if (!o || !bucket) return free(o), FFDL_EINVALID;
+  /* one short listing: a new job's PREFIX/ holds nothing yet */
+  char *under = malloc(strlen(prefix) + 2);
+  int rc = under ? 0 : FFDL_ENOMEM;
+  if (under) {
+    sprintf(under, "%s/", prefix);
+    rc = ffdl_s3_list(o->s3, bucket, under, ignore_object, finished, o);
+    free(under);
+  }
+  if (rc != 0) ffdl_s3_close(o->s3, free, o);
+  if (rc == 0 && running) *running = o;
+  return rc;
+}
+
 void ffdl_s3stage_cancel(ffdl_s3stage *o) {
   if (!o || o->canceled) return;
   o->canceled = 1;

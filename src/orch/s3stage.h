@@ -27,9 +27,15 @@ int ffdl_s3stage_is_s3(const json_t *store);
 int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
                           ffdl_s3stage_progress_cb progress, ffdl_s3stage_cb done, void *ud,
                           ffdl_s3stage **running);
-/* Stops a download before its end (a halted job): its DONE comes soon from
- * the loop, with code "S302" and a message that says it was canceled; files
- * already complete stay in DIR, a partial one is removed. */
+/* Checks, before a job trains, that STORE's training_results.container can
+ * be listed under PREFIX/ (it exists, the credentials work): DONE gets NULL,
+ * or "C103" or "S303" with S3's code and the bucket. Returns 0 and calls DONE
+ * once, or fails at once; *RUNNING as for ffdl_s3stage_download. */
+int ffdl_s3stage_check_results(uv_loop_t *loop, const json_t *store, const char *prefix,
+                               ffdl_s3stage_cb done, void *ud, ffdl_s3stage **running);
+/* Stops a download or a check before its end (a halted job): its DONE comes
+ * soon from the loop, with its failure code and a message that says it was
+ * canceled; files already complete stay in DIR, a partial one is removed. */
 void ffdl_s3stage_cancel(ffdl_s3stage *stage);
 /* Uploads the tree RESULTS to training_results.container under PREFIX/. */
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,

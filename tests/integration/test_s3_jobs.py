@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -89,7 +90,7 @@ def test_wrong_credentials_end_with_c103_and_s3s_code(moto, digits_in_s3, tmp_pa
     finally:
         auth.stop()
     assert result.returncode == 1
-    assert re.search(r"FAILED C103: downloading the training data failed: S3 "
+    assert re.search(r"FAILED C103: checking the results bucket failed: S3 "
                      r"(SignatureDoesNotMatch|InvalidAccessKeyId)", result.stderr), result.stderr
     assert "not-the-secret" not in result.stderr
 
@@ -117,17 +118,42 @@ def test_a_prefix_that_matches_nothing_is_said(moto, digits_in_s3, tmp_path):
     assert log.startswith(f"ffdl: warning: {warning}\n"), log[:500]
 
 
+def custom_manifest(tmp_path, endpoint, command, results_bucket, prefix="digits/"):
+    """A custom-framework job reading digits-data/PREFIX, results to RESULTS_BUCKET."""
+    path = tmp_path / "custom.yml"
+    path.write_text(
+        "name: custom\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
+        f"  version: local\n  command: {json.dumps(command)}\ndata_stores:\n  - id: cos\n"
+        "    type: mount_cos\n    training_data:\n      container: digits-data\n"
+        f"      prefix: {prefix}\n    training_results:\n      container: {results_bucket}\n"
+        f"    connection:\n      auth_url: {endpoint}\n      user_name: ffdl-key\n"
+        f"      password: {SECRET}\n")
+    return path
+
+
+def test_a_missing_results_bucket_fails_the_job_before_it_trains(moto, digits_in_s3, tmp_path):
+    result = run(tmp_path, custom_manifest(tmp_path, moto.endpoint, "echo trained",
+                                           "no-such-results"))
+    assert result.returncode == 1
+    assert re.search(r"FAILED S303: checking the results bucket failed: S3 NoSuchBucket .*"
+                     r"bucket no-such-results", result.stderr), result.stderr[-2000:]
+    assert "PROCESSING" not in result.stderr and "trained" not in result.stdout
+
+
 def test_a_failed_jobs_logs_that_cannot_be_stored_keep_its_failure(moto, digits_in_s3, tmp_path):
     """A learner that failed: its logs go to the results store; when that
-    fails too, the job still ends with the learner's failure, and a warning
-    says where the logs did not go."""
-    result = run(tmp_path, manifest(tmp_path, moto.endpoint, prefix="nothing/",
-                                    results_bucket="no-such-results"))
+    fails too (the learner deleted the bucket), the job still ends with the
+    learner's failure, and a warning says where the logs did not go."""
+    digits_in_s3.create_bucket(Bucket="doomed-results")
+    delete = (f"{sys.executable} -c \"import boto3; boto3.client('s3', endpoint_url="
+              f"'{moto.endpoint}', region_name='us-east-1', aws_access_key_id='k', "
+              "aws_secret_access_key='s').delete_bucket(Bucket='doomed-results')\"; exit 3")
+    result = run(tmp_path, custom_manifest(tmp_path, moto.endpoint, delete, "doomed-results"))
     assert result.returncode == 1
     failed = re.search(r"(training-[a-z0-9]+): FAILED (\w+):", result.stderr)
     assert failed and failed.group(2) == "C201", result.stderr[-2000:]
     assert re.search(r"the learner logs did not reach the results store: .*NoSuchBucket.*"
-                     r"no-such-results", result.stderr), result.stderr[-2000:]
+                     r"doomed-results", result.stderr), result.stderr[-2000:]
     tid = failed.group(1)
     assert (tmp_path / "res" / tid / "learner-1" / "training-log.txt").exists()
 
