@@ -47,8 +47,10 @@ local function new_checker(pos)
   function c.error(path, message)
     c.diags[#c.diags + 1] = { path = path, message = message }
   end
-  function c.warn(path, message, at_key)
-    c.diags[#c.diags + 1] = { path = path, message = message, warning = true, at_key = at_key }
+  --- AT (optional) is another path whose position the warning takes: the
+  --- misspelt key that explains a missing field.
+  function c.warn(path, message, at_key, at)
+    c.diags[#c.diags + 1] = { path = path, message = message, warning = true, at_key = at_key, at = at }
   end
   --- The scalar exactly as written in YAML (1.10 stays "1.10"), if known.
   function c.raw(path)
@@ -329,13 +331,62 @@ M.schema = S.record { fields = {
 -- Cross-field rules the schema cannot say alone
 ---------------------------------------------------------------------------
 
-local function check_data_store(store, path, c)
+--- Edit distance between two short strings (Levenshtein).
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+--- The key of RAW (a mapping as written) that is no field of FIELDS but
+--- reads like NAME misspelt: "training_result", "trainingResults".
+local function near_miss(raw, fields, name)
+  if type(raw) ~= "table" then return nil end
+  local want = name:lower():gsub("[^%a]", "")
+  for key in pairs(raw) do
+    if type(key) == "string" and fields[key] == nil then
+      if distance(key:lower():gsub("[^%a]", ""), want) <= 3 then return key end
+    end
+  end
+  return nil
+end
+
+--- An S3 store without training_results: nothing goes to S3 after the job.
+--- orch.c uploads only to a store's training_results, and the server's
+--- default store (s3_results_bucket) is used only for a manifest that names
+--- no data store (api.c), so it does not take these results either.
+local function warn_no_results(raw, path, c)
+  local typo = near_miss(raw, data_store.fields, "training_results")
+  c.warn(join(path, "training_results"), fmt(
+    "is not set%s: the job's results will not be uploaded to S3; they stay in the local results "
+      .. "directory ($FFDL_RESULTS/<training-id>/, ./ffdl-results/ by default, with ffdl-run; "
+      .. "under the server's --data, fetched with ffdl download ID --trainedmodel), and a "
+      .. "server's default S3 store takes only manifests that name no data store. Set "
+      .. "training_results.container to the results bucket to upload them",
+    typo and fmt(" (%s is not a field: did you mean training_results?)", describe(typo)) or ""),
+    typo and true or nil, typo and join(path, typo) or nil)
+end
+
+local function check_data_store(store, path, c, raw)
   if not store then return end
   if store.training_data == nil then
     c.error(join(path, "training_data"), "is required (training_data.container names the bucket or directory)")
   end
   local conn = store.connection
   if store.type == "s3_datastore" or store.type == "mount_cos" then
+    -- (after a bad training_data, its error is enough)
+    if type(store.training_data) == "table" and store.training_data.container ~= nil
+        and store.training_results == nil then
+      warn_no_results(raw, path, c)
+    end
     if conn == nil then
       c.error(join(path, "connection"), "is required for " .. store.type .. " (auth_url, user_name, password)")
       return
@@ -416,7 +467,9 @@ function M.normalize(doc, pos, ctx)
   local defaults = ctx and ctx.defaults or {}
 
   local stores = m.data_stores or setmetatable({}, { __jsontype = "array" })
-  for i, store in ipairs(doc.data_stores and stores or {}) do check_data_store(store, join("data_stores", i - 1), c) end
+  for i, store in ipairs(doc.data_stores and stores or {}) do
+    check_data_store(store, join("data_stores", i - 1), c, doc.data_stores[i])
+  end
   for _, store in ipairs(stores) do
     if store and store.connection and (store.type == "s3_datastore" or store.type == "mount_cos") then
       store.connection.region = store.connection.region or defaults.region
@@ -504,14 +557,15 @@ end
 function M.locate(pos, list)
   pos = pos or {}
   for _, d in ipairs(list) do
-    local path = d.path or ""
+    local path = d.at or d.path or ""
+    local wanted = path
     local p = pos[path]
     while not p and path ~= "" do
       path = path:match("^(.*)[%.%[][^%.%[]*$") or ""
       p = pos[path]
     end
     if p then
-      if d.at_key or path ~= (d.path or "") then
+      if d.at_key or path ~= wanted then
         d.line, d.col = p.kline or p.line, p.kcol or p.col
       else
         d.line, d.col = p.line, p.col
@@ -519,7 +573,7 @@ function M.locate(pos, list)
     else
       d.line, d.col = 1, 1
     end
-    d.at_key = nil
+    d.at_key, d.at = nil, nil
   end
 end
 

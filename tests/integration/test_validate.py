@@ -107,6 +107,34 @@ def test_s3_prefix_with_a_leading_slash_is_a_warning(ffdl):
         f'seldom do: "/sub/" matches no key sub/...']
 
 
+NOT_UPLOADED = (
+    "the job's results will not be uploaded to S3; they stay in the local results directory "
+    "($FFDL_RESULTS/<training-id>/, ./ffdl-results/ by default, with ffdl-run; under the "
+    "server's --data, fetched with ffdl download ID --trainedmodel), and a server's default S3 "
+    "store takes only manifests that name no data store. Set training_results.container to the "
+    "results bucket to upload them")
+
+
+def test_s3_store_without_training_results_is_a_warning_saying_where_results_stay(ffdl):
+    name = "tests/data/warn/s3-no-results.yml"
+    result = ffdl("validate", name)
+    assert result.returncode == 0
+    assert diagnostics(result.stderr, name) == [
+        f"{name}:3:5: warning: data_stores[0].training_results: is not set: {NOT_UPLOADED}"]
+
+
+def test_misspelt_training_results_is_named_at_its_line(ffdl):
+    """training_result: the unknown-field warning, and the one that says
+    what it costs, both at the misspelt key."""
+    name = "tests/data/warn/s3-results-typo.yml"
+    result = ffdl("validate", name)
+    assert result.returncode == 0
+    assert diagnostics(result.stderr, name) == [
+        f"{name}:7:5: warning: data_stores[0].training_result: unknown field, ignored",
+        f'{name}:7:5: warning: data_stores[0].training_results: is not set ("training_result" '
+        f"is not a field: did you mean training_results?): {NOT_UPLOADED}"]
+
+
 def print_spec(ffdl, path, *extra):
     result = ffdl("validate", "--print", *extra, path)
     assert result.returncode == 0, result.stderr
