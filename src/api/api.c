@@ -244,6 +244,21 @@ static char *diags_text(ffdl_diags *diags, const char *name) {
   return buf;
 }
 
+/* The warnings of a valid manifest as the FILE:LINE:COL lines ffdl-run
+ * prints (caller decrefs): FfDL's answer to a create, plus "warnings". */
+static json_t *warning_lines(ffdl_diags *diags, const char *name) {
+  json_t *lines = json_array();
+  char *text = diags->n ? diags_text(diags, name) : NULL;
+  for (char *line = text, *end; line && *line; line = end ? end + 1 : NULL) {
+    end = strchr(line, '\n');
+    if (end) *end = '\0';
+    if (*line) json_array_append_new(lines, json_string(line));
+    if (!end) break;
+  }
+  free(text);
+  return lines;
+}
+
 static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   if (!rate_allows(api, who->user))
     return ffdl_http_error(req, 429, "Too Many Requests", "too many trainings created; try later");
@@ -276,6 +291,7 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
     free(msg);
     return;
   }
+  json_t *warnings = warning_lines(&diags, name);
   ffdl_diags_free(&diags);
   json_object_set_new(spec, "user", json_string(who->user));
   /* FfDL's internal store: results of manifests that name no data store */
@@ -288,6 +304,7 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   rc = ffdl_upload_extract_zip(model->data, model->len, dir, api->o.max_unzipped, &err);
   if (rc != FFDL_OK) {
     json_decref(spec);
+    json_decref(warnings);
     api->rejected++;
     ffdl_http_error(req, 400, "C102", err ? err : "invalid model zip");
     free(err);
@@ -298,6 +315,7 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   json_decref(spec);
   if (rc != FFDL_OK) {
     ffdl_localstore_remove_tree(dir);
+    json_decref(warnings);
     api->rejected++;
     ffdl_http_error(req, 400, "C104", err ? err : ffdl_strerror(rc));
     free(err);
@@ -307,7 +325,9 @@ static void create_model(ffdl_api *api, h2o_req_t *req, const caller *who) {
   char location[128];
   snprintf(location, sizeof location, "/v1/models/%s", id);
   ffdl_http_header(req, "location", location);
-  ffdl_http_json(req, 201, json_pack("{s:s,s:s}", "model_id", id, "location", location));
+  ffdl_http_json(req, 201,
+                 json_pack("{s:s,s:s,s:o}", "model_id", id, "location", location, "warnings",
+                           warnings ? warnings : json_array()));
 }
 
 static void list_models(ffdl_api *api, h2o_req_t *req, const caller *who) {
@@ -381,11 +401,14 @@ static void logs(ffdl_api *api, h2o_req_t *req, const char *id, const json_t *jo
   int ended = status && (!strcmp(status, "COMPLETED") || !strcmp(status, "FAILED") ||
                          !strcmp(status, "HALTED"));
   int live = follow && strcmp(follow, "true") == 0 && !ended;
-  ffdl_stream *s =
-      ffdl_stream_start(req, "text/plain; charset=utf-8", live ? on_follower_closed : NULL, api);
   char *path = log_path(api, id, 1);
   FILE *f = path ? fopen(path, "r") : NULL;
   free(path);
+  /* no file yet: no learner has started (a job that failed in DOWNLOADING
+   * never has one); the client says so instead of printing nothing */
+  if (!f) ffdl_http_header(req, "x-ffdl-learner-log", "none");
+  ffdl_stream *s =
+      ffdl_stream_start(req, "text/plain; charset=utf-8", live ? on_follower_closed : NULL, api);
   if (f) {
     char buf[65536];
     size_t n;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +22,8 @@ typedef struct {
   char *data;
   size_t len;
   int stream;              /* write straight to stdout */
+  size_t streamed;         /* bytes written to stdout */
+  int no_learner_log;      /* the answer had X-FfDL-Learner-Log: none */
   ffdl_progress *progress; /* shows the upload or the download when set */
   int uploading;
 } body;
@@ -41,6 +44,7 @@ static size_t collect(char *ptr, size_t size, size_t n, void *ud) {
   if (b->stream) {
     fwrite(ptr, 1, len, stdout);
     fflush(stdout);
+    b->streamed += len;
     return len;
   }
   char *grown = realloc(b->data, b->len + len + 1);
@@ -49,6 +53,19 @@ static size_t collect(char *ptr, size_t size, size_t n, void *ud) {
   b->data = grown;
   b->len += len;
   b->data[b->len] = '\0';
+  return len;
+}
+
+static size_t on_header(char *ptr, size_t size, size_t n, void *ud) {
+  body *b = ud;
+  size_t len = size * n;
+  static const char name[] = "x-ffdl-learner-log:";
+  if (len > sizeof name && !strncasecmp(ptr, name, sizeof name - 1)) {
+    const char *v = ptr + sizeof name - 1;
+    while (*v == ' ')
+      v++;
+    b->no_learner_log = !strncmp(v, "none", 4);
+  }
   return len;
 }
 
@@ -95,6 +112,8 @@ static long request(const char *method, const char *path, const char *json_body,
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, b);
   }
+  curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(c, CURLOPT_HEADERDATA, b);
   if (b->progress) {
     curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_xfer);
     curl_easy_setopt(c, CURLOPT_XFERINFODATA, b);
@@ -169,8 +188,9 @@ static int model_zip(const char *model, char *upload, size_t cap, int *tmp_fd, c
 }
 
 int ffdl_client_submit(const char *manifest_name, const char *manifest_text, size_t len,
-                       const char *model, char id[64], char **err) {
+                       const char *model, char id[64], json_t **warnings, char **err) {
   *err = NULL;
+  if (warnings) *warnings = json_array();
   char upload[4096];
   int fd;
   if (model_zip(model, upload, sizeof upload, &fd, err) != 0) return 2;
@@ -195,6 +215,8 @@ int ffdl_client_submit(const char *manifest_name, const char *manifest_text, siz
   int rc = 0;
   if (reply) {
     snprintf(id, 64, "%s", json_string_value(json_object_get(reply, "model_id")));
+    json_t *got = json_object_get(reply, "warnings");
+    if (warnings && json_is_array(got)) json_array_extend(*warnings, got);
   } else {
     json_t *e = b.data ? json_loads(b.data, 0, NULL) : NULL;
     const char *desc = json_string_value(json_object_get(e, "description"));
@@ -241,6 +263,22 @@ int ffdl_client_download(const char *id, const char *what, const char *file) {
   return status == 200 ? 0 : -1;
 }
 
+/* The server's validation warnings on stderr, as ffdl validate and ffdl-run
+ * print them: the server knows the manifest by its file NAME only, so a
+ * line that starts with it is shown with the PATH given on the command line. */
+static void print_warnings(json_t *warnings, const char *name, const char *path) {
+  size_t i, n = strlen(name);
+  json_t *w;
+  json_array_foreach(warnings, i, w) {
+    const char *line = json_string_value(w);
+    if (!line) continue;
+    if (!strncmp(line, name, n) && line[n] == ':')
+      fprintf(stderr, "%s%s\n", path, line + n);
+    else
+      fprintf(stderr, "%s\n", line);
+  }
+}
+
 static int cmd_train(int argc, char **argv) {
   if (argc < 3) {
     fputs("usage: ffdl train MANIFEST MODEL_DIR_OR_ZIP\n", stderr);
@@ -251,10 +289,13 @@ static int cmd_train(int argc, char **argv) {
   if (ffdl_file_read(argv[1], 1u << 20, &text, &len) != 0)
     return fprintf(stderr, "ffdl: %s: cannot read the manifest\n", argv[1]), 2;
   const char *slash = strrchr(argv[1], '/');
+  const char *name = slash ? slash + 1 : argv[1];
   char id[64], *err = NULL;
-  int rc =
-      ffdl_client_submit(slash ? slash + 1 : argv[1], text ? text : "", len, argv[2], id, &err);
+  json_t *warnings = NULL;
+  int rc = ffdl_client_submit(name, text ? text : "", len, argv[2], id, &warnings, &err);
   free(text);
+  print_warnings(warnings, name, argv[1]);
+  json_decref(warnings);
   if (rc == 0)
     printf("Model ID: %s\n", id);
   else
@@ -298,6 +339,17 @@ static int cmd_list(void) {
   return 0;
 }
 
+/* "FAILED (C103)" from a training_status, as the local `ffdl show` says it;
+ * FfDL's "000" (ok) and an empty code add nothing. */
+static void status_text(json_t *st, char *out, size_t cap) {
+  const char *status = json_string_value(json_object_get(st, "status"));
+  const char *code = json_string_value(json_object_get(st, "error_code"));
+  if (code && *code && strcmp(code, "000") != 0)
+    snprintf(out, cap, "%s (%s)", status ? status : "-", code);
+  else
+    snprintf(out, cap, "%s", status ? status : "-");
+}
+
 static int cmd_show(int argc, char **argv) {
   const char *id = NULL;
   int as_json = 0;
@@ -319,18 +371,71 @@ static int cmd_show(int argc, char **argv) {
     free(text);
   } else {
     json_t *st = json_object_get(json_object_get(doc, "training"), "training_status");
+    char status[96];
+    status_text(st, status, sizeof status);
     printf("ID:        %s\nName:      %s\nFramework: %s %s\nStatus:    %s\nMessage:   %s\n",
            json_string_value(json_object_get(doc, "model_id")),
            json_string_value(json_object_get(doc, "name")),
            json_string_value(json_object_get(json_object_get(doc, "framework"), "name")),
-           json_string_value(json_object_get(json_object_get(doc, "framework"), "version")),
-           json_string_value(json_object_get(st, "status")),
+           json_string_value(json_object_get(json_object_get(doc, "framework"), "version")), status,
            json_string_value(json_object_get(st, "status_message"))
                ? json_string_value(json_object_get(st, "status_message"))
                : "");
   }
   json_decref(doc);
   return 0;
+}
+
+/* Says on stderr why `ffdl logs ID` printed nothing: the job's status,
+ * code and message, and whether its learners ever started (the server's
+ * X-FfDL-Learner-Log: none; after --follow it is asked again, since the
+ * learners may have started while it followed). Exit status stays 0. */
+static void no_log_note(const char *id, int followed, int none) {
+  char path[256];
+  if (followed) {
+    snprintf(path, sizeof path, "/v1/models/%s/logs", id);
+    body again = {0};
+    int lines = 0;
+    if (request("GET", path, NULL, NULL, &again, NULL) == 200) {
+      lines = again.len > 0; /* they came after all: nothing to explain */
+      none = again.no_learner_log;
+    }
+    free(again.data);
+    if (lines) return;
+  }
+  snprintf(path, sizeof path, "/v1/models/%s", id);
+  json_t *doc = ffdl_client_get(path);
+  json_t *st = json_object_get(json_object_get(doc, "training"), "training_status");
+  const char *status = json_string_value(json_object_get(st, "status"));
+  if (!status) {
+    fprintf(stderr, "ffdl: %s has no learner log lines\n", id);
+    json_decref(doc);
+    return;
+  }
+  const char *msg = json_string_value(json_object_get(st, "status_message"));
+  int msg_len = msg ? (int)strcspn(msg, "\n") : 0; /* one line: C201 adds the log's tail */
+  char shown[96];
+  status_text(st, shown, sizeof shown);
+  int ended =
+      !strcmp(status, "COMPLETED") || !strcmp(status, "FAILED") || !strcmp(status, "HALTED");
+  if (ended && none)
+    fprintf(stderr, "ffdl: %s has no learner log: it ended %s before its learners started", id,
+            shown);
+  else if (ended)
+    fprintf(stderr, "ffdl: %s has no learner log lines: its learners wrote none; it ended %s", id,
+            shown);
+  else if (none)
+    fprintf(stderr, "ffdl: %s has no learner log yet: it is %s; its learners have not started", id,
+            shown);
+  else
+    fprintf(stderr, "ffdl: %s has no learner log lines yet: it is %s", id, shown);
+  if (msg_len)
+    fprintf(stderr, ": %.*s\n", msg_len, msg);
+  else if (!strcmp(status, "QUEUED"))
+    fprintf(stderr, " (ffdl explain %s says why)\n", id); /* the reason is a decision's */
+  else
+    fputc('\n', stderr);
+  json_decref(doc);
 }
 
 static int cmd_logs(int argc, char **argv) {
@@ -354,6 +459,7 @@ static int cmd_logs(int argc, char **argv) {
     free(e.data);
     return rc;
   }
+  if (b.streamed == 0) no_log_note(id, follow, b.no_learner_log);
   return 0;
 }
 

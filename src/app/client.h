@@ -17,9 +17,11 @@ int ffdl_client_policy(const char *verb);
 
 /* Remote primitives (the server from ffdl_client_url()):
  * submit a manifest text named MANIFEST_NAME with the model directory (or
- * zip) MODEL; 0 and the id, or non-zero with *err (caller frees). */
+ * zip) MODEL; 0 and the id, or non-zero with *err (caller frees). When
+ * WARNINGS is not NULL it gets the server's validation warnings, a list of
+ * "NAME:LINE:COL: warning: ..." strings (caller decrefs; empty if none). */
 int ffdl_client_submit(const char *manifest_name, const char *manifest_text, size_t len,
-                       const char *model, char id[64], char **err);
+                       const char *model, char id[64], json_t **warnings, char **err);
 /* GET PATH as JSON (caller decrefs), or NULL. */
 json_t *ffdl_client_get(const char *path);
 int ffdl_client_halt(const char *id);

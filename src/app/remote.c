@@ -162,8 +162,8 @@ int ffdl_remote_submit_spec(ffdl_remote *r, const json_t *spec, const char *mode
   json_t *manifest = manifest_of(spec);
   char *text = json_dumps(manifest, JSON_COMPACT);
   json_decref(manifest);
-  int rc =
-      text ? ffdl_client_submit("manifest.json", text, strlen(text), model, id, err) : FFDL_ENOMEM;
+  int rc = text ? ffdl_client_submit("manifest.json", text, strlen(text), model, id, NULL, err)
+                : FFDL_ENOMEM;
   free(text);
   return rc == 0 ? track(r, id) : rc;
 }
