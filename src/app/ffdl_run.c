@@ -106,8 +106,8 @@ static void on_end(void *ud, const char *id, const char *status) {
   run->final_status = run->final_buf;
 }
 static void on_progress(void *ud, const char *id, const char *what, uint64_t done, uint64_t total,
-                        int final) {
-  ffdl_ui_progress(&((manifest_run *)ud)->ui, id, what, done, total, final);
+                        int state) {
+  ffdl_ui_progress(&((manifest_run *)ud)->ui, id, what, done, total, state);
 }
 static const ffdl_orch_observer manifest_observer = {on_transition, on_waiting, on_line,
                                                      on_metric,     on_end,     on_progress};

@@ -58,21 +58,23 @@ void ffdl_ui_metric(ffdl_ui *ui, const char *id, const json_t *record) {
 }
 
 void ffdl_ui_progress(ffdl_ui *ui, const char *id, const char *what, uint64_t done, uint64_t total,
-                      int final) {
+                      int state) {
   if (ui->quiet) return;
   char label[160];
   snprintf(label, sizeof label, "%s: %s", id, what);
-  if (!ui->bar_active || strcmp(label, ui->bar_label) != 0) {
-    snprintf(ui->bar_label, sizeof ui->bar_label, "%s", label);
-    ffdl_progress_init(&ui->bar, ui->bar_label);
-    ui->bar_active = 1;
+  /* the same transfer keeps its bar, and with it the samples of its rate */
+  size_t n = sizeof ui->bars / sizeof ui->bars[0], i;
+  for (i = 0; i < n && strcmp(ui->bars[i].label, label) != 0; i++) {
   }
-  if (final) {
-    ffdl_progress_finish(&ui->bar, done, total);
-    ui->bar_active = 0;
-  } else {
-    ffdl_progress_update(&ui->bar, done, total);
+  if (i == n) {
+    for (i = 0; i < n && ui->bars[i].label[0]; i++) {
+    }
+    if (i == n) i = ui->next_bar++ % n;
+    snprintf(ui->bars[i].label, sizeof ui->bars[i].label, "%s", label);
+    ffdl_progress_init(&ui->bars[i].bar, ui->bars[i].label);
   }
+  ffdl_progress_report(&ui->bars[i].bar, done, total, state);
+  if (state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED) ui->bars[i].label[0] = '\0';
 }
 
 static void on_transition(void *ud, const char *id, const char *status, const char *reason,
@@ -90,8 +92,8 @@ static void on_metric(void *ud, const char *id, const json_t *record) {
 }
 
 static void on_progress(void *ud, const char *id, const char *what, uint64_t done, uint64_t total,
-                        int final) {
-  ffdl_ui_progress(ud, id, what, done, total, final);
+                        int state) {
+  ffdl_ui_progress(ud, id, what, done, total, state);
 }
 
 const ffdl_orch_observer ffdl_ui_observer = {on_transition, on_waiting, on_line,

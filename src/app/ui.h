@@ -9,9 +9,13 @@ typedef struct {
   int show_lines; /* learner output, prefixed by learner number */
   int prefix_ids; /* several jobs at once: name the job on every line */
   int quiet;
-  ffdl_progress bar; /* the transfer in progress, if any */
-  char bar_label[160];
-  int bar_active;
+  /* the transfers in progress (several jobs may stage at once), each with
+   * its own rate; a slot is free when its label is "" */
+  struct {
+    ffdl_progress bar;
+    char label[160];
+  } bars[4];
+  unsigned next_bar; /* the slot to take when none is free */
 } ffdl_ui;
 
 /* Observer callbacks that print for UI (pass the ffdl_ui as observer_ud). */
@@ -22,7 +26,9 @@ void ffdl_ui_transition(ffdl_ui *ui, const char *id, const char *status, const c
 void ffdl_ui_waiting(ffdl_ui *ui, const char *id, const char *reason);
 void ffdl_ui_line(ffdl_ui *ui, const char *id, int learner, const char *line, size_t len);
 void ffdl_ui_metric(ffdl_ui *ui, const char *id, const json_t *record);
+/* STATE is FFDL_PROGRESS_* (core/progress.h): 0 while running, 1 when done,
+ * 2 when failed, 3 while a failed request is tried again. */
 void ffdl_ui_progress(ffdl_ui *ui, const char *id, const char *what, uint64_t done, uint64_t total,
-                      int final);
+                      int state);
 
 #endif

@@ -1,15 +1,26 @@
 /*
  * progress.c: one progress display on stderr.
- * Owns: the bar and the line format (bytes, rate, ETA). Must not: decide
- * what is being transferred.
+ * Owns: the bar and the line format (bytes, rate, ETA, retries), and how
+ * often they are drawn. Must not: decide what is being transferred.
+ *
+ * The rate comes from samples of the last few seconds: an average from the
+ * start counts the wait before the first byte (an ETA far too long), and a
+ * rate taken from the first report alone divides by almost nothing. Bytes
+ * that go back (a failed request's, to be sent again) start the samples
+ * over, and the line says that a retry is going on.
  */
 #include "core/progress.h"
 
-#include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#define LINE_EVERY_S 2.0
+#define SAMPLE_S 0.25    /* a sample for the rate at most this often */
+#define WINDOW_S 5.0     /* the rate covers about the last 5 s */
+#define MIN_SPAN_S 1.0   /* no rate before the samples span a second */
+#define TTY_EVERY_S 0.2  /* a terminal's bar is redrawn at most 5 times a second */
+#define LINE_EVERY_S 2.0 /* elsewhere, a line every 2 s */
+#define MIB 1048576.0
 
 static double now_s(void) {
   struct timespec ts;
@@ -18,29 +29,94 @@ static double now_s(void) {
 }
 
 void ffdl_progress_init(ffdl_progress *p, const char *label) {
+  memset(p, 0, sizeof *p);
   p->label = label;
+  p->out = stderr;
   p->tty = isatty(2);
-  p->started = now_s();
-  p->last_line = 0;
-  p->done = 0;
+  p->first_t = -1;
 }
 
-static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, char *out, size_t cap) {
-  double secs = now_s() - p->started;
-  double rate = secs > 0 ? (double)done / secs : 0;
-  double mib = (double)done / 1048576.0;
-  if (total > 0) {
-    double eta = rate > 0 ? (double)(total - (done < total ? done : total)) / rate : -1;
-    snprintf(out, cap, "%.1f of %.1f MiB, %.1f MiB/s, ETA %s%.0f s", mib, (double)total / 1048576.0,
-             rate / 1048576.0, eta < 0 ? "~" : "", eta < 0 ? 0 : eta);
-  } else {
-    snprintf(out, cap, "%.1f MiB, %.1f MiB/s", mib, rate / 1048576.0);
+static int slot(const ffdl_progress *p, int i) {
+  return (p->head + i) % FFDL_PROGRESS_SAMPLES;
+}
+
+static void drop_oldest(ffdl_progress *p) {
+  p->head = slot(p, 1);
+  p->n--;
+}
+
+static void sample(ffdl_progress *p, uint64_t done, double now) {
+  if (p->first_t < 0) {
+    p->first_t = now;
+    p->first_b = done;
   }
+  if (done > p->high) p->high = done;
+  if (p->n && done < p->b[slot(p, p->n - 1)]) p->n = 0; /* sent again: the rate starts over */
+  /* bytes that start moving (or move again after a wait): the rate is
+   * measured from the last sample before they did, not across the wait */
+  if (p->n > 1 && done > p->b[slot(p, p->n - 1)] && p->b[p->head] == p->b[slot(p, p->n - 1)]) {
+    p->head = slot(p, p->n - 1);
+    p->n = 1;
+  }
+  if (p->n == 0 || now - p->t[slot(p, p->n - 1)] >= SAMPLE_S) {
+    if (p->n == FFDL_PROGRESS_SAMPLES) drop_oldest(p);
+    int i = slot(p, p->n++);
+    p->t[i] = now;
+    p->b[i] = done;
+  }
+  while (p->n > 1 && now - p->t[slot(p, 1)] >= WINDOW_S)
+    drop_oldest(p);
 }
 
-static void draw(ffdl_progress *p, uint64_t done, uint64_t total, int final) {
-  char text[160];
-  describe(p, done, total, text, sizeof text);
+/* Bytes per second from the sample at FROM_T (FROM_B bytes) to NOW, or -1
+ * while they span too little time to say. */
+static double rate_since(double from_t, uint64_t from_b, uint64_t done, double now) {
+  double span = now - from_t;
+  if (from_t < 0 || span < MIN_SPAN_S) return -1;
+  return done > from_b ? (double)(done - from_b) / span : 0;
+}
+
+static void append(char *out, size_t cap, const char *fmt, double a, double b) {
+  size_t n = strlen(out);
+  if (n < cap) snprintf(out + n, cap - n, fmt, a, b);
+}
+
+static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int state, double now,
+                     char *out, size_t cap) {
+  int final = state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED;
+  out[0] = '\0';
+  if (total > 0)
+    append(out, cap, "%.1f of %.1f MiB", (double)done / MIB, (double)total / MIB);
+  else
+    append(out, cap, "%.1f MiB", (double)done / MIB, 0);
+  /* the last line: the average of the whole transfer; before: the recent rate */
+  double rate = final  ? rate_since(p->first_t, p->first_b, done, now)
+                : p->n ? rate_since(p->t[p->head], p->b[p->head], done, now)
+                       : -1;
+  if (rate >= 0)
+    append(out, cap, ", %.1f MiB/s", rate / MIB, 0);
+  else
+    append(out, cap, ", ? MiB/s", 0, 0); /* not yet known: never a guess */
+  if (!final && total > 0) {
+    if (rate > 0)
+      append(out, cap, ", ETA %.0f s", (double)(total - (done < total ? done : total)) / rate, 0);
+    else
+      append(out, cap, ", ETA ?", 0, 0);
+  }
+  if (!final && done < p->high)
+    append(out, cap, ", retrying (%.1f MiB to send again)", (double)(p->high - done) / MIB, 0);
+  else if (state == FFDL_PROGRESS_RETRYING)
+    append(out, cap, ", retrying a failed request", 0, 0);
+  if (final) append(out, cap, state == FFDL_PROGRESS_DONE ? " (done)" : " (failed)", 0, 0);
+}
+
+void ffdl_progress_report_at(ffdl_progress *p, uint64_t done, uint64_t total, int state,
+                             double now) {
+  if (p->done) return;
+  int final = state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED;
+  sample(p, done, now);
+  char text[200], frame[sizeof p->last_text];
+  describe(p, done, total, state, now, text, sizeof text);
   if (p->tty) {
     int width = 24, filled = total ? (int)((double)width * (double)done / (double)total) : 0;
     if (filled > width) filled = width;
@@ -48,23 +124,40 @@ static void draw(ffdl_progress *p, uint64_t done, uint64_t total, int final) {
     for (int i = 0; i < width; i++)
       bar[i] = i < filled ? '#' : '.';
     bar[width] = '\0';
-    fprintf(stderr, "\r%s [%s] %s\033[K%s", p->label, bar, text, final ? "\n" : "");
+    snprintf(frame, sizeof frame, "[%s] %s", bar, text);
   } else {
-    fprintf(stderr, "%s: %s%s\n", p->label, text, final ? " (done)" : "");
+    snprintf(frame, sizeof frame, "%s", text);
   }
-  fflush(stderr);
+  int retrying = !final && (state == FFDL_PROGRESS_RETRYING || done < p->high);
+  if (!final && p->drawn) {
+    int news = retrying && !p->was_retrying; /* a retry starts: said at once */
+    if (!news && now - p->last_draw < (p->tty ? TTY_EVERY_S : LINE_EVERY_S)) return;
+    if (p->tty && strcmp(frame, p->last_text) == 0) return; /* the same frame again */
+  }
+  p->done = final;
+  p->drawn = 1;
+  p->was_retrying = retrying;
+  p->last_draw = now;
+  snprintf(p->last_text, sizeof p->last_text, "%s", frame);
+  if (p->tty)
+    fprintf(p->out, "\r%s %s\033[K%s", p->label, frame, final ? "\n" : "");
+  else
+    fprintf(p->out, "%s: %s\n", p->label, frame);
+  fflush(p->out);
+}
+
+void ffdl_progress_report(ffdl_progress *p, uint64_t done, uint64_t total, int state) {
+  ffdl_progress_report_at(p, done, total, state, now_s());
 }
 
 void ffdl_progress_update(ffdl_progress *p, uint64_t done, uint64_t total) {
-  if (p->done) return;
-  double t = now_s();
-  if (!p->tty && t - p->last_line < LINE_EVERY_S) return;
-  p->last_line = t;
-  draw(p, done, total, 0);
+  ffdl_progress_report(p, done, total, FFDL_PROGRESS_RUNNING);
 }
 
 void ffdl_progress_finish(ffdl_progress *p, uint64_t done, uint64_t total) {
-  if (p->done) return;
-  p->done = 1;
-  draw(p, done, total, 1);
+  ffdl_progress_report(p, done, total, FFDL_PROGRESS_DONE);
+}
+
+void ffdl_progress_fail(ffdl_progress *p, uint64_t done, uint64_t total) {
+  ffdl_progress_report(p, done, total, FFDL_PROGRESS_FAILED);
 }
