@@ -125,8 +125,13 @@ static long request(const char *method, const char *path, const char *json_body,
     curl_off_t up = 0, down = 0;
     curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &up);
     curl_easy_getinfo(c, CURLINFO_SIZE_DOWNLOAD_T, &down);
-    ffdl_progress_finish(b->progress, (uint64_t)(b->uploading ? up : down),
-                         (uint64_t)(b->uploading ? up : down));
+    long code = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    uint64_t moved = (uint64_t)(b->uploading ? up : down);
+    if (rc == CURLE_OK && code < 400)
+      ffdl_progress_finish(b->progress, moved, moved);
+    else /* an error answer is no model: never "(done)" */
+      ffdl_progress_fail(b->progress, moved, moved);
   }
   if (rc == CURLE_OK)
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);

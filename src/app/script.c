@@ -361,9 +361,9 @@ static void s3_done(void *ud, int status, const ffdl_s3_error *err) {
   lua_pushboolean(L, status == 0);
   lua_setfield(L, -2, "ok");
   if (status != 0) {
-    lua_pushfstring(L, "S3 %s (HTTP %d): %s%s%s", err && err->code[0] ? err->code : "Error",
-                    err ? err->http_status : 0, err ? err->message : "",
-                    err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
+    char text[2048];
+    ffdl_s3_error_text(err, text, sizeof text);
+    lua_pushstring(L, text);
     lua_setfield(L, -2, "error");
   } else if (c->body) {
     lua_pushlstring(L, c->body, c->len);

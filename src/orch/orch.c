@@ -321,7 +321,7 @@ typedef struct {
   int stage_data, wipe_checkpoint, learners;
   state final_state; /* WORK_COLLECT_LOGS: how the job ends afterwards */
   char *final_reason;
-  const char *final_code;
+  char final_code[8]; /* copied: staging's codes live in its own memory */
   /* outputs */
   int rc;
   char *err;
@@ -443,14 +443,27 @@ static void store_results(work *w) {
   copy_logs(w);
 }
 
+/* The job's copy of its training data, once it has ended: each job would
+ * otherwise keep a whole data set on disk for good. */
+static void drop_staged_data(work *w) {
+  char *data = job_path(w->j, "data");
+  if (data && access(data, F_OK) == 0 && ffdl_localstore_remove_tree(data) != FFDL_OK)
+    ffdl_log(FFDL_LOG_WARN, "%s: cannot remove the staged data %s: %s", w->j->id, data,
+             strerror(errno));
+  free(data);
+}
+
 static void run_work(uv_work_t *req) {
   work *w = req->data;
-  if (w->kind == WORK_STAGE)
+  if (w->kind == WORK_STAGE) {
     stage(w);
-  else if (w->kind == WORK_STORE)
+    return;
+  }
+  if (w->kind == WORK_STORE)
     store_results(w);
   else
     copy_logs(w);
+  drop_staged_data(w); /* STORING and the collection of logs come only at the end */
 }
 
 static void after_stage(work *w);
@@ -1008,17 +1021,17 @@ static void staged(job *j, const char *code, const char *message) {
   }
   if (code) {
     release(j);
-    return finish(j, FAILED, message ? message : "staging failed", code);
+    return end_job(j, FAILED, message ? message : "staging failed", code);
   }
   j->staged = 1;
   launch_learners(j, message);
 }
 
-static void s3_progress(void *ud, const char *what, uint64_t done, uint64_t total, int final) {
+static void s3_progress(void *ud, const char *what, uint64_t done, uint64_t total, int state) {
   job *j = ud;
   ffdl_orch *o = j->o;
   if (o->o.observer && o->o.observer->on_progress)
-    o->o.observer->on_progress(o->o.observer_ud, j->id, what, done, total, final);
+    o->o.observer->on_progress(o->o.observer_ud, j->id, what, done, total, state);
 }
 
 static void s3_staged(void *ud, const char *code, const char *message) {
@@ -1082,12 +1095,13 @@ static void after_store(work *w) {
 
 /* Logs go to the results store for every ending, not only success. */
 static void end_job(job *j, state st, const char *reason, const char *code) {
-  if (!j->staged) return finish(j, st, reason, code);
+  /* a job that never reached DOWNLOADING has nothing on disk to collect or drop */
+  if (!j->staged && j->st != DOWNLOADING) return finish(j, st, reason, code);
   work *w = new_work(j, WORK_COLLECT_LOGS);
   if (!w) return finish(j, st, reason, code);
   w->final_state = st;
   w->final_reason = strdup(reason ? reason : "");
-  w->final_code = code;
+  snprintf(w->final_code, sizeof w->final_code, "%s", code ? code : "");
   queue_work(w);
 }
 
@@ -1096,11 +1110,11 @@ typedef struct {
   job *j;
   state st;
   char *reason;
-  const char *code; /* static */
+  char code[8]; /* "" for none */
 } ending;
 
-static void logs_progress(void *ud, const char *what, uint64_t done, uint64_t total, int final) {
-  s3_progress(((ending *)ud)->j, what, done, total, final);
+static void logs_progress(void *ud, const char *what, uint64_t done, uint64_t total, int state) {
+  s3_progress(((ending *)ud)->j, what, done, total, state);
 }
 
 static void logs_stored(void *ud, const char *code, const char *message) {
@@ -1108,7 +1122,7 @@ static void logs_stored(void *ud, const char *code, const char *message) {
   if (code)
     ffdl_log(FFDL_LOG_WARN, "%s: the learner logs did not reach the results store: %s", e->j->id,
              message ? message : code);
-  finish(e->j, e->st, e->reason, e->code);
+  finish(e->j, e->st, e->reason, e->code[0] ? e->code : NULL);
   free(e->reason);
   free(e);
 }
@@ -1121,10 +1135,13 @@ static void logs_stored(void *ud, const char *code, const char *message) {
 static int store_logs(work *w) {
   job *j = w->j;
   json_t *store = first_store(j);
-  if (!ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_results")) return 0;
+  if (!j->staged || !ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_results"))
+    return 0; /* no learner ran: no log */
   ending *e = calloc(1, sizeof *e);
   if (e && (e->reason = strdup(w->final_reason ? w->final_reason : ""))) {
-    *e = (ending){.j = j, .st = w->final_state, .reason = e->reason, .code = w->final_code};
+    e->j = j;
+    e->st = w->final_state;
+    memcpy(e->code, w->final_code, sizeof e->code);
     if (ffdl_s3stage_upload(j->o->o.loop, store, j->id, j->results_dir, logs_progress, logs_stored,
                             e) == 0)
       return 1;
@@ -1139,7 +1156,7 @@ static int store_logs(work *w) {
 static void after_collect(work *w) {
   if (w->rc != 0) ffdl_log(FFDL_LOG_WARN, "%s: %s", w->j->id, w->err ? w->err : "cannot copy logs");
   if (store_logs(w)) return;
-  finish(w->j, w->final_state, w->final_reason, w->final_code);
+  finish(w->j, w->final_state, w->final_reason, w->final_code[0] ? w->final_code : NULL);
 }
 
 static void write_job_json(job *j) {

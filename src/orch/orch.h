@@ -28,9 +28,10 @@ typedef struct {
   void (*on_metric)(void *ud, const char *job_id, const json_t *record);
   /* The job reached COMPLETED, FAILED or HALTED; its job.json is written. */
   void (*on_end)(void *ud, const char *job_id, const char *status);
-  /* A long transfer (S3 staging or storing) moved DONE of TOTAL bytes. */
+  /* A long transfer (S3 staging or storing) moved DONE of TOTAL bytes; STATE
+   * is FFDL_PROGRESS_* (core/progress.h): running, retrying, done, failed. */
   void (*on_progress)(void *ud, const char *job_id, const char *what, uint64_t done, uint64_t total,
-                      int final);
+                      int state);
 } ffdl_orch_observer;
 
 typedef struct {

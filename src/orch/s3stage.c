@@ -6,6 +6,7 @@
  */
 #include "orch/s3stage.h"
 #include "core/error.h"
+#include "core/progress.h"
 #include "core/log.h"
 #include "store/s3.h"
 
@@ -36,7 +37,9 @@ int ffdl_s3stage_is_s3(const json_t *store) {
 
 static void closed(void *ud) {
   op *o = ud;
-  if (o->progress) o->progress(o->ud, o->what, o->bytes_done, o->bytes_total, 1);
+  if (o->progress)
+    o->progress(o->ud, o->what, o->bytes_done, o->bytes_total,
+                o->failed ? FFDL_PROGRESS_FAILED : FFDL_PROGRESS_DONE);
   o->done(o->ud, o->failed ? o->code : NULL, o->failed || o->empty ? o->message : NULL);
   free(o);
 }
@@ -60,12 +63,12 @@ static void finished(void *ud, int status, const ffdl_s3_error *err) {
     o->failed = 1;
     const char *s3code = err && err->code[0] ? err->code : "Error";
     snprintf(o->code, sizeof o->code, "%s", is_credentials_error(s3code) ? "C103" : o->fail_code);
-    if (o->canceled)
+    if (o->canceled) {
       snprintf(o->message, sizeof o->message, "%s: canceled", o->what);
-    else
-      snprintf(o->message, sizeof o->message, "%s failed: S3 %s (HTTP %d): %s%s%s", o->what, s3code,
-               err ? err->http_status : 0, err ? err->message : "",
-               err && err->bucket[0] ? "; bucket " : "", err ? err->bucket : "");
+    } else { /* WHAT is short: the S3 error follows it */
+      size_t n = (size_t)snprintf(o->message, sizeof o->message, "%s failed: ", o->what);
+      ffdl_s3_error_text(err, o->message + n, sizeof o->message - n);
+    }
   } else if (o->source[0] && o->objects_total == 0) { /* not an error: some jobs need no data */
     o->empty = 1;
     snprintf(o->message, sizeof o->message, "%s: no object under %s; $DATA_DIR is empty", o->what,
@@ -80,7 +83,9 @@ static void progress(void *ud, const ffdl_s3_progress *p) {
   o->bytes_done = p->bytes_done;
   o->bytes_total = p->bytes_total;
   o->objects_total = p->objects_total;
-  if (o->progress) o->progress(o->ud, o->what, p->bytes_done, p->bytes_total, 0);
+  if (o->progress)
+    o->progress(o->ud, o->what, p->bytes_done, p->bytes_total,
+                p->retrying ? FFDL_PROGRESS_RETRYING : FFDL_PROGRESS_RUNNING);
 }
 
 static op *start(uv_loop_t *loop, const json_t *store, const char *what, const char *fail_code,

@@ -11,9 +11,11 @@
  * On success MESSAGE is NULL, or a warning for the job's user (a download
  * that found no object). */
 typedef void (*ffdl_s3stage_cb)(void *ud, const char *code, const char *message);
-/* Bytes moved so far (TOTAL 0 while unknown); FINAL once, at the end. */
+/* Bytes moved so far (TOTAL 0 while unknown). STATE is FFDL_PROGRESS_*
+ * (core/progress.h): RUNNING or RETRYING while it runs, then DONE or FAILED
+ * once, at the end. */
 typedef void (*ffdl_s3stage_progress_cb)(void *ud, const char *what, uint64_t done, uint64_t total,
-                                         int final);
+                                         int state);
 
 /* One running download or upload. */
 typedef struct ffdl_s3stage ffdl_s3stage;

@@ -224,6 +224,18 @@ static int add_to_zip(zip_t *z, const char *dir, const char *rel, const left_out
   return rc;
 }
 
+/* An archive of no entry: its end-of-central-directory record alone. */
+static int write_empty_zip(const char *zip_path, char **err) {
+  static const unsigned char end_record[22] = {'P', 'K', 5, 6};
+  FILE *f = fopen(zip_path, "wb");
+  int ok = f && fwrite(end_record, sizeof end_record, 1, f) == 1;
+  if (f && fclose(f) != 0) ok = 0;
+  if (ok) return FFDL_OK;
+  *err = path_error("cannot write", zip_path);
+  unlink(zip_path);
+  return FFDL_EIO;
+}
+
 int ffdl_localstore_zip_dir(const char *dir, const char *zip_path, const char *const *left_out_dirs,
                             char **err) {
   *err = NULL;
@@ -238,10 +250,12 @@ int ffdl_localstore_zip_dir(const char *dir, const char *zip_path, const char *c
     unlink(zip_path);
     return rc;
   }
+  int entries = (int)zip_get_num_entries(z, 0);
   if (zip_close(z) != 0) {
     *err = strdup(zip_strerror(z));
     zip_discard(z);
     return FFDL_EIO;
   }
-  return FFDL_OK;
+  /* libzip writes no file at all for an archive without entries */
+  return entries > 0 ? FFDL_OK : write_empty_zip(zip_path, err);
 }

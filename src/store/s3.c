@@ -249,6 +249,7 @@ struct s3_op {
   /* progress, kept on the root operation */
   uint64_t bytes_done, bytes_total, objects_done, objects_total, last_bytes, last_ms;
   double rate;
+  unsigned retries, retries_shown; /* requests retried, and how many a report has said */
   char *bucket, *key, *prefix, *path, *partial;
   char *data; /* put_buffer's copy, create_bucket's and complete's bodies */
   size_t len;
@@ -513,6 +514,10 @@ static void on_progress_tick(uv_timer_t *t) {
         .rate_bytes_per_s = op->rate,
         .eta_s = -1,
     };
+    for (s3_req *q = s3->retry_head; q && !p.retrying; q = q->next)
+      p.retrying = op_root(q->op) == op;
+    if (op->retries != op->retries_shown) p.retrying = 1;
+    op->retries_shown = op->retries;
     if (op->bytes_total && op->rate > 0)
       p.eta_s = op->bytes_total > op->bytes_done
                     ? (double)(op->bytes_total - op->bytes_done) / op->rate
@@ -1347,6 +1352,7 @@ static void req_finished(s3_req *r, CURLcode rc) {
     unsigned delay = ffdl_s3_backoff_ms(s3->retry_base_ms, BACKOFF_CAP_MS, r->attempt, rand01(s3));
     r->attempt++;
     progress_rollback(r);
+    op_root(r->op)->retries++;
     ffdl_log(FFDL_LOG_INFO, "s3: %s %s/%s failed (%s: %s), retry %d of %d in %u ms", r->method,
              r->bucket ? r->bucket : "", r->key ? r->key : "", err.code, err.message, r->attempt,
              s3->max_retries, delay);
@@ -2837,6 +2843,13 @@ static void client_free(ffdl_s3 *s3) {
   free(s3->wbufs);
   free(s3->idle); /* emptied by close_maybe_finish */
   free(s3);
+}
+
+void ffdl_s3_error_text(const ffdl_s3_error *err, char *out, size_t cap) {
+  int has_bucket = err && err->bucket[0], has_key = has_bucket && err->key[0];
+  snprintf(out, cap, "S3 %s (HTTP %d): %s%s%s%s%s", err && err->code[0] ? err->code : "Error",
+           err ? err->http_status : 0, err ? err->message : "", has_bucket ? "; bucket " : "",
+           has_bucket ? err->bucket : "", has_key ? ", key " : "", has_key ? err->key : "");
 }
 
 int ffdl_s3_checksum_parse(const char *text, int *out) {

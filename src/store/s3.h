@@ -73,11 +73,16 @@ typedef struct {
   char key[1024];
 } ffdl_s3_error;
 
+/* "S3 CODE (HTTP N): MESSAGE; bucket B, key K" (the parts it has; "S3 Error
+ * (HTTP 0)" for a NULL ERR) into OUT, for the messages users read. */
+void ffdl_s3_error_text(const ffdl_s3_error *err, char *out, size_t cap);
+
 typedef struct {
   uint64_t bytes_done, bytes_total; /* total is 0 while unknown (a listing in progress) */
   uint64_t objects_done, objects_total;
   double rate_bytes_per_s;
   double eta_s; /* < 0 while unknown */
+  int retrying; /* a request waits to be tried again, or was since the last report */
 } ffdl_s3_progress;
 
 /* STATUS is 0 or a negative FFDL_E* code; ERR is set (borrowed) when status != 0.

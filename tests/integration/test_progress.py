@@ -104,8 +104,6 @@ def test_a_retried_upload_says_it_retries(moto, data_in_s3, tmp_path):
     assert lines[-1].endswith("(done)") and "retrying" not in lines[-1], lines
 
 
-@pytest.mark.xfail(strict=True, reason="needs s3stage.c's closed() to report "
-                   "FFDL_PROGRESS_FAILED (the report of the progress commit)")
 def test_a_failed_download_does_not_say_done(moto, data_in_s3, tmp_path):
     result = run(tmp_path, manifest(tmp_path, moto.endpoint, data_bucket="no-such-data"))
     assert result.returncode == 1
@@ -181,8 +179,6 @@ def test_download_on_a_terminal_draws_each_frame_once(trained, tmp_path):
     assert frames[-1].endswith("(done)"), frames
 
 
-@pytest.mark.xfail(strict=True, reason="needs client.c's request() to end a failed "
-                   "transfer with ffdl_progress_fail (the report of the progress commit)")
 def test_a_failed_download_on_a_terminal_does_not_say_done(trained, tmp_path):
     server, token, model_id = trained
     env = dict(os.environ, FFDL_URL=server.url, FFDL_TOKEN="not-a-token")

@@ -329,8 +329,11 @@ def test_learner_environment(workdir):
     assert env["MASTER_ADDR"] == "127.0.0.1" and int(env["MASTER_PORT"]) > 0
     tf = json.loads(env["TF_CONFIG"])
     assert tf["task"] == {"type": "worker", "index": 1} and len(tf["cluster"]["worker"]) == 2
-    for key in ("DATA_DIR", "RESULT_DIR", "CHECKPOINT_DIR", "JOB_STATE_DIR", "LOG_DIR"):
+    for key in ("RESULT_DIR", "CHECKPOINT_DIR", "JOB_STATE_DIR", "LOG_DIR"):
         assert os.path.isdir(env[key]), key
+    # the staged data was there for the learners, and went when the job ended
+    assert env["DATA_DIR"] == str(workdir / ".ffdl" / "jobs" / tid / "data")
+    assert not os.path.exists(env["DATA_DIR"])
 
 
 def test_host_mount_data_is_staged(workdir):

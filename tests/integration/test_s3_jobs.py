@@ -71,6 +71,9 @@ def test_pytorch_digits_with_data_and_results_in_s3(moto, digits_in_s3, tmp_path
     log = digits_in_s3.get_object(Bucket="digits-results",
                                   Key=f"{tid}/learner-1/training-log.txt")["Body"].read().decode()
     assert "final test accuracy" in log
+    # the job's copy of the training data went when it ended
+    assert not (tmp_path / ".ffdl" / "jobs" / tid / "data").exists()
+    assert (tmp_path / ".ffdl" / "jobs" / tid / "model").is_dir()
     # the secret appears nowhere a person or a log can see it
     job = (tmp_path / "res" / tid / "job.json").read_text()
     shown = subprocess.run([str(BUILD / "ffdl"), "show", "--json", tid], cwd=tmp_path,
@@ -210,6 +213,7 @@ print(table.concat(keys, ","))
 assert(ffdl.s3.download_dir(conn, "digits-data", "digits/", "{out}"))
 local none, err = ffdl.s3.get(conn, "no-such-bucket", "x")
 print(none, err)
+print(ffdl.s3.get(conn, "digits-results", "notes/missing.txt"))
 """)
     env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"))
     result = subprocess.run([str(BUILD / "ffdl-run"), str(script)], cwd=tmp_path, env=env,
@@ -219,6 +223,9 @@ print(none, err)
     assert lines[0] == "héllo"
     assert lines[1] == "up/a.txt,up/sub/b.txt"
     assert lines[2].startswith("nil\tS3 NoSuchBucket") and "no-such-bucket" in lines[2]
+    # a missing key is named with its bucket
+    assert lines[3].startswith("nil\tS3 NoSuchKey (HTTP 404): ") and lines[3].endswith(
+        "; bucket digits-results, key notes/missing.txt"), lines[3]
     assert sorted(p.name for p in out.iterdir()) == ["test.npz", "train.npz"]
     assert SECRET not in result.stdout + result.stderr
 
@@ -520,5 +527,5 @@ def test_halting_a_job_stops_its_training_data_download(moto, digits_in_s3, tmp_
     assert proc.returncode == 130, out[-3000:]
     tid = re.search(r"(training-[a-z0-9]+): HALTED", out).group(1)
     data = tmp_path / ".ffdl" / "jobs" / tid / "data"
-    # canceled: neither the whole object nor its partial file is there
-    assert sorted(p.name for p in data.rglob("*")) == [], list(data.rglob("*"))
+    # canceled, and what came before it dropped with the job's staged data
+    assert not data.exists(), list(data.rglob("*"))

@@ -569,6 +569,21 @@ def test_upload_size_limit(tmp_path):
         srv.stop()
 
 
+def test_train_with_an_empty_model_directory(server, tmp_path):
+    """A job whose command needs no model code: the empty directory goes as
+    an empty zip (libzip writes no file at all for one, and the upload
+    failed with "Failed to open/read local data")."""
+    token = add_user(server, "alice")
+    model = tmp_path / "empty"
+    model.mkdir()
+    manifest = tmp_path / "m.yml"
+    manifest.write_text(CUSTOM.format(name="nocode", command='"echo no code needed"'))
+    result = cli(server, "train", manifest, model, token=token)
+    assert result.returncode == 0, result.stderr
+    model_id = re.fullmatch(r"Model ID: (training-[a-z0-9]+)\n", result.stdout).group(1)
+    wait_status(server, model_id, {"COMPLETED"}, token=token)
+
+
 def ffdl_run_remote(server, *args, token, cwd, timeout=300):
     env = dict(os.environ, FFDL_TOKEN=token, FFDL_HOME=str(cwd / ".ffdl-client"))
     return subprocess.run([str(BUILD / "ffdl-run"), "--server", server.url, *map(str, args)],
