@@ -9,15 +9,9 @@ from conftest import BUILD
 from s3server import MotoServer
 from test_server import (CUSTOM, Server, add_user, call, cli, create, multipart, wait_status,
                          zip_bytes)
+from test_validate import NOT_UPLOADED
 
 SECRET = "s3cr3t-for-feedback"
-
-NOT_UPLOADED = (
-    "the job's results will not be uploaded to S3; they stay in the local results directory "
-    "($FFDL_RESULTS/<training-id>/, ./ffdl-results/ by default, with ffdl-run; under the "
-    "server's --data, fetched with ffdl download ID --trainedmodel), and a server's default S3 "
-    "store takes only manifests that name no data store. Set training_results.container to the "
-    "results bucket to upload them")
 
 
 @pytest.fixture(scope="module")
