@@ -469,6 +469,10 @@ function M.normalize(doc, pos, ctx)
   local stores = m.data_stores or setmetatable({}, { __jsontype = "array" })
   for i, store in ipairs(doc.data_stores and stores or {}) do
     check_data_store(store, join("data_stores", i - 1), c, doc.data_stores[i])
+    if i > 1 then -- staging and storing use the first store only
+      c.warn(join("data_stores", i - 1), "only the first data store is staged into $DATA_DIR "
+        .. "and receives the results; this one is not used", true)
+    end
   end
   for _, store in ipairs(stores) do
     if store and store.connection and (store.type == "s3_datastore" or store.type == "mount_cos") then

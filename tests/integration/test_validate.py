@@ -345,3 +345,12 @@ def test_more_indented_folded_lines_join_too(ffdl, tmp_path):
     path = write(tmp_path, "f.yml", "name: t\nframework:\n  name: pytorch\n  version: '1'\n"
                  "  command: >\n    python3 train.py\n      --a 1\n      --b 2\n    --c 3\n")
     assert print_spec(ffdl, path)["framework"]["command"] == "python3 train.py --a 1 --b 2 --c 3"
+
+
+def test_a_second_data_store_is_said_to_be_unused(ffdl):
+    name = "tests/data/warn/two-stores.yml"
+    result = ffdl("validate", name)
+    assert result.returncode == 0
+    assert diagnostics(result.stderr, name) == [
+        f"{name}:13:5: warning: data_stores[1]: only the first data store is staged into "
+        "$DATA_DIR and receives the results; this one is not used"]
