@@ -68,8 +68,8 @@ struct job {
   ffdl_request req;
   int64_t submitted_ms;
   int staged, halting, eligible, work_busy, wipe_checkpoint;
-  ffdl_s3stage *download; /* the S3 results check or training-data download while it runs */
-  ffdl_sched_job sj;      /* the job as the scheduler sees it */
+  ffdl_s3stage *s3_staging; /* the S3 results check or training-data download while it runs */
+  ffdl_sched_job sj;        /* the job as the scheduler sees it */
   learner_slot *slots;
   int running;
   failure_info failure;
@@ -1036,7 +1036,7 @@ static void s3_progress(void *ud, const char *what, uint64_t done, uint64_t tota
 
 static void s3_staged(void *ud, const char *code, const char *message) {
   job *j = ud;
-  j->download = NULL;
+  j->s3_staging = NULL;
   staged(j, code, message);
 }
 
@@ -1047,14 +1047,14 @@ static void download_training_data(job *j) {
     return staged(j, NULL, NULL);
   char *data = job_path(j, "data");
   int rc =
-      ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j, &j->download);
+      ffdl_s3stage_download(j->o->o.loop, store, data, s3_progress, s3_staged, j, &j->s3_staging);
   free(data);
   if (rc != 0) staged(j, "S302", "cannot start the S3 download (check the connection fields)");
 }
 
 static void results_checked(void *ud, const char *code, const char *message) {
   job *j = ud;
-  j->download = NULL;
+  j->s3_staging = NULL;
   if (code && !j->halting) return staged(j, code, message);
   download_training_data(j);
 }
@@ -1068,7 +1068,8 @@ static void after_stage(work *w) {
     return download_training_data(j);
   /* a missing results bucket or refused credentials fail the job now, not
    * after it has trained */
-  if (ffdl_s3stage_check_results(j->o->o.loop, store, j->id, results_checked, j, &j->download) != 0)
+  if (ffdl_s3stage_check_results(j->o->o.loop, store, j->id, results_checked, j, &j->s3_staging) !=
+      0)
     staged(j, "S303", "cannot start checking the results bucket (check the connection fields)");
 }
 
@@ -1222,9 +1223,9 @@ static void halt_job(job *j, const char *reason) {
     for (int k = 0; k < j->learners; k++)
       if (j->slots[k].running) ffdl_backend_kill(o->o.backend, j->slots[k].handle, grace);
   }
-  /* a training-data download stops now; nothing is lost (STORING goes on:
-   * what it uploads is the job's results) */
-  if (j->download) ffdl_s3stage_cancel(j->download);
+  /* the results check or training-data download stops now; nothing is lost
+   * (an upload in STORING goes on: it carries the job's results) */
+  if (j->s3_staging) ffdl_s3stage_cancel(j->s3_staging);
   /* PENDING, DOWNLOADING and STORING end when their work returns */
 }
 
