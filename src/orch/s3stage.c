@@ -118,8 +118,9 @@ int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
   json_t *data = json_object_get(store, "training_data");
   const char *bucket = json_string_value(json_object_get(data, "container"));
   const char *prefix = json_string_value(json_object_get(data, "prefix"));
+  if (!bucket) return FFDL_EINVALID; /* checked by the schema */
   op *o = start(loop, store, "downloading the training data", "S302", progress_cb, done, ud);
-  if (!o || !bucket) return free(o), FFDL_EINVALID;
+  if (!o) return FFDL_EINVALID;
   snprintf(o->source, sizeof o->source, "s3://%s/%s", bucket, prefix ? prefix : "");
   int rc = ffdl_s3_download_prefix(o->s3, bucket, prefix ? prefix : "", dir, progress, finished, o);
   if (rc != 0) ffdl_s3_close(o->s3, free, o);
@@ -135,8 +136,9 @@ int ffdl_s3stage_check_results(uv_loop_t *loop, const json_t *store, const char 
                                ffdl_s3stage_cb done, void *ud, ffdl_s3stage **running) {
   json_t *res = json_object_get(store, "training_results");
   const char *bucket = json_string_value(json_object_get(res, "container"));
+  if (!bucket) return FFDL_EINVALID; /* checked by the schema */
   op *o = start(loop, store, "checking the results bucket", "S303", NULL, done, ud);
-  if (!o || !bucket) return free(o), FFDL_EINVALID;
+  if (!o) return FFDL_EINVALID;
   /* one short listing: a new job's PREFIX/ holds nothing yet */
   char *under = malloc(strlen(prefix) + 2);
   int rc = under ? 0 : FFDL_ENOMEM;
@@ -162,8 +164,9 @@ int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix
                         ffdl_s3stage_cb done, void *ud) {
   json_t *res = json_object_get(store, "training_results");
   const char *bucket = json_string_value(json_object_get(res, "container"));
+  if (!bucket) return FFDL_EINVALID; /* checked by the schema */
   op *o = start(loop, store, "uploading the results", "S303", progress_cb, done, ud);
-  if (!o || !bucket) return free(o), FFDL_EINVALID;
+  if (!o) return FFDL_EINVALID;
   int rc = ffdl_s3_upload_dir(o->s3, bucket, prefix, results, progress, finished, o);
   if (rc != 0) ffdl_s3_close(o->s3, free, o);
   return rc;
