@@ -13,6 +13,7 @@
 #include "core/str.h"
 #include "core/log.h"
 #include "policy/limits.h"
+#include "policy/spec.h"
 #include "store/s3.h"
 
 #include <jansson.h>
@@ -65,8 +66,9 @@ static int set_default_store(options *o, const char *key, const char *val) {
                                         {"region", "region"},
                                         {"checksum", "checksum"}};
   if (!o->default_store)
-    o->default_store = json_pack("{s:s,s:s,s:{},s:{}}", "id", "internal", "type", "s3_datastore",
-                                 "connection", "training_results");
+    o->default_store =
+        json_pack("{s:s,s:s,s:{},s:{},s:b}", "id", "internal", "type", "s3_datastore", "connection",
+                  "training_results", FFDL_SPEC_SERVER_STORE, 1);
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
     if (!strcmp(key, keys[i][0])) {
       json_object_set_new(json_object_get(o->default_store, "connection"), keys[i][1],

@@ -374,6 +374,8 @@ static int is_secret_key(const char *key) {
 }
 
 static void redact_in_place(json_t *value) {
+  if (json_is_object(value) && json_is_true(json_object_get(value, FFDL_SPEC_SERVER_STORE)))
+    json_object_set_new(value, "connection", json_object());
   if (json_is_object(value)) {
     const char *key;
     json_t *item;

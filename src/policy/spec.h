@@ -40,7 +40,13 @@ int ffdl_spec_check_buffer(ffdl_generation *gen, const char *name, const char *t
 /* The same for a file, with the size limit and read errors as diagnostics. */
 int ffdl_spec_check_file(ffdl_generation *gen, const char *path, ffdl_diags *diags, json_t **spec);
 
-/* Returns a deep copy of SPEC with every secret replaced (caller decrefs). */
+/* Marks a data store that the server adds from its own settings (its
+ * default S3 store): a job's user never gave its connection. */
+#define FFDL_SPEC_SERVER_STORE "server_store"
+
+/* Returns a deep copy of SPEC with every secret replaced, and the whole
+ * connection of a FFDL_SPEC_SERVER_STORE store left out: its endpoint and
+ * access key are the server's, not its user's (caller decrefs). */
 json_t *ffdl_spec_redacted(const json_t *spec);
 
 /* Sorts by line and writes "NAME:LINE:COL: [warning: ]path: message" lines. */

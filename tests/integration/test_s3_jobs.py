@@ -311,7 +311,11 @@ def test_server_default_store_takes_results_of_manifests_without_stores(moto, di
         assert {f"{model_id}/learner-1/training-log.txt", f"{model_id}/_submitted_code/model.zip"} <= keys
         code, shown, _ = call(srv, "GET", f"/v1/models/{model_id}", token=token)
         assert SECRET not in json.dumps(shown)
-        assert shown["data_stores"][0]["connection"]["password"] == "***"
+        # the server's own store: its user sees neither its endpoint nor its key
+        assert shown["data_stores"][0]["connection"] == {}, shown["data_stores"]
+        assert "ffdl-key" not in json.dumps(shown) and moto.endpoint not in json.dumps(shown)
+        job_json = (srv.data / "results" / model_id / "job.json").read_text()
+        assert "ffdl-key" not in job_json and SECRET not in job_json
 
 
 def test_incomplete_default_store_is_refused(tmp_path):
