@@ -107,6 +107,7 @@
 #define NO_EXPECT_LIMIT (1024 * 1024)     /* libcurl 7.88's EXPECT_100_THRESHOLD for a POST */
 #define OBJECT_TYPE "binary/octet-stream" /* S3's Content-Type for objects sent without one */
 #define PROGRESS_MS 250
+#define STALL_MS 2000 /* no byte moved for this long: the ETA is unknown, not huge */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 typedef struct s3_req s3_req;
@@ -250,6 +251,7 @@ struct s3_op {
   uint64_t bytes_done, bytes_total, objects_done, objects_total, last_bytes, last_ms;
   double rate;
   unsigned retries, retries_shown; /* requests retried, and how many a report has said */
+  uint64_t moved_ms;               /* when a byte last moved (uv_now) */
   char *bucket, *key, *prefix, *path, *partial;
   char *data; /* put_buffer's copy, create_bucket's and complete's bodies */
   size_t len;
@@ -445,7 +447,7 @@ static s3_op *op_new(ffdl_s3 *s3, int kind, s3_op *parent) {
   if (*head) (*head)->prev = op;
   *head = op;
   if (parent) parent->refs++;
-  op->last_ms = uv_now(s3->loop);
+  op->last_ms = op->moved_ms = uv_now(s3->loop);
   return op;
 }
 
@@ -506,6 +508,7 @@ static void on_progress_tick(uv_timer_t *t) {
     op->rate = ffdl_s3_rate_update(op->rate, moved, dt);
     op->last_ms = now;
     op->last_bytes = op->bytes_done;
+    if (moved) op->moved_ms = now;
     ffdl_s3_progress p = {
         .bytes_done = op->bytes_done,
         .bytes_total = op->bytes_total,
@@ -518,7 +521,9 @@ static void on_progress_tick(uv_timer_t *t) {
       p.retrying = op_root(q->op) == op;
     if (op->retries != op->retries_shown) p.retrying = 1;
     op->retries_shown = op->retries;
-    if (op->bytes_total && op->rate > 0)
+    /* a stall leaves the rate decaying towards 0 and remaining/rate ever
+     * larger: days for what may resume in a second */
+    if (op->bytes_total && op->rate > 0 && now - op->moved_ms < STALL_MS)
       p.eta_s = op->bytes_total > op->bytes_done
                     ? (double)(op->bytes_total - op->bytes_done) / op->rate
                     : 0;

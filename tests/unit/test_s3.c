@@ -422,6 +422,71 @@ static void test_connection_error_after_retries(void) {
   CHECK(uv_loop_close(&loop) == 0);
 }
 
+/* A server that takes the connection and reads nothing: an upload fills the
+ * socket buffers, then no byte moves. */
+typedef struct {
+  ffdl_s3 *s3;
+  uv_timer_t stop;
+  uint64_t last_bytes, changed_ms;
+  int reports, stalled_reports, stalled_with_eta;
+  result r;
+} stall;
+
+static void on_stall_progress(void *ud, const ffdl_s3_progress *p) {
+  stall *s = ud;
+  uint64_t now = uv_now(s->stop.loop);
+  if (s->reports++ == 0 || p->bytes_done != s->last_bytes) {
+    s->last_bytes = p->bytes_done;
+    s->changed_ms = now;
+  } else if (now - s->changed_ms > 2500) { /* the client's stall limit, and a tick */
+    s->stalled_reports++;
+    s->stalled_with_eta += p->eta_s >= 0;
+  }
+}
+
+static void on_stall_done(void *ud, int status, const ffdl_s3_error *err) {
+  on_done(&((stall *)ud)->r, status, err);
+}
+
+static void stop_stalled(uv_timer_t *t) {
+  stall *s = t->data;
+  uv_close((uv_handle_t *)t, NULL);
+  ffdl_s3_close(s->s3, on_closed, &s->r); /* cancels the upload */
+}
+
+static void test_a_stalled_transfer_has_no_eta(void) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t n = sizeof a;
+  CHECK(bind(listener, (struct sockaddr *)&a, sizeof a) == 0 && listen(listener, 4) == 0);
+  CHECK(getsockname(listener, (struct sockaddr *)&a, &n) == 0);
+  char endpoint[64], path[] = "/tmp/ffdl-test-stall-XXXXXX";
+  snprintf(endpoint, sizeof endpoint, "http://127.0.0.1:%d", ntohs(a.sin_port));
+  int fd = mkstemp(path); /* 48 MiB, sparse: far more than the socket buffers hold */
+  CHECK(fd >= 0 && ftruncate(fd, 48 << 20) == 0);
+  close(fd);
+  /* one PUT (the part size is above the file's size), so that the body flows */
+  ffdl_s3_config c = {
+      .endpoint = endpoint, .access_key = "AK", .secret_key = "SK", .part_size = 64 << 20};
+  stall s = {0};
+  CHECK(ffdl_s3_new(&loop, &c, &s.s3) == 0);
+  uv_timer_init(&loop, &s.stop);
+  s.stop.data = &s;
+  uv_timer_start(&s.stop, stop_stalled, 6000, 0);
+  CHECK(ffdl_s3_upload_file(s.s3, "bucket", "key", path, on_stall_progress, on_stall_done, &s) ==
+        0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  unlink(path);
+  close(listener);
+  CHECK(s.r.calls == 1 && s.r.status == FFDL_EIO && s.r.closed == 1);
+  CHECK(s.last_bytes > 0);        /* the body started, */
+  CHECK(s.stalled_reports > 0);   /* then stood still for seconds */
+  CHECK(s.stalled_with_eta == 0); /* and said it knew no ETA then */
+  CHECK(uv_loop_close(&loop) == 0);
+}
+
 static void test_invalid_arguments_fail_at_once(void) {
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -536,6 +601,7 @@ int main(int argc, char **argv) {
       {"checksum_names", test_checksum_names},
       {"new_rejects_bad_config", test_new_rejects_bad_config},
       {"connection_error_after_retries", test_connection_error_after_retries},
+      {"a_stalled_transfer_has_no_eta", test_a_stalled_transfer_has_no_eta},
       {"invalid_arguments_fail_at_once", test_invalid_arguments_fail_at_once},
       {"close_cancels_running_operations", test_close_cancels_running_operations},
       {"close_from_done_callback", test_close_from_done_callback},
