@@ -398,8 +398,7 @@ static void on_follower_closed(void *ud, ffdl_stream *s) {
 static void logs(ffdl_api *api, h2o_req_t *req, const char *id, const json_t *job) {
   const char *follow = ffdl_http_query(req, "follow");
   const char *status = json_string_value(json_object_get(job, "status"));
-  int ended = status && (!strcmp(status, "COMPLETED") || !strcmp(status, "FAILED") ||
-                         !strcmp(status, "HALTED"));
+  int ended = ffdl_orch_status_final(status);
   int live = follow && strcmp(follow, "true") == 0 && !ended;
   char *path = log_path(api, id, 1);
   FILE *f = path ? fopen(path, "r") : NULL;

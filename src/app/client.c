@@ -7,6 +7,7 @@
 #include "app/client.h"
 #include "core/file.h"
 #include "core/progress.h"
+#include "orch/orch.h"
 #include "store/localstore.h"
 
 #include <curl/curl.h>
@@ -421,8 +422,7 @@ static void no_log_note(const char *id, int followed, int none) {
   int msg_len = msg ? (int)strcspn(msg, "\n") : 0; /* one line: C201 adds the log's tail */
   char shown[96];
   status_text(st, shown, sizeof shown);
-  int ended =
-      !strcmp(status, "COMPLETED") || !strcmp(status, "FAILED") || !strcmp(status, "HALTED");
+  int ended = ffdl_orch_status_final(status);
   if (ended && none)
     fprintf(stderr, "ffdl: %s has no learner log: it ended %s before its learners started", id,
             shown);

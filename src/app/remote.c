@@ -31,10 +31,6 @@ struct ffdl_remote {
   rjob *jobs;
 };
 
-static int terminal(const char *status) {
-  return !strcmp(status, "COMPLETED") || !strcmp(status, "FAILED") || !strcmp(status, "HALTED");
-}
-
 static rjob *find(ffdl_remote *r, const char *id) {
   for (rjob *j = r->jobs; j; j = j->next)
     if (!strcmp(j->id, id)) return j;
@@ -72,12 +68,12 @@ static void poll_job(ffdl_remote *r, rjob *j) {
   poll_lines(r, j);
   if (status && strcmp(status, j->status) != 0) {
     snprintf(j->status, sizeof j->status, "%s", status);
-    if (terminal(status)) poll_lines(r, j); /* the last lines before the end */
+    if (ffdl_orch_status_final(status)) poll_lines(r, j); /* the last lines before the end */
     if (r->observer && r->observer->on_transition)
       r->observer->on_transition(r->ud, j->id, j->status,
                                  json_string_value(json_object_get(st, "status_message")),
                                  json_string_value(json_object_get(st, "error_code")));
-    if (terminal(status)) {
+    if (ffdl_orch_status_final(status)) {
       j->ended = 1;
       if (r->observer && r->observer->on_end) r->observer->on_end(r->ud, j->id, j->status);
     }

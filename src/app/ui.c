@@ -57,22 +57,26 @@ void ffdl_ui_metric(ffdl_ui *ui, const char *id, const json_t *record) {
   fprintf(stderr, "[%s] %s: progress: %s\n", t, id, text);
 }
 
+/* The slot of the transfer LABEL: the same transfer keeps its bar, and with
+ * it the samples of its rate; a new one takes a free slot, else the next. */
+static size_t bar_for(ffdl_ui *ui, const char *label) {
+  size_t n = sizeof ui->bars / sizeof ui->bars[0], free_slot = n;
+  for (size_t i = 0; i < n; i++) {
+    if (!strcmp(ui->bars[i].label, label)) return i;
+    if (!ui->bars[i].label[0] && free_slot == n) free_slot = i;
+  }
+  size_t i = free_slot < n ? free_slot : ui->next_bar++ % n;
+  snprintf(ui->bars[i].label, sizeof ui->bars[i].label, "%s", label);
+  ffdl_progress_init(&ui->bars[i].bar, ui->bars[i].label);
+  return i;
+}
+
 void ffdl_ui_progress(ffdl_ui *ui, const char *id, const char *what, uint64_t done, uint64_t total,
                       int state) {
   if (ui->quiet) return;
   char label[160];
   snprintf(label, sizeof label, "%s: %s", id, what);
-  /* the same transfer keeps its bar, and with it the samples of its rate */
-  size_t n = sizeof ui->bars / sizeof ui->bars[0], i;
-  for (i = 0; i < n && strcmp(ui->bars[i].label, label) != 0; i++) {
-  }
-  if (i == n) {
-    for (i = 0; i < n && ui->bars[i].label[0]; i++) {
-    }
-    if (i == n) i = ui->next_bar++ % n;
-    snprintf(ui->bars[i].label, sizeof ui->bars[i].label, "%s", label);
-    ffdl_progress_init(&ui->bars[i].bar, ui->bars[i].label);
-  }
+  size_t i = bar_for(ui, label);
   ffdl_progress_report(&ui->bars[i].bar, done, total, state);
   if (state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED) ui->bars[i].label[0] = '\0';
 }

@@ -11,6 +11,7 @@
  */
 #include "core/progress.h"
 
+#include <stdarg.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -76,9 +77,15 @@ static double rate_since(double from_t, uint64_t from_b, uint64_t done, double n
   return done > from_b ? (double)(done - from_b) / span : 0;
 }
 
-static void append(char *out, size_t cap, const char *fmt, double a, double b) {
+static void append(char *out, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void append(char *out, size_t cap, const char *fmt, ...) {
   size_t n = strlen(out);
-  if (n < cap) snprintf(out + n, cap - n, fmt, a, b);
+  if (n >= cap) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(out + n, cap - n, fmt, ap);
+  va_end(ap);
 }
 
 static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int state, double now,
@@ -88,26 +95,26 @@ static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int 
   if (total > 0)
     append(out, cap, "%.1f of %.1f MiB", (double)done / MIB, (double)total / MIB);
   else
-    append(out, cap, "%.1f MiB", (double)done / MIB, 0);
+    append(out, cap, "%.1f MiB", (double)done / MIB);
   /* the last line: the average of the whole transfer; before: the recent rate */
   double rate = final  ? rate_since(p->first_t, p->first_b, done, now)
                 : p->n ? rate_since(p->t[p->head], p->b[p->head], done, now)
                        : -1;
   if (rate >= 0)
-    append(out, cap, ", %.1f MiB/s", rate / MIB, 0);
+    append(out, cap, ", %.1f MiB/s", rate / MIB);
   else
-    append(out, cap, ", ? MiB/s", 0, 0); /* not yet known: never a guess */
+    append(out, cap, ", ? MiB/s"); /* not yet known: never a guess */
   if (!final && total > 0) {
     if (rate > 0)
-      append(out, cap, ", ETA %.0f s", (double)(total - (done < total ? done : total)) / rate, 0);
+      append(out, cap, ", ETA %.0f s", (double)(total - (done < total ? done : total)) / rate);
     else
-      append(out, cap, ", ETA ?", 0, 0);
+      append(out, cap, ", ETA ?");
   }
   if (!final && done < p->high)
-    append(out, cap, ", retrying (%.1f MiB to send again)", (double)(p->high - done) / MIB, 0);
+    append(out, cap, ", retrying (%.1f MiB to send again)", (double)(p->high - done) / MIB);
   else if (state == FFDL_PROGRESS_RETRYING)
-    append(out, cap, ", retrying a failed request", 0, 0);
-  if (final) append(out, cap, state == FFDL_PROGRESS_DONE ? " (done)" : " (failed)", 0, 0);
+    append(out, cap, ", retrying a failed request");
+  if (final) append(out, cap, "%s", state == FFDL_PROGRESS_DONE ? " (done)" : " (failed)");
 }
 
 void ffdl_progress_report_at(ffdl_progress *p, uint64_t done, uint64_t total, int state,

@@ -332,6 +332,11 @@ static char *job_path(const job *j, const char *rel) {
   return ffdl_strdup_printf("%s/%s", j->dir, rel);
 }
 
+/* Learner I's log in the job directory (caller frees). */
+static char *learner_log(const job *j, int i) {
+  return ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+}
+
 static void make_dirs(work *w) {
   const job *j = w->j;
   static const char *const dirs[] = {"data", "model", "result", "checkpoint", "bin", NULL};
@@ -414,7 +419,7 @@ static void stage(work *w) {
 static void copy_logs(work *w) {
   job *j = w->j;
   for (int i = 1; i <= w->learners; i++) {
-    char *src = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+    char *src = learner_log(j, i);
     char *dst_dir = ffdl_strdup_printf("%s/learner-%d", j->results_dir, i);
     char *dst = ffdl_strdup_printf("%s/training-log.txt", dst_dir);
     char *err = NULL;
@@ -700,7 +705,7 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
   strv env = {0};
   learner_env(j, i, master_port, tf_ports, &env);
   char *cwd = job_path(j, "model");
-  char *log = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+  char *log = learner_log(j, i);
   char *exit_path = ffdl_strdup_printf("%s/learner-%d/exit_status", j->dir, i);
   unlink(exit_path); /* an earlier attempt's */
   const char *argv[] = {"/bin/sh", "-c", command, NULL};
@@ -728,7 +733,7 @@ static int launch_one(job *j, int i, const char *command, int master_port, const
  * `ffdl logs` shows it next to what the learner then prints. */
 static void warn_in_logs(job *j, const char *warning) {
   for (int i = 1; i <= j->learners; i++) {
-    char *path = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, i);
+    char *path = learner_log(j, i);
     FILE *f = path ? fopen(path, "a") : NULL;
     if (f) {
       fprintf(f, "ffdl: warning: %s\n", warning);
@@ -1499,6 +1504,12 @@ void ffdl_orch_free(ffdl_orch *o) {
   free(o);
 }
 
+int ffdl_orch_status_final(const char *status) {
+  for (state s = COMPLETED; status && s <= HALTED; s++)
+    if (!strcmp(status, state_names[s])) return is_terminal(s);
+  return 0;
+}
+
 size_t ffdl_orch_active(const ffdl_orch *o) {
   size_t n = 0;
   for (job *j = o->jobs; j; j = j->next)
@@ -1560,7 +1571,7 @@ static void adopt_learners(job *j, const json_t *doc) {
       continue;
     learner_slot *s = &j->slots[n - 1];
     int pid = (int)json_integer_value(json_object_get(l, "pid"));
-    char *log = ffdl_strdup_printf("%s/learner-%d/logs/training-log.txt", j->dir, n);
+    char *log = learner_log(j, n);
     char *exit_path = ffdl_strdup_printf("%s/learner-%d/exit_status", j->dir, n);
     char *err = NULL;
     if (pid > 0 && ffdl_backend_adopt(j->o->o.backend, pid, log, 0, exit_path, &learner_callbacks,

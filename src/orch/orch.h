@@ -75,6 +75,9 @@ void ffdl_orch_set_observer(ffdl_orch *o, const ffdl_orch_observer *observer, vo
 /* Halts a job: its learners' process groups are killed; it ends HALTED. */
 int ffdl_orch_halt(ffdl_orch *o, const char *id, const char *reason);
 void ffdl_orch_halt_all(ffdl_orch *o, const char *reason);
+/* Whether STATUS (a state's name, as the store and the API give it) is one
+ * a job ends in: COMPLETED, FAILED or HALTED. NULL is not. */
+int ffdl_orch_status_final(const char *status);
 /* Jobs not yet COMPLETED, FAILED or HALTED. */
 size_t ffdl_orch_active(const ffdl_orch *o);
 /* Figures for /metrics: {queued, active, cpus_total, cpus_used, gpus_total,

@@ -7,6 +7,7 @@
 #include "orch/s3stage.h"
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/str.h"
 #include "core/log.h"
 #include "store/s3.h"
 
@@ -112,6 +113,16 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
   return o;
 }
 
+/* After the S3 call that starts O returned RC: O runs (and *RUNNING, when
+ * not NULL, names it) or is closed and freed. Returns RC. */
+static int started(op *o, int rc, ffdl_s3stage **running) {
+  if (rc != 0)
+    ffdl_s3_close(o->s3, free, o);
+  else if (running)
+    *running = o;
+  return rc;
+}
+
 int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
                           ffdl_s3stage_progress_cb progress_cb, ffdl_s3stage_cb done, void *ud,
                           ffdl_s3stage **running) {
@@ -123,9 +134,7 @@ int ffdl_s3stage_download(uv_loop_t *loop, const json_t *store, const char *dir,
   if (!o) return FFDL_EINVALID;
   snprintf(o->source, sizeof o->source, "s3://%s/%s", bucket, prefix ? prefix : "");
   int rc = ffdl_s3_download_prefix(o->s3, bucket, prefix ? prefix : "", dir, progress, finished, o);
-  if (rc != 0) ffdl_s3_close(o->s3, free, o);
-  if (rc == 0 && running) *running = o;
-  return rc;
+  return started(o, rc, running);
 }
 
 static void ignore_object(void *ud, const char *key, uint64_t size, const char *etag) {
@@ -140,16 +149,10 @@ int ffdl_s3stage_check_results(uv_loop_t *loop, const json_t *store, const char 
   op *o = start(loop, store, "checking the results bucket", "S303", NULL, done, ud);
   if (!o) return FFDL_EINVALID;
   /* one short listing: a new job's PREFIX/ holds nothing yet */
-  char *under = malloc(strlen(prefix) + 2);
-  int rc = under ? 0 : FFDL_ENOMEM;
-  if (under) {
-    sprintf(under, "%s/", prefix);
-    rc = ffdl_s3_list(o->s3, bucket, under, ignore_object, finished, o);
-    free(under);
-  }
-  if (rc != 0) ffdl_s3_close(o->s3, free, o);
-  if (rc == 0 && running) *running = o;
-  return rc;
+  char *under = ffdl_strdup_printf("%s/", prefix);
+  int rc = under ? ffdl_s3_list(o->s3, bucket, under, ignore_object, finished, o) : FFDL_ENOMEM;
+  free(under);
+  return started(o, rc, running);
 }
 
 void ffdl_s3stage_cancel(ffdl_s3stage *o) {
@@ -168,6 +171,5 @@ int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix
   op *o = start(loop, store, "uploading the results", "S303", progress_cb, done, ud);
   if (!o) return FFDL_EINVALID;
   int rc = ffdl_s3_upload_dir(o->s3, bucket, prefix, results, progress, finished, o);
-  if (rc != 0) ffdl_s3_close(o->s3, free, o);
-  return rc;
+  return started(o, rc, NULL);
 }
