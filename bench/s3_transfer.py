@@ -162,9 +162,18 @@ def run_measured(cmd, env=None):
     return wall, (ru.ru_utime, ru.ru_stime), ru.ru_maxrss * 1024, out
 
 
+def ffdl_range(size):
+    """The length of the ranged GETs with which s3tool downloads a file of
+    SIZE after its first part (range_size() in src/store/s3.c): about four
+    per parallel request, rounded up to a MiB, from the part size to 64 MiB."""
+    even = (size // (CONCURRENCY * 4) + MIB - 1) // MIB * MIB
+    return min(max(even, PART), max(PART, 64 * MIB))
+
+
 def boto3_phase(args):
     """In a child process: one boto3 phase; prints its CPU seconds."""
-    endpoint, phase, bucket, local, ca = args
+    endpoint, phase, bucket, local, ca, chunk = args
+    chunk = int(chunk)
     import boto3
     from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
@@ -174,7 +183,7 @@ def boto3_phase(args):
                           verify=ca or None,
                           config=Config(max_pool_connections=CONCURRENCY * 2,
                                         s3={"addressing_style": "path"}))
-    config = TransferConfig(multipart_threshold=PART, multipart_chunksize=PART,
+    config = TransferConfig(multipart_threshold=chunk, multipart_chunksize=chunk,
                             max_concurrency=CONCURRENCY)
     local = pathlib.Path(local)
     if phase == "download-many":
@@ -237,19 +246,25 @@ def main():
                  ("download-big", who, work / f"out-{who}-big")),
             ]
 
-        # (name, bucket, s3tool options or None for boto3, uploads only)
-        # boto3 first: what a client leaves behind (see the module's doc) then
-        # weighs on ffdl, not on the client it is compared with
-        clients = [("boto3", "boto", None, False), ("ffdl", "ffdl", [], False)]
+        # (name, bucket, s3tool options or None for boto3, the phases it runs,
+        # boto3's part size). boto3 first: what a client leaves behind (see
+        # the module's doc) then weighs on ffdl, not on the client it is
+        # compared with. "boto3 long" moves the large file in parts as long as
+        # the ranges of ffdl's download (the same number of requests).
+        every = ("upload", "download")
+        clients = [("boto3", "boto", None, every, PART), ("ffdl", "ffdl", [], every, PART)]
         if not tls:
-            clients.append(("ffdl sha256", "sha", ["--checksum=sha256"], True))
+            clients.append(("ffdl sha256", "sha", ["--checksum=sha256"], ("upload",), PART))
+        if ffdl_range(total) != PART:
+            clients.append(("boto3 long", "long", None, ("upload 1 file", "download 1 file"),
+                            ffdl_range(total)))
         py = sys.executable
         # each client gets a freshly reset server: moto slows down as it holds more
-        for client, who, options, uploads_only in clients:
+        for client, who, options, runs, chunk in clients:
             server.reset()
             subprocess.run([*tool, ep, "test", "test", "mb", who], check=True, env=tool_env)
             for name, nbytes, ffdl_args, boto_args in phases(who):
-                if uploads_only and not name.startswith("upload"):
+                if not name.startswith(runs):
                     continue
                 if name.startswith("upload"):
                     read_through(pathlib.Path(ffdl_args[-1]))
@@ -261,7 +276,8 @@ def main():
                         [*tool, *options, ep, "test", "test", *map(str, ffdl_args)], tool_env)
                 else:
                     wall, _, rss, out = run_measured(
-                        [py, __file__, "--boto3-phase", ep, *map(str, boto_args), ca])
+                        [py, __file__, "--boto3-phase", ep, *map(str, boto_args), ca,
+                         str(chunk)])
                     got = json.loads(out.decode().strip().splitlines()[-1])
                     user, system = got["user"], got["sys"]
                 rows.append((name, client, nbytes, wall, user, system, rss))
@@ -284,7 +300,7 @@ def main():
           f"{CONCURRENCY} parallel requests, {PART // MIB} MiB parts")
     print(f"{'phase':<30} {'client':<12} {'wall s':>8} {'MiB/s':>8} {'CPU s/GiB':>10} "
           f"{'sys s/GiB':>10} {'/ boto3':>8} {'peak RSS':>10}")
-    order = sorted((c[0] for c in clients), key=lambda c: c == "boto3")  # ffdl's rows first
+    order = sorted((c[0] for c in clients), key=lambda c: c.startswith("boto3"))  # ffdl first
     boto = {r[0]: (r[4] + r[5]) / r[2] for r in rows if r[1] == "boto3"}
     for name, client, nbytes, wall, user, system, rss in sorted(
             rows, key=lambda r: ([p[0] for p in rows].index(r[0]), order.index(r[1]))):
@@ -292,6 +308,12 @@ def main():
         ratio = f"{(user + system) / nbytes / boto[name]:.2f}" if client != "boto3" else ""
         print(f"{name:<30} {client:<12} {wall:>8.2f} {nbytes / MIB / wall:>8.1f} "
               f"{(user + system) / gib:>10.2f} {system / gib:>10.2f} {ratio:>8} {human(rss):>10}")
+    long = {r[0]: r for r in rows if r[1] == "boto3 long"}
+    for name, client, nbytes, wall, user, system, rss in rows:
+        if client == "ffdl" and name in long and name.startswith("download"):
+            other = long[name]
+            print(f"ffdl / boto3 with {ffdl_range(total) // MIB} MiB parts, {name}: CPU "
+                  f"{(user + system) / (other[4] + other[5]):.2f}, wall {wall / other[3]:.2f}")
 
 
 if __name__ == "__main__":

@@ -93,11 +93,14 @@
 #define BUFFER_LIMIT (64 * MIB)    /* put_buffer / get_buffer */
 #define LIST_BODY_LIMIT (16 * MIB) /* one listing page: 1,000 keys of at most 1 KiB */
 #define ERROR_BODY_LIMIT (64 * 1024)
-#define IO_BUFFER (512 * 1024)            /* curl's download buffer (its maximum in 7.88) */
-#define UPLOAD_BUFFER (1024 * 1024)       /* curl's upload buffer */
-#define SLICE (1024 * 1024)               /* the SHA-256 pass reads a part in slices of this */
-#define WRITE_BUFFER (256 * 1024)         /* a download is written to its file in blocks of this */
-#define PREALLOC_MIN (1024 * 1024)        /* smaller downloads gain nothing from fallocate here */
+#define IO_BUFFER (512 * 1024)      /* curl's download buffer (its maximum in 7.88) */
+#define UPLOAD_BUFFER (1024 * 1024) /* curl's upload buffer */
+#define SLICE (1024 * 1024)         /* the SHA-256 pass reads a part in slices of this */
+#define WRITE_BUFFER (256 * 1024)   /* a download is written to its file in blocks of this */
+#define PREALLOC_MIN (1024 * 1024)  /* smaller downloads gain nothing from fallocate here */
+#define RANGE_ROUNDS 4              /* a large download: about this many requests per slot */
+#define RANGE_MAX (64 * MIB)        /* ... each for at most this many bytes (or a part) */
+#define RESUME_RESETS (1024 * 1024) /* a cut range that kept this much starts its retries over */
 #define LOOPBACK_RCVBUF (4 * 1024 * 1024) /* SO_RCVBUF of a connection to this host */
 #define CHUNK (1024 * 1024)               /* aws-chunked: data bytes per chunk */
 #define OPEN_AHEAD 32 /* files a directory upload holds open before their turn */
@@ -1338,12 +1341,40 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
   return r->status == 404 ? FFDL_ENOENT : FFDL_EIO;
 }
 
+/* R asks for LEN bytes of the object from OFF, written at OFF in its file. */
+static void range_set(s3_req *r, uint64_t off, uint64_t len) {
+  snprintf(r->range, sizeof r->range, "bytes=%" PRIu64 "-%" PRIu64, off, off + len - 1);
+  r->out_off = off;
+  r->expect_len = len;
+}
+
+/* Whether R, a ranged GET into a file that ended early, may keep what it
+ * received: a 206 whose bytes were all right as far as they went (a cut
+ * connection or a short body; not an overrun, a failed write, nor a body
+ * being summed as a whole). */
+static int range_resumable(const s3_req *r) {
+  return r->need_206 && r->sink == SINK_FILE && r->status == 206 && !r->summing && !r->overrun &&
+         !r->io_errno && r->received > 0 && r->received < r->expect_len;
+}
+
+/* Before R's retry: the bytes received stay in the file and in the
+ * progress, and the retry asks for the rest of the range. An attempt that
+ * kept at least RESUME_RESETS bytes made progress, so the retries count
+ * from the start again: a long range on a link that drops now and then
+ * still arrives, while one that fails without progress gives up as before. */
+static void range_resume(s3_req *r) {
+  if (r->received >= RESUME_RESETS) r->attempt = 0;
+  range_set(r, r->out_off + r->received, r->expect_len - r->received);
+  r->counted = 0;
+}
+
 static void req_finished(s3_req *r, CURLcode rc) {
   ffdl_s3 *s3 = r->s3;
   req_detach_easy(r);
   r->where = Q_NONE;
   if (r->wlen) { /* the tail of a good answer reaches the file; a bad one's is dropped */
-    if (rc == CURLE_OK && r->status >= 200 && r->status < 300 && !r->io_errno) wbuf_flush(r);
+    int good = rc == CURLE_OK && r->status >= 200 && r->status < 300 && !r->io_errno;
+    if (good || range_resumable(r)) wbuf_flush(r);
     r->wlen = 0;
   }
   ffdl_s3_error err;
@@ -1353,6 +1384,7 @@ static void req_finished(s3_req *r, CURLcode rc) {
     req_complete(r, 0, NULL);
     return;
   }
+  if (retry && range_resumable(r)) range_resume(r);
   if (retry && r->attempt < s3->max_retries && !s3->closing && (!r->op->failed || r->cleanup)) {
     unsigned delay = ffdl_s3_backoff_ms(s3->retry_base_ms, BACKOFF_CAP_MS, r->attempt, rand01(s3));
     r->attempt++;
@@ -2398,11 +2430,9 @@ static void ranges_pump(s3_op *op) {
       return;
     }
     op->next_off += len;
-    snprintf(r->range, sizeof r->range, "bytes=%" PRIu64 "-%" PRIu64, off, off + len - 1);
     r->sink = SINK_FILE;
     r->out_fd = op->fd;
-    r->out_off = off;
-    r->expect_len = len;
+    range_set(r, off, len);
     r->need_206 = 1;
     r->counts = 1;
     r->on_done = download_range_done;
@@ -2460,6 +2490,21 @@ static void preallocate_rest(s3_op *op) {
   work_queue(w);
 }
 
+/* The length of each ranged GET after a download's first: the object in
+ * about RANGE_ROUNDS requests per parallel slot, each at least a part and
+ * at most RANGE_MAX (or the part, when that is larger). Every request costs
+ * a round trip, headers, a signature, often a new connection, and on some
+ * servers work in proportion to the object (moto copies the whole object
+ * for every range: with 8 MiB ranges its 2 GiB download ran at 6 MiB/s);
+ * longer ranges cost nothing more on a cut, which resumes (range_resume),
+ * and several rounds keep a slow connection from holding up the end. */
+static uint64_t range_size(uint64_t total, uint64_t part, int concurrency) {
+  uint64_t even = total / ((uint64_t)concurrency * RANGE_ROUNDS);
+  even = (even + MIB - 1) / MIB * MIB;
+  uint64_t most = part > RANGE_MAX ? part : RANGE_MAX;
+  return even < part ? part : even > most ? most : even;
+}
+
 static void download_first_done(s3_req *r, int status, const ffdl_s3_error *err) {
   s3_op *op = r->op;
   if (status != 0) {
@@ -2483,6 +2528,7 @@ static void download_first_done(s3_req *r, int status, const ffdl_s3_error *err)
   }
   op->total = total;
   op->next_off = r->received;
+  op->part_size = range_size(total, op->part_size, op->s3->concurrency);
   if (!op->parent) {
     op->bytes_total = total;
     op->objects_total = 1;

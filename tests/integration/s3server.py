@@ -18,6 +18,7 @@ connection failures in the middle of a transfer.
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -196,7 +197,8 @@ class CutProxy:
     more than N bytes in DIRECTION ("up": client to server, "down": server
     to client) are cut there, both sides closed; times=None cuts every such
     connection. refuse(): new connections are closed at once. `cuts` counts
-    the connections cut."""
+    the connections cut; `ranges` lists the (first, last) byte of every
+    Range header the client sent."""
 
     def __init__(self, target_port):
         self.target_port = target_port
@@ -214,6 +216,7 @@ class CutProxy:
         self.rate = None
         self.rate_direction = "up"
         self.closed = False
+        self.ranges = []  # the Range header of each request that had one, in order
         self.conns = set()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -274,6 +277,12 @@ class CutProxy:
             threading.Thread(target=self._pipe, args=(upstream, client, state, "down"),
                              daemon=True).start()
 
+    def _note_ranges(self, data):
+        found = re.findall(rb"\r\nRange: bytes=(\d+)-(\d+)\r\n", data, re.IGNORECASE)
+        if found:
+            with self.lock:
+                self.ranges.extend((int(a), int(b)) for a, b in found)
+
     def _close_pair(self, a, b):
         for s in (a, b):
             try:
@@ -306,6 +315,8 @@ class CutProxy:
                         dst.sendall(data[:keep])
                         self._close_pair(src, dst)
                         return
+                if direction == "up":
+                    self._note_ranges(data)
                 carried += len(data)
                 dst.sendall(data)
         except OSError:

@@ -479,6 +479,56 @@ def test_retry_survives_one_cut_connection(moto, bucket, boto, tmp_path, checksu
         proxy.close()
 
 
+def test_large_downloads_ask_for_fewer_longer_ranges(moto, bucket, boto, tmp_path):
+    """After the first part, a download asks for about four ranges per
+    parallel request, each at least a part: 40 MiB in 10 MiB ranges with one
+    request at a time, in 5 MiB parts with eight."""
+    src = random_file(tmp_path / "l.bin", 40 * MIB, seed=8)
+    boto.upload_file(str(src), bucket, "long")
+    for concurrency, step in ((1, 10 * MIB), (8, 5 * MIB)):
+        proxy = CutProxy(moto.port)
+        try:
+            out = tmp_path / f"l{concurrency}.out"
+            ok(s3tool(proxy.endpoint, "download", bucket, "long", out,
+                      options=["--part-size=5MiB", f"--concurrency={concurrency}"]))
+            assert sha256(out) == sha256(src)
+            starts = [0, *range(5 * MIB, 40 * MIB, step)]
+            want = [(a, min(b, 40 * MIB) - 1) for a, b in zip(starts, [*starts[1:], 40 * MIB])]
+            assert sorted(proxy.ranges) == want, (concurrency, proxy.ranges)
+        finally:
+            proxy.close()
+
+
+def test_a_cut_range_resumes_where_it_stopped(moto, bucket, boto, tmp_path):
+    """Every connection that carries more than 7 MiB down is cut. The first
+    GET (5 MiB) passes; each 10 MiB range is cut once and its retry asks
+    only for the 3 MiB it lacks, so the download completes. Restarting each
+    range from its first byte, as before, would be cut every time."""
+    src = random_file(tmp_path / "cut.bin", 40 * MIB, seed=9)
+    boto.upload_file(str(src), bucket, "resumed")
+    proxy = CutProxy(moto.port)
+    try:
+        proxy.cut_after(7 * MIB, times=None, direction="down")
+        out = tmp_path / "cut.out"
+        ok(s3tool(proxy.endpoint, "download", bucket, "resumed", out,
+                  options=["--part-size=5MiB", "--concurrency=1", "--max-retries=1",
+                           "--retry-base-ms=10"]))
+        assert sha256(out) == sha256(src)
+        assert proxy.cuts == 3
+        fresh = [(0, 5 * MIB - 1)] + [(a, min(a + 10 * MIB, 40 * MIB) - 1)
+                                      for a in range(5 * MIB, 40 * MIB, 10 * MIB)]
+        resumed = [r for r in proxy.ranges if r not in fresh]
+        assert sorted(r for r in proxy.ranges if r in fresh) == fresh
+        # each 10 MiB range is asked for again from past the bytes the cut
+        # one delivered (7 MiB less the answer's headers) to its end
+        assert len(resumed) == 3, proxy.ranges
+        for first, last in resumed:
+            a, b = next(f for f in fresh if f[1] == last)
+            assert a + 6 * MIB < first < a + 7 * MIB, (first, last)
+    finally:
+        proxy.close()
+
+
 def test_cut_parts_fail_cleanly_and_are_aborted(moto, bucket, boto, tmp_path):
     """Every connection that carries more than 1 MiB is cut: each part
     fails after its retries, the upload fails with a clear message, and the
