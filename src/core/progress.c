@@ -88,9 +88,19 @@ static void append(char *out, size_t cap, const char *fmt, ...) {
   va_end(ap);
 }
 
+static int is_final(int state) {
+  return state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED;
+}
+
+/* Whether a retry is going on: the transfer says so, or its count fell
+ * below the most it had reached (bytes to send again). */
+static int is_retrying(const ffdl_progress *p, uint64_t done, int state) {
+  return !is_final(state) && (state == FFDL_PROGRESS_RETRYING || done < p->high);
+}
+
 static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int state, double now,
                      char *out, size_t cap) {
-  int final = state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED;
+  int final = is_final(state);
   out[0] = '\0';
   if (total > 0)
     append(out, cap, "%.1f of %.1f MiB", (double)done / MIB, (double)total / MIB);
@@ -110,17 +120,19 @@ static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int 
     else
       append(out, cap, ", ETA ?");
   }
-  if (!final && done < p->high)
-    append(out, cap, ", retrying (%.1f MiB to send again)", (double)(p->high - done) / MIB);
-  else if (state == FFDL_PROGRESS_RETRYING)
-    append(out, cap, ", retrying a failed request");
+  if (is_retrying(p, done, state)) {
+    if (done < p->high)
+      append(out, cap, ", retrying (%.1f MiB to send again)", (double)(p->high - done) / MIB);
+    else
+      append(out, cap, ", retrying a failed request");
+  }
   if (final) append(out, cap, "%s", state == FFDL_PROGRESS_DONE ? " (done)" : " (failed)");
 }
 
 void ffdl_progress_report_at(ffdl_progress *p, uint64_t done, uint64_t total, int state,
                              double now) {
   if (p->done) return;
-  int final = state == FFDL_PROGRESS_DONE || state == FFDL_PROGRESS_FAILED;
+  int final = is_final(state);
   sample(p, done, now);
   char text[200], frame[sizeof p->last_text];
   describe(p, done, total, state, now, text, sizeof text);
@@ -135,7 +147,7 @@ void ffdl_progress_report_at(ffdl_progress *p, uint64_t done, uint64_t total, in
   } else {
     snprintf(frame, sizeof frame, "%s", text);
   }
-  int retrying = !final && (state == FFDL_PROGRESS_RETRYING || done < p->high);
+  int retrying = is_retrying(p, done, state);
   if (!final && p->drawn) {
     int news = retrying && !p->was_retrying; /* a retry starts: said at once */
     if (!news && now - p->last_draw < (p->tty ? TTY_EVERY_S : LINE_EVERY_S)) return;

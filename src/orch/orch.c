@@ -753,11 +753,12 @@ static void launch_learners(job *j, const char *warning) {
     tf_ports[i] = free_port();
   memset(&j->failure, 0, sizeof j->failure);
   if (warning) warn_in_logs(j, warning);
-  char *why = ffdl_strdup_printf("%s%s%s%d learner%s running: %s", warning ? "warning: " : "",
-                                 warning ? warning : "", warning ? ". " : "", j->learners,
+  char *said = warning ? ffdl_strdup_printf("warning: %s. ", warning) : NULL;
+  char *why = ffdl_strdup_printf("%s%d learner%s running: %s", said ? said : "", j->learners,
                                  j->learners > 1 ? "s" : "", command);
   transition(j, PROCESSING, why, NULL);
   free(why);
+  free(said);
   char *err = NULL;
   for (int i = 1; i <= j->learners; i++) {
     if (launch_one(j, i, command, master_port, tf_ports, &err) == 0) continue;

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real binaries of the build under test."""
+"""Shared fixtures: the real binaries of the build under test, and an S3
+server."""
 import os
 import pathlib
 import subprocess
@@ -25,6 +26,15 @@ def diagnostics(stderr, name):
 @pytest.fixture
 def ffdl():
     return run_ffdl
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """A moto S3 server on loopback, one for each test module that asks."""
+    from s3server import MotoServer
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from conftest import BUILD
 from s3server import MotoServer
 from test_server import (CUSTOM, Server, add_user, call, cli, create, multipart, wait_status,
                          zip_bytes)
@@ -15,14 +14,13 @@ SECRET = "s3cr3t-for-feedback"
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto-feedback")).start()
-    s3 = server.client(access="ffdl-key", secret=SECRET)
+def moto(moto):
+    """conftest's server, with this module's buckets."""
+    s3 = moto.client(access="ffdl-key", secret=SECRET)
     for bucket in ("data", "results"):
         s3.create_bucket(Bucket=bucket)
     s3.put_object(Bucket="data", Key="in.txt", Body=b"some data\n")
-    yield server
-    server.stop()
+    return moto
 
 
 def typo_manifest(endpoint, secret=SECRET, access="ffdl-key"):

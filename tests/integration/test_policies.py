@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from conftest import BUILD, ROOT
-from test_server import ADMIN, Server, add_user, call, cli, create, wait_status
+from test_server import Server, add_user, call, cli, create, wait_status
 
 
 @pytest.fixture

@@ -13,18 +13,11 @@ import subprocess
 import pytest
 
 from conftest import BUILD
-from s3server import CutProxy, MotoServer
-from test_server import Server, add_user, cli, create, wait_status, zip_bytes
+from s3server import CutProxy
+from test_server import Server, add_user, create, wait_status, zip_bytes
 
 MIB = 1 << 20
 SECRET = "progress-secret"
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto-progress")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

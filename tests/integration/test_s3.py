@@ -102,13 +102,10 @@ def multipart_etag(path, part_size):
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def built():
     if not S3TOOL.exists():
         pytest.fail(f"{S3TOOL} is missing: build it (cmake --build {BUILD})")
-    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -953,5 +950,13 @@ def test_one_gib_round_trip(moto, bucket, boto, tmp_path):
     ok(s3tool(moto.endpoint, "upload", bucket, "gib", src, timeout=900))
     assert boto.head_object(Bucket=bucket, Key="gib")["ContentLength"] == 1024 * MIB
     out = tmp_path / "g.out"
-    ok(s3tool(moto.endpoint, "download", bucket, "gib", out, timeout=900))
+    # two requests at a time would make 128 MiB ranges: they stop at 64 MiB
+    proxy = CutProxy(moto.port)
+    try:
+        ok(s3tool(proxy.endpoint, "download", bucket, "gib", out, options=["--concurrency=2"],
+                  timeout=900))
+        assert sorted(proxy.ranges) == [(0, 8 * MIB - 1)] + [
+            (a, min(a + 64 * MIB, 1024 * MIB) - 1) for a in range(8 * MIB, 1024 * MIB, 64 * MIB)]
+    finally:
+        proxy.close()
     assert sha256(out) == sha256(src)

@@ -17,13 +17,6 @@ SECRET = "s3cr3t-never-shown"
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    server = MotoServer(tmp_path_factory.mktemp("moto-jobs")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def digits_in_s3(moto, tmp_path_factory):
     local = tmp_path_factory.mktemp("digits-src") / "digits"
     subprocess.run(["/usr/bin/python3", str(ROOT / "examples" / "prepare_digits.py"), str(local)],
