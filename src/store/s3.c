@@ -219,7 +219,8 @@ struct s3_req {
   long status;
   char etag[256], content_range[128];
   int too_big, overrun, io_errno, io_read;
-  int attempt;
+  int attempt; /* retries since the last progress (range_resume) */
+  int tries;   /* every attempt, for the final message */
   uint64_t due;
   char curl_err[CURL_ERROR_SIZE];
   req_done_fn on_done;
@@ -1388,6 +1389,7 @@ static void req_finished(s3_req *r, CURLcode rc) {
   if (retry && r->attempt < s3->max_retries && !s3->closing && (!r->op->failed || r->cleanup)) {
     unsigned delay = ffdl_s3_backoff_ms(s3->retry_base_ms, BACKOFF_CAP_MS, r->attempt, rand01(s3));
     r->attempt++;
+    r->tries++;
     progress_rollback(r);
     op_root(r->op)->retries++;
     ffdl_log(FFDL_LOG_INFO, "s3: %s %s/%s failed (%s: %s), retry %d of %d in %u ms", r->method,
@@ -1396,9 +1398,9 @@ static void req_finished(s3_req *r, CURLcode rc) {
     retry_schedule(r, delay);
     return;
   }
-  if (r->attempt > 0) {
+  if (r->tries > 0) {
     size_t n = strlen(err.message);
-    snprintf(err.message + n, sizeof err.message - n, " (after %d attempts)", r->attempt + 1);
+    snprintf(err.message + n, sizeof err.message - n, " (after %d attempts)", r->tries + 1);
   }
   req_complete(r, status, &err);
 }

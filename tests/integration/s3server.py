@@ -211,6 +211,7 @@ class CutProxy:
         self.limit = None
         self.times = 0
         self.direction = "up"
+        self.from_byte = 0
         self.cuts = 0
         self.refusing = False
         self.rate = None
@@ -225,9 +226,12 @@ class CutProxy:
     def endpoint(self):
         return f"http://127.0.0.1:{self.port}"
 
-    def cut_after(self, nbytes, times=1, direction="up"):
+    def cut_after(self, nbytes, times=1, direction="up", from_byte=0):
+        """FROM_BYTE > 0: only answers to ranges that start there or later
+        are cut (a download's first part passes)."""
         with self.lock:
             self.limit, self.times, self.direction = nbytes, times, direction
+            self.from_byte = from_byte
 
     def throttle(self, bytes_per_s, direction="up"):
         """Slows each connection's bytes in DIRECTION ("up": client to
@@ -240,10 +244,12 @@ class CutProxy:
         with self.lock:
             self.refusing = on
 
-    def _may_cut(self, direction, carried, n):
+    def _may_cut(self, direction, carried, n, range_start):
         """How many of the N next bytes pass, or None to pass them all."""
         with self.lock:
             if self.limit is None or direction != self.direction or carried + n <= self.limit:
+                return None
+            if range_start < self.from_byte:
                 return None
             if self.times is not None:
                 if self.times <= 0:
@@ -277,9 +283,10 @@ class CutProxy:
             threading.Thread(target=self._pipe, args=(upstream, client, state, "down"),
                              daemon=True).start()
 
-    def _note_ranges(self, data):
+    def _note_ranges(self, data, state):
         found = re.findall(rb"\r\nRange: bytes=(\d+)-(\d+)\r\n", data, re.IGNORECASE)
         if found:
+            state["range_start"] = int(found[-1][0])
             with self.lock:
                 self.ranges.extend((int(a), int(b)) for a, b in found)
 
@@ -309,14 +316,15 @@ class CutProxy:
                 if not data:
                     break
                 if not state["decided"]:
-                    keep = self._may_cut(direction, carried, len(data))
+                    keep = self._may_cut(direction, carried, len(data),
+                                         state.get("range_start", 0))
                     if keep is not None:
                         state["decided"] = True
                         dst.sendall(data[:keep])
                         self._close_pair(src, dst)
                         return
                 if direction == "up":
-                    self._note_ranges(data)
+                    self._note_ranges(data, state)
                 carried += len(data)
                 dst.sendall(data)
         except OSError:

@@ -526,6 +526,35 @@ def test_a_cut_range_resumes_where_it_stopped(moto, bucket, boto, tmp_path):
         proxy.close()
 
 
+@pytest.mark.parametrize("kept_mib, succeeds", [(2, True), (0.5, False)])
+def test_only_retries_without_progress_count(moto, bucket, boto, tmp_path, kept_mib, succeeds):
+    """Every ranged GET after the first part is cut after KEPT_MIB, with one
+    retry allowed. Keeping 2 MiB (a MiB or more) is progress: each 10 MiB
+    range arrives in five attempts. Keeping half a MiB is not: the second
+    cut ends the download, and the message counts both attempts."""
+    src = random_file(tmp_path / "p.bin", 40 * MIB, seed=10)
+    boto.upload_file(str(src), bucket, "progress")
+    proxy = CutProxy(moto.port)
+    try:
+        proxy.cut_after(int(kept_mib * MIB), times=None, direction="down", from_byte=1)
+        out = tmp_path / "p.out"
+        p = s3tool(proxy.endpoint, "download", bucket, "progress", out,
+                   options=["--part-size=5MiB", "--concurrency=1", "--max-retries=1",
+                            "--retry-base-ms=10", "--quiet"])
+        if succeeds:
+            ok(p)
+            assert sha256(out) == sha256(src)
+            assert proxy.cuts >= 3 * 4, proxy.cuts  # three 10 MiB ranges, 4+ cuts each
+        else:
+            assert p.returncode == 1
+            assert "ConnectionError" in p.stderr.decode() and "(after 2 attempts)" in \
+                p.stderr.decode(), p.stderr.decode()
+            assert proxy.cuts == 2
+            assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
+    finally:
+        proxy.close()
+
+
 def test_cut_parts_fail_cleanly_and_are_aborted(moto, bucket, boto, tmp_path):
     """Every connection that carries more than 1 MiB is cut: each part
     fails after its retries, the upload fails with a clear message, and the
