@@ -263,7 +263,7 @@ struct s3_op {
   char *token; /* listing */
   /* upload */
   int fd;
-  uint64_t size, part_size;
+  uint64_t size, part_size; /* a download's part_size: its ranges' length (range_size) */
   uint32_t nparts, next_part, parts_busy, parts_done;
   char *upload_id;
   char **etags;

@@ -24,7 +24,9 @@ typedef struct {
   const char *region;     /* NULL or FfDL's "us-standard": us-east-1 */
   int virtual_host;       /* 1: https://bucket.host/key (bucket names must then be DNS names);
                            * 0 (default): https://host/bucket/key */
-  size_t part_size;       /* multipart part size; 0: 8 MiB (S3's minimum is 5 MiB) */
+  size_t part_size;       /* multipart part size, and a download's first range; 0: 8 MiB
+                           * (S3's minimum is 5 MiB). A large download's later ranges are
+                           * longer: about 4 per parallel request, up to 64 MiB */
   int concurrency;        /* parallel requests, client-wide (also the parts in flight of one
                            * file and the files in flight of a directory); 0: 8 */
   int max_retries;        /* per request, on 5xx, throttling and connection errors; 0: 5;
