@@ -219,8 +219,9 @@ struct s3_req {
   long status;
   char etag[256], content_range[128];
   int too_big, overrun, io_errno, io_read;
-  int attempt; /* retries since the last progress (range_resume) */
-  int tries;   /* every attempt, for the final message */
+  int wrong_range; /* a 206 for bytes other than those asked for */
+  int attempt;     /* retries since the last progress (range_resume) */
+  int tries;       /* every attempt, for the final message */
   uint64_t due;
   char curl_err[CURL_ERROR_SIZE];
   req_done_fn on_done;
@@ -793,6 +794,16 @@ static void sum_decide(s3_req *r) {
                  start == 0 && end + 1 == total;
 }
 
+/* Whether R's 206 answer holds the bytes R asked for, of an object of the
+ * size the download's first answer gave: a server (or a proxy) that sent
+ * other bytes would otherwise have them written at the asked offset. */
+static int range_answered(const s3_req *r) {
+  uint64_t start = 0, end = 0, total = 0;
+  return r->status == 206 &&
+         ffdl_s3_parse_content_range(r->content_range, &start, &end, &total) == 0 &&
+         start == r->out_off && end == r->out_off + r->expect_len - 1 && total == r->op->total;
+}
+
 static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   s3_req *r = ud;
   size_t n = size * nmemb;
@@ -818,6 +829,10 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
   }
   if (r->expect_len && r->received + n > r->expect_len) {
     r->overrun = 1;
+    return 0;
+  }
+  if (r->need_206 && r->received == 0 && !range_answered(r)) {
+    r->wrong_range = 1;
     return 0;
   }
   if (r->prealloc && r->received == 0 && preallocate_answer(r) != 0) return 0;
@@ -1033,7 +1048,7 @@ static int req_start(s3_req *r) {
   r->wlen = 0;
   r->pos = 0;
   chunked_rewind(r);
-  r->too_big = r->overrun = r->io_errno = r->io_read = 0;
+  r->too_big = r->overrun = r->io_errno = r->io_read = r->wrong_range = 0;
   r->sum_decided = r->summing = 0;
   r->etag[0] = r->content_range[0] = r->curl_err[0] = r->sum_want[0] = r->sum_type[0] = '\0';
 
@@ -1269,6 +1284,14 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
              r->buf_limit);
     return FFDL_ETOOBIG;
   }
+  if (r->wrong_range) {
+    set_field(err->code, sizeof err->code, "InvalidResponse");
+    snprintf(err->message, sizeof err->message,
+             "the server answered Content-Range \"%s\" to a GET of %s (of %" PRIu64 " bytes)",
+             r->content_range, r->range, r->op->total);
+    *retry = 1;
+    return FFDL_EIO;
+  }
   if (r->overrun) {
     set_field(err->code, sizeof err->code, "InvalidResponse");
     snprintf(err->message, sizeof err->message,
@@ -1355,7 +1378,7 @@ static void range_set(s3_req *r, uint64_t off, uint64_t len) {
  * being summed as a whole). */
 static int range_resumable(const s3_req *r) {
   return r->need_206 && r->sink == SINK_FILE && r->status == 206 && !r->summing && !r->overrun &&
-         !r->io_errno && r->received > 0 && r->received < r->expect_len;
+         !r->wrong_range && !r->io_errno && r->received > 0 && r->received < r->expect_len;
 }
 
 /* Before R's retry: the bytes received stay in the file and in the

@@ -734,6 +734,38 @@ def test_an_endpoint_that_is_no_url_is_named(endpoint, problem):
     assert f"s3tool: the endpoint {problem}" in p.stderr.decode()
 
 
+def test_a_range_answered_with_other_bytes_is_refused(tmp_path):
+    """A server that answers each range after the first with the bytes one
+    further on (and says so in Content-Range): the download fails, naming
+    both ranges, instead of writing those bytes where the asked ones go."""
+    data = os.urandom(20 * MIB)
+
+    class Shifted(FakeS3):
+        def answer(self, method, path, headers, body):
+            first, last = map(int, headers["Range"].split("=")[1].split("-"))
+            if first > 0:
+                first, last = first + 1, min(last + 1, len(data) - 1)
+            return 206, {"ETag": '"x"', "Content-Range": f"bytes {first}-{last}/{len(data)}"}, \
+                data[first:last + 1]
+
+    fake = Shifted()
+    try:
+        out = tmp_path / "shifted.out"
+        p = s3tool(fake.endpoint, "download", "bucket", "obj", out,
+                   options=["--part-size=5MiB", "--max-retries=1", "--retry-base-ms=10",
+                            "--quiet"])
+        err = p.stderr.decode()
+        assert p.returncode == 1, err
+        m = re.search(r'InvalidResponse \(HTTP 206\): the server answered Content-Range '
+                      r'"bytes (\d+)-(\d+)/(\d+)" to a GET of bytes=(\d+)-(\d+)', err)
+        assert m, err
+        got_first, got_last, total, first, last = map(int, m.groups())
+        assert (got_first, total) == (first + 1, 20 * MIB) and first % (5 * MIB) == 0, err
+        assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
+    finally:
+        fake.close()
+
+
 def test_retries_on_throttling_and_5xx():
     fake = FakeS3({("PUT", ""): [(503, "SlowDown"), (500, "InternalError")],
                    ("GET", ""): [(429, "TooManyRequests")]})
