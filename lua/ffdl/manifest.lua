@@ -135,7 +135,7 @@ local function check_range(n, v, path, c, what)
   if low then
     local bound = n.min and (">= " .. n.min) or ("> " .. n.above)
     c.error(path, fmt("must be %s %s, got %s%s", what, bound, describe(v),
-      v == 0 and FFDL_ZERO_HINT or ""))
+      v == 0 and not n.ffdl_only and FFDL_ZERO_HINT or ""))
     return nil
   end
   if n.max and v > n.max then
@@ -185,6 +185,10 @@ function checkers.size(n, v, path, c)
   end
   if n.min and bytes < n.min then
     c.error(path, fmt("must be at least %s, got %s", n.min_text or n.min, describe(v)))
+    return nil
+  end
+  if n.max and bytes > n.max then
+    c.error(path, fmt("must be at most %s, got %s", n.max_text or n.max, describe(v)))
     return nil
   end
   return { text = text, bytes = bytes }
@@ -263,8 +267,11 @@ local connection = S.record { fields = {
   auth_url = S.string {}, user_name = S.string {}, password = S.string {},
   region = S.string {}, type = S.string {}, name = S.string {}, path = S.string {},
   bucket = S.string {},
-  -- ffdl's extension: what S3 checks uploaded bodies against (src/store/s3.h)
+  -- ffdl's extensions (src/store/s3.h): what S3 checks uploaded bodies
+  -- against, the multipart part size (S3's bounds) and parallel requests
   checksum = S.string { one_of = { "crc32c", "sha256" } },
+  part_size = S.size { min = 5 << 20, min_text = "5MiB", max = 5 << 30, max_text = "5GiB" },
+  concurrency = S.integer { min = 1, max = 256, ffdl_only = true }, -- (FfDL had no 0 for it)
 } }
 
 local container = S.record { fields = {
@@ -477,6 +484,10 @@ function M.normalize(doc, pos, ctx)
   for _, store in ipairs(stores) do
     if store and store.connection and (store.type == "s3_datastore" or store.type == "mount_cos") then
       store.connection.region = store.connection.region or defaults.region
+      local part = store.connection.part_size -- {text, bytes}: the text stays, as memory's
+      if part then
+        store.connection.part_size, store.connection.part_size_bytes = part.text, part.bytes
+      end
     end
   end
   if m.framework and m.framework.command then

@@ -51,7 +51,7 @@ static void usage(FILE *out) {
         "config (YAML): listen, data, policies, max_upload_mb, max_unzipped_mb,\n"
         "               creates_per_minute, on_shutdown (leave | halt), policy_debounce_ms,\n"
         "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket,\n"
-        "               s3_checksum (crc32c | sha256),\n"
+        "               s3_checksum (crc32c | sha256), s3_part_size_mb, s3_concurrency,\n"
         "               policy_limits: {memory_mb: N, deadline_ms: {default|HOOK: ms}}\n",
         out);
 }
@@ -59,20 +59,25 @@ static void usage(FILE *out) {
 /* s3_url, s3_access_key, s3_secret_key, s3_region, s3_checksum (checked by
  * the caller), s3_results_bucket: the default results store, in the shape of
  * a manifest's data store. */
+/* The default store's connection, made on the first s3_* setting. */
+static json_t *default_connection(options *o) {
+  if (!o->default_store)
+    o->default_store =
+        json_pack("{s:s,s:s,s:{},s:{},s:b}", "id", "internal", "type", "s3_datastore", "connection",
+                  "training_results", FFDL_SPEC_SERVER_STORE, 1);
+  return json_object_get(o->default_store, "connection");
+}
+
 static int set_default_store(options *o, const char *key, const char *val) {
   static const char *const keys[][2] = {{"url", "auth_url"},
                                         {"access_key", "user_name"},
                                         {"secret_key", "password"},
                                         {"region", "region"},
                                         {"checksum", "checksum"}};
-  if (!o->default_store)
-    o->default_store =
-        json_pack("{s:s,s:s,s:{},s:{},s:b}", "id", "internal", "type", "s3_datastore", "connection",
-                  "training_results", FFDL_SPEC_SERVER_STORE, 1);
+  json_t *conn = default_connection(o);
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
     if (!strcmp(key, keys[i][0])) {
-      json_object_set_new(json_object_get(o->default_store, "connection"), keys[i][1],
-                          json_string(val));
+      json_object_set_new(conn, keys[i][1], json_string(val));
       return 0;
     }
   if (!strcmp(key, "results_bucket")) {
@@ -171,6 +176,15 @@ static void set_creates_per_minute(options *o, double n) {
 static void set_policy_debounce(options *o, double n) {
   o->policy_debounce_ms = (unsigned)n;
 }
+/* as a manifest's connection has them after the schema (lua/ffdl/manifest.lua) */
+static void set_s3_part_size(options *o, double n) {
+  json_t *conn = default_connection(o);
+  json_object_set_new(conn, "part_size", json_sprintf("%.0fMiB", n));
+  json_object_set_new(conn, "part_size_bytes", json_integer((json_int_t)n << 20));
+}
+static void set_s3_concurrency(options *o, double n) {
+  json_object_set_new(default_connection(o), "concurrency", json_integer((json_int_t)n));
+}
 
 /* The numeric settings: what each takes, and where it goes. 1 when KEY is
  * not one of them. */
@@ -190,6 +204,10 @@ static int read_number_setting(const char *path, const yaml_node_t *v, const cha
        set_creates_per_minute},
       {"policy_debounce_ms", 0, 60000, 1, "must be a whole number of ms, 0..60000",
        set_policy_debounce},
+      {"s3_part_size_mb", 5, 5120, 1, "must be a whole number of MiB, 5..5120 (S3's bounds)",
+       set_s3_part_size},
+      {"s3_concurrency", 1, FFDL_S3_MAX_CONCURRENCY, 1, "must be a whole number, 1..256",
+       set_s3_concurrency},
   };
   for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
     if (strcmp(key, numbers[i].key) != 0) continue;

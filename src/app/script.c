@@ -387,6 +387,23 @@ static const char *field_or(lua_State *L, int t, const char *a, const char *b) {
   return v;
 }
 
+/* Connection field NAME of the table at T: an integer from LO to HI, or 0
+ * when absent. Raises a Lua error naming the field otherwise. */
+static lua_Integer int_field(lua_State *L, int t, const char *name, lua_Integer lo, lua_Integer hi,
+                             const char *what) {
+  lua_getfield(L, t, name);
+  int is_int = 0;
+  lua_Integer v = lua_isnil(L, -1) ? 0 : lua_tointegerx(L, -1, &is_int);
+  if (!lua_isnil(L, -1) && (!is_int || v < lo || v > hi))
+    return luaL_error(L, "ffdl.s3: connection.%s must be %s, got %s", name, what,
+                      lua_type(L, -1) == LUA_TSTRING
+                          ? lua_pushfstring(L, "\"%s\"", lua_tostring(L, -1))
+                      : lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1)
+                                                       : luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return v;
+}
+
 /* The arguments of ffdl.s3.OP that must be non-empty strings, by their
  * names in ffdl.lua, at core.s3's positions (3: bucket, 4: a, 5: b). */
 static int check_s3_args(lua_State *L, int op, const char *const *ops) {
@@ -442,6 +459,11 @@ static int l_s3(lua_State *L) {
                         text ? lua_pushfstring(L, "\"%s\"", text) : luaL_typename(L, -1));
   }
   lua_pop(L, 1);
+  cfg.part_size = (size_t)int_field(L, 2, "part_size", (lua_Integer)FFDL_S3_MIN_PART_SIZE,
+                                    (lua_Integer)FFDL_S3_MAX_PART_SIZE,
+                                    "a number of bytes from 5 MiB to 5 GiB (such as 16 * 2^20)");
+  cfg.concurrency =
+      (int)int_field(L, 2, "concurrency", 1, FFDL_S3_MAX_CONCURRENCY, "an integer from 1 to 256");
   s3_call *c = calloc(1, sizeof *c);
   if (!c) return luaL_error(L, "out of memory");
   c->s = script_of(L);

@@ -99,6 +99,10 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
   /* ffdl's extension: crc32c (the default) or sha256, checked by the manifest schema */
   const char *checksum = json_string_value(json_object_get(conn, "checksum"));
   if (checksum && ffdl_s3_checksum_parse(checksum, &cfg.checksum) != 0) return NULL;
+  /* and the part size and parallel requests, within bounds that the
+   * schema (or the server's config) checked: ffdl_s3_new checks again */
+  cfg.part_size = (size_t)json_integer_value(json_object_get(conn, "part_size_bytes"));
+  cfg.concurrency = (int)json_integer_value(json_object_get(conn, "concurrency"));
   op *o = calloc(1, sizeof *o);
   if (!o) return NULL;
   o->done = done;

@@ -84,9 +84,7 @@
 
 #define MIB (1024u * 1024u)
 #define DEFAULT_PART_SIZE (8 * MIB)
-#define MIN_PART_SIZE (5 * MIB)
 #define DEFAULT_CONCURRENCY 8
-#define MAX_CONCURRENCY 256
 #define DEFAULT_RETRIES 5
 #define DEFAULT_RETRY_BASE_MS 200
 #define BACKOFF_CAP_MS 20000
@@ -2941,8 +2939,11 @@ int ffdl_s3_checksum_parse(const char *text, int *out) {
 int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   *out = NULL;
   if (!loop || !config || !config->endpoint) return FFDL_EINVALID;
-  if (config->part_size && config->part_size < MIN_PART_SIZE) return FFDL_EINVALID;
-  if (config->concurrency < 0 || config->concurrency > MAX_CONCURRENCY) return FFDL_EINVALID;
+  if (config->part_size &&
+      (config->part_size < FFDL_S3_MIN_PART_SIZE || config->part_size > FFDL_S3_MAX_PART_SIZE))
+    return FFDL_EINVALID;
+  if (config->concurrency < 0 || config->concurrency > FFDL_S3_MAX_CONCURRENCY)
+    return FFDL_EINVALID;
   if (config->checksum < FFDL_S3_CHECKSUM_AUTO || config->checksum > FFDL_S3_CHECKSUM_CRC32C)
     return FFDL_EINVALID;
   pthread_once(&curl_once, curl_init_once);

@@ -17,6 +17,13 @@
 
 typedef struct ffdl_s3 ffdl_s3;
 
+/* The bounds of ffdl_s3_config's part_size (S3's own, for a multipart
+ * part) and concurrency, for those who check a setting before a client is
+ * made (manifests, job scripts, the server's config). */
+#define FFDL_S3_MIN_PART_SIZE ((uint64_t)5 << 20)
+#define FFDL_S3_MAX_PART_SIZE ((uint64_t)5 << 30)
+#define FFDL_S3_MAX_CONCURRENCY 256
+
 typedef struct {
   const char *endpoint;   /* FfDL's auth_url: "http://127.0.0.1:9000", "https://s3.amazonaws.com" */
   const char *access_key; /* FfDL's user_name */
@@ -25,7 +32,7 @@ typedef struct {
   int virtual_host;       /* 1: https://bucket.host/key (bucket names must then be DNS names);
                            * 0 (default): https://host/bucket/key */
   size_t part_size;       /* multipart part size, and a download's first range; 0: 8 MiB
-                           * (S3's minimum is 5 MiB). A large download's later ranges are
+                           * (5 MiB to 5 GiB). A large download's later ranges are
                            * longer: about 4 per parallel request, up to 64 MiB */
   int concurrency;        /* parallel requests, client-wide (also the parts in flight of one
                            * file and the files in flight of a directory); 0: 8 */

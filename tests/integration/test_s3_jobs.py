@@ -278,10 +278,10 @@ assert(ffdl.s3.download_dir(conn, "tls-bucket", "up/", "{out}"))
 
 
 @contextlib.contextmanager
-def default_store_job(tmp_path, endpoint, extra=""):
-    """Yields (server, token, model_id): a job without data stores that
-    COMPLETED on a server whose config names a default S3 store at
-    ENDPOINT (bucket digits-results), plus the EXTRA config lines."""
+def default_store_job(tmp_path, endpoint, extra="", command="echo stored"):
+    """Yields (server, token, model_id): a job without data stores that ran
+    COMMAND to COMPLETED on a server whose config names a default S3 store
+    at ENDPOINT (bucket digits-results), plus the EXTRA config lines."""
     from test_server import Server, add_user, create, wait_status
     config = tmp_path / "server.yml"
     config.write_text(f"on_shutdown: halt\ns3_url: {endpoint}\ns3_access_key: ffdl-key\n"
@@ -289,7 +289,7 @@ def default_store_job(tmp_path, endpoint, extra=""):
     srv = Server(tmp_path / "data", extra_args=["--config", config])
     try:
         token = add_user(srv, "alice")
-        code, doc, _ = create(srv, token, command="echo stored")
+        code, doc, _ = create(srv, token, command=command)
         wait_status(srv, doc["model_id"], {"COMPLETED"}, token=token)
         yield srv, token, doc["model_id"]
     finally:
@@ -483,6 +483,91 @@ def test_server_bad_s3_checksum_is_a_config_error(tmp_path):
     assert result.returncode == 2
     assert (f'ffdl-server: {config}:5:14: s3_checksum: must be crc32c or sha256, got "md5"'
             in result.stderr), result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+# ---- connection.part_size and concurrency (ffdl's extensions) ----
+
+WRITE_12_MIB = "head -c 12582912 /dev/zero > $RESULT_DIR/big.bin"
+
+
+def part_numbers(fake, key):
+    """The part numbers FAKE received for KEY (a path such as /bucket/key)."""
+    from urllib.parse import parse_qs, urlsplit
+    return sorted(int(parse_qs(urlsplit(path).query)["partNumber"][0])
+                  for method, path, _, _ in fake.requests
+                  if method == "PUT" and urlsplit(path).path == key and "partNumber=" in path)
+
+
+def test_manifest_part_size_and_concurrency(fake, tmp_path):
+    """12 MiB of results go up in 5 MiB parts (three) with part_size: 5MiB,
+    in the default 8 MiB parts (two) without it."""
+    for name, extra, parts in (("five", "      part_size: 5MiB\n      concurrency: 2\n", 3),
+                               ("default", "", 2)):
+        path = tmp_path / f"{name}.yml"
+        path.write_text(
+            f"name: {name}\ncpus: 0.5\nmemory: 256MiB\n"
+            "data_stores:\n  - id: s3\n    type: s3_datastore\n"
+            "    training_data:\n      container: data\n"
+            "    training_results:\n      container: results\n"
+            f"    connection:\n      auth_url: {fake.endpoint}\n      user_name: k\n"
+            f"      password: {SECRET}\n{extra}"
+            f"framework:\n  name: custom\n  version: local\n  command: {WRITE_12_MIB}\n")
+        result = run(tmp_path, path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+        assert part_numbers(fake, f"/results/{tid}/model/big.bin") == list(range(1, parts + 1))
+
+
+def test_job_script_s3_part_size_and_concurrency(fake, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(b"\0" * (12 << 20))
+    result = run_script(tmp_path, f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "{fake.endpoint}", user_name = "k", password = "{SECRET}",
+               part_size = 5 * 2^20, concurrency = 2 }}
+assert(ffdl.s3.upload_dir(conn, "{src}", "bkt", "up"))
+for _, bad in ipairs {{ {{ part_size = "16MiB" }}, {{ part_size = 1024 }}, {{ concurrency = 0 }},
+                       {{ concurrency = 1.5 }}, {{ concurrency = {{}} }} }} do
+  local c = {{ auth_url = conn.auth_url, user_name = "k", password = "x" }}
+  for k, v in pairs(bad) do c[k] = v end
+  print(pcall(ffdl.s3.list, c, "bkt"))
+end
+""")
+    assert result.returncode == 0, result.stderr
+    assert part_numbers(fake, "/bkt/up/big.bin") == [1, 2, 3]
+    for expected in (
+            'connection.part_size must be a number of bytes from 5 MiB to 5 GiB (such as '
+            '16 * 2^20), got "16MiB"',
+            "connection.part_size must be a number of bytes from 5 MiB to 5 GiB (such as "
+            "16 * 2^20), got 1024",
+            "connection.concurrency must be an integer from 1 to 256, got 0",
+            "connection.concurrency must be an integer from 1 to 256, got 1.5",
+            "connection.concurrency must be an integer from 1 to 256, got table"):
+        assert expected in result.stdout, result.stdout
+    assert [r for r in fake.requests if "list-type" in r[1]] == []
+
+
+def test_server_s3_part_size_for_the_default_store(fake, tmp_path):
+    with default_store_job(tmp_path, fake.endpoint, "s3_part_size_mb: 5\ns3_concurrency: 2\n",
+                           command=WRITE_12_MIB) as (_, _, tid):
+        assert part_numbers(fake, f"/digits-results/{tid}/model/big.bin") == [1, 2, 3]
+
+
+@pytest.mark.parametrize("line, col, message", [
+    ("s3_part_size_mb: 4", 18, 'must be a whole number of MiB, 5..5120 (S3\'s bounds), got "4"'),
+    ("s3_concurrency: 0", 17, 'must be a whole number, 1..256, got "0"'),
+])
+def test_server_bad_s3_part_size_or_concurrency_is_a_config_error(tmp_path, line, col, message):
+    config = tmp_path / "server.yml"
+    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
+                      f"s3_results_bucket: r\n{line}\n")
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    key = line.split(":")[0]
+    assert f"ffdl-server: {config}:5:{col}: {key}: {message}" in result.stderr, result.stderr
     assert not (tmp_path / "d").exists()
 
 
