@@ -421,7 +421,17 @@ local function check_data_store(store, path, c, raw)
         fmt("must be an http:// or https:// URL with a host (such as https://s3.us-east-1.amazonaws.com), got %s",
           describe(url)))
     end
-  elseif store.type == "mount_volume" then
+  else
+    -- ffdl's S3 settings mean nothing to a directory: said, not dropped silently
+    for _, key in ipairs { "checksum", "part_size", "concurrency" } do
+      if type(conn) == "table" and conn[key] ~= nil then
+        c.warn(join(join(path, "connection"), key),
+          fmt("applies to S3 stores only (s3_datastore, mount_cos), not to %s; ignored",
+            describe(store.type)), true)
+      end
+    end
+  end
+  if store.type == "mount_volume" then
     if conn == nil then
       c.error(join(path, "connection"), "is required for mount_volume (type: host_mount, name, path)")
       return

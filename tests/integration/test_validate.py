@@ -107,6 +107,16 @@ def test_s3_prefix_with_a_leading_slash_is_a_warning(ffdl):
         f'seldom do: "/sub/" matches no key sub/...']
 
 
+def test_s3_settings_on_a_directory_store_are_warnings(ffdl):
+    name = "tests/data/warn/s3-settings-on-a-directory.yml"
+    result = ffdl("validate", name)
+    assert result.returncode == 0
+    assert diagnostics(result.stderr, name) == [
+        f'{name}:{line}:7: warning: data_stores[0].connection.{key}: applies to S3 stores only '
+        f'(s3_datastore, mount_cos), not to "mount_volume"; ignored'
+        for line, key in ((17, "part_size"), (18, "checksum"))]
+
+
 NOT_UPLOADED = (
     "the job's results will not be uploaded to S3; they stay in the local results directory "
     "($FFDL_RESULTS/<training-id>/, ./ffdl-results/ by default, with ffdl-run; under the "
