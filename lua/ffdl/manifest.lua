@@ -268,8 +268,10 @@ local connection = S.record { fields = {
   region = S.string {}, type = S.string {}, name = S.string {}, path = S.string {},
   bucket = S.string {},
   -- ffdl's extensions (src/store/s3.h): what S3 checks uploaded bodies
-  -- against, the multipart part size (S3's bounds) and parallel requests
+  -- against, the multipart part size (S3's bounds), parallel requests, and
+  -- whether the bucket goes in the path or the host name (boto3's name)
   checksum = S.string { one_of = { "crc32c", "sha256" } },
+  addressing_style = S.string { one_of = { "path", "virtual" } },
   part_size = S.size { min = 5 << 20, min_text = "5MiB", max = 5 << 30, max_text = "5GiB" },
   concurrency = S.integer { min = 1, max = 256, ffdl_only = true }, -- (FfDL had no 0 for it)
 } }
@@ -423,7 +425,7 @@ local function check_data_store(store, path, c, raw)
     end
   else
     -- ffdl's S3 settings mean nothing to a directory: said, not dropped silently
-    for _, key in ipairs { "checksum", "part_size", "concurrency" } do
+    for _, key in ipairs { "checksum", "part_size", "concurrency", "addressing_style" } do
       if type(conn) == "table" and conn[key] ~= nil then
         c.warn(join(join(path, "connection"), key),
           fmt("applies to S3 stores only (s3_datastore, mount_cos), not to %s; ignored",

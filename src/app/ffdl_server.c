@@ -52,13 +52,14 @@ static void usage(FILE *out) {
         "               creates_per_minute, on_shutdown (leave | halt), policy_debounce_ms,\n"
         "               s3_url, s3_access_key, s3_secret_key, s3_region, s3_results_bucket,\n"
         "               s3_checksum (crc32c | sha256), s3_part_size_mb, s3_concurrency,\n"
+        "               s3_addressing_style (path | virtual),\n"
         "               policy_limits: {memory_mb: N, deadline_ms: {default|HOOK: ms}}\n",
         out);
 }
 
-/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_checksum (checked by
- * the caller), s3_results_bucket: the default results store, in the shape of
- * a manifest's data store. */
+/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_checksum and
+ * s3_addressing_style (checked by the caller), s3_results_bucket: the
+ * default results store, in the shape of a manifest's data store. */
 /* The default store's connection, made on the first s3_* setting. */
 static json_t *default_connection(options *o) {
   if (!o->default_store)
@@ -69,11 +70,9 @@ static json_t *default_connection(options *o) {
 }
 
 static int set_default_store(options *o, const char *key, const char *val) {
-  static const char *const keys[][2] = {{"url", "auth_url"},
-                                        {"access_key", "user_name"},
-                                        {"secret_key", "password"},
-                                        {"region", "region"},
-                                        {"checksum", "checksum"}};
+  static const char *const keys[][2] = {
+      {"url", "auth_url"},  {"access_key", "user_name"}, {"secret_key", "password"},
+      {"region", "region"}, {"checksum", "checksum"},    {"addressing_style", "addressing_style"}};
   json_t *conn = default_connection(o);
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
     if (!strcmp(key, keys[i][0])) {
@@ -241,6 +240,9 @@ static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_
     return bad_value(path, v, key, ffdl_s3_endpoint_problem(val), val);
   } else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
     return bad_value(path, v, key, "must be " FFDL_S3_CHECKSUM_NAMES, val);
+  } else if (!strcmp(key, "s3_addressing_style") && strcmp(val, "path") != 0 &&
+             strcmp(val, "virtual") != 0) {
+    return bad_value(path, v, key, "must be path or virtual", val);
   } else if (strncmp(key, "s3_", 3) != 0 || set_default_store(o, key + 3, val) != 0) {
     config_error(path, k, key, "unknown setting");
     return -1;

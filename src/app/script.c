@@ -464,6 +464,13 @@ static int l_s3(lua_State *L) {
                                     "a number of bytes from 5 MiB to 5 GiB (such as 16 * 2^20)");
   cfg.concurrency =
       (int)int_field(L, 2, "concurrency", 1, FFDL_S3_MAX_CONCURRENCY, "an integer from 1 to 256");
+  lua_getfield(L, 2, "addressing_style"); /* [-0, +1, e]: nil: path */
+  const char *style = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+  if (!lua_isnil(L, -1) && !(style && (!strcmp(style, "path") || !strcmp(style, "virtual"))))
+    return luaL_error(L, "ffdl.s3: connection.addressing_style must be path or virtual, got %s",
+                      style ? lua_pushfstring(L, "\"%s\"", style) : luaL_typename(L, -1));
+  cfg.virtual_host = style && !strcmp(style, "virtual");
+  lua_pop(L, 1);
   s3_call *c = calloc(1, sizeof *c);
   if (!c) return luaL_error(L, "out of memory");
   c->s = script_of(L);

@@ -103,6 +103,8 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
    * schema (or the server's config) checked: ffdl_s3_new checks again */
   cfg.part_size = (size_t)json_integer_value(json_object_get(conn, "part_size_bytes"));
   cfg.concurrency = (int)json_integer_value(json_object_get(conn, "concurrency"));
+  const char *style = json_string_value(json_object_get(conn, "addressing_style"));
+  cfg.virtual_host = style && strcmp(style, "virtual") == 0;
   op *o = calloc(1, sizeof *o);
   if (!o) return NULL;
   o->done = done;

@@ -571,6 +571,76 @@ def test_server_bad_s3_part_size_or_concurrency_is_a_config_error(tmp_path, line
     assert not (tmp_path / "d").exists()
 
 
+# ---- connection.addressing_style (ffdl's extension): path (default) or virtual ----
+
+def hosts_of_puts(fake):
+    """{(Host header, path)} of every PUT FAKE received."""
+    return {(headers["Host"], path) for method, path, headers, _ in fake.requests
+            if method == "PUT"}
+
+
+def test_manifest_addressing_style_virtual(fake, tmp_path):
+    """The bucket goes in the host name (libcurl resolves *.localhost to
+    the loopback), not in the path."""
+    port = fake.endpoint.rsplit(":", 1)[1]
+    path = tmp_path / "vhost.yml"
+    path.write_text(
+        "name: vhost\ncpus: 0.5\nmemory: 256MiB\n"
+        "data_stores:\n  - id: s3\n    type: s3_datastore\n"
+        "    training_data:\n      container: data\n"
+        "    training_results:\n      container: results\n"
+        f"    connection:\n      auth_url: http://localhost:{port}\n      user_name: k\n"
+        f"      password: {SECRET}\n      addressing_style: virtual\n"
+        "framework:\n  name: custom\n  version: local\n  command: echo v > $RESULT_DIR/v.txt\n")
+    result = run(tmp_path, path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+    assert (f"results.localhost:{port}", f"/{tid}/model/v.txt") in hosts_of_puts(fake)
+    # the results bucket's check before training, and the training data's listing
+    lists = {headers["Host"] for method, p, headers, _ in fake.requests if "list-type=2" in p}
+    assert lists == {f"results.localhost:{port}", f"data.localhost:{port}"}, lists
+
+
+def test_job_script_s3_addressing_style(fake, tmp_path):
+    port = fake.endpoint.rsplit(":", 1)[1]
+    result = run_script(tmp_path, f"""
+local ffdl = require "ffdl"
+local conn = {{ auth_url = "http://localhost:{port}", user_name = "k", password = "{SECRET}",
+               addressing_style = "virtual" }}
+assert(ffdl.s3.put(conn, "bkt", "v", "virtual"))
+conn.addressing_style = "path"
+assert(ffdl.s3.put(conn, "bkt", "p", "path"))
+conn.addressing_style = 1
+print(pcall(ffdl.s3.put, conn, "bkt", "k", "x"))
+conn.addressing_style = "dns"
+ffdl.s3.put(conn, "bkt", "k", "x")
+""")
+    assert result.returncode == 2, result.stderr
+    assert hosts_of_puts(fake) == {(f"bkt.localhost:{port}", "/v"), (f"localhost:{port}", "/bkt/p")}
+    assert "ffdl.s3: connection.addressing_style must be path or virtual, got number" in result.stdout
+    assert ('s3.lua:11: ffdl.s3: connection.addressing_style must be path or virtual, got "dns"'
+            in result.stderr), result.stderr
+
+
+def test_server_s3_addressing_style_for_the_default_store(fake, tmp_path):
+    port = fake.endpoint.rsplit(":", 1)[1]
+    with default_store_job(tmp_path, f"http://localhost:{port}",
+                           "s3_addressing_style: virtual\n") as (_, _, tid):
+        assert (f"digits-results.localhost:{port}", f"/{tid}/learner-1/training-log.txt") in \
+            hosts_of_puts(fake)
+
+
+def test_server_bad_s3_addressing_style_is_a_config_error(tmp_path):
+    config = tmp_path / "server.yml"
+    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
+                      "s3_results_bucket: r\ns3_addressing_style: dns\n")
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert (f'ffdl-server: {config}:5:22: s3_addressing_style: must be path or virtual, got "dns"'
+            in result.stderr), result.stderr
+
+
 def test_halting_a_job_stops_its_training_data_download(moto, digits_in_s3, tmp_path):
     """Ctrl-C while a large training set is downloaded (slowly, through a
     throttling proxy): the download is canceled, not waited for, and the
