@@ -24,6 +24,7 @@
  */
 #include "core/error.h"
 #include "core/log.h"
+#include "core/progress.h"
 #include "store/s3.h"
 
 #include <jansson.h>
@@ -42,6 +43,7 @@ typedef struct {
   json_t *listing;
   FILE *out;
   int out_failed;
+  ffdl_progress meter; /* the rate and ETA of the progress lines (not drawn) */
 } tool;
 
 static void usage(void) {
@@ -68,12 +70,13 @@ static void human(double bytes, char *out, size_t cap) {
 static void on_progress(void *ud, const ffdl_s3_progress *p) {
   tool *t = ud;
   if (t->quiet) return;
-  char done[32], total[32], rate[32];
+  double per_s, eta_s;
+  ffdl_progress_estimate(&t->meter, p->bytes_done, p->bytes_total, &per_s, &eta_s);
+  char done[32], total[32], rate[32] = "?", eta[32] = "?";
   human((double)p->bytes_done, done, sizeof done);
   human((double)p->bytes_total, total, sizeof total);
-  human(p->rate_bytes_per_s, rate, sizeof rate);
-  char eta[32] = "?";
-  if (p->eta_s >= 0) snprintf(eta, sizeof eta, "%.0fs", p->eta_s);
+  if (per_s >= 0) human(per_s, rate, sizeof rate);
+  if (eta_s >= 0) snprintf(eta, sizeof eta, "%.0fs", eta_s);
   if (p->bytes_total)
     fprintf(stderr, "s3tool: %s: %s / %s (%.0f%%), %llu/%llu objects, %s/s, ETA %s\n", t->name,
             done, total, 100.0 * (double)p->bytes_done / (double)p->bytes_total,
@@ -162,6 +165,7 @@ int main(int argc, char **argv) {
   ffdl_log_init();
   ffdl_s3_config cfg = {0};
   tool t = {.out = stdout};
+  ffdl_progress_init(&t.meter, "s3tool");
   int i = 1;
   for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
     const char *a = argv[i];

@@ -19,6 +19,7 @@
 #define SAMPLE_S 0.25    /* a sample for the rate at most this often */
 #define WINDOW_S 5.0     /* the rate covers about the last 5 s */
 #define MIN_SPAN_S 1.0   /* no rate before the samples span a second */
+#define STALL_S 2.0      /* no byte moved for this long: the ETA is unknown, not huge */
 #define TTY_EVERY_S 0.2  /* a terminal's bar is redrawn at most 5 times a second */
 #define LINE_EVERY_S 2.0 /* elsewhere, a line every 2 s */
 #define MIB 1048576.0
@@ -51,6 +52,8 @@ static void sample(ffdl_progress *p, uint64_t done, double now) {
     p->first_t = now;
     p->first_b = done;
   }
+  if (p->first_t == now || done > p->last_b) p->moved_t = now;
+  p->last_b = done;
   if (done > p->high) p->high = done;
   if (p->n && done < p->b[slot(p, p->n - 1)]) p->n = 0; /* sent again: the rate starts over */
   /* bytes that start moving (or move again after a wait): the rate is
@@ -98,6 +101,34 @@ static int is_retrying(const ffdl_progress *p, uint64_t done, int state) {
   return !is_final(state) && (state == FFDL_PROGRESS_RETRYING || done < p->high);
 }
 
+/* The rate (bytes/s) and the ETA (s) after sampling DONE of TOTAL at NOW,
+ * each < 0 while unknown. FINAL: the rate is the whole transfer's average;
+ * before, the recent rate. During a stall the rate decays towards 0, and
+ * the remaining bytes over it grow to days for what may resume in a second:
+ * the ETA is unknown instead. */
+static void estimate(const ffdl_progress *p, uint64_t done, uint64_t total, int final, double now,
+                     double *rate, double *eta) {
+  *rate = final  ? rate_since(p->first_t, p->first_b, done, now)
+          : p->n ? rate_since(p->t[p->head], p->b[p->head], done, now)
+                 : -1;
+  *eta = -1;
+  if (total > 0 && done >= total)
+    *eta = 0;
+  else if (total > 0 && *rate > 0 && now - p->moved_t < STALL_S)
+    *eta = (double)(total - done) / *rate;
+}
+
+void ffdl_progress_estimate_at(ffdl_progress *p, uint64_t done, uint64_t total, double now,
+                               double *rate, double *eta) {
+  sample(p, done, now);
+  estimate(p, done, total, 0, now, rate, eta);
+}
+
+void ffdl_progress_estimate(ffdl_progress *p, uint64_t done, uint64_t total, double *rate,
+                            double *eta) {
+  ffdl_progress_estimate_at(p, done, total, now_s(), rate, eta);
+}
+
 static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int state, double now,
                      char *out, size_t cap) {
   int final = is_final(state);
@@ -106,17 +137,15 @@ static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int 
     append(out, cap, "%.1f of %.1f MiB", (double)done / MIB, (double)total / MIB);
   else
     append(out, cap, "%.1f MiB", (double)done / MIB);
-  /* the last line: the average of the whole transfer; before: the recent rate */
-  double rate = final  ? rate_since(p->first_t, p->first_b, done, now)
-                : p->n ? rate_since(p->t[p->head], p->b[p->head], done, now)
-                       : -1;
+  double rate, eta;
+  estimate(p, done, total, final, now, &rate, &eta);
   if (rate >= 0)
     append(out, cap, ", %.1f MiB/s", rate / MIB);
   else
     append(out, cap, ", ? MiB/s"); /* not yet known: never a guess */
   if (!final && total > 0) {
-    if (rate > 0)
-      append(out, cap, ", ETA %.0f s", (double)(total - (done < total ? done : total)) / rate);
+    if (eta >= 0)
+      append(out, cap, ", ETA %.0f s", eta);
     else
       append(out, cap, ", ETA ?");
   }

@@ -29,6 +29,8 @@ typedef struct {
   uint64_t high;     /* the most bytes reported: a retry sends some again */
   double first_t;    /* the first report, and its bytes: the final average */
   uint64_t first_b;
+  uint64_t last_b; /* the last report's bytes */
+  double moved_t;  /* when the bytes last went up */
   /* the rate's samples, a ring, oldest at HEAD */
   double t[FFDL_PROGRESS_SAMPLES];
   uint64_t b[FFDL_PROGRESS_SAMPLES];
@@ -51,5 +53,12 @@ void ffdl_progress_fail(ffdl_progress *p, uint64_t done, uint64_t total);
 void ffdl_progress_report(ffdl_progress *p, uint64_t done, uint64_t total, int state);
 void ffdl_progress_report_at(ffdl_progress *p, uint64_t done, uint64_t total, int state,
                              double now);
+/* For those who draw their own line (s3tool): samples DONE of TOTAL and
+ * gives the recent rate (bytes/s) and the ETA (s), each < 0 while unknown
+ * (the ETA also after 2 s without a byte). */
+void ffdl_progress_estimate(ffdl_progress *p, uint64_t done, uint64_t total, double *rate,
+                            double *eta);
+void ffdl_progress_estimate_at(ffdl_progress *p, uint64_t done, uint64_t total, double now,
+                               double *rate, double *eta);
 
 #endif

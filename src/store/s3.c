@@ -108,7 +108,6 @@
 #define NO_EXPECT_LIMIT (1024 * 1024)     /* libcurl 7.88's EXPECT_100_THRESHOLD for a POST */
 #define OBJECT_TYPE "binary/octet-stream" /* S3's Content-Type for objects sent without one */
 #define PROGRESS_MS 250
-#define STALL_MS 2000 /* no byte moved for this long: the ETA is unknown, not huge */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 typedef struct s3_req s3_req;
@@ -251,10 +250,8 @@ struct s3_op {
   ffdl_s3_object_cb object;
   void (*body)(void *ud, const void *data, size_t len);
   /* progress, kept on the root operation */
-  uint64_t bytes_done, bytes_total, objects_done, objects_total, last_bytes, last_ms;
-  double rate;
+  uint64_t bytes_done, bytes_total, objects_done, objects_total;
   unsigned retries, retries_shown; /* requests retried, and how many a report has said */
-  uint64_t moved_ms;               /* when a byte last moved (uv_now) */
   char *bucket, *key, *prefix, *path, *partial;
   char *data; /* put_buffer's copy, create_bucket's and complete's bodies */
   size_t len;
@@ -450,7 +447,6 @@ static s3_op *op_new(ffdl_s3 *s3, int kind, s3_op *parent) {
   if (*head) (*head)->prev = op;
   *head = op;
   if (parent) parent->refs++;
-  op->last_ms = op->moved_ms = uv_now(s3->loop);
   return op;
 }
 
@@ -497,39 +493,25 @@ static void progress_start(s3_op *op) {
   uv_timer_start(&s3->progress_timer, on_progress_tick, PROGRESS_MS, PROGRESS_MS);
 }
 
+/* The counts of every operation with a progress callback, every PROGRESS_MS
+ * (rates and ETAs are the display's: core/progress.h). */
 static void on_progress_tick(uv_timer_t *t) {
   ffdl_s3 *s3 = t->data;
-  uint64_t now = uv_now(s3->loop);
   int any = 0;
   for (s3_op *op = s3->ops, *next; op; op = next) {
     next = op->next;
     if (!op->progress || op->failed) continue;
     any = 1;
-    double dt = (double)(now - op->last_ms) / 1000.0;
-    if (dt <= 0) continue;
-    uint64_t moved = op->bytes_done > op->last_bytes ? op->bytes_done - op->last_bytes : 0;
-    op->rate = ffdl_s3_rate_update(op->rate, moved, dt);
-    op->last_ms = now;
-    op->last_bytes = op->bytes_done;
-    if (moved) op->moved_ms = now;
     ffdl_s3_progress p = {
         .bytes_done = op->bytes_done,
         .bytes_total = op->bytes_total,
         .objects_done = op->objects_done,
         .objects_total = op->objects_total,
-        .rate_bytes_per_s = op->rate,
-        .eta_s = -1,
     };
     for (s3_req *q = s3->retry_head; q && !p.retrying; q = q->next)
       p.retrying = op_root(q->op) == op;
     if (op->retries != op->retries_shown) p.retrying = 1;
     op->retries_shown = op->retries;
-    /* a stall leaves the rate decaying towards 0 and remaining/rate ever
-     * larger: days for what may resume in a second */
-    if (op->bytes_total && op->rate > 0 && now - op->moved_ms < STALL_MS)
-      p.eta_s = op->bytes_total > op->bytes_done
-                    ? (double)(op->bytes_total - op->bytes_done) / op->rate
-                    : 0;
     op->progress(op->ud, &p);
     if (s3->closing) return; /* the callback closed the client: the list changed */
   }
@@ -1693,9 +1675,7 @@ static void op_finish(s3_op *op) {
       ffdl_s3_progress p = {.bytes_done = op->bytes_done,
                             .bytes_total = op->bytes_total ? op->bytes_total : op->bytes_done,
                             .objects_done = op->objects_done,
-                            .objects_total = op->objects_total,
-                            .rate_bytes_per_s = op->rate,
-                            .eta_s = 0};
+                            .objects_total = op->objects_total};
       op->progress(op->ud, &p);
     }
     op->done(op->ud, 0, NULL);

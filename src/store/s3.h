@@ -89,8 +89,6 @@ void ffdl_s3_error_text(const ffdl_s3_error *err, char *out, size_t cap);
 typedef struct {
   uint64_t bytes_done, bytes_total; /* total is 0 while unknown (a listing in progress) */
   uint64_t objects_done, objects_total;
-  double rate_bytes_per_s;
-  double eta_s; /* < 0 while unknown */
   int retrying; /* a request waits to be tried again, or was since the last report */
 } ffdl_s3_progress;
 

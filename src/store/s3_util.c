@@ -169,15 +169,6 @@ int ffdl_s3_bucket_ok(const char *bucket, int legacy) {
   return 1;
 }
 
-double ffdl_s3_rate_update(double rate, uint64_t bytes, double dt_s) {
-  if (dt_s <= 0) return rate;
-  double now = (double)bytes / dt_s;
-  if (rate <= 0) return now;
-  /* a time constant of about 2 s, whatever the tick */
-  double alpha = dt_s / (dt_s + 2.0);
-  return rate + alpha * (now - rate);
-}
-
 /* ---- CRC-32C -------------------------------------------------------------
  * The register (pre- and post-inverted by the public function) takes a
  * byte as reg = table[(reg ^ byte) & 255] ^ (reg >> 8), the reflected

@@ -68,8 +68,4 @@ uint32_t ffdl_s3_crc32c(uint32_t crc, const void *data, size_t len);
  * OUT gets 8 characters and a NUL. */
 void ffdl_s3_crc32c_base64(uint32_t crc, char out[9]);
 
-/* An exponentially weighted rate: the previous RATE (bytes/s, 0 when none
- * yet) updated with BYTES moved in DT_S seconds. */
-double ffdl_s3_rate_update(double rate, uint64_t bytes, double dt_s);
-
 #endif

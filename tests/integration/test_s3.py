@@ -636,7 +636,8 @@ def test_server_killed_mid_multipart_upload(tmp_path):
 def test_progress_lines(moto, bucket, tmp_path):
     proxy = CutProxy(moto.port)
     try:
-        proxy.throttle(10 * MIB)
+        # a few seconds: a rate is shown once a second of samples backs it
+        proxy.throttle(4 * MIB)
         src = random_file(tmp_path / "p.bin", 12 * MIB, seed=7)
         start = time.monotonic()
         p = ok(s3tool(proxy.endpoint, "upload", bucket, "p", src,

@@ -474,18 +474,6 @@ def test_server_s3_checksum_sha256_for_the_default_store(fake, tmp_path):
         assert_sha256_signed(headers, body)
 
 
-def test_server_bad_s3_checksum_is_a_config_error(tmp_path):
-    config = tmp_path / "server.yml"
-    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
-                      "s3_results_bucket: r\ns3_checksum: md5\n")
-    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
-                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
-    assert (f'ffdl-server: {config}:5:14: s3_checksum: must be crc32c or sha256, got "md5"'
-            in result.stderr), result.stderr
-    assert not (tmp_path / "d").exists()
-
-
 # ---- connection.part_size and concurrency (ffdl's extensions) ----
 
 WRITE_12_MIB = "head -c 12582912 /dev/zero > $RESULT_DIR/big.bin"
@@ -556,10 +544,12 @@ def test_server_s3_part_size_for_the_default_store(fake, tmp_path):
 
 
 @pytest.mark.parametrize("line, col, message", [
+    ("s3_checksum: md5", 14, 'must be crc32c or sha256, got "md5"'),
     ("s3_part_size_mb: 4", 18, 'must be a whole number of MiB, 5..5120 (S3\'s bounds), got "4"'),
     ("s3_concurrency: 0", 17, 'must be a whole number, 1..256, got "0"'),
+    ("s3_addressing_style: dns", 22, 'must be path or virtual, got "dns"'),
 ])
-def test_server_bad_s3_part_size_or_concurrency_is_a_config_error(tmp_path, line, col, message):
+def test_server_bad_s3_setting_is_a_config_error(tmp_path, line, col, message):
     config = tmp_path / "server.yml"
     config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
                       f"s3_results_bucket: r\n{line}\n")
@@ -628,17 +618,6 @@ def test_server_s3_addressing_style_for_the_default_store(fake, tmp_path):
                            "s3_addressing_style: virtual\n") as (_, _, tid):
         assert (f"digits-results.localhost:{port}", f"/{tid}/learner-1/training-log.txt") in \
             hosts_of_puts(fake)
-
-
-def test_server_bad_s3_addressing_style_is_a_config_error(tmp_path):
-    config = tmp_path / "server.yml"
-    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
-                      "s3_results_bucket: r\ns3_addressing_style: dns\n")
-    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
-                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
-    assert (f'ffdl-server: {config}:5:22: s3_addressing_style: must be path or virtual, got "dns"'
-            in result.stderr), result.stderr
 
 
 def test_halting_a_job_stops_its_training_data_download(moto, digits_in_s3, tmp_path):

@@ -57,6 +57,47 @@ static void close_shown(shown *s) {
   free(s->text);
 }
 
+/* Bytes stop moving: the rate over the window decays towards 0, and the
+ * remaining bytes over it would give an ETA of hours; after 2 s without a
+ * byte the ETA is unknown, and it comes back when bytes move again. */
+static void test_a_stall_has_no_eta(void) {
+  ffdl_progress p;
+  ffdl_progress_init(&p, "stalling");
+  double rate, eta, t = 10.0;
+  uint64_t done = 0;
+  for (int i = 0; i < 12; i++, t += 0.25)
+    ffdl_progress_estimate_at(&p, done += MIB, 100 * MIB, t, &rate, &eta);
+  CHECK(rate > 3 * MIB && eta > 0 && eta < 30); /* 4 MiB/s, 88 MiB to go */
+  ffdl_progress_estimate_at(&p, done, 100 * MIB, t + 1.5, &rate, &eta);
+  CHECK(eta > 0); /* a short wait: still an estimate */
+  ffdl_progress_estimate_at(&p, done, 100 * MIB, t + 2.5, &rate, &eta);
+  CHECK(eta < 0 && rate >= 0); /* stalled: a rate (falling), no ETA */
+  ffdl_progress_estimate_at(&p, done + MIB, 100 * MIB, t + 2.75, &rate, &eta);
+  CHECK(eta > 0); /* moving again */
+  ffdl_progress_estimate_at(&p, 100 * MIB, 100 * MIB, t + 3.0, &rate, &eta);
+  CHECK(eta == 0); /* all there */
+}
+
+/* ffdl_progress_estimate's figures are the ones the drawn line shows. */
+static void test_estimate_gives_what_a_line_shows(void) {
+  shown s;
+  open_shown(&s, 0);
+  ffdl_progress meter;
+  ffdl_progress_init(&meter, "meter");
+  double rate = 0, eta = 0, t = 1.0;
+  for (int i = 1; i <= 5; i++) { /* lines at 1.5 s (the first) and 3.5 s (2 s on) */
+    t += 0.5;
+    ffdl_progress_report_at(&s.p, (uint64_t)i * MIB, 64 * MIB, FFDL_PROGRESS_RUNNING, t);
+    ffdl_progress_estimate_at(&meter, (uint64_t)i * MIB, 64 * MIB, t, &rate, &eta);
+    if (i == 1) CHECK(rate < 0 && eta < 0); /* one sample: nothing known */
+  }
+  CHECK(count(text_of(&s), "\n") == 2 && rate > 0 && eta > 0);
+  char want[64];
+  snprintf(want, sizeof want, "%.1f MiB/s, ETA %.0f s", rate / MIB, eta);
+  CHECK(strstr(text_of(&s), want));
+  close_shown(&s);
+}
+
 /* The first report comes with bytes already moved: its "rate" would divide
  * by the microseconds since the bar began. */
 static void test_first_report_shows_no_rate(void) {
@@ -195,6 +236,8 @@ static void test_terminal_frames_are_not_repeated(void) {
 int main(int argc, char **argv) {
   static const test_case cases[] = {
       {"first_report_shows_no_rate", test_first_report_shows_no_rate},
+      {"a_stall_has_no_eta", test_a_stall_has_no_eta},
+      {"estimate_gives_what_a_line_shows", test_estimate_gives_what_a_line_shows},
       {"rate_is_recent", test_rate_is_recent},
       {"bytes_sent_again_say_retrying", test_bytes_sent_again_say_retrying},
       {"retrying_state_is_shown_at_once", test_retrying_state_is_shown_at_once},
