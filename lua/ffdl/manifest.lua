@@ -102,6 +102,15 @@ function M.parse_size(text)
   return math.floor(tonumber(number) * factor + 0.5)
 end
 
+--- Whether NAME is a bucket name the S3 client takes (src/store/s3_util.c,
+--- ffdl_s3_bucket_ok): LEGACY (path style) also allows capitals and "_".
+function M.bucket_ok(name, legacy)
+  if #name < 3 or #name > (legacy and 255 or 63) then return false end
+  local inner = legacy and "^[%w._-]+$" or "^[a-z0-9.-]+$"
+  local edge = legacy and "^[%w_].*[%w_]$" or "^[a-z0-9].*[a-z0-9]$"
+  return name:match(inner) ~= nil and name:match(edge) ~= nil
+end
+
 local check -- forward
 
 local checkers = {}
@@ -413,6 +422,20 @@ local function check_data_store(store, path, c, raw)
         c.warn(join(join(path, which), "prefix"),
           fmt("starts with /, which S3 keys seldom do: %s matches no key %s...", describe(prefix),
             (prefix:gsub("^/+", ""))))
+      end
+    end
+    -- the S3 client's bucket names (ffdl_s3_bucket_ok), said here for the
+    -- same reason as the endpoint below: S3's rules, stricter when the
+    -- bucket goes in the host name
+    local virtual = conn.addressing_style == "virtual"
+    for _, which in ipairs { "training_data", "training_results" } do
+      local name = type(store[which]) == "table" and store[which].container
+      if type(name) == "string" and not M.bucket_ok(name, not virtual) then
+        c.error(join(join(path, which), "container"), fmt("must be an S3 bucket name (%s), got %s",
+          virtual and "3 to 63 lowercase letters, digits, '.' and '-', first and last a letter or "
+            .. "digit, with addressing_style: virtual"
+            or "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'",
+          describe(name)))
       end
     end
     -- the S3 client's own rule (ffdl_s3_endpoint_problem), said here so that

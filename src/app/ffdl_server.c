@@ -15,6 +15,7 @@
 #include "policy/limits.h"
 #include "policy/spec.h"
 #include "store/s3.h"
+#include "store/s3_util.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -250,6 +251,24 @@ static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_
   return 0;
 }
 
+/* Whether the default store's results bucket is a name its client takes
+ * (stricter when the bucket goes in the host name); says why not. */
+static int default_bucket_ok(const options *o) {
+  json_t *conn = json_object_get(o->default_store, "connection");
+  const char *bucket = json_string_value(
+      json_object_get(json_object_get(o->default_store, "training_results"), "container"));
+  const char *style = json_string_value(json_object_get(conn, "addressing_style"));
+  int virtual_host = style && !strcmp(style, "virtual");
+  if (bucket && ffdl_s3_bucket_ok(bucket, !virtual_host)) return 1;
+  fprintf(stderr, "ffdl-server: %s: s3_results_bucket: \"%s\" is not an S3 bucket name (%s)\n",
+          o->config, bucket ? bucket : "",
+          virtual_host
+              ? "3 to 63 lowercase letters, digits, '.' and '-', first and last a letter "
+                "or digit, with s3_addressing_style: virtual"
+              : "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'");
+  return 0;
+}
+
 /* Reads the flat YAML config; command-line flags win. */
 static int read_config(const char *path, options *o) {
   FILE *f = fopen(path, "rb");
@@ -327,6 +346,7 @@ static int parse_args(int argc, char **argv, options *o) {
             o->config);
     return -1;
   }
+  if (o->default_store && !default_bucket_ok(o)) return -1;
   if (!o->listen) o->listen = "127.0.0.1:8080";
   if (!o->data) o->data = ".ffdl-server";
   return 0;

@@ -474,6 +474,23 @@ def test_server_s3_checksum_sha256_for_the_default_store(fake, tmp_path):
         assert_sha256_signed(headers, body)
 
 
+@pytest.mark.parametrize("bucket, style, rule", [
+    ("-r", "path", "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'"),
+    ("Results_1", "virtual", "3 to 63 lowercase letters, digits, '.' and '-', first and last a "
+                             "letter or digit, with s3_addressing_style: virtual"),
+])
+def test_server_results_bucket_must_be_a_bucket_name(tmp_path, bucket, style, rule):
+    config = tmp_path / "server.yml"
+    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
+                      f"s3_results_bucket: '{bucket}'\ns3_addressing_style: {style}\n")
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert (f'ffdl-server: {config}: s3_results_bucket: "{bucket}" is not an S3 bucket name '
+            f"({rule})") in result.stderr, result.stderr
+    assert not (tmp_path / "d").exists()
+
+
 # ---- connection.part_size and concurrency (ffdl's extensions) ----
 
 WRITE_12_MIB = "head -c 12582912 /dev/zero > $RESULT_DIR/big.bin"
