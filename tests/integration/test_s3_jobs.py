@@ -474,21 +474,28 @@ def test_server_s3_checksum_sha256_for_the_default_store(fake, tmp_path):
         assert_sha256_signed(headers, body)
 
 
+def refused_config(tmp_path, lines):
+    """(config path, stderr) of ffdl-server refusing a default store at an
+    unreachable endpoint plus LINES: exit 2, and no data directory made."""
+    config = tmp_path / "server.yml"
+    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n" + lines)
+    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
+                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert not (tmp_path / "d").exists()
+    return config, result.stderr
+
+
 @pytest.mark.parametrize("bucket, style, rule", [
     ("-r", "path", "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'"),
     ("Results_1", "virtual", "3 to 63 lowercase letters, digits, '.' and '-', first and last a "
                              "letter or digit, with s3_addressing_style: virtual"),
 ])
 def test_server_results_bucket_must_be_a_bucket_name(tmp_path, bucket, style, rule):
-    config = tmp_path / "server.yml"
-    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
-                      f"s3_results_bucket: '{bucket}'\ns3_addressing_style: {style}\n")
-    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
-                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
+    config, stderr = refused_config(tmp_path, f"s3_results_bucket: '{bucket}'\n"
+                                              f"s3_addressing_style: {style}\n")
     assert (f'ffdl-server: {config}: s3_results_bucket: "{bucket}" is not an S3 bucket name '
-            f"({rule})") in result.stderr, result.stderr
-    assert not (tmp_path / "d").exists()
+            f"({rule})") in stderr, stderr
 
 
 # ---- connection.part_size and concurrency (ffdl's extensions) ----
@@ -567,15 +574,9 @@ def test_server_s3_part_size_for_the_default_store(fake, tmp_path):
     ("s3_addressing_style: dns", 22, 'must be path or virtual, got "dns"'),
 ])
 def test_server_bad_s3_setting_is_a_config_error(tmp_path, line, col, message):
-    config = tmp_path / "server.yml"
-    config.write_text("s3_url: http://127.0.0.1:1\ns3_access_key: k\ns3_secret_key: s\n"
-                      f"s3_results_bucket: r\n{line}\n")
-    result = subprocess.run([str(BUILD / "ffdl-server"), "--config", str(config), "--data",
-                             str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 2
+    config, stderr = refused_config(tmp_path, f"s3_results_bucket: rrr\n{line}\n")
     key = line.split(":")[0]
-    assert f"ffdl-server: {config}:5:{col}: {key}: {message}" in result.stderr, result.stderr
-    assert not (tmp_path / "d").exists()
+    assert f"ffdl-server: {config}:5:{col}: {key}: {message}" in stderr, stderr
 
 
 # ---- connection.addressing_style (ffdl's extension): path (default) or virtual ----
