@@ -779,8 +779,7 @@ static void sum_decide(s3_req *r) {
  * other bytes would otherwise have them written at the asked offset. */
 static int range_answered(const s3_req *r) {
   uint64_t start = 0, end = 0, total = 0;
-  return r->status == 206 &&
-         ffdl_s3_parse_content_range(r->content_range, &start, &end, &total) == 0 &&
+  return ffdl_s3_parse_content_range(r->content_range, &start, &end, &total) == 0 &&
          start == r->out_off && end == r->out_off + r->expect_len - 1 && total == r->op->total;
 }
 
@@ -811,7 +810,8 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *ud) {
     r->overrun = 1;
     return 0;
   }
-  if (r->need_206 && r->received == 0 && !range_answered(r)) {
+  /* before a byte is written: a 200 (the whole object) or other bytes */
+  if (r->need_206 && r->received == 0 && (r->status != 206 || !range_answered(r))) {
     r->wrong_range = 1;
     return 0;
   }
@@ -1237,6 +1237,15 @@ static const char *status_code_name(long status) {
   }
 }
 
+/* A ranged GET answered with another status than 206: the server does not
+ * serve ranges (no retry). */
+static int not_206(const s3_req *r, ffdl_s3_error *err) {
+  set_field(err->code, sizeof err->code, "InvalidResponse");
+  snprintf(err->message, sizeof err->message,
+           "the server answered HTTP %ld to a ranged GET (%s), not 206", r->status, r->range);
+  return FFDL_EIO;
+}
+
 /* Sorts out how R ended. Returns 0 for success, else a negative code with
  * ERR filled and *RETRY set when another attempt may succeed. */
 static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
@@ -1264,6 +1273,8 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
              r->buf_limit);
     return FFDL_ETOOBIG;
   }
+  if (r->wrong_range && r->status != 206) /* as below, before the body came in */
+    return not_206(r, err);
   if (r->wrong_range) {
     set_field(err->code, sizeof err->code, "InvalidResponse");
     snprintf(err->message, sizeof err->message,
@@ -1300,12 +1311,7 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
     return FFDL_EIO;
   }
   int ok = r->status >= 200 && r->status < 300;
-  if (ok && r->need_206 && r->status != 206) {
-    set_field(err->code, sizeof err->code, "InvalidResponse");
-    snprintf(err->message, sizeof err->message,
-             "the server answered HTTP %ld to a ranged GET (%s), not 206", r->status, r->range);
-    return FFDL_EIO;
-  }
+  if (ok && r->need_206 && r->status != 206) return not_206(r, err);
   if (ok && r->expect_len && r->received != r->expect_len) {
     set_field(err->code, sizeof err->code, "IncompleteBody");
     snprintf(err->message, sizeof err->message, "got %" PRIu64 " of the %" PRIu64 " bytes of %s",

@@ -735,33 +735,41 @@ def test_an_endpoint_that_is_no_url_is_named(endpoint, problem):
     assert f"s3tool: the endpoint {problem}" in p.stderr.decode()
 
 
-def test_a_range_answered_with_other_bytes_is_refused(tmp_path):
-    """A server that answers each range after the first with the bytes one
-    further on (and says so in Content-Range): the download fails, naming
-    both ranges, instead of writing those bytes where the asked ones go."""
+@pytest.mark.parametrize("answer", ["shifted", "whole"])
+def test_a_range_answered_with_other_bytes_is_refused(tmp_path, answer):
+    """A server that answers each range after the first with other bytes:
+    the bytes one further on (and says so in Content-Range), or the whole
+    object with a 200. The download fails, naming what it asked for,
+    instead of writing those bytes where the asked ones go."""
     data = os.urandom(20 * MIB)
 
-    class Shifted(FakeS3):
+    class Liar(FakeS3):
         def answer(self, method, path, headers, body):
             first, last = map(int, headers["Range"].split("=")[1].split("-"))
+            if first > 0 and answer == "whole":
+                return 200, {"ETag": '"x"'}, data
             if first > 0:
                 first, last = first + 1, min(last + 1, len(data) - 1)
             return 206, {"ETag": '"x"', "Content-Range": f"bytes {first}-{last}/{len(data)}"}, \
                 data[first:last + 1]
 
-    fake = Shifted()
+    fake = Liar()
     try:
-        out = tmp_path / "shifted.out"
+        out = tmp_path / "lied.out"
         p = s3tool(fake.endpoint, "download", "bucket", "obj", out,
                    options=["--part-size=5MiB", "--max-retries=1", "--retry-base-ms=10",
                             "--quiet"])
         err = p.stderr.decode()
         assert p.returncode == 1, err
-        m = re.search(r'InvalidResponse \(HTTP 206\): the server answered Content-Range '
-                      r'"bytes (\d+)-(\d+)/(\d+)" to a GET of bytes=(\d+)-(\d+)', err)
-        assert m, err
-        got_first, got_last, total, first, last = map(int, m.groups())
-        assert (got_first, total) == (first + 1, 20 * MIB) and first % (5 * MIB) == 0, err
+        if answer == "shifted":
+            m = re.search(r'InvalidResponse \(HTTP 206\): the server answered Content-Range '
+                          r'"bytes (\d+)-(\d+)/(\d+)" to a GET of bytes=(\d+)-(\d+)', err)
+            assert m, err
+            got_first, got_last, total, first, last = map(int, m.groups())
+            assert (got_first, total) == (first + 1, 20 * MIB) and first % (5 * MIB) == 0, err
+        else:
+            assert re.search(r"InvalidResponse \(HTTP 200\): the server answered HTTP 200 to a "
+                             r"ranged GET \(bytes=\d+-\d+\), not 206", err), err
         assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
     finally:
         fake.close()
