@@ -122,22 +122,18 @@ static long request(const char *method, const char *path, const char *json_body,
   }
   long status = 0;
   CURLcode rc = curl_easy_perform(c);
+  if (rc == CURLE_OK) curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
   if (b->progress) {
     curl_off_t up = 0, down = 0;
     curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &up);
     curl_easy_getinfo(c, CURLINFO_SIZE_DOWNLOAD_T, &down);
-    long code = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     uint64_t moved = (uint64_t)(b->uploading ? up : down);
-    if (rc == CURLE_OK && code < 400)
+    if (status && status < 400)
       ffdl_progress_finish(b->progress, moved, moved);
-    else /* an error answer is no model: never "(done)" */
+    else /* no answer, or an error answer, is no model: never "(done)" */
       ffdl_progress_fail(b->progress, moved, moved);
   }
-  if (rc == CURLE_OK)
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-  else
-    fprintf(stderr, "ffdl: %s: %s\n", url, curl_easy_strerror(rc));
+  if (rc != CURLE_OK) fprintf(stderr, "ffdl: %s: %s\n", url, curl_easy_strerror(rc));
   if (out) fclose(out);
   curl_slist_free_all(headers);
   curl_easy_cleanup(c);

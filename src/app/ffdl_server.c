@@ -58,9 +58,6 @@ static void usage(FILE *out) {
         out);
 }
 
-/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_checksum and
- * s3_addressing_style (checked by the caller), s3_results_bucket: the
- * default results store, in the shape of a manifest's data store. */
 /* The default store's connection, made on the first s3_* setting. */
 static json_t *default_connection(options *o) {
   if (!o->default_store)
@@ -70,6 +67,9 @@ static json_t *default_connection(options *o) {
   return json_object_get(o->default_store, "connection");
 }
 
+/* s3_url, s3_access_key, s3_secret_key, s3_region, s3_checksum and
+ * s3_addressing_style (checked by the caller), s3_results_bucket: the
+ * default results store, in the shape of a manifest's data store. */
 static int set_default_store(options *o, const char *key, const char *val) {
   static const char *const keys[][2] = {
       {"url", "auth_url"},  {"access_key", "user_name"}, {"secret_key", "password"},
@@ -223,7 +223,7 @@ static int read_number_setting(const char *path, const yaml_node_t *v, const cha
 /* One KEY: VALUE of the config (a scalar); 0, or -1 after saying why. */
 static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_t *v,
                         const char *key, const char *val, options *o) {
-  int checksum, rc = read_number_setting(path, v, key, val, o);
+  int checksum, virtual_host, rc = read_number_setting(path, v, key, val, o);
   if (rc <= 0) return rc;
   if (!strcmp(key, "listen")) {
     if (!o->listen) o->listen = strdup(val);
@@ -241,9 +241,9 @@ static int read_setting(const char *path, const yaml_node_t *k, const yaml_node_
     return bad_value(path, v, key, ffdl_s3_endpoint_problem(val), val);
   } else if (!strcmp(key, "s3_checksum") && ffdl_s3_checksum_parse(val, &checksum) != 0) {
     return bad_value(path, v, key, "must be " FFDL_S3_CHECKSUM_NAMES, val);
-  } else if (!strcmp(key, "s3_addressing_style") && strcmp(val, "path") != 0 &&
-             strcmp(val, "virtual") != 0) {
-    return bad_value(path, v, key, "must be path or virtual", val);
+  } else if (!strcmp(key, "s3_addressing_style") &&
+             ffdl_s3_addressing_parse(val, &virtual_host) != 0) {
+    return bad_value(path, v, key, "must be " FFDL_S3_ADDRESSING_NAMES, val);
   } else if (strncmp(key, "s3_", 3) != 0 || set_default_store(o, key + 3, val) != 0) {
     config_error(path, k, key, "unknown setting");
     return -1;
@@ -257,15 +257,13 @@ static int default_bucket_ok(const options *o) {
   json_t *conn = json_object_get(o->default_store, "connection");
   const char *bucket = json_string_value(
       json_object_get(json_object_get(o->default_store, "training_results"), "container"));
-  const char *style = json_string_value(json_object_get(conn, "addressing_style"));
-  int virtual_host = style && !strcmp(style, "virtual");
+  int virtual_host = 0; /* the setting was checked as it was read */
+  ffdl_s3_addressing_parse(json_string_value(json_object_get(conn, "addressing_style")),
+                           &virtual_host);
   if (bucket && ffdl_s3_bucket_ok(bucket, !virtual_host)) return 1;
-  fprintf(stderr, "ffdl-server: %s: s3_results_bucket: \"%s\" is not an S3 bucket name (%s)\n",
-          o->config, bucket ? bucket : "",
-          virtual_host
-              ? "3 to 63 lowercase letters, digits, '.' and '-', first and last a letter "
-                "or digit, with s3_addressing_style: virtual"
-              : "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'");
+  fprintf(stderr, "ffdl-server: %s: s3_results_bucket: \"%s\" is not an S3 bucket name (%s%s)\n",
+          o->config, bucket ? bucket : "", ffdl_s3_bucket_rule(!virtual_host),
+          virtual_host ? ", with s3_addressing_style: virtual" : "");
   return 0;
 }
 

@@ -387,6 +387,21 @@ static const char *field_or(lua_State *L, int t, const char *a, const char *b) {
   return v;
 }
 
+/* Connection field NAME of the table at T, when present: a string PARSE
+ * takes into *OUT (as ffdl_s3_checksum_parse does). Raises a Lua error
+ * naming the field and the NAMES it takes otherwise. */
+static void parsed_field(lua_State *L, int t, const char *name, int (*parse)(const char *, int *),
+                         const char *names, int *out) {
+  lua_getfield(L, t, name); /* [-0, +1, e] */
+  if (!lua_isnil(L, -1)) {
+    const char *text = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    if (parse(text, out) != 0)
+      luaL_error(L, "ffdl.s3: connection.%s must be %s, got %s", name, names,
+                 text ? lua_pushfstring(L, "\"%s\"", text) : luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+}
+
 /* Connection field NAME of the table at T: an integer from LO to HI, or 0
  * when absent. Raises a Lua error naming the field otherwise. */
 static lua_Integer int_field(lua_State *L, int t, const char *name, lua_Integer lo, lua_Integer hi,
@@ -450,27 +465,15 @@ static int l_s3(lua_State *L) {
   const char *problem = ffdl_s3_endpoint_problem(cfg.endpoint);
   if (problem)
     return luaL_error(L, "ffdl.s3: connection.auth_url %s, got \"%s\"", problem, cfg.endpoint);
-  lua_getfield(L, 2, "checksum"); /* [-0, +1, e]: ffdl's extension; nil: crc32c */
-  if (!lua_isnil(L, -1)) {
-    const char *text = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-    if (ffdl_s3_checksum_parse(text, &cfg.checksum) != 0)
-      return luaL_error(L,
-                        "ffdl.s3: connection.checksum must be " FFDL_S3_CHECKSUM_NAMES ", got %s",
-                        text ? lua_pushfstring(L, "\"%s\"", text) : luaL_typename(L, -1));
-  }
-  lua_pop(L, 1);
+  /* ffdl's extensions; absent: crc32c, 8 MiB parts, 8 requests, path style */
+  parsed_field(L, 2, "checksum", ffdl_s3_checksum_parse, FFDL_S3_CHECKSUM_NAMES, &cfg.checksum);
   cfg.part_size = (size_t)int_field(L, 2, "part_size", (lua_Integer)FFDL_S3_MIN_PART_SIZE,
                                     (lua_Integer)FFDL_S3_MAX_PART_SIZE,
                                     "a number of bytes from 5 MiB to 5 GiB (such as 16 * 2^20)");
   cfg.concurrency =
       (int)int_field(L, 2, "concurrency", 1, FFDL_S3_MAX_CONCURRENCY, "an integer from 1 to 256");
-  lua_getfield(L, 2, "addressing_style"); /* [-0, +1, e]: nil: path */
-  const char *style = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
-  if (!lua_isnil(L, -1) && !(style && (!strcmp(style, "path") || !strcmp(style, "virtual"))))
-    return luaL_error(L, "ffdl.s3: connection.addressing_style must be path or virtual, got %s",
-                      style ? lua_pushfstring(L, "\"%s\"", style) : luaL_typename(L, -1));
-  cfg.virtual_host = style && !strcmp(style, "virtual");
-  lua_pop(L, 1);
+  parsed_field(L, 2, "addressing_style", ffdl_s3_addressing_parse, FFDL_S3_ADDRESSING_NAMES,
+               &cfg.virtual_host);
   s3_call *c = calloc(1, sizeof *c);
   if (!c) return luaL_error(L, "out of memory");
   c->s = script_of(L);

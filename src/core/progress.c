@@ -49,10 +49,11 @@ static void drop_oldest(ffdl_progress *p) {
 
 static void sample(ffdl_progress *p, uint64_t done, double now) {
   if (p->first_t < 0) {
-    p->first_t = now;
+    p->first_t = p->moved_t = now;
     p->first_b = done;
+  } else if (done > p->last_b) {
+    p->moved_t = now;
   }
-  if (p->first_t == now || done > p->last_b) p->moved_t = now;
   p->last_b = done;
   if (done > p->high) p->high = done;
   if (p->n && done < p->b[slot(p, p->n - 1)]) p->n = 0; /* sent again: the rate starts over */
@@ -101,8 +102,8 @@ static int is_retrying(const ffdl_progress *p, uint64_t done, int state) {
   return !is_final(state) && (state == FFDL_PROGRESS_RETRYING || done < p->high);
 }
 
-/* The rate (bytes/s) and the ETA (s) after sampling DONE of TOTAL at NOW,
- * each < 0 while unknown. FINAL: the rate is the whole transfer's average;
+/* The rate (bytes/s) and the ETA (s) for DONE of TOTAL at NOW, once DONE
+ * is sampled, each < 0 while unknown. FINAL: the rate is the whole transfer's average;
  * before, the recent rate. During a stall the rate decays towards 0, and
  * the remaining bytes over it grow to days for what may resume in a second:
  * the ETA is unknown instead. */

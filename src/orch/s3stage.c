@@ -96,15 +96,16 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
                         .access_key = json_string_value(json_object_get(conn, "user_name")),
                         .secret_key = json_string_value(json_object_get(conn, "password")),
                         .region = json_string_value(json_object_get(conn, "region"))};
-  /* ffdl's extension: crc32c (the default) or sha256, checked by the manifest schema */
+  /* ffdl's extensions, checked by the manifest schema (or the server's config):
+   * crc32c (the default) or sha256, */
   const char *checksum = json_string_value(json_object_get(conn, "checksum"));
   if (checksum && ffdl_s3_checksum_parse(checksum, &cfg.checksum) != 0) return NULL;
-  /* and the part size and parallel requests, within bounds that the
-   * schema (or the server's config) checked: ffdl_s3_new checks again */
+  /* the part size and parallel requests (ffdl_s3_new checks them again), and
+   * path or virtual-host addressing */
   cfg.part_size = (size_t)json_integer_value(json_object_get(conn, "part_size_bytes"));
   cfg.concurrency = (int)json_integer_value(json_object_get(conn, "concurrency"));
   const char *style = json_string_value(json_object_get(conn, "addressing_style"));
-  cfg.virtual_host = style && strcmp(style, "virtual") == 0;
+  if (style && ffdl_s3_addressing_parse(style, &cfg.virtual_host) != 0) return NULL;
   op *o = calloc(1, sizeof *o);
   if (!o) return NULL;
   o->done = done;

@@ -2922,6 +2922,16 @@ int ffdl_s3_checksum_parse(const char *text, int *out) {
   return 0;
 }
 
+int ffdl_s3_addressing_parse(const char *text, int *virtual_host) {
+  if (text && !strcmp(text, "path"))
+    *virtual_host = 0;
+  else if (text && !strcmp(text, "virtual"))
+    *virtual_host = 1;
+  else
+    return FFDL_EINVALID;
+  return 0;
+}
+
 int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   *out = NULL;
   if (!loop || !config || !config->endpoint) return FFDL_EINVALID;

@@ -68,6 +68,13 @@ int ffdl_s3_checksum_parse(const char *text, int *out);
 /* The names ffdl_s3_checksum_parse accepts, for error messages. */
 #define FFDL_S3_CHECKSUM_NAMES "crc32c or sha256"
 
+/* The addressing style as users write it (connection.addressing_style,
+ * ffdl-server's s3_addressing_style): "path" (*VIRTUAL_HOST = 0) or
+ * "virtual" (1). Returns 0, or FFDL_EINVALID (*VIRTUAL_HOST untouched) for
+ * any other TEXT, NULL included. */
+int ffdl_s3_addressing_parse(const char *text, int *virtual_host);
+#define FFDL_S3_ADDRESSING_NAMES "path or virtual"
+
 /* NULL when ENDPOINT can be a client's endpoint (http:// or https://, a
  * host, an optional path), else what is wrong with it, to follow the
  * field's name in a message ("must start with http:// or https://"). */

@@ -156,6 +156,12 @@ const char *ffdl_s3_region(const char *region) {
   return region;
 }
 
+const char *ffdl_s3_bucket_rule(int legacy) {
+  return legacy ? "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'"
+                : "3 to 63 lowercase letters, digits, '.' and '-', first and last a letter or "
+                  "digit";
+}
+
 int ffdl_s3_bucket_ok(const char *bucket, int legacy) {
   size_t n = strlen(bucket);
   if (n < 3 || n > (legacy ? 255u : 63u)) return 0;
