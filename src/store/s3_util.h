@@ -56,7 +56,9 @@ const char *ffdl_s3_region(const char *region);
  * starting and ending with a letter or digit (DNS-compatible, required for
  * virtual-host-style addressing); LEGACY also accepts upper case and '_'. */
 int ffdl_s3_bucket_ok(const char *bucket, int legacy);
-/* ffdl_s3_bucket_ok's rule in words, for a message. */
+/* ffdl_s3_bucket_ok's rule in words, for a message. (The manifest schema
+ * checks the same rule, in the same words: M.bucket_ok in
+ * lua/ffdl/manifest.lua; keep the two alike.) */
 const char *ffdl_s3_bucket_rule(int legacy);
 
 /* CRC-32C (Castagnoli), as S3's x-amz-checksum-crc32c: CRC is 0 to start,
