@@ -2,8 +2,10 @@
 import contextlib
 import json
 import os
+import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -11,7 +13,7 @@ import threading
 import pytest
 
 from conftest import BUILD, ROOT
-from s3server import CutProxy, MotoServer, self_signed_cert
+from s3server import CutProxy, MotoServer, free_port, self_signed_cert
 
 SECRET = "s3cr3t-never-shown"
 
@@ -678,3 +680,57 @@ def test_halting_a_job_stops_its_training_data_download(moto, digits_in_s3, tmp_
     data = tmp_path / ".ffdl" / "jobs" / tid / "data"
     # canceled, and what came before it dropped with the job's staged data
     assert not data.exists(), list(data.rglob("*"))
+
+
+def run_s3_example(tmp_path, *args):
+    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"))
+    return subprocess.run([sys.executable, str(ROOT / "examples" / "s3_example.py"),
+                           "--build", str(BUILD), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def is_moto(pid):
+    try:
+        return b"moto" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_s3_example_trains_and_boto3_reads_its_results(tmp_path, keep):
+    """examples/s3_example.py (scripts/example-s3.sh): a local S3 server,
+    the digits put there by boto3, the example manifest trained by ffdl-run,
+    the results read back by boto3; the server stopped, or with --keep left
+    running for another tool."""
+    port = free_port()
+    result = run_s3_example(tmp_path, "--port", str(port), *(["--keep"] if keep else []))
+    pid = int(re.search(r"S3 server pid (\d+)", result.stderr).group(1))
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+        for key in ("model/model.pt", "learner-1/training-log.txt", "_submitted_code/model.zip"):
+            assert re.search(rf"^ +\d+  {tid}/{key}$", result.stdout, re.M), result.stdout
+        assert re.search(r"final test accuracy 0\.\d+$", result.stdout, re.M), result.stdout
+        # the copy of the manifest names the port the server ran on
+        assert f"127.0.0.1:{port}" in (tmp_path / ".ffdl" / f"pytorch-digits-s3-{port}.yml").read_text()
+        assert is_moto(pid) == keep
+        if keep:
+            assert f"kill {pid}" in result.stdout
+            s3 = MotoServer(tmp_path, port=port).client(access="ffdl-example",
+                                                        secret="ffdl-example-secret")
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="digits-results")["Contents"]]
+            assert f"{tid}/model/model.pt" in keys
+    finally:
+        if is_moto(pid):
+            os.kill(pid, signal.SIGTERM)
+
+
+def test_the_s3_example_refuses_a_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_s3_example(tmp_path, "--port", str(port))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is in use: choose a free port with --port N" in result.stderr
+    assert "S3 server pid" not in result.stderr
