@@ -1,37 +1,38 @@
 #!/usr/bin/env python3
 """The main example with its data and results in S3, on this machine.
 
-Starts a local S3 server (moto's, from the test tools in .venv) on
-127.0.0.1, puts the digits data set into the bucket digits-data with boto3,
-runs `ffdl-run manifests/pytorch-digits-s3.yml`, then lists what the job
-stored in digits-results, again with boto3 (a client that is not ffdl), and
-stops the server. scripts/example-s3.sh installs and builds first, then
-runs this with .venv's interpreter.
+Starts a local S3 server on 127.0.0.1 (moto's, from the test tools in
+.venv, checking signatures against the one access key its IAM makes), puts
+the digits data set into the bucket digits-data with boto3, and runs
+ffdl-run on $FFDL_HOME/pytorch-digits-s3.yml: manifests/pytorch-digits-s3.yml
+with that server's endpoint and keys. Then it lists what the job stored in
+digits-results, again with boto3 (a client that is not ffdl), and stops the
+server. scripts/example-s3.sh installs and builds first, then runs this
+with .venv's interpreter.
 
     .venv/bin/python3 examples/s3_example.py [--port N] [--keep] [--build DIR]
 
 --keep leaves the server running afterwards, for a look with another S3
-tool; it prints the commands, and the PID that stops it. The server keeps
-everything in memory: stopping it forgets every bucket.
+tool or another run; it prints the commands, and the PID that stops it.
+The server keeps everything in memory: stopping it forgets every bucket.
 """
 import argparse
 import os
 import pathlib
-import signal
+import re
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# moto's server as a subprocess, started and stopped by its PID, with its own
+# IAM (the test suite's harness)
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from s3server import MotoServer  # noqa: E402
+
 MANIFEST = ROOT / "manifests" / "pytorch-digits-s3.yml"
-# what the manifest names; a server on another port gets a copy of it
 DEFAULT_PORT = 9000
-ACCESS_KEY, SECRET_KEY, REGION = "ffdl-example", "ffdl-example-secret", "us-east-1"
 DATA_BUCKET, DATA_PREFIX, RESULTS_BUCKET = "digits-data", "digits/", "digits-results"
-START_TIMEOUT_S = 30
 
 
 def say(text):
@@ -48,56 +49,6 @@ def port_is_free(port):
     return True
 
 
-def answers(endpoint):
-    try:
-        with urllib.request.urlopen(endpoint + "/moto-api/", timeout=1) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_server(port, log_path):
-    """moto_server on 127.0.0.1:PORT, its output in LOG_PATH; waits until it
-    answers. Returns the process."""
-    moto = pathlib.Path(sys.executable).parent / "moto_server"
-    if not moto.exists():
-        sys.exit(f"{moto} is missing: run scripts/example-s3.sh, which installs it into .venv")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not answers(endpoint):
-        if proc.poll() is not None:
-            sys.exit(f"moto_server exited with {proc.returncode}; its log: {log_path}")
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            sys.exit(f"moto_server did not answer on {endpoint} within {START_TIMEOUT_S} s; "
-                     f"its log: {log_path}")
-        time.sleep(0.1)  # a poll interval
-    return proc
-
-
-def stop_server(proc):
-    """Stops the server by its PID: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def s3_client(endpoint):
-    import boto3
-    from botocore.config import Config
-    return boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
-                        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
-                        config=Config(s3={"addressing_style": "path"}))
-
-
 def digits_dir(home):
     """The digits data set as files, written if missing (as example.sh does)."""
     data = home / "datasets" / "digits"
@@ -108,16 +59,26 @@ def digits_dir(home):
     return data
 
 
-def manifest_for(port, home):
-    """The example manifest, or a copy of it that names PORT."""
-    if port == DEFAULT_PORT:
-        return MANIFEST
+def manifest_copy(home, endpoint, access, secret):
+    """The example manifest with the local server's endpoint and keys."""
     text = MANIFEST.read_text()
-    text = text.replace(f"http://127.0.0.1:{DEFAULT_PORT}", f"http://127.0.0.1:{port}")
+    for field, value in (("auth_url", endpoint), ("user_name", access), ("password", secret)):
+        text, n = re.subn(rf"^(\s+{field}:) .*$", rf"\1 {value}", text, count=1, flags=re.M)
+        assert n == 1, f"{MANIFEST} has no {field}"
     text = text.replace("model: ../examples/", f"model: {ROOT / 'examples'}/")
-    copy = home / f"pytorch-digits-s3-{port}.yml"
+    copy = home / "pytorch-digits-s3.yml"
     copy.write_text(text)
+    copy.chmod(0o600)
     return copy
+
+
+def keys_file(home, access, secret):
+    """The keys as an environment file (0600), for another S3 tool."""
+    path = home / "s3-example.env"
+    path.write_text(f"AWS_ACCESS_KEY_ID={access}\nAWS_SECRET_ACCESS_KEY={secret}\n"
+                    "AWS_DEFAULT_REGION=us-east-1\n")
+    path.chmod(0o600)
+    return path
 
 
 def fill_data_bucket(s3, data):
@@ -148,12 +109,13 @@ def show_results(s3):
     return tid
 
 
-def other_tool_hint(endpoint, pid):
+def other_tool_hint(server, manifest, keys):
     print(f"""
-The S3 server is still running (pid {pid}), for a look with any S3 tool:
-  AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={SECRET_KEY} \\
-    aws --endpoint-url {endpoint} s3 ls --recursive s3://{RESULTS_BUCKET}/
-Stop it with: kill {pid}   (it keeps everything in memory)""")
+The S3 server is still running (pid {server.proc.pid}); it checks signatures
+against the keys it made, which are in {keys}. With another S3 tool:
+  (set -a; . {keys}; aws --endpoint-url {server.endpoint} s3 ls --recursive s3://{RESULTS_BUCKET}/)
+Train again, or change the keys to see a refusal: build/ffdl-run {manifest}
+Stop it with: kill {server.proc.pid}   (it keeps everything in memory)""")
 
 
 def main():
@@ -175,17 +137,23 @@ def main():
     home = pathlib.Path(os.environ.get("FFDL_HOME", ROOT / ".ffdl")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     data = digits_dir(home)
-    endpoint = f"http://127.0.0.1:{args.port}"
-    log_path = home / f"moto-example-{args.port}.log"
-    say(f"starting a local S3 server (moto) on {endpoint}; its log: {log_path}")
-    server = start_server(args.port, log_path)
-    print(f"S3 server pid {server.pid}", file=sys.stderr, flush=True)
+    # moto with signature checks: its IAM makes the only keys it accepts
+    server = MotoServer(home, auth=True, port=args.port)
+    say(f"starting a local S3 server (moto) on {server.endpoint}; its log: {server.log_path}")
+    try:
+        server.start()
+    except (RuntimeError, TimeoutError) as e:
+        sys.exit(f"the local S3 server did not start: {e}")
+    print(f"S3 server pid {server.proc.pid}", file=sys.stderr, flush=True)
     keep = False
     try:
-        s3 = s3_client(endpoint)
+        access, secret = server.create_iam_keys("ffdl-example")
+        s3 = server.client(access=access, secret=secret)
         fill_data_bucket(s3, data)
-        manifest = manifest_for(args.port, home)
-        say(f"ffdl-run {os.path.relpath(manifest, ROOT)}")
+        manifest = manifest_copy(home, server.endpoint, access, secret)
+        keys = keys_file(home, access, secret)
+        say(f"ffdl-run {manifest} (manifests/pytorch-digits-s3.yml with this server's "
+            "endpoint and keys)")
         env = dict(os.environ, FFDL_HOME=str(home))
         status = subprocess.run([str(ffdl_run), str(manifest)], env=env).returncode
         if status != 0:
@@ -193,10 +161,10 @@ def main():
         show_results(s3)
         keep = args.keep
         if keep:
-            other_tool_hint(endpoint, server.pid)
+            other_tool_hint(server, manifest, keys)
     finally:
         if not keep:
-            stop_server(server)
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import botocore.exceptions
 import pytest
 
 from conftest import BUILD, ROOT
@@ -711,15 +712,25 @@ def test_the_s3_example_trains_and_boto3_reads_its_results(tmp_path, keep):
         for key in ("model/model.pt", "learner-1/training-log.txt", "_submitted_code/model.zip"):
             assert re.search(rf"^ +\d+  {tid}/{key}$", result.stdout, re.M), result.stdout
         assert re.search(r"final test accuracy 0\.\d+$", result.stdout, re.M), result.stdout
-        # the copy of the manifest names the port the server ran on
-        assert f"127.0.0.1:{port}" in (tmp_path / ".ffdl" / f"pytorch-digits-s3-{port}.yml").read_text()
+        # the copy of the manifest names the server's port and the keys it made
+        home = tmp_path / ".ffdl"
+        keys = dict(line.split("=", 1) for line in (home / "s3-example.env").read_text().split())
+        copy = (home / "pytorch-digits-s3.yml").read_text()
+        assert f"auth_url: http://127.0.0.1:{port}" in copy
+        assert f"password: {keys['AWS_SECRET_ACCESS_KEY']}" in copy
+        assert keys["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
         assert is_moto(pid) == keep
         if keep:
             assert f"kill {pid}" in result.stdout
-            s3 = MotoServer(tmp_path, port=port).client(access="ffdl-example",
-                                                        secret="ffdl-example-secret")
-            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="digits-results")["Contents"]]
-            assert f"{tid}/model/model.pt" in keys
+            server = MotoServer(tmp_path, port=port)
+            s3 = server.client(access=keys["AWS_ACCESS_KEY_ID"],
+                               secret=keys["AWS_SECRET_ACCESS_KEY"])
+            keys_stored = [o["Key"] for o in s3.list_objects_v2(Bucket="digits-results")["Contents"]]
+            assert f"{tid}/model/model.pt" in keys_stored
+            # it checks signatures: another secret is refused
+            with pytest.raises(botocore.exceptions.ClientError, match="SignatureDoesNotMatch"):
+                server.client(access=keys["AWS_ACCESS_KEY_ID"],
+                              secret="not-the-secret").list_objects_v2(Bucket="digits-results")
     finally:
         if is_moto(pid):
             os.kill(pid, signal.SIGTERM)
