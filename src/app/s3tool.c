@@ -292,15 +292,12 @@ int main(int argc, char **argv) {
     json_decref(t.listing);
   }
   if (t.status != 0) {
-    if (t.err.code[0]) {
-      fprintf(stderr, "s3tool: %s failed: %s", cmd, t.err.code);
-      if (t.err.http_status) fprintf(stderr, " (HTTP %d)", t.err.http_status);
-      fprintf(stderr, ": %s", t.err.message[0] ? t.err.message : ffdl_strerror(t.status));
-      if (t.err.bucket[0]) fprintf(stderr, " [bucket %s", t.err.bucket);
-      if (t.err.bucket[0] && t.err.key[0]) fprintf(stderr, ", key %s", t.err.key);
-      if (t.err.bucket[0]) fprintf(stderr, "]");
-      fprintf(stderr, "\n");
-    }
+    char text[1024];
+    if (t.err.code[0])
+      ffdl_s3_error_text(&t.err, text, sizeof text);
+    else
+      snprintf(text, sizeof text, "%s", ffdl_strerror(t.status));
+    fprintf(stderr, "s3tool: %s failed: %s\n", cmd, text);
     return 1;
   }
   if (t.out_failed) {

@@ -2907,9 +2907,11 @@ static void client_free(ffdl_s3 *s3) {
 
 void ffdl_s3_error_text(const ffdl_s3_error *err, char *out, size_t cap) {
   int has_bucket = err && err->bucket[0], has_key = has_bucket && err->key[0];
-  snprintf(out, cap, "S3 %s (HTTP %d): %s%s%s%s%s", err && err->code[0] ? err->code : "Error",
-           err ? err->http_status : 0, err ? err->message : "", has_bucket ? "; bucket " : "",
-           has_bucket ? err->bucket : "", has_key ? ", key " : "", has_key ? err->key : "");
+  char http[24] = ""; /* none when no answer came (a connection error) */
+  if (err && err->http_status) snprintf(http, sizeof http, " (HTTP %d)", err->http_status);
+  snprintf(out, cap, "S3 %s%s: %s%s%s%s%s", err && err->code[0] ? err->code : "Error", http,
+           err ? err->message : "", has_bucket ? "; bucket " : "", has_bucket ? err->bucket : "",
+           has_key ? ", key " : "", has_key ? err->key : "");
 }
 
 int ffdl_s3_checksum_parse(const char *text, int *out) {

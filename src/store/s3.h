@@ -89,8 +89,9 @@ typedef struct {
   char key[1024];
 } ffdl_s3_error;
 
-/* "S3 CODE (HTTP N): MESSAGE; bucket B, key K" (the parts it has; "S3 Error
- * (HTTP 0)" for a NULL ERR) into OUT, for the messages users read. */
+/* "S3 CODE (HTTP N): MESSAGE; bucket B, key K" into OUT, for the messages
+ * users read: the parts it has (no "(HTTP N)" when no answer came, as on a
+ * connection error; "S3 Error: " for a NULL ERR). */
 void ffdl_s3_error_text(const ffdl_s3_error *err, char *out, size_t cap);
 
 typedef struct {

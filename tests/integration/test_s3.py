@@ -361,7 +361,7 @@ def test_https_without_the_ca_bundle_is_refused(tls, tmp_path):
                    options=["--retry-base-ms=5", *options])
         assert p.returncode == 1, p.stderr
         err = p.stderr.decode()
-        assert "upload failed: ConnectionError" in err, err
+        assert "upload failed: S3 ConnectionError" in err, err
         assert "certificate" in err and "AWS_CA_BUNDLE" in err, err
         assert "retry" not in err  # a certificate problem is not retried
     missing = tmp_path / "no-such-ca.pem"
@@ -382,7 +382,7 @@ def test_https_with_motos_adhoc_certificate_is_refused(tmp_path):
                    env={"FFDL_LOG": "info", "AWS_CA_BUNDLE": ""})
         assert p.returncode == 1
         err = p.stderr.decode()
-        assert "mb failed: ConnectionError" in err and "certificate" in err, err
+        assert "mb failed: S3 ConnectionError" in err and "certificate" in err, err
         assert "retry" not in err
     finally:
         server.stop()
@@ -568,8 +568,8 @@ def test_cut_parts_fail_cleanly_and_are_aborted(moto, bucket, boto, tmp_path):
                             "--quiet"])
         assert p.returncode == 1
         err = p.stderr.decode()
-        assert "upload failed: ConnectionError" in err, err
-        assert f"[bucket {bucket}, key cut]" in err
+        assert "upload failed: S3 ConnectionError" in err, err
+        assert f"; bucket {bucket}, key cut" in err
         assert proxy.cuts >= 3
         assert boto.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
         assert boto.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
@@ -580,7 +580,7 @@ def test_cut_parts_fail_cleanly_and_are_aborted(moto, bucket, boto, tmp_path):
         p = s3tool(proxy.endpoint, "download", bucket, "d", out,
                    options=["--max-retries=1", "--retry-base-ms=10", "--quiet"])
         assert p.returncode == 1
-        assert "download failed: ConnectionError" in p.stderr.decode()
+        assert "download failed: S3 ConnectionError" in p.stderr.decode()
         assert not out.exists() and not pathlib.Path(str(out) + ".partial").exists()
     finally:
         proxy.close()
@@ -615,7 +615,7 @@ def test_server_killed_mid_multipart_upload(tmp_path):
         proc.wait()
         watchdog.cancel()
         assert proc.returncode == 1, "".join(lines) + rest
-        assert "upload failed: ConnectionError" in rest, rest
+        assert "upload failed: S3 ConnectionError" in rest, rest
         assert "key obj" in rest
         server.start()
         boto = server.client()
@@ -800,8 +800,8 @@ def test_retries_give_up_with_s3s_code():
         p = s3tool(fake.endpoint, "put", "bucket", "k", "-", input=b"x",
                    options=["--max-retries=2", "--retry-base-ms=5"])
         assert p.returncode == 1
-        assert ("put failed: SlowDown (HTTP 503): scripted SlowDown (after 3 attempts) "
-                "[bucket bucket, key k]") in p.stderr.decode()
+        assert ("put failed: S3 SlowDown (HTTP 503): scripted SlowDown (after 3 attempts)"
+                "; bucket bucket, key k") in p.stderr.decode()
         assert len([r for r in fake.requests if r[0] == "PUT"]) == 3
         p = s3tool(fake.endpoint, "get", "bucket", "k", options=["--retry-base-ms=5"])
         assert p.returncode == 1 and "AccessDenied (HTTP 403)" in p.stderr.decode()
@@ -984,8 +984,8 @@ def test_upload_dir_stops_at_the_first_failure(tmp_path):
         p = s3tool(fake.endpoint, "upload-dir", "bucket", "p", tree,
                    options=["--quiet", "--concurrency=1"])
         assert p.returncode == 1
-        assert "upload-dir failed: AccessDenied (HTTP 403)" in p.stderr.decode()
-        assert "[bucket bucket, key p/f000]" in p.stderr.decode()
+        assert "upload-dir failed: S3 AccessDenied (HTTP 403)" in p.stderr.decode()
+        assert "; bucket bucket, key p/f000" in p.stderr.decode()
         assert len([r for r in fake.requests if r[0] == "PUT"]) == 1
     finally:
         fake.close()
