@@ -11,10 +11,14 @@ self_signed_cert() makes a throwaway certificate for 127.0.0.1 and
 localhost with openssl; MotoServer(cert=...) serves HTTPS with it, and the
 certificate file itself is the CA bundle a client must be given.
 
+FakeS3 is a scripted S3 on loopback, in this process, for the answers moto
+never gives (5xx, throttling, an <Error> in a 200); it records every request.
+
 CutProxy is a loopback TCP proxy the tests control: it forwards to the
 server and can cut connections after a number of client bytes, to inject
 connection failures in the middle of a transfer.
 """
+import hashlib
 import json
 import os
 import pathlib
@@ -341,3 +345,73 @@ class CutProxy:
                 s.close()
             except OSError:
                 pass
+
+
+class FakeS3:
+    """A scripted S3 on loopback for what moto never does: 5xx, throttling,
+    a 200 whose body is an <Error>. FAILURES maps (method, query-name) to a
+    list of (status, code) answers served first; then it answers like S3.
+    A GET answers "fake body" with ETag "x" and the headers in get_headers.
+    Every request is recorded with its headers and body."""
+
+    def __init__(self, failures=None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        self.failures = {k: list(v) for k, v in (failures or {}).items()}
+        self.get_headers = {}
+        self.requests = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                status, headers, out = fake.answer(self.command, self.path, self.headers, body)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, method, path, headers, body):
+        from urllib.parse import parse_qs, urlsplit
+        query = parse_qs(urlsplit(path).query, keep_blank_values=True)
+        name = ("uploadId" if "uploadId" in query and "partNumber" not in query
+                else "partNumber" if "partNumber" in query
+                else "uploads" if "uploads" in query else "")
+        with self.lock:
+            self.requests.append((method, path, dict(headers), body))
+            script = self.failures.get((method, name))
+            fail = script.pop(0) if script else None
+        if fail:
+            status, code = fail
+            return status, {}, (f"<Error><Code>{code}</Code><Message>scripted {code}</Message>"
+                                f"</Error>").encode()
+        if method == "POST" and name == "uploads":
+            return 200, {}, (b"<InitiateMultipartUploadResult><UploadId>fake-id</UploadId>"
+                             b"</InitiateMultipartUploadResult>")
+        if method == "POST" and name == "uploadId":
+            return 200, {}, b"<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"
+        if method == "PUT":
+            return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+        if method == "GET":
+            return 200, {"ETag": '"x"', **self.get_headers}, b"fake body"
+        return 204, {}, b""
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()

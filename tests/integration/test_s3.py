@@ -18,7 +18,7 @@ from conftest import BUILD
 boto3 = pytest.importorskip("boto3", reason="boto3 is installed by scripts/lib.sh (test venv)")
 pytest.importorskip("moto", reason="moto[server] is installed by scripts/lib.sh (test venv)")
 
-from s3server import CutProxy, MotoServer, self_signed_cert, wait_until  # noqa: E402
+from s3server import CutProxy, FakeS3, MotoServer, self_signed_cert, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 S3TOOL = BUILD / "s3tool"
@@ -651,76 +651,6 @@ def test_progress_lines(moto, bucket, tmp_path):
         assert len(lines) <= elapsed / 0.25 + 1
     finally:
         proxy.close()
-
-
-class FakeS3:
-    """A scripted S3 on loopback for what moto never does: 5xx, throttling,
-    a 200 whose body is an <Error>. FAILURES maps (method, query-name) to a
-    list of (status, code) answers served first; then it answers like S3.
-    A GET answers "fake body" with ETag "x" and the headers in get_headers.
-    Every request is recorded with its headers and body."""
-
-    def __init__(self, failures=None):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        self.failures = {k: list(v) for k, v in (failures or {}).items()}
-        self.get_headers = {}
-        self.requests = []
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _serve(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else b""
-                status, headers, out = fake.answer(self.command, self.path, self.headers, body)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(out)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def answer(self, method, path, headers, body):
-        from urllib.parse import parse_qs, urlsplit
-        query = parse_qs(urlsplit(path).query, keep_blank_values=True)
-        name = ("uploadId" if "uploadId" in query and "partNumber" not in query
-                else "partNumber" if "partNumber" in query
-                else "uploads" if "uploads" in query else "")
-        with self.lock:
-            self.requests.append((method, path, dict(headers), body))
-            script = self.failures.get((method, name))
-            fail = script.pop(0) if script else None
-        if fail:
-            status, code = fail
-            return status, {}, (f"<Error><Code>{code}</Code><Message>scripted {code}</Message>"
-                                f"</Error>").encode()
-        if method == "POST" and name == "uploads":
-            return 200, {}, (b"<InitiateMultipartUploadResult><UploadId>fake-id</UploadId>"
-                             b"</InitiateMultipartUploadResult>")
-        if method == "POST" and name == "uploadId":
-            return 200, {}, b"<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"
-        if method == "PUT":
-            return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
-        if method == "GET":
-            return 200, {"ETag": '"x"', **self.get_headers}, b"fake body"
-        return 204, {}, b""
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.mark.parametrize("endpoint, problem", [

@@ -14,7 +14,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import BUILD, ROOT
-from s3server import CutProxy, MotoServer, free_port, self_signed_cert
+from s3server import CutProxy, FakeS3, MotoServer, free_port, self_signed_cert
 
 SECRET = "s3cr3t-never-shown"
 
@@ -326,9 +326,8 @@ def test_incomplete_default_store_is_refused(tmp_path):
 
 @pytest.fixture
 def fake():
-    """test_s3's recording FakeS3, answering a listing too (an empty one), so
-    that a job's DOWNLOADING finds no training data and goes on."""
-    from test_s3 import FakeS3
+    """The recording FakeS3, answering a listing too (an empty one), so that a
+    job's DOWNLOADING finds no training data and goes on."""
 
     class Store(FakeS3):
         def answer(self, method, path, headers, body):
