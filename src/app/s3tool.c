@@ -19,13 +19,16 @@
  * (default: crc32c, unsigned; sha256 signs each body, which over plain http
  * also makes a body changed on the way fail, for ~0.6 CPU s/GiB more);
  * --ca-bundle=FILE (or $AWS_CA_BUNDLE) names the CAs to trust over https.
- * Exit status: 0 done, 1 the operation failed (S3's code and message on
- * stderr), 2 bad usage.
+ * Exit status: 0 done (or --help), 1 the operation failed (S3's code and
+ * message on stderr), 2 bad usage: an unknown option, an option's value out
+ * of range (each named), a bucket name S3 would refuse.
  */
 #include "core/error.h"
 #include "core/log.h"
 #include "core/progress.h"
+#include "core/str.h"
 #include "store/s3.h"
+#include "store/s3_util.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -43,20 +46,20 @@ typedef struct {
   json_t *listing;
   FILE *out;
   int out_failed;
+  int said;            /* the failure is already on stderr */
   ffdl_progress meter; /* the rate and ETA of the progress lines (not drawn) */
 } tool;
 
-static void usage(void) {
-  fprintf(stderr,
-          "usage: s3tool [--region=R] [--virtual-host] [--part-size=N[MiB]] [--concurrency=N]\n"
-          "              [--max-retries=N] [--retry-base-ms=N] [--checksum=crc32c|sha256]\n"
-          "              [--ca-bundle=PEM-FILE] [--quiet] [--json]\n"
-          "              ENDPOINT ACCESS SECRET COMMAND ARGS...\n"
-          "commands: mb BUCKET | put BUCKET KEY [FILE|-] | get BUCKET KEY [FILE|-] |\n"
-          "          upload BUCKET KEY FILE | download BUCKET KEY FILE |\n"
-          "          upload-dir BUCKET PREFIX DIR | download-prefix BUCKET PREFIX DIR |\n"
-          "          list BUCKET [PREFIX]\n"
-          "SECRET \"-\" reads $S3_SECRET_KEY; --ca-bundle defaults to $AWS_CA_BUNDLE.\n");
+static void usage(FILE *to) {
+  fprintf(to, "usage: s3tool [--region=R] [--virtual-host] [--part-size=N[MiB]] [--concurrency=N]\n"
+              "              [--max-retries=N] [--retry-base-ms=N] [--checksum=crc32c|sha256]\n"
+              "              [--ca-bundle=PEM-FILE] [--quiet] [--json]\n"
+              "              ENDPOINT ACCESS SECRET COMMAND ARGS...\n"
+              "commands: mb BUCKET | put BUCKET KEY [FILE|-] | get BUCKET KEY [FILE|-] |\n"
+              "          upload BUCKET KEY FILE | download BUCKET KEY FILE |\n"
+              "          upload-dir BUCKET PREFIX DIR | download-prefix BUCKET PREFIX DIR |\n"
+              "          list BUCKET [PREFIX]\n"
+              "SECRET \"-\" reads $S3_SECRET_KEY; --ca-bundle defaults to $AWS_CA_BUNDLE.\n");
 }
 
 static void human(double bytes, char *out, size_t cap) {
@@ -110,7 +113,7 @@ static void on_body(void *ud, const void *data, size_t len) {
 static int parse_size(const char *s, size_t *out) {
   char *end;
   double v = strtod(s, &end);
-  if (end == s || v < 0) return -1;
+  if (end == s || !(v >= 0 && v < 1e15)) return -1; /* NaN and infinity fail too */
   if (*end == '\0' || strcmp(end, "B") == 0)
     *out = (size_t)v;
   else if (strcmp(end, "K") == 0 || strcmp(end, "KiB") == 0)
@@ -161,44 +164,89 @@ static void on_closed(void *ud) {
   (void)ud;
 }
 
+/* The value of option A when it is PREFIX=VALUE, else NULL. */
+static const char *option_value(const char *a, const char *prefix) {
+  size_t n = strlen(prefix);
+  return strncmp(a, prefix, n) == 0 ? a + n : NULL;
+}
+
+/* A whole number in [LO, HI] for option NAME; prints why not and returns -1. */
+static int whole_option(const char *name, const char *value, long lo, long hi, long *out) {
+  double v;
+  if (ffdl_parse_number(value, (double)lo, (double)hi, 1, &v) != 0) {
+    fprintf(stderr, "s3tool: %s must be a whole number from %ld to %ld, not '%s'\n", name, lo, hi,
+            value);
+    return -1;
+  }
+  *out = (long)v;
+  return 0;
+}
+
+/* One option into CFG or T: 0, 1 for --help, or -1 with the reason printed. */
+static int parse_option(const char *a, ffdl_s3_config *cfg, tool *t) {
+  const char *v;
+  long n;
+  size_t size;
+  if (!strcmp(a, "--help") || !strcmp(a, "-h")) return 1;
+  if (!strcmp(a, "--virtual-host")) {
+    cfg->virtual_host = 1;
+  } else if (!strcmp(a, "--quiet")) {
+    t->quiet = 1;
+  } else if (!strcmp(a, "--json")) {
+    t->json = 1;
+  } else if ((v = option_value(a, "--region=")) && *v) {
+    cfg->region = v;
+  } else if ((v = option_value(a, "--ca-bundle=")) && *v) {
+    cfg->ca_bundle = v;
+  } else if ((v = option_value(a, "--part-size="))) {
+    if (parse_size(v, &size) != 0 || size < FFDL_S3_MIN_PART_SIZE || size > FFDL_S3_MAX_PART_SIZE) {
+      fprintf(stderr,
+              "s3tool: --part-size must be a size from 5MiB to 5GiB (bytes, or with K, "
+              "M or G), not '%s'\n",
+              v);
+      return -1;
+    }
+    cfg->part_size = size;
+  } else if ((v = option_value(a, "--concurrency="))) {
+    if (whole_option("--concurrency", v, 1, FFDL_S3_MAX_CONCURRENCY, &n)) return -1;
+    cfg->concurrency = (int)n;
+  } else if ((v = option_value(a, "--max-retries="))) {
+    if (whole_option("--max-retries", v, 0, 100, &n)) return -1;
+    cfg->max_retries = n ? (int)n : -1; /* the client's 0 means its default */
+  } else if ((v = option_value(a, "--retry-base-ms="))) {
+    if (whole_option("--retry-base-ms", v, 1, 60000, &n)) return -1;
+    cfg->retry_base_ms = (unsigned)n;
+  } else if ((v = option_value(a, "--checksum="))) {
+    if (ffdl_s3_checksum_parse(v, &cfg->checksum) != 0) {
+      fprintf(stderr, "s3tool: --checksum must be crc32c or sha256, not '%s'\n", v);
+      return -1;
+    }
+  } else {
+    fprintf(stderr, "s3tool: unknown option %s\n", a);
+    return -1;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   ffdl_log_init();
   ffdl_s3_config cfg = {0};
   tool t = {.out = stdout};
   ffdl_progress_init(&t.meter, "s3tool");
   int i = 1;
-  for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-    const char *a = argv[i];
-    size_t size;
-    if (strncmp(a, "--region=", 9) == 0)
-      cfg.region = a + 9;
-    else if (strcmp(a, "--virtual-host") == 0)
-      cfg.virtual_host = 1;
-    else if (strncmp(a, "--part-size=", 12) == 0 && parse_size(a + 12, &size) == 0)
-      cfg.part_size = size;
-    else if (strncmp(a, "--concurrency=", 14) == 0)
-      cfg.concurrency = atoi(a + 14);
-    else if (strncmp(a, "--max-retries=", 14) == 0)
-      cfg.max_retries = atoi(a + 14);
-    else if (strncmp(a, "--retry-base-ms=", 16) == 0)
-      cfg.retry_base_ms = (unsigned)atoi(a + 16);
-    else if (strncmp(a, "--checksum=", 11) == 0 &&
-             ffdl_s3_checksum_parse(a + 11, &cfg.checksum) == 0)
-      ;
-    else if (strncmp(a, "--ca-bundle=", 12) == 0 && a[12])
-      cfg.ca_bundle = a + 12;
-    else if (strcmp(a, "--quiet") == 0)
-      t.quiet = 1;
-    else if (strcmp(a, "--json") == 0)
-      t.json = 1;
-    else {
-      fprintf(stderr, "s3tool: unknown option %s\n", a);
-      usage();
+  for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
+    int rc = parse_option(argv[i], &cfg, &t);
+    if (rc == 1) {
+      usage(stdout);
+      return 0;
+    }
+    if (rc != 0) {
+      usage(stderr);
       return 2;
     }
   }
   if (argc - i < 5) {
-    usage();
+    usage(stderr);
     return 2;
   }
   cfg.endpoint = argv[i];
@@ -215,6 +263,11 @@ int main(int argc, char **argv) {
   char **a = argv + i + 4;
   int n = argc - i - 4;
   t.name = cmd;
+  if (n > 0 && !ffdl_s3_bucket_ok(a[0], !cfg.virtual_host)) { /* every command's first */
+    fprintf(stderr, "s3tool: %s: the bucket name '%s' is not one: %s\n", cmd, a[0],
+            ffdl_s3_bucket_rule(!cfg.virtual_host));
+    return 2;
+  }
 
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -266,17 +319,17 @@ int main(int argc, char **argv) {
     rc = ffdl_s3_list(s3, a[0], n == 2 ? a[1] : "", on_object, on_done, &t);
   }
   if (rc == FFDL_EUSAGE) {
-    usage();
+    usage(stderr);
     ffdl_s3_close(s3, on_closed, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     return 2;
   }
   if (rc != 0) {
-    fprintf(stderr, "s3tool: %s: %s (check the bucket name and key)\n", cmd, ffdl_strerror(rc));
+    fprintf(stderr, "s3tool: %s: %s (check the key)\n", cmd, ffdl_strerror(rc));
     t.finished = 1;
     t.status = rc;
-    t.err.code[0] = '\0';
+    t.said = 1;
   }
   uv_run(&loop, UV_RUN_DEFAULT);
   ffdl_s3_close(s3, on_closed, NULL);
@@ -297,7 +350,7 @@ int main(int argc, char **argv) {
       ffdl_s3_error_text(&t.err, text, sizeof text);
     else
       snprintf(text, sizeof text, "%s", ffdl_strerror(t.status));
-    fprintf(stderr, "s3tool: %s failed: %s\n", cmd, text);
+    if (!t.said) fprintf(stderr, "s3tool: %s failed: %s\n", cmd, text);
     return 1;
   }
   if (t.out_failed) {

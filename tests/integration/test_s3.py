@@ -665,6 +665,45 @@ def test_an_endpoint_that_is_no_url_is_named(endpoint, problem):
     assert f"s3tool: the endpoint {problem}" in p.stderr.decode()
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--concurrency=abc", "--concurrency must be a whole number from 1 to 256, not 'abc'"),
+    ("--concurrency=0", "--concurrency must be a whole number from 1 to 256, not '0'"),
+    ("--concurrency=300", "--concurrency must be a whole number from 1 to 256, not '300'"),
+    ("--max-retries=-1", "--max-retries must be a whole number from 0 to 100, not '-1'"),
+    ("--retry-base-ms=1.5", "--retry-base-ms must be a whole number from 1 to 60000, not '1.5'"),
+    ("--part-size=4MiB", "--part-size must be a size from 5MiB to 5GiB (bytes, or with K, M or "
+                         "G), not '4MiB'"),
+    ("--part-size=8Mb", "--part-size must be a size from 5MiB to 5GiB (bytes, or with K, M or "
+                        "G), not '8Mb'"),
+    ("--part-size=nan", "--part-size must be a size from 5MiB to 5GiB (bytes, or with K, M or "
+                        "G), not 'nan'"),
+    ("--checksum=md5", "--checksum must be crc32c or sha256, not 'md5'"),
+    ("--region=", "unknown option --region="),
+    ("--verbose", "unknown option --verbose"),
+])
+def test_s3tool_bad_options_are_named(option, message):
+    p = s3tool("http://127.0.0.1:1", "list", "bucket", options=[option])
+    assert p.returncode == 2
+    assert p.stderr.decode().startswith(f"s3tool: {message}\nusage: s3tool "), p.stderr
+
+
+def test_s3tool_help_goes_to_stdout():
+    p = subprocess.run([str(BUILD / "s3tool"), "--help"], capture_output=True, timeout=30)
+    assert p.returncode == 0 and p.stderr == b""
+    assert p.stdout.startswith(b"usage: s3tool ") and b"download-prefix" in p.stdout
+
+
+@pytest.mark.parametrize("bucket, virtual, rule", [
+    ("b", False, "3 to 255 letters, digits, '.', '-' and '_', first and last not '.' or '-'"),
+    ("My_Bucket", True, "3 to 63 lowercase letters, digits, '.' and '-', first and last a "
+                        "letter or digit"),
+])
+def test_s3tool_names_a_bad_bucket_name(bucket, virtual, rule):
+    p = s3tool("http://127.0.0.1:1", "mb", bucket, options=["--virtual-host"] if virtual else [])
+    assert p.returncode == 2
+    assert p.stderr.decode() == f"s3tool: mb: the bucket name '{bucket}' is not one: {rule}\n"
+
+
 @pytest.mark.parametrize("answer", ["shifted", "whole"])
 def test_a_range_answered_with_other_bytes_is_refused(tmp_path, answer):
     """A server that answers each range after the first with other bytes:
