@@ -80,12 +80,14 @@ static void on_progress(void *ud, const ffdl_s3_progress *p) {
   human((double)p->bytes_total, total, sizeof total);
   if (per_s >= 0) human(per_s, rate, sizeof rate);
   if (eta_s >= 0) snprintf(eta, sizeof eta, "%.0fs", eta_s);
+  const char *retrying = p->retrying ? " (retrying)" : "";
   if (p->bytes_total)
-    fprintf(stderr, "s3tool: %s: %s / %s (%.0f%%), %llu/%llu objects, %s/s, ETA %s\n", t->name,
+    fprintf(stderr, "s3tool: %s: %s / %s (%.0f%%), %llu/%llu objects, %s/s, ETA %s%s\n", t->name,
             done, total, 100.0 * (double)p->bytes_done / (double)p->bytes_total,
-            (unsigned long long)p->objects_done, (unsigned long long)p->objects_total, rate, eta);
+            (unsigned long long)p->objects_done, (unsigned long long)p->objects_total, rate, eta,
+            retrying);
   else
-    fprintf(stderr, "s3tool: %s: %s, %s/s (size not known yet)\n", t->name, done, rate);
+    fprintf(stderr, "s3tool: %s: %s, %s/s (size not known yet)%s\n", t->name, done, rate, retrying);
 }
 
 static void on_done(void *ud, int status, const ffdl_s3_error *err) {

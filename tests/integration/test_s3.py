@@ -461,9 +461,13 @@ def test_retry_survives_one_cut_connection(moto, bucket, boto, tmp_path, checksu
     try:
         src = random_file(tmp_path / "r.bin", 17 * MIB, seed=4)
         proxy.cut_after(2 * MIB, times=1, direction="up")
-        ok(s3tool(proxy.endpoint, "upload", bucket, "retried", src,
-                  options=["--part-size=5MiB", "--retry-base-ms=20", f"--checksum={checksum}"]))
+        proxy.throttle(16 * MIB)  # slow enough for a progress line after the cut
+        p = ok(s3tool(proxy.endpoint, "upload", bucket, "retried", src,
+                      options=["--part-size=5MiB", "--retry-base-ms=20", f"--checksum={checksum}"]))
         assert proxy.cuts == 1
+        # the progress line after the cut says so
+        assert re.search(r"^s3tool: upload: .* \(retrying\)$", p.stderr.decode(), re.M), p.stderr
+        proxy.throttle(None)
         assert boto.head_object(Bucket=bucket, Key="retried")["ETag"].strip('"') == \
             multipart_etag(src, 5 * MIB)
         proxy.cut_after(3 * MIB, times=1, direction="down")
