@@ -16,6 +16,13 @@ SHA-256 of each body and adds a CRC32; over https an unsigned body with a
 CRC32 trailer). FFDL_BENCH_S3_TLS=1 runs everything over https, against moto
 with a throwaway self-signed certificate that both clients trust.
 
+After both clients, the large download's floor on this machine: the same
+file sent with sendfile over loopback (no HTTP, no S3) and received by the
+plainest loop a client can run (recv into a 512 KiB buffer, write it out,
+a 4 MiB receive buffer as ffdl's), its CPU measured like boto3's ("floor").
+A ratio to boto3 below the floor's cannot be reached by any client here:
+receiving and writing the page cache are kernel work.
+
 For each phase it prints the wall time, the client's CPU seconds per GiB
 moved (user + system, and the system part alone: the kernel's work for the
 sockets and the page cache, which no client avoids) and its peak RSS:
@@ -77,6 +84,8 @@ MIB = 1024 * 1024
 CONCURRENCY = 8
 PART = 8 * MIB
 FILES = 1000
+FLOOR = "floor"  # the "client" of floor_phase
+FLOOR_BUFFER = 512 * 1024  # as libcurl's receive buffer in ffdl's downloads
 
 
 def parse_size(text):
@@ -208,9 +217,65 @@ def boto3_phase(args):
                       "sys": after.ru_stime - before.ru_stime}))
 
 
+def floor_receive(args):
+    """In a child process: receives one stream from 127.0.0.1:PORT into
+    PATH, as plainly as a client can (recv into a buffer, write it at once;
+    the receive buffer ffdl asks for on loopback); prints its CPU seconds."""
+    import socket
+    port, path = int(args[0]), args[1]
+    buf = bytearray(FLOOR_BUFFER)
+    view = memoryview(buf)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            while True:
+                n = sock.recv_into(buf)
+                if n == 0:
+                    break
+                os.write(fd, view[:n])
+        finally:
+            os.close(fd)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"user": after.ru_utime - before.ru_utime,
+                      "sys": after.ru_stime - before.ru_stime}))
+
+
+def floor_phase(big, out):
+    """The download's floor on this machine: BIG sent with sendfile over
+    loopback (no HTTP, no S3) and received into OUT by floor_receive, in a
+    child whose CPU is measured like boto3's. Returns (wall, user, system,
+    peak RSS)."""
+    import socket
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def send():
+        conn, _ = listener.accept()
+        with conn, open(big, "rb") as f:
+            size, sent = os.fstat(f.fileno()).st_size, 0
+            while sent < size:
+                sent += os.sendfile(conn.fileno(), f.fileno(), sent, size - sent)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        wall, _, rss, out_text = run_measured(
+            [sys.executable, __file__, "--floor-receive", str(port), str(out)])
+    finally:
+        listener.close()
+    sender.join(timeout=60)
+    got = json.loads(out_text.decode().strip().splitlines()[-1])
+    return wall, got["user"], got["sys"], rss
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--boto3-phase":
         return boto3_phase(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--floor-receive":
+        return floor_receive(sys.argv[2:])
     build = (ROOT / os.environ.get("FFDL_BUILD", "build")).resolve()
     s3tool = build / "s3tool"
     if not s3tool.exists():
@@ -292,6 +357,17 @@ def main():
                         assert got == {p.name: sha256(p) for p in many.iterdir()}, client
                         for f in out.iterdir():
                             os.truncate(f, 0)
+        # what no client on this machine goes below (floor_phase)
+        name = f"download 1 file of {human(total)}"
+        read_through(big)
+        os.sync()
+        warm_memory(work, total + total // 4)
+        out = work / "out-floor-big"
+        wall, user, system, rss = floor_phase(big, out)
+        rows.append((name, FLOOR, total, wall, user, system, rss))
+        print(f"  {FLOOR}: {name}: {wall:.1f} s", file=sys.stderr)
+        assert sha256(out) == sha256(big), FLOOR
+        out.unlink()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -300,7 +376,8 @@ def main():
           f"{CONCURRENCY} parallel requests, {PART // MIB} MiB parts")
     print(f"{'phase':<30} {'client':<12} {'wall s':>8} {'MiB/s':>8} {'CPU s/GiB':>10} "
           f"{'sys s/GiB':>10} {'/ boto3':>8} {'peak RSS':>10}")
-    order = sorted((c[0] for c in clients), key=lambda c: c.startswith("boto3"))  # ffdl first
+    # ffdl first, the floor last
+    order = [*sorted((c[0] for c in clients), key=lambda c: c.startswith("boto3")), FLOOR]
     boto = {r[0]: (r[4] + r[5]) / r[2] for r in rows if r[1] == "boto3"}
     for name, client, nbytes, wall, user, system, rss in sorted(
             rows, key=lambda r: ([p[0] for p in rows].index(r[0]), order.index(r[1]))):
@@ -314,6 +391,13 @@ def main():
             other = long[name]
             print(f"ffdl / boto3 with {ffdl_range(total) // MIB} MiB parts, {name}: CPU "
                   f"{(user + system) / (other[4] + other[5]):.2f}, wall {wall / other[3]:.2f}")
+    floor = {r[0]: r for r in rows if r[1] == FLOOR}
+    for name, client, nbytes, wall, user, system, rss in rows:
+        if client == "ffdl" and name in floor:
+            cpu = floor[name][4] + floor[name][5]
+            print(f"{name}: the floor (sendfile into one socket-to-file loop, no HTTP) costs "
+                  f"{cpu / boto[name] / nbytes:.2f} of boto3's CPU; ffdl costs "
+                  f"{(user + system) / cpu:.2f} times the floor")
 
 
 if __name__ == "__main__":
