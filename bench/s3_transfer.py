@@ -16,12 +16,14 @@ SHA-256 of each body and adds a CRC32; over https an unsigned body with a
 CRC32 trailer). FFDL_BENCH_S3_TLS=1 runs everything over https, against moto
 with a throwaway self-signed certificate that both clients trust.
 
-After both clients, the large download's floor on this machine: the same
-file sent with sendfile over loopback (no HTTP, no S3) and received by the
-plainest loop a client can run (recv into a 512 KiB buffer, write it out,
-a 4 MiB receive buffer as ffdl's), its CPU measured like boto3's ("floor").
-A ratio to boto3 below the floor's cannot be reached by any client here:
-receiving and writing the page cache are kernel work.
+After the clients, the large file's floor on this machine ("floor"): the
+same bytes over one loopback connection with no HTTP and no S3, moved by
+the plainest loop a client can run, its CPU measured like boto3's. Up: read
+into a 512 KiB buffer, send it (to a sink that drops it). Down: sent with
+sendfile, received into a 512 KiB buffer (with ffdl's 4 MiB receive
+buffer) and written out at once. A ratio to boto3 below the floor's cannot
+be reached by any client here: those copies, TCP and the page cache are
+kernel work.
 
 For each phase it prints the wall time, the client's CPU seconds per GiB
 moved (user + system, and the system part alone: the kernel's work for the
@@ -217,65 +219,73 @@ def boto3_phase(args):
                       "sys": after.ru_stime - before.ru_stime}))
 
 
-def floor_receive(args):
-    """In a child process: receives one stream from 127.0.0.1:PORT into
-    PATH, as plainly as a client can (recv into a buffer, write it at once;
-    the receive buffer ffdl asks for on loopback); prints its CPU seconds."""
+def floor_child(args):
+    """In a child process: moves PATH's bytes over one loopback connection
+    to 127.0.0.1:PORT as plainly as a client can, and prints its CPU
+    seconds. "down": recv into a buffer and write it out at once (with the
+    receive buffer ffdl asks for on loopback); "up": read into a buffer and
+    send it."""
     import socket
-    port, path = int(args[0]), args[1]
+    direction, port, path = args[0], int(args[1]), args[2]
     buf = bytearray(FLOOR_BUFFER)
     view = memoryview(buf)
     before = resource.getrusage(resource.RUSAGE_SELF)
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            while True:
-                n = sock.recv_into(buf)
-                if n == 0:
-                    break
-                os.write(fd, view[:n])
-        finally:
-            os.close(fd)
+        if direction == "down":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * MIB)
+            with open(path, "wb", buffering=0) as f:
+                while n := sock.recv_into(buf):
+                    f.write(view[:n])
+        else:
+            with open(path, "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    sock.sendall(view[:n])
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"user": after.ru_utime - before.ru_utime,
                       "sys": after.ru_stime - before.ru_stime}))
 
 
-def floor_phase(big, out):
-    """The download's floor on this machine: BIG sent with sendfile over
-    loopback (no HTTP, no S3) and received into OUT by floor_receive, in a
-    child whose CPU is measured like boto3's. Returns (wall, user, system,
-    peak RSS)."""
+def floor_phase(direction, path):
+    """A large transfer's floor on this machine, with no HTTP and no S3:
+    floor_child moves PATH over loopback in a child whose CPU is measured
+    like boto3's, while this process serves the other end (a download is
+    sent with sendfile, an upload is received and dropped). Returns (wall,
+    user, system, peak RSS)."""
     import socket
     import threading
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
-    def send():
+    def serve():
         conn, _ = listener.accept()
-        with conn, open(big, "rb") as f:
-            size, sent = os.fstat(f.fileno()).st_size, 0
-            while sent < size:
-                sent += os.sendfile(conn.fileno(), f.fileno(), sent, size - sent)
+        with conn:
+            if direction == "down":
+                with open(path.parent / "big.bin", "rb") as f:
+                    size, sent = os.fstat(f.fileno()).st_size, 0
+                    while sent < size:
+                        sent += os.sendfile(conn.fileno(), f.fileno(), sent, size - sent)
+            else:
+                sink = bytearray(FLOOR_BUFFER)
+                while conn.recv_into(sink):
+                    pass
 
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     try:
-        wall, _, rss, out_text = run_measured(
-            [sys.executable, __file__, "--floor-receive", str(port), str(out)])
+        wall, _, rss, out = run_measured(
+            [sys.executable, __file__, "--floor", direction, str(port), str(path)])
     finally:
         listener.close()
-    sender.join(timeout=60)
-    got = json.loads(out_text.decode().strip().splitlines()[-1])
+    server.join(timeout=60)
+    got = json.loads(out.decode().strip().splitlines()[-1])
     return wall, got["user"], got["sys"], rss
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--boto3-phase":
         return boto3_phase(sys.argv[2:])
-    if len(sys.argv) > 1 and sys.argv[1] == "--floor-receive":
-        return floor_receive(sys.argv[2:])
+    if len(sys.argv) > 1 and sys.argv[1] == "--floor":
+        return floor_child(sys.argv[2:])
     build = (ROOT / os.environ.get("FFDL_BUILD", "build")).resolve()
     s3tool = build / "s3tool"
     if not s3tool.exists():
@@ -358,16 +368,19 @@ def main():
                         for f in out.iterdir():
                             os.truncate(f, 0)
         # what no client on this machine goes below (floor_phase)
-        name = f"download 1 file of {human(total)}"
-        read_through(big)
-        os.sync()
-        warm_memory(work, total + total // 4)
-        out = work / "out-floor-big"
-        wall, user, system, rss = floor_phase(big, out)
-        rows.append((name, FLOOR, total, wall, user, system, rss))
-        print(f"  {FLOOR}: {name}: {wall:.1f} s", file=sys.stderr)
-        assert sha256(out) == sha256(big), FLOOR
-        out.unlink()
+        for name, direction, path in ((f"upload 1 file of {human(total)}", "up", big),
+                                      (f"download 1 file of {human(total)}", "down",
+                                       work / "out-floor-big")):
+            read_through(big)
+            os.sync()
+            if direction == "down":
+                warm_memory(work, total + total // 4)
+            wall, user, system, rss = floor_phase(direction, path)
+            rows.append((name, FLOOR, total, wall, user, system, rss))
+            print(f"  {FLOOR}: {name}: {wall:.1f} s", file=sys.stderr)
+            if direction == "down":
+                assert sha256(path) == sha256(big), FLOOR
+                path.unlink()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -395,10 +408,9 @@ def main():
     for name, client, nbytes, wall, user, system, rss in rows:
         if client == "ffdl" and name in floor:
             cpu = floor[name][4] + floor[name][5]
-            print(f"{name}: the floor (sendfile into one socket-to-file loop, no HTTP) costs "
+            print(f"{name}: the floor (one loopback connection, no HTTP) costs "
                   f"{cpu / boto[name] / nbytes:.2f} of boto3's CPU; ffdl costs "
                   f"{(user + system) / cpu:.2f} times the floor")
-
 
 if __name__ == "__main__":
     main()
