@@ -142,8 +142,9 @@ static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int 
   estimate(p, done, total, final, now, &rate, &eta);
   if (rate >= 0)
     append(out, cap, ", %.1f MiB/s", rate / MIB);
-  else
-    append(out, cap, ", ? MiB/s"); /* not yet known: never a guess */
+  else if (!final) /* not yet known: never a guess */
+    append(out, cap, ", ? MiB/s");
+  /* a transfer over in less than a second ends with no rate at all */
   if (!final && total > 0) {
     if (eta >= 0)
       append(out, cap, ", ETA %.0f s", eta);

@@ -57,7 +57,8 @@ def test_pytorch_digits_with_data_and_results_in_s3(moto, digits_in_s3, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
     # progress shows as periodic lines when stderr is not a terminal
-    assert re.search(rf"^{tid}: downloading the training data: [0-9.]+ of [0-9.]+ MiB, .* \(done\)$",
+    assert re.search(rf"^{tid}: downloading the training data: [0-9.]+ of [0-9.]+ MiB"
+                     r"(, [0-9.]+ MiB/s)? \(done\)$",
                      result.stderr, re.M), result.stderr
     assert re.search(rf"^{tid}: uploading the results: .*\(done\)$", result.stderr, re.M)
     keys = {o["Key"] for o in digits_in_s3.list_objects_v2(Bucket="digits-results",

@@ -198,6 +198,18 @@ static void test_done_says_done_with_the_average(void) {
   close_shown(&s);
 }
 
+/* Under a second from the first report to the last, no rate is known:
+ * the last line says none, rather than "? MiB/s (done)". */
+static void test_a_short_transfer_ends_without_a_rate(void) {
+  shown s;
+  open_shown(&s, 0);
+  ffdl_progress_report_at(&s.p, 0, 200 * 1024, FFDL_PROGRESS_RUNNING, 10.0);
+  ffdl_progress_report_at(&s.p, 200 * 1024, 200 * 1024, FFDL_PROGRESS_DONE, 10.3);
+  CHECK_CONTAINS(text_of(&s), "moving: 0.0 of 0.2 MiB, ? MiB/s, ETA ?\n");
+  CHECK_CONTAINS(text_of(&s), "moving: 0.2 of 0.2 MiB (done)\n");
+  close_shown(&s);
+}
+
 /* A terminal: curl reports many times a second, often the same figures
  * twice; the bar is drawn again only when it changes, at most 5 times a
  * second. */
@@ -243,6 +255,7 @@ int main(int argc, char **argv) {
       {"retrying_state_is_shown_at_once", test_retrying_state_is_shown_at_once},
       {"failed_transfer_says_failed", test_failed_transfer_says_failed},
       {"done_says_done_with_the_average", test_done_says_done_with_the_average},
+      {"a_short_transfer_ends_without_a_rate", test_a_short_transfer_ends_without_a_rate},
       {"terminal_frames_are_not_repeated", test_terminal_frames_are_not_repeated},
       {NULL, NULL},
   };
