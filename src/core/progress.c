@@ -146,7 +146,9 @@ static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int 
     append(out, cap, ", ? MiB/s");
   /* a transfer over in less than a second ends with no rate at all */
   if (!final && total > 0) {
-    if (eta >= 0)
+    if (done >= total) /* every byte moved; the answer (or the last step) is still to come */
+      append(out, cap, ", finishing");
+    else if (eta >= 0)
       append(out, cap, ", ETA %.0f s", eta);
     else
       append(out, cap, ", ETA ?");

@@ -210,6 +210,19 @@ static void test_a_short_transfer_ends_without_a_rate(void) {
   close_shown(&s);
 }
 
+/* Every byte moved, the answer still to come (a large upload's
+ * CompleteMultipartUpload can take seconds): "finishing", not "ETA 0 s". */
+static void test_all_bytes_moved_says_finishing(void) {
+  shown s;
+  open_shown(&s, 0);
+  for (int i = 0; i <= 8; i++)
+    ffdl_progress_report_at(&s.p, (uint64_t)i * MIB, 8 * MIB, FFDL_PROGRESS_RUNNING, 10.0 + i);
+  ffdl_progress_report_at(&s.p, 8 * MIB, 8 * MIB, FFDL_PROGRESS_RUNNING, 22.0);
+  CHECK_CONTAINS(text_of(&s), "moving: 8.0 of 8.0 MiB, 1.0 MiB/s, finishing\n");
+  CHECK(!strstr(text_of(&s), "ETA 0 s"));
+  close_shown(&s);
+}
+
 /* A terminal: curl reports many times a second, often the same figures
  * twice; the bar is drawn again only when it changes, at most 5 times a
  * second. */
@@ -256,6 +269,7 @@ int main(int argc, char **argv) {
       {"failed_transfer_says_failed", test_failed_transfer_says_failed},
       {"done_says_done_with_the_average", test_done_says_done_with_the_average},
       {"a_short_transfer_ends_without_a_rate", test_a_short_transfer_ends_without_a_rate},
+      {"all_bytes_moved_says_finishing", test_all_bytes_moved_says_finishing},
       {"terminal_frames_are_not_repeated", test_terminal_frames_are_not_repeated},
       {NULL, NULL},
   };
