@@ -40,13 +40,11 @@ typedef struct {
   const char *name;
   int status;
   ffdl_s3_error err;
-  int finished;
   int quiet;
   int json;
   json_t *listing;
   FILE *out;
   int out_failed;
-  int said;            /* the failure is already on stderr */
   ffdl_progress meter; /* the rate and ETA of the progress lines (not drawn) */
 } tool;
 
@@ -92,7 +90,6 @@ static void on_progress(void *ud, const ffdl_s3_progress *p) {
 
 static void on_done(void *ud, int status, const ffdl_s3_error *err) {
   tool *t = ud;
-  t->finished = 1;
   t->status = status;
   if (status && err) t->err = *err;
 }
@@ -220,7 +217,7 @@ static int parse_option(const char *a, ffdl_s3_config *cfg, tool *t) {
     cfg->retry_base_ms = (unsigned)n;
   } else if ((v = option_value(a, "--checksum="))) {
     if (ffdl_s3_checksum_parse(v, &cfg->checksum) != 0) {
-      fprintf(stderr, "s3tool: --checksum must be crc32c or sha256, not '%s'\n", v);
+      fprintf(stderr, "s3tool: --checksum must be " FFDL_S3_CHECKSUM_NAMES ", not '%s'\n", v);
       return -1;
     }
   } else {
@@ -320,18 +317,18 @@ int main(int argc, char **argv) {
     if (t.json) t.listing = json_array();
     rc = ffdl_s3_list(s3, a[0], n == 2 ? a[1] : "", on_object, on_done, &t);
   }
-  if (rc == FFDL_EUSAGE) {
-    usage(stderr);
+  if (rc != 0) { /* the operation did not start */
+    if (rc == FFDL_EUSAGE)
+      usage(stderr);
+    else
+      fprintf(stderr, "s3tool: %s: %s (check the key)\n", cmd, ffdl_strerror(rc));
     ffdl_s3_close(s3, on_closed, NULL);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
-    return 2;
-  }
-  if (rc != 0) {
-    fprintf(stderr, "s3tool: %s: %s (check the key)\n", cmd, ffdl_strerror(rc));
-    t.finished = 1;
-    t.status = rc;
-    t.said = 1;
+    free(data);
+    if (out_file) fclose(out_file);
+    json_decref(t.listing);
+    return rc == FFDL_EUSAGE ? 2 : 1;
   }
   uv_run(&loop, UV_RUN_DEFAULT);
   ffdl_s3_close(s3, on_closed, NULL);
@@ -352,7 +349,7 @@ int main(int argc, char **argv) {
       ffdl_s3_error_text(&t.err, text, sizeof text);
     else
       snprintf(text, sizeof text, "%s", ffdl_strerror(t.status));
-    if (!t.said) fprintf(stderr, "s3tool: %s failed: %s\n", cmd, text);
+    fprintf(stderr, "s3tool: %s failed: %s\n", cmd, text);
     return 1;
   }
   if (t.out_failed) {
