@@ -23,6 +23,12 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
+
+# botocore imports Debian's older pyOpenSSL (seen through .venv's system
+# site packages), which warns on import about the newer cryptography's
+# deprecations: nothing this example does, and nothing a user can act on
+warnings.filterwarnings("ignore", module="OpenSSL")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # moto's server as a subprocess, started and stopped by its PID, with its own

@@ -135,7 +135,10 @@ static int summarize(manifest_run *run) {
       run->final_status ? run->final_status : ffdl_orch_status(run->rt->orch, run->id);
   const char *dir = ffdl_orch_results_dir(run->rt->orch, run->id);
   if (status && strcmp(status, "COMPLETED") == 0) {
-    fprintf(stderr, "ffdl-run: %s COMPLETED; results in %s\n", run->id, shown_path(dir));
+    char *url = ffdl_orch_results_url(run->rt->orch, run->id);
+    fprintf(stderr, "ffdl-run: %s COMPLETED; results in %s%s%s\n", run->id, url ? url : "",
+            url ? " and " : "", shown_path(dir));
+    free(url);
     return EXIT_COMPLETED;
   }
   if (status && strcmp(status, "HALTED") == 0) {

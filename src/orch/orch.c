@@ -1079,11 +1079,25 @@ static void after_stage(work *w) {
     staged(j, "S303", "cannot start checking the results bucket (check the connection fields)");
 }
 
+/* "s3://BUCKET/ID/" when J's results go to an S3 bucket, else NULL
+ * (caller frees). */
+static char *s3_results_url(const job *j) {
+  json_t *store = first_store(j);
+  const char *bucket =
+      json_string_value(json_object_get(json_object_get(store, "training_results"), "container"));
+  if (!ffdl_s3stage_is_s3(store) || !bucket) return NULL;
+  return ffdl_strdup_printf("s3://%s/%s/", bucket, j->id);
+}
+
 static void stored(void *ud, const char *code, const char *message) {
   job *j = ud;
   if (code) return finish(j, FAILED, message ? message : "storing results failed", code);
-  finish(j, j->halting ? HALTED : COMPLETED,
-         j->halting ? "halted while storing; results kept" : "results stored", NULL);
+  if (j->halting) return finish(j, HALTED, "halted while storing; results kept", NULL);
+  char *url = s3_results_url(j);
+  char *reason = url ? ffdl_strdup_printf("results stored in %s", url) : NULL;
+  finish(j, COMPLETED, reason ? reason : "results stored", NULL);
+  free(reason);
+  free(url);
 }
 
 static void after_store(work *w) {
@@ -1526,6 +1540,11 @@ const char *ffdl_orch_status(const ffdl_orch *o, const char *id) {
 const char *ffdl_orch_results_dir(const ffdl_orch *o, const char *id) {
   job *j = find_job(o, id);
   return j ? j->results_dir : NULL;
+}
+
+char *ffdl_orch_results_url(const ffdl_orch *o, const char *id) {
+  job *j = find_job(o, id);
+  return j ? s3_results_url(j) : NULL;
 }
 
 void ffdl_orch_set_observer(ffdl_orch *o, const ffdl_orch_observer *observer, void *ud) {

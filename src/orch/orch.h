@@ -88,5 +88,8 @@ json_t *ffdl_orch_stats(const ffdl_orch *o);
 const char *ffdl_orch_status(const ffdl_orch *o, const char *id);
 /* Where the job's results are (borrowed, valid while the orchestrator lives). */
 const char *ffdl_orch_results_dir(const ffdl_orch *o, const char *id);
+/* "s3://BUCKET/ID/" when the job's results go to an S3 results bucket, else
+ * NULL (caller frees). */
+char *ffdl_orch_results_url(const ffdl_orch *o, const char *id);
 
 #endif

@@ -56,6 +56,11 @@ def test_pytorch_digits_with_data_and_results_in_s3(moto, digits_in_s3, tmp_path
     result = run(tmp_path, manifest(tmp_path, moto.endpoint))
     assert result.returncode == 0, result.stderr[-3000:]
     tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+    # the summary and the last transition say where the results went
+    assert (f"ffdl-run: {tid} COMPLETED; results in s3://digits-results/{tid}/ and res/{tid}\n"
+            in result.stderr), result.stderr[-2000:]
+    history = json.loads((tmp_path / "res" / tid / "job.json").read_text())
+    assert history["transitions"][-1]["reason"] == f"results stored in s3://digits-results/{tid}/"
     # progress shows as periodic lines when stderr is not a terminal
     assert re.search(rf"^{tid}: downloading the training data: [0-9.]+ of [0-9.]+ MiB"
                      r"(, [0-9.]+ MiB/s)? \(done\)$",
@@ -712,6 +717,8 @@ def test_the_s3_example_trains_and_boto3_reads_its_results(tmp_path, keep):
         for key in ("model/model.pt", "learner-1/training-log.txt", "_submitted_code/model.zip"):
             assert re.search(rf"^ +\d+  {tid}/{key}$", result.stdout, re.M), result.stdout
         assert re.search(r"final test accuracy 0\.\d+$", result.stdout, re.M), result.stdout
+        # no import-time noise from the Python tools (pyOpenSSL's deprecations)
+        assert "DeprecationWarning" not in result.stderr, result.stderr[:2000]
         # the copy of the manifest names the server's port and the keys it made
         home = tmp_path / ".ffdl"
         keys = dict(line.split("=", 1) for line in (home / "s3-example.env").read_text().split())
