@@ -23,12 +23,6 @@ import re
 import socket
 import subprocess
 import sys
-import warnings
-
-# botocore imports Debian's older pyOpenSSL (seen through .venv's system
-# site packages), which warns on import about the newer cryptography's
-# deprecations: nothing this example does, and nothing a user can act on
-warnings.filterwarnings("ignore", module="OpenSSL")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # moto's server as a subprocess, started and stopped by its PID, with its own
@@ -115,12 +109,19 @@ def show_results(s3):
     return tid
 
 
-def other_tool_hint(server, manifest, keys):
+def aws_cli():
+    """The AWS CLI that the test tools installed beside this interpreter
+    (scripts/lib.sh), else whichever `aws` is on PATH."""
+    beside = pathlib.Path(sys.executable).parent / "aws"
+    return str(beside) if beside.exists() else "aws"
+
+
+def other_tool_hint(server, manifest, keys, ffdl_run):
     print(f"""
 The S3 server is still running (pid {server.proc.pid}); it checks signatures
 against the keys it made, which are in {keys}. With another S3 tool:
-  (set -a; . {keys}; aws --endpoint-url {server.endpoint} s3 ls --recursive s3://{RESULTS_BUCKET}/)
-Train again, or change the keys to see a refusal: build/ffdl-run {manifest}
+  (set -a; . {keys}; {aws_cli()} --endpoint-url {server.endpoint} s3 ls --recursive s3://{RESULTS_BUCKET}/)
+Train again, or change the keys to see a refusal: {ffdl_run} {manifest}
 Stop it with: kill {server.proc.pid}   (it keeps everything in memory)""")
 
 
@@ -167,7 +168,7 @@ def main():
         show_results(s3)
         keep = args.keep
         if keep:
-            other_tool_hint(server, manifest, keys)
+            other_tool_hint(server, manifest, keys, ffdl_run)
     finally:
         if not keep:
             server.stop()

@@ -16,9 +16,13 @@ DEBIAN_PACKAGES=(
   python3-torch python3-sklearn python3-numpy
   wrk
 )
-# PyPI, for test tools only.
+# PyPI, for test tools only. The AWS CLI is an S3 client that is not ffdl,
+# for the interop tests and the S3 example's hint. pyOpenSSL: botocore and
+# the AWS CLI import it when present, and Debian's (23.0, seen through the
+# system site packages) warns on import about the deprecations of the newer
+# cryptography that moto brings; this one matches it.
 PYPI_TEST_PACKAGES=(pytest==8.3.3 openapi-spec-validator==0.7.1 schemathesis==3.36.0 hypothesis==6.112.1
-  "moto[server]==5.2.5" boto3==1.44.5)
+  "moto[server]==5.2.5" boto3==1.44.5 awscli==1.46.3 pyOpenSSL==26.4.0)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

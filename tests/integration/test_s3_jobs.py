@@ -729,6 +729,14 @@ def test_the_s3_example_trains_and_boto3_reads_its_results(tmp_path, keep):
         assert is_moto(pid) == keep
         if keep:
             assert f"kill {pid}" in result.stdout
+            assert f"{(BUILD / 'ffdl-run').resolve()} {home / 'pytorch-digits-s3.yml'}" in result.stdout
+            # the printed command for another tool (the AWS CLI of the test tools) lists them
+            hint = re.search(r"^  (\(set -a; .*\))$", result.stdout, re.M).group(1)
+            listed = subprocess.run(["bash", "-c", hint], capture_output=True, text=True,
+                                    timeout=120)
+            assert listed.returncode == 0, listed.stderr
+            assert re.search(rf" {tid}/model/model\.pt$", listed.stdout, re.M), listed.stdout
+            assert "Warning" not in listed.stderr, listed.stderr
             server = MotoServer(tmp_path, port=port)
             s3 = server.client(access=keys["AWS_ACCESS_KEY_ID"],
                                secret=keys["AWS_SECRET_ACCESS_KEY"])
