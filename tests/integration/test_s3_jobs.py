@@ -316,6 +316,9 @@ def test_server_default_store_takes_results_of_manifests_without_stores(moto, di
         # the server's own store: its user sees neither its endpoint nor its key
         assert shown["data_stores"][0]["connection"] == {}, shown["data_stores"]
         assert "ffdl-key" not in json.dumps(shown) and moto.endpoint not in json.dumps(shown)
+        # ... but where its results went
+        assert (shown["training"]["training_status"]["status_message"] ==
+                f"results stored in s3://digits-results/{model_id}/"), shown["training"]
         job_json = (srv.data / "results" / model_id / "job.json").read_text()
         assert "ffdl-key" not in job_json and SECRET not in job_json
 
