@@ -13,6 +13,8 @@
  *     upload-dir BUCKET PREFIX DIR    every file under DIR
  *     download-prefix BUCKET PREFIX DIR
  *     list BUCKET [PREFIX]            "SIZE<TAB>ETAG<TAB>KEY" lines (--json: one JSON array)
+ *     abort-uploads BUCKET [PREFIX]   abort every incomplete multipart upload under PREFIX:
+ *                                     "UPLOAD-ID<TAB>KEY" for each
  *
  * SECRET "-" reads the secret from $S3_SECRET_KEY (keeps it out of ps).
  * --checksum=crc32c|sha256 picks what S3 checks upload bodies against
@@ -56,7 +58,7 @@ static void usage(FILE *to) {
               "commands: mb BUCKET | put BUCKET KEY [FILE|-] | get BUCKET KEY [FILE|-] |\n"
               "          upload BUCKET KEY FILE | download BUCKET KEY FILE |\n"
               "          upload-dir BUCKET PREFIX DIR | download-prefix BUCKET PREFIX DIR |\n"
-              "          list BUCKET [PREFIX]\n"
+              "          list BUCKET [PREFIX] | abort-uploads BUCKET [PREFIX]\n"
               "SECRET \"-\" reads $S3_SECRET_KEY; --ca-bundle defaults to $AWS_CA_BUNDLE.\n");
 }
 
@@ -102,6 +104,11 @@ static void on_object(void *ud, const char *key, uint64_t size, const char *etag
     return;
   }
   printf("%llu\t%s\t%s\n", (unsigned long long)size, etag, key);
+}
+
+static void on_aborted(void *ud, const char *key, const char *upload_id) {
+  (void)ud;
+  printf("%s\t%s\n", upload_id, key);
 }
 
 static void on_body(void *ud, const void *data, size_t len) {
@@ -316,6 +323,8 @@ int main(int argc, char **argv) {
   } else if (strcmp(cmd, "list") == 0 && (n == 1 || n == 2)) {
     if (t.json) t.listing = json_array();
     rc = ffdl_s3_list(s3, a[0], n == 2 ? a[1] : "", on_object, on_done, &t);
+  } else if (strcmp(cmd, "abort-uploads") == 0 && (n == 1 || n == 2)) {
+    rc = ffdl_s3_abort_uploads(s3, a[0], n == 2 ? a[1] : "", on_aborted, on_done, &t);
   }
   if (rc != 0) { /* the operation did not start */
     if (rc == FFDL_EUSAGE)

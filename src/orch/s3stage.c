@@ -28,6 +28,7 @@ struct ffdl_s3stage {
   char message[1024];
   int failed, empty; /* EMPTY: a download found no object (MESSAGE says so) */
   int canceled;
+  char *bucket, *prefix, *results; /* an upload's, kept for after its clean-up */
 };
 typedef struct ffdl_s3stage op;
 
@@ -36,13 +37,21 @@ int ffdl_s3stage_is_s3(const json_t *store) {
   return type && (!strcmp(type, "s3_datastore") || !strcmp(type, "mount_cos"));
 }
 
+static void stage_free(void *ud) {
+  op *o = ud;
+  free(o->bucket);
+  free(o->prefix);
+  free(o->results);
+  free(o);
+}
+
 static void closed(void *ud) {
   op *o = ud;
   if (o->progress)
     o->progress(o->ud, o->what, o->bytes_done, o->bytes_total,
                 o->failed ? FFDL_PROGRESS_FAILED : FFDL_PROGRESS_DONE);
   o->done(o->ud, o->failed ? o->code : NULL, o->failed || o->empty ? o->message : NULL);
-  free(o);
+  stage_free(o);
 }
 
 static int is_credentials_error(const char *code) {
@@ -124,7 +133,7 @@ static op *start(uv_loop_t *loop, const json_t *store, const char *what, const c
  * not NULL, names it) or is closed and freed. Returns RC. */
 static int started(op *o, int rc, ffdl_s3stage **running) {
   if (rc != 0)
-    ffdl_s3_close(o->s3, free, o);
+    ffdl_s3_close(o->s3, stage_free, o);
   else if (running)
     *running = o;
   return rc;
@@ -169,6 +178,39 @@ void ffdl_s3stage_cancel(ffdl_s3stage *o) {
   ffdl_s3_close(o->s3, closed, o);
 }
 
+static void upload_results(op *o) {
+  int rc = ffdl_s3_upload_dir(o->s3, o->bucket, o->prefix, o->results, progress, finished, o);
+  if (rc != 0) {
+    ffdl_s3_error err = {.code = "Error"};
+    snprintf(err.message, sizeof err.message, "cannot start: %s", ffdl_strerror(rc));
+    snprintf(err.bucket, sizeof err.bucket, "%s", o->bucket);
+    finished(o, rc, &err);
+  }
+}
+
+static void stale_aborted(void *ud, const char *key, const char *upload_id) {
+  op *o = ud;
+  ffdl_log(FFDL_LOG_WARN,
+           "aborted an incomplete multipart upload of s3://%s/%s (upload id %s) that an earlier "
+           "run left",
+           o->bucket, key, upload_id);
+}
+
+/* Whatever the clean-up found, the results go up: a store that refuses to
+ * list uploads (a narrower policy, a store without the call) still takes
+ * them. */
+static void stale_cleaned(void *ud, int status, const ffdl_s3_error *err) {
+  op *o = ud;
+  if (status != 0) {
+    char text[1024];
+    ffdl_s3_error_text(err, text, sizeof text);
+    ffdl_log(FFDL_LOG_WARN,
+             "cannot look for incomplete uploads under s3://%s/%s/ (%s); uploading anyway",
+             o->bucket, o->prefix, text);
+  }
+  upload_results(o);
+}
+
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
                         const char *results, ffdl_s3stage_progress_cb progress_cb,
                         ffdl_s3stage_cb done, void *ud) {
@@ -177,6 +219,16 @@ int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix
   if (!bucket) return FFDL_EINVALID; /* checked by the schema */
   op *o = start(loop, store, "uploading the results", "S303", progress_cb, done, ud);
   if (!o) return FFDL_EINVALID;
-  int rc = ffdl_s3_upload_dir(o->s3, bucket, prefix, results, progress, finished, o);
+  o->bucket = strdup(bucket);
+  o->prefix = strdup(prefix);
+  o->results = strdup(results);
+  char *under = ffdl_strdup_printf("%s/", prefix);
+  /* first, what an earlier run of this job left half-uploaded (a server
+   * killed in STORING stores again after its restart): only this job
+   * writes under PREFIX/ */
+  int rc = o->bucket && o->prefix && o->results && under
+               ? ffdl_s3_abort_uploads(o->s3, bucket, under, stale_aborted, stale_cleaned, o)
+               : FFDL_ENOMEM;
+  free(under);
   return started(o, rc, NULL);
 }

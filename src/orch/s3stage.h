@@ -39,7 +39,9 @@ int ffdl_s3stage_check_results(uv_loop_t *loop, const json_t *store, const char 
  * soon from the loop, with its failure code and a message that says it was
  * canceled; files already complete stay in DIR, a partial one is removed. */
 void ffdl_s3stage_cancel(ffdl_s3stage *stage);
-/* Uploads the tree RESULTS to training_results.container under PREFIX/. */
+/* Uploads the tree RESULTS to training_results.container under PREFIX/,
+ * after aborting the incomplete multipart uploads that an earlier run left
+ * there (each logged; a store that cannot list them is a warning). */
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
                         const char *results, ffdl_s3stage_progress_cb progress,
                         ffdl_s3stage_cb done, void *ud);

@@ -49,6 +49,9 @@
  * the figures). A download asks for the object's stored checksum and checks
  * it when an answer holds a whole single-part object (see sum_decide).
  *
+ * Incomplete multipart uploads under a prefix can be aborted (listed in
+ * full first, then one DELETE each), for what a crashed run left.
+ *
  * Life of a request (s3_req): queued READY -> RUNNING in the multi (at most
  * `concurrency` at once, client-wide) -> on completion classified: success,
  * retry (backoff on the RETRY list, then READY again) or final failure ->
@@ -130,7 +133,8 @@ enum {
   OP_UPLOAD,
   OP_DOWNLOAD,
   OP_UPLOAD_DIR,
-  OP_DOWNLOAD_PREFIX
+  OP_DOWNLOAD_PREFIX,
+  OP_ABORT_UPLOADS
 };
 
 struct sock_ctx {
@@ -225,6 +229,11 @@ struct s3_req {
   uint64_t tag;
 };
 
+/* An incomplete multipart upload found by ffdl_s3_abort_uploads. */
+typedef struct {
+  char *key, *upload_id;
+} stale_upload;
+
 typedef struct {
   char *rel; /* the path under the directory */
   char *key; /* a prefix download: the exact key listed; NULL for uploads */
@@ -256,7 +265,12 @@ struct s3_op {
   char *data; /* put_buffer's copy, create_bucket's and complete's bodies */
   size_t len;
   char sha256[65];
-  char *token; /* listing */
+  char *token;        /* listing; ListMultipartUploads: the key marker */
+  char *upload_token; /* ListMultipartUploads: the upload id marker */
+  /* abort_uploads */
+  ffdl_s3_upload_cb aborted;
+  stale_upload *stale;
+  size_t n_stale, cap_stale;
   /* upload */
   int fd;
   uint64_t size, part_size; /* a download's part_size: its ranges' length (range_size) */
@@ -458,6 +472,12 @@ static void op_free(s3_op *op) {
   free(op->partial);
   free(op->data);
   free(op->token);
+  free(op->upload_token);
+  for (size_t i = 0; i < op->n_stale; i++) {
+    free(op->stale[i].key);
+    free(op->stale[i].upload_id);
+  }
+  free(op->stale);
   free(op->upload_id);
   if (op->etags) {
     for (uint32_t i = 0; i < op->nparts; i++)
@@ -1959,6 +1979,17 @@ static void list_next_page(s3_op *op) {
   req_submit(r);
 }
 
+/* OP lists PREFIX, from FIRST_PAGE on: 0, or FFDL_ENOMEM with OP freed. */
+static int listing_begin(s3_op *op, const char *prefix, void (*first_page)(s3_op *op)) {
+  op->prefix = strdup(prefix ? prefix : "");
+  if (op->prefix) first_page(op);
+  if (!op->prefix || op->failed) {
+    op_abandon(op);
+    return FFDL_ENOMEM;
+  }
+  return 0;
+}
+
 int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_object_cb object,
                  ffdl_s3_done_cb done, void *ud) {
   if (!s3 || !done || !object || s3->closing) return FFDL_EINVALID;
@@ -1967,17 +1998,147 @@ int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_ob
   s3_op *op = op_start(s3, OP_LIST, bucket, NULL, done, ud);
   if (!op) return FFDL_ENOMEM;
   op->object = object;
-  op->prefix = strdup(prefix ? prefix : "");
-  if (!op->prefix) {
-    op_abandon(op);
-    return FFDL_ENOMEM;
+  return listing_begin(op, prefix, list_next_page);
+}
+
+/* ---- abort_uploads ---------------------------------------------------------- */
+
+static void stale_found(void *ud, const char *key, const char *upload_id) {
+  s3_op *op = ud;
+  if (op->failed) return;
+  if (op->n_stale == op->cap_stale) {
+    size_t cap = op->cap_stale ? op->cap_stale * 2 : 8;
+    stale_upload *s = realloc(op->stale, cap * sizeof *s);
+    if (!s) {
+      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+      return;
+    }
+    op->stale = s;
+    op->cap_stale = cap;
   }
-  list_next_page(op);
-  if (op->failed) {
-    op_abandon(op);
-    return FFDL_ENOMEM;
+  stale_upload *u = &op->stale[op->n_stale++];
+  u->key = strdup(key);
+  u->upload_id = strdup(upload_id);
+  if (!u->key || !u->upload_id)
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+}
+
+static void stale_aborted(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  const stale_upload *u = &op->stale[r->tag];
+  /* 404 (NoSuchUpload): completed or aborted since it was listed */
+  if (status != 0 && err->http_status != 404) {
+    op_fail(op, status, err);
+    return;
   }
-  return 0;
+  op->objects_done++;
+  if (op->aborted) op->aborted(op->ud, u->key, u->upload_id);
+}
+
+/* Every upload is listed (OP->stale is final: requests borrow its keys). */
+static void stale_abort_all(s3_op *op) {
+  for (size_t i = 0; i < op->n_stale; i++) {
+    char *id = ffdl_s3_uri_encode(op->stale[i].upload_id, 0);
+    s3_req *r = id ? req_new(op, "DELETE", op->stale[i].key, xasprintf("uploadId=%s", id)) : NULL;
+    free(id);
+    if (!r || !r->query) {
+      if (r) req_cancel(r);
+      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory aborting uploads in %s", op->bucket);
+      return;
+    }
+    r->tag = i;
+    r->on_done = stale_aborted;
+    req_submit(r);
+  }
+  op->objects_total = op->n_stale;
+  op->complete = 1; /* DONE once the aborts are answered */
+}
+
+static void uploads_next_page(s3_op *op);
+
+/* Takes PAGE's markers for the next page; 0, or -1 when they do not move
+ * on (a server that would have the listing go round forever). */
+static int uploads_advance(s3_op *op, ffdl_s3_xml_uploads *page) {
+  int same = op->token && strcmp(op->token, page->next_key_marker) == 0 &&
+             (op->upload_token ? page->next_upload_id_marker &&
+                                     strcmp(op->upload_token, page->next_upload_id_marker) == 0
+                               : !page->next_upload_id_marker);
+  free(op->token);
+  free(op->upload_token);
+  op->token = page->next_key_marker;
+  op->upload_token = page->next_upload_id_marker;
+  return same ? -1 : 0;
+}
+
+static void uploads_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
+  s3_op *op = r->op;
+  if (status != 0) {
+    op_fail(op, status, err);
+    return;
+  }
+  ffdl_s3_xml_uploads page;
+  if (ffdl_s3_xml_parse_uploads(r->buf ? r->buf : "", r->buf_len, stale_found, op, &page) != 0) {
+    op_failf(op, FFDL_EIO, "InvalidResponse",
+             "cannot parse the listing of incomplete uploads in bucket %s", op->bucket);
+    return;
+  }
+  if (op->failed || !page.truncated) {
+    free(page.next_key_marker);
+    free(page.next_upload_id_marker);
+    if (!op->failed) stale_abort_all(op);
+    return;
+  }
+  if (!page.next_key_marker || !*page.next_key_marker) {
+    free(page.next_key_marker);
+    free(page.next_upload_id_marker);
+    op_failf(op, FFDL_EIO, "InvalidResponse",
+             "a truncated listing of incomplete uploads in bucket %s without NextKeyMarker",
+             op->bucket);
+    return;
+  }
+  if (uploads_advance(op, &page) != 0) {
+    op_failf(op, FFDL_EIO, "InvalidResponse",
+             "the listing of incomplete uploads in bucket %s does not move past key \"%s\"",
+             op->bucket, op->token);
+    return;
+  }
+  uploads_next_page(op);
+}
+
+static void uploads_next_page(s3_op *op) {
+  char *ekey = op->token ? ffdl_s3_uri_encode(op->token, 0) : NULL;
+  char *eid = op->upload_token ? ffdl_s3_uri_encode(op->upload_token, 0) : NULL;
+  char *eprefix = ffdl_s3_uri_encode(op->prefix, 0);
+  char *query = NULL;
+  if (eprefix && (ekey || !op->token) && (eid || !op->upload_token))
+    /* names in order: libcurl 7.88 signs the query string as written */
+    query = xasprintf("%s%s%smax-uploads=1000&%s%s%s%s%s%suploads=", ekey ? "key-marker=" : "",
+                      ekey ? ekey : "", ekey ? "&" : "", *op->prefix ? "prefix=" : "",
+                      *op->prefix ? eprefix : "", *op->prefix ? "&" : "",
+                      eid ? "upload-id-marker=" : "", eid ? eid : "", eid ? "&" : "");
+  free(ekey);
+  free(eid);
+  free(eprefix);
+  s3_req *r = query ? req_new(op, "GET", NULL, query) : NULL;
+  if (!r) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+    return;
+  }
+  r->sink = SINK_BUFFER;
+  r->buf_limit = LIST_BODY_LIMIT;
+  r->on_done = uploads_page_done;
+  req_submit(r);
+}
+
+int ffdl_s3_abort_uploads(ffdl_s3 *s3, const char *bucket, const char *prefix,
+                          ffdl_s3_upload_cb aborted, ffdl_s3_done_cb done, void *ud) {
+  if (!s3 || !done || s3->closing) return FFDL_EINVALID;
+  int rc = check_names(s3, bucket, NULL, 0);
+  if (rc) return rc;
+  s3_op *op = op_start(s3, OP_ABORT_UPLOADS, bucket, NULL, done, ud);
+  if (!op) return FFDL_ENOMEM;
+  op->aborted = aborted;
+  return listing_begin(op, prefix, uploads_next_page);
 }
 
 /* ---- upload_file ------------------------------------------------------------ */

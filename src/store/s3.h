@@ -112,6 +112,10 @@ typedef void (*ffdl_s3_progress_cb)(void *ud, const ffdl_s3_progress *progress);
 /* One object of a listing (borrowed strings; ETAG without its quotes). */
 typedef void (*ffdl_s3_object_cb)(void *ud, const char *key, uint64_t size, const char *etag);
 
+/* An incomplete multipart upload that ffdl_s3_abort_uploads aborted (or
+ * found gone when it tried): borrowed strings. */
+typedef void (*ffdl_s3_upload_cb)(void *ud, const char *key, const char *upload_id);
+
 /* All strings in CONFIG are copied. Caller closes. */
 int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out);
 /* Cancels what runs (their done callbacks get FFDL_EIO with code "Canceled";
@@ -127,6 +131,15 @@ int ffdl_s3_create_bucket(ffdl_s3 *s3, const char *bucket, ffdl_s3_done_cb done,
 /* ListObjectsV2 with pagination; OBJECT is called for every key under PREFIX. */
 int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_object_cb object,
                  ffdl_s3_done_cb done, void *ud);
+/* Aborts every incomplete multipart upload under PREFIX: lists them all
+ * (ListMultipartUploads, with pagination), then aborts each
+ * (AbortMultipartUpload), calling ABORTED (may be NULL) for each. Whoever
+ * started them: call it only where nothing else uploads under PREFIX, as
+ * before a job's results go to <training-id>/, where it removes what an
+ * earlier run that crashed mid-upload left (invisible, but stored and
+ * billed until a lifecycle rule removes it). */
+int ffdl_s3_abort_uploads(ffdl_s3 *s3, const char *bucket, const char *prefix,
+                          ffdl_s3_upload_cb aborted, ffdl_s3_done_cb done, void *ud);
 /* Small objects through memory (at most 64 MiB). PUT copies DATA. GET hands
  * the body to BODY (borrowed) before DONE. */
 int ffdl_s3_put_buffer(ffdl_s3 *s3, const char *bucket, const char *key, const void *data,

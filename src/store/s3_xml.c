@@ -1,7 +1,7 @@
 /*
  * s3_xml.c: S3's XML answers, parsed with expat in one pass.
  * Owns: the element walk (a name stack and the text of the innermost
- * element) and the three documents the client reads.
+ * element) and the four documents the client reads.
  * Must not: keep state between calls, do I/O, or accept a DOCTYPE (no
  * entity expansion ever runs on a server's answer).
  */
@@ -192,6 +192,66 @@ int ffdl_s3_xml_parse_list(const char *body, size_t len, ffdl_s3_xml_object_fn o
   if (rc != 0) {
     free(out->next_token);
     out->next_token = NULL;
+  }
+  return rc;
+}
+
+typedef struct {
+  ffdl_s3_xml_upload_fn upload;
+  void *ud;
+  ffdl_s3_xml_uploads *out;
+  char *key, *upload_id;
+} uploads_state;
+
+/* Replaces *FIELD with a copy of TEXT; stops the walk when out of memory. */
+static void keep_text(walk *w, char **field, const char *text) {
+  free(*field);
+  if (!(*field = strdup(text))) {
+    w->failed = 1;
+    XML_StopParser(w->parser, XML_FALSE);
+  }
+}
+
+static void uploads_end(walk *w, int depth, const char *name, const char *text, size_t len) {
+  uploads_state *st = w->ud;
+  (void)len;
+  if (strcmp(w->names[1], "ListMultipartUploadsResult") != 0) return;
+  if (depth == 3 && strcmp(w->names[2], "Upload") == 0) {
+    if (strcmp(name, "Key") == 0)
+      keep_text(w, &st->key, text);
+    else if (strcmp(name, "UploadId") == 0)
+      keep_text(w, &st->upload_id, text);
+    return;
+  }
+  if (depth != 2) return;
+  if (strcmp(name, "Upload") == 0) {
+    if (st->key && st->upload_id && *st->upload_id) {
+      if (st->upload) st->upload(st->ud, st->key, st->upload_id);
+      st->out->uploads++;
+    }
+    free(st->key);
+    free(st->upload_id);
+    st->key = st->upload_id = NULL;
+  } else if (strcmp(name, "IsTruncated") == 0) {
+    st->out->truncated = strcmp(text, "true") == 0;
+  } else if (strcmp(name, "NextKeyMarker") == 0) {
+    keep_text(w, &st->out->next_key_marker, text);
+  } else if (strcmp(name, "NextUploadIdMarker") == 0) {
+    keep_text(w, &st->out->next_upload_id_marker, text);
+  }
+}
+
+int ffdl_s3_xml_parse_uploads(const char *body, size_t len, ffdl_s3_xml_upload_fn upload, void *ud,
+                              ffdl_s3_xml_uploads *out) {
+  memset(out, 0, sizeof *out);
+  uploads_state st = {.upload = upload, .ud = ud, .out = out};
+  int rc = walk_doc(body, len, "ListMultipartUploadsResult", uploads_end, &st);
+  free(st.key);
+  free(st.upload_id);
+  if (rc != 0) {
+    free(out->next_key_marker);
+    free(out->next_upload_id_marker);
+    out->next_key_marker = out->next_upload_id_marker = NULL;
   }
   return rc;
 }

@@ -1,6 +1,7 @@
 /*
  * The XML bodies of S3's answers, parsed with expat: error bodies,
- * ListObjectsV2 pages, CreateMultipartUpload's upload id. Internal to
+ * ListObjectsV2 and ListMultipartUploads pages, CreateMultipartUpload's
+ * upload id. Internal to
  * src/store/s3*.c; exposed in a header for tests/unit/test_s3.c.
  */
 #ifndef FFDL_STORE_S3_XML_H
@@ -36,6 +37,23 @@ typedef struct {
  * token). OBJECT may have been called before a late syntax error. */
 int ffdl_s3_xml_parse_list(const char *body, size_t len, ffdl_s3_xml_object_fn object, void *ud,
                            ffdl_s3_xml_list *out);
+
+/* One <Upload> of a ListMultipartUploadsResult (borrowed strings). */
+typedef void (*ffdl_s3_xml_upload_fn)(void *ud, const char *key, const char *upload_id);
+
+typedef struct {
+  int truncated;               /* <IsTruncated>true</IsTruncated> */
+  char *next_key_marker;       /* <NextKeyMarker>, caller frees; NULL when absent */
+  char *next_upload_id_marker; /* <NextUploadIdMarker>, likewise */
+  size_t uploads;              /* how many times UPLOAD was called */
+} ffdl_s3_xml_uploads;
+
+/* Parses a ListMultipartUploads page, calling UPLOAD for each <Upload> that
+ * has a key and an upload id, in order. Returns 0, or -1 when BODY is not a
+ * ListMultipartUploadsResult (*OUT then holds no marker). UPLOAD may have
+ * been called before a late syntax error. */
+int ffdl_s3_xml_parse_uploads(const char *body, size_t len, ffdl_s3_xml_upload_fn upload, void *ud,
+                              ffdl_s3_xml_uploads *out);
 
 /* The <UploadId> of an InitiateMultipartUploadResult: caller frees *OUT.
  * Returns 0, or -1 when absent or malformed. */

@@ -351,13 +351,15 @@ class FakeS3:
     """A scripted S3 on loopback for what moto never does: 5xx, throttling,
     a 200 whose body is an <Error>. FAILURES maps (method, query-name) to a
     list of (status, code) answers served first; then it answers like S3.
-    A GET answers "fake body" with ETag "x" and the headers in get_headers.
+    A GET answers "fake body" with ETag "x" and the headers in get_headers,
+    a GET ?uploads (ListMultipartUploads) the next of upload_pages (XML).
     Every request is recorded with its headers and body."""
 
     def __init__(self, failures=None):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         self.failures = {k: list(v) for k, v in (failures or {}).items()}
         self.get_headers = {}
+        self.upload_pages = []
         self.requests = []
         self.lock = threading.Lock()
         fake = self
@@ -408,6 +410,8 @@ class FakeS3:
             return 200, {}, b"<CompleteMultipartUploadResult></CompleteMultipartUploadResult>"
         if method == "PUT":
             return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+        if method == "GET" and name == "uploads" and self.upload_pages:
+            return 200, {}, self.upload_pages.pop(0).encode()
         if method == "GET":
             return 200, {"ETag": '"x"', **self.get_headers}, b"fake body"
         return 204, {}, b""

@@ -748,6 +748,69 @@ def test_a_range_answered_with_other_bytes_is_refused(tmp_path, answer):
         fake.close()
 
 
+def test_abort_uploads_aborts_the_incomplete_uploads_under_a_prefix(moto, bucket, boto):
+    """What a crashed upload leaves (parts stored, invisible, billed) goes;
+    uploads beside the prefix and finished objects stay."""
+    def incomplete(key):
+        upload_id = boto.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        boto.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x")
+        return upload_id
+    stale = {incomplete("t-1/model/a b+c.bin"): "t-1/model/a b+c.bin",
+             incomplete("t-1/caf\u00e9.bin"): "t-1/caf\u00e9.bin"}
+    beside = incomplete("t-10/model.bin")
+    boto.put_object(Bucket=bucket, Key="t-1/done.txt", Body=b"kept")
+    out = ok(s3tool(moto.endpoint, "abort-uploads", bucket, "t-1/")).stdout.decode()
+    assert dict(line.split("\t") for line in out.splitlines()) == stale
+    left = boto.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in left] == [("t-10/model.bin", beside)]
+    assert boto.get_object(Bucket=bucket, Key="t-1/done.txt")["Body"].read() == b"kept"
+    # nothing left: nothing said, and still a success
+    assert ok(s3tool(moto.endpoint, "abort-uploads", bucket, "t-1/")).stdout == b""
+
+
+def uploads_page(uploads, next_key=None, next_id=None):
+    """A ListMultipartUploads page; truncated when NEXT_KEY is given."""
+    body = "".join(f"<Upload><Key>{k}</Key><UploadId>{u}</UploadId></Upload>" for k, u in uploads)
+    more = (f"<IsTruncated>true</IsTruncated><NextKeyMarker>{next_key}</NextKeyMarker>"
+            f"<NextUploadIdMarker>{next_id}</NextUploadIdMarker>" if next_key
+            else "<IsTruncated>false</IsTruncated>")
+    return f"<ListMultipartUploadsResult>{more}{body}</ListMultipartUploadsResult>"
+
+
+def test_abort_uploads_follows_the_listing_pages():
+    """A truncated listing goes on from its NextKeyMarker and
+    NextUploadIdMarker; every upload of every page is aborted, and one that
+    is already gone (404) is no failure."""
+    fake = FakeS3({("DELETE", "uploadId"): [(404, "NoSuchUpload")]})
+    fake.upload_pages = [uploads_page([("p/a", "id-1"), ("p/b c", "id+2")], "p/b c", "id+2"),
+                         uploads_page([("p/d", "id-3")])]
+    try:
+        out = ok(s3tool(fake.endpoint, "abort-uploads", "bucket", "p/")).stdout.decode()
+        assert sorted(out.splitlines()) == ["id+2\tp/b c", "id-1\tp/a", "id-3\tp/d"]
+        lists = [path for method, path, _, _ in fake.requests if method == "GET"]
+        assert lists == ["/bucket?max-uploads=1000&prefix=p%2F&uploads=",
+                         "/bucket?key-marker=p%2Fb%20c&max-uploads=1000&prefix=p%2F&"
+                         "upload-id-marker=id%2B2&uploads="], lists
+        deletes = sorted(path for method, path, _, _ in fake.requests if method == "DELETE")
+        assert deletes == ["/bucket/p/a?uploadId=id-1", "/bucket/p/b%20c?uploadId=id%2B2",
+                           "/bucket/p/d?uploadId=id-3"], deletes
+    finally:
+        fake.close()
+
+
+def test_abort_uploads_stops_on_a_listing_that_does_not_move_on():
+    fake = FakeS3()
+    fake.upload_pages = [uploads_page([("p/a", "id-1")], "p/a", "id-1")] * 3
+    try:
+        p = s3tool(fake.endpoint, "abort-uploads", "bucket", "p/")
+        assert p.returncode == 1
+        assert ("abort-uploads failed: S3 InvalidResponse: the listing of incomplete uploads in "
+                "bucket bucket does not move past key \"p/a\"") in p.stderr.decode(), p.stderr
+        assert not [r for r in fake.requests if r[0] == "DELETE"]
+    finally:
+        fake.close()
+
+
 def test_retries_on_throttling_and_5xx():
     fake = FakeS3({("PUT", ""): [(503, "SlowDown"), (500, "InternalError")],
                    ("GET", ""): [(429, "TooManyRequests")]})

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import botocore.exceptions
 import pytest
@@ -161,6 +162,88 @@ def test_a_failed_jobs_logs_that_cannot_be_stored_keep_its_failure(moto, digits_
                      r"doomed-results", result.stderr), result.stderr[-2000:]
     tid = failed.group(1)
     assert (tmp_path / "res" / tid / "learner-1" / "training-log.txt").exists()
+
+
+def test_storing_aborts_what_an_earlier_run_left_half_uploaded(moto, digits_in_s3, tmp_path):
+    """An incomplete multipart upload under the job's <training-id>/ (what a
+    server killed in STORING leaves; here the learner makes one) is aborted
+    before the results go up, and the log names it. Uploads of other jobs
+    stay."""
+    other = digits_in_s3.create_multipart_upload(Bucket="digits-results",
+                                                 Key="training-other/model/m.bin")["UploadId"]
+    leave = (f"{sys.executable} -c \"import os, boto3; s3 = boto3.client('s3', endpoint_url="
+             f"'{moto.endpoint}', region_name='us-east-1', aws_access_key_id='k', "
+             "aws_secret_access_key='s'); key = os.environ['TRAINING_ID'] + '/model/big.bin'; "
+             "u = s3.create_multipart_upload(Bucket='digits-results', Key=key)['UploadId']; "
+             "s3.upload_part(Bucket='digits-results', Key=key, UploadId=u, PartNumber=1, "
+             "Body=b'half'); print('left', u)\"")
+    result = run(tmp_path, custom_manifest(tmp_path, moto.endpoint, leave, "digits-results"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+    left = re.search(r"left (\S+)", result.stderr).group(1)
+    assert (f"aborted an incomplete multipart upload of s3://digits-results/{tid}/model/big.bin "
+            f"(upload id {left}) that an earlier run left") in result.stderr, result.stderr[-3000:]
+    uploads = digits_in_s3.list_multipart_uploads(Bucket="digits-results").get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in uploads] == [("training-other/model/m.bin", other)]
+    keys = {o["Key"] for o in digits_in_s3.list_objects_v2(Bucket="digits-results",
+                                                            Prefix=f"{tid}/")["Contents"]}
+    assert f"{tid}/learner-1/training-log.txt" in keys and f"{tid}/model/big.bin" not in keys
+    digits_in_s3.abort_multipart_upload(Bucket="digits-results", Key="training-other/model/m.bin",
+                                        UploadId=other)
+
+
+def test_a_server_killed_while_storing_stores_again_and_aborts_its_half_upload(
+        moto, digits_in_s3, tmp_path):
+    """SIGKILL while a 40 MiB result goes up in parts (slowed by a proxy):
+    the restarted server stores the job again, aborts the multipart upload
+    the killed one left, and the result arrives whole."""
+    from test_server import Server, add_user, call, multipart, wait_status, zip_bytes
+    proxy = CutProxy(moto.port)
+    proxy.throttle(256 * 1024)
+    text = ("name: big-result\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
+            "  version: local\n  command: head -c 41943040 /dev/urandom > $RESULT_DIR/big.bin\n"
+            "data_stores:\n  - id: cos\n    type: mount_cos\n    training_data:\n"
+            "      container: digits-data\n      prefix: digits/\n    training_results:\n"
+            "      container: digits-results\n    connection:\n"
+            f"      auth_url: {proxy.endpoint}\n      user_name: ffdl-key\n"
+            f"      password: {SECRET}\n      part_size: 5MiB\n")
+    data = tmp_path / "data"
+    srv = Server(data)
+    try:
+        token = add_user(srv, "alice")
+        body, headers = multipart({"manifest": ("manifest.yml", text.encode()),
+                                   "model_definition": ("model.zip", zip_bytes({"a": "b"}))})
+        code, doc, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
+        assert code == 201, doc
+        model_id = doc["model_id"]
+
+        def half_uploads():
+            return digits_in_s3.list_multipart_uploads(
+                Bucket="digits-results", Prefix=f"{model_id}/").get("Uploads", [])
+        deadline = time.monotonic() + 60
+        while not half_uploads():
+            assert time.monotonic() < deadline, "no multipart upload started"
+            time.sleep(0.05)
+        srv.proc.kill()  # SIGKILL: no chance to abort anything
+        srv.proc.wait()
+        srv.log.close()
+        left = half_uploads()
+        assert [u["Key"] for u in left] == [f"{model_id}/model/big.bin"], left
+        proxy.throttle(None)
+        srv = Server(data)
+        done = wait_status(srv, model_id, {"COMPLETED", "FAILED"}, token=token)
+        assert done["training"]["training_status"]["status"] == "COMPLETED", done
+        assert half_uploads() == []
+        srv.log.seek(0)
+        assert (f"aborted an incomplete multipart upload of s3://digits-results/{model_id}/model/"
+                f"big.bin (upload id {left[0]['UploadId']}) that an earlier run left"
+                in srv.log.read())
+        got = digits_in_s3.get_object(Bucket="digits-results", Key=f"{model_id}/model/big.bin")
+        mine = (data / "results" / model_id / "model" / "big.bin").read_bytes()
+        assert len(mine) == 40 * 1024 * 1024 and got["Body"].read() == mine
+    finally:
+        srv.stop()
+        proxy.close()
 
 
 def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp_path):

@@ -324,6 +324,60 @@ static void test_xml_upload_id(void) {
   CHECK(ffdl_s3_xml_parse_upload_id(err, strlen(err), &id) != 0 && !id);
 }
 
+typedef struct {
+  int n;
+  char keys[4][64], ids[4][64];
+} uploads_seen;
+
+static void on_upload(void *ud, const char *key, const char *upload_id) {
+  uploads_seen *s = ud;
+  if (s->n < 4) {
+    snprintf(s->keys[s->n], sizeof s->keys[0], "%s", key);
+    snprintf(s->ids[s->n], sizeof s->ids[0], "%s", upload_id);
+  }
+  s->n++;
+}
+
+static void test_xml_uploads(void) {
+  const char *body =
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+      "<ListMultipartUploadsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+      "<Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>"
+      "<NextKeyMarker>t-1/model/b.bin</NextKeyMarker>"
+      "<NextUploadIdMarker>id+2/=</NextUploadIdMarker><MaxUploads>2</MaxUploads>"
+      "<IsTruncated>true</IsTruncated>"
+      "<Upload><Key>t-1/a &amp; b.bin</Key><UploadId>id-1</UploadId>"
+      "<Initiator><ID>arn</ID><DisplayName>x</DisplayName></Initiator>"
+      "<Initiated>2026-12-06T08:00:00.000Z</Initiated></Upload>"
+      "<Upload><Key>t-1/model/b.bin</Key><UploadId>id+2/=</UploadId></Upload>"
+      "<Upload><Key>t-1/no-id</Key></Upload>"
+      "</ListMultipartUploadsResult>";
+  uploads_seen s = {0};
+  ffdl_s3_xml_uploads out;
+  CHECK(ffdl_s3_xml_parse_uploads(body, strlen(body), on_upload, &s, &out) == 0);
+  /* the third <Upload> has no id: not one to abort */
+  CHECK(out.truncated == 1 && out.uploads == 2 && s.n == 2);
+  CHECK(strcmp(s.keys[0], "t-1/a & b.bin") == 0 && strcmp(s.ids[0], "id-1") == 0);
+  CHECK(strcmp(s.keys[1], "t-1/model/b.bin") == 0 && strcmp(s.ids[1], "id+2/=") == 0);
+  CHECK(out.next_key_marker && strcmp(out.next_key_marker, "t-1/model/b.bin") == 0);
+  CHECK(out.next_upload_id_marker && strcmp(out.next_upload_id_marker, "id+2/=") == 0);
+  free(out.next_key_marker);
+  free(out.next_upload_id_marker);
+
+  const char *none = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>"
+                     "</ListMultipartUploadsResult>";
+  uploads_seen s2 = {0};
+  CHECK(ffdl_s3_xml_parse_uploads(none, strlen(none), on_upload, &s2, &out) == 0);
+  CHECK(!out.truncated && out.uploads == 0 && s2.n == 0 && !out.next_key_marker &&
+        !out.next_upload_id_marker);
+  /* another document, or one cut short: no markers are kept */
+  const char *list = "<ListBucketResult><NextKeyMarker>k</NextKeyMarker></ListBucketResult>";
+  CHECK(ffdl_s3_xml_parse_uploads(list, strlen(list), on_upload, &s2, &out) != 0);
+  const char *cut = "<ListMultipartUploadsResult><NextKeyMarker>k</NextKeyMarker>";
+  CHECK(ffdl_s3_xml_parse_uploads(cut, strlen(cut), on_upload, &s2, &out) != 0);
+  CHECK(!out.next_key_marker && s2.n == 0);
+}
+
 static void test_checksum_names(void) {
   int c = -1;
   CHECK(ffdl_s3_checksum_parse("crc32c", &c) == 0 && c == FFDL_S3_CHECKSUM_CRC32C);
@@ -588,6 +642,7 @@ int main(int argc, char **argv) {
       {"xml_error", test_xml_error},
       {"xml_rejects_doctype", test_xml_rejects_doctype},
       {"xml_list", test_xml_list},
+      {"xml_uploads", test_xml_uploads},
       {"xml_upload_id", test_xml_upload_id},
       {"checksum_names", test_checksum_names},
       {"new_rejects_bad_config", test_new_rejects_bad_config},
