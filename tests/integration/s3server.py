@@ -352,7 +352,8 @@ class FakeS3:
     a 200 whose body is an <Error>. FAILURES maps (method, query-name) to a
     list of (status, code) answers served first; then it answers like S3.
     A GET answers "fake body" with ETag "x" and the headers in get_headers,
-    a GET ?uploads (ListMultipartUploads) the next of upload_pages (XML).
+    a GET ?uploads (ListMultipartUploads) the next of upload_pages (XML), a
+    ListObjectsV2 (?list-type=2) an empty listing.
     Every request is recorded with its headers and body."""
 
     def __init__(self, failures=None):
@@ -412,6 +413,8 @@ class FakeS3:
             return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
         if method == "GET" and name == "uploads" and self.upload_pages:
             return 200, {}, self.upload_pages.pop(0).encode()
+        if method == "GET" and "list-type" in query:
+            return 200, {}, b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>"
         if method == "GET":
             return 200, {"ETag": '"x"', **self.get_headers}, b"fake body"
         return 204, {}, b""

@@ -246,6 +246,25 @@ def test_a_server_killed_while_storing_stores_again_and_aborts_its_half_upload(
         proxy.close()
 
 
+def test_a_store_that_cannot_list_uploads_still_takes_the_results(tmp_path):
+    """Some stores refuse ListMultipartUploads (a policy without
+    s3:ListBucketMultipartUploads, a store without the call): STORING warns
+    and uploads anyway."""
+    fake = FakeS3({("GET", "uploads"): [(403, "AccessDenied")]})
+    try:
+        result = run(tmp_path, custom_manifest(tmp_path, fake.endpoint, "echo trained > "
+                                               "$RESULT_DIR/out.txt", "results"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+        assert re.search(rf"cannot look for incomplete uploads under s3://results/{tid}/ \(S3 "
+                         r"AccessDenied \(HTTP 403\): scripted AccessDenied.*\); "
+                         r"uploading anyway", result.stderr), result.stderr[-3000:]
+        puts = {path: body for method, path, _, body in fake.requests if method == "PUT"}
+        assert f"/results/{tid}/model/out.txt" in puts, sorted(puts)
+    finally:
+        fake.close()
+
+
 def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp_path):
     """On a server the warning reaches `ffdl logs` and the job's status."""
     from test_server import Server, add_user, call, cli, multipart, wait_status, zip_bytes
