@@ -1956,18 +1956,26 @@ static void list_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
   list_finished(op);
 }
 
-static void list_next_page(s3_op *op) {
-  const char *prefix = op->prefix ? op->prefix : "";
-  char *etoken = op->token ? ffdl_s3_uri_encode(op->token, 0) : NULL;
-  char *eprefix = ffdl_s3_uri_encode(prefix, 0);
-  char *query = NULL;
-  if (eprefix && (etoken || !op->token))
-    /* names in order: libcurl 7.88 signs the query string as written */
-    query = xasprintf("%s%s%slist-type=2&max-keys=1000%s%s", etoken ? "continuation-token=" : "",
-                      etoken ? etoken : "", etoken ? "&" : "", *prefix ? "&prefix=" : "",
-                      *prefix ? eprefix : "");
-  free(etoken);
-  free(eprefix);
+/* "name=value&..." of the NAMES[i], VALUES[i] whose value is not NULL,
+ * each value URI-encoded, in the order given: the caller sorts the names,
+ * since libcurl 7.88 signs the query string as written. NULL when out of
+ * memory. */
+static char *query_of(const char *const *names, const char *const *values, size_t n) {
+  char *out = strdup(""), *next = NULL;
+  for (size_t i = 0; out && i < n; i++) {
+    if (!values[i]) continue;
+    char *v = ffdl_s3_uri_encode(values[i], 0);
+    next = v ? xasprintf("%s%s%s=%s", out, *out ? "&" : "", names[i], v) : NULL;
+    free(v);
+    free(out);
+    out = next;
+  }
+  return out;
+}
+
+/* One page of a listing: a GET of the bucket with QUERY (taken; NULL when
+ * it could not be made), its answer to ON_DONE. */
+static void page_request(s3_op *op, char *query, req_done_fn on_done) {
   s3_req *r = query ? req_new(op, "GET", NULL, query) : NULL;
   if (!r) {
     op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
@@ -1975,8 +1983,14 @@ static void list_next_page(s3_op *op) {
   }
   r->sink = SINK_BUFFER;
   r->buf_limit = LIST_BODY_LIMIT;
-  r->on_done = list_page_done;
+  r->on_done = on_done;
   req_submit(r);
+}
+
+static void list_next_page(s3_op *op) {
+  static const char *const names[] = {"continuation-token", "list-type", "max-keys", "prefix"};
+  const char *values[] = {op->token, "2", "1000", op->prefix && *op->prefix ? op->prefix : NULL};
+  page_request(op, query_of(names, values, 4), list_page_done);
 }
 
 /* OP lists PREFIX, from FIRST_PAGE on: 0, or FFDL_ENOMEM with OP freed. */
@@ -2106,28 +2120,10 @@ static void uploads_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
 }
 
 static void uploads_next_page(s3_op *op) {
-  char *ekey = op->token ? ffdl_s3_uri_encode(op->token, 0) : NULL;
-  char *eid = op->upload_token ? ffdl_s3_uri_encode(op->upload_token, 0) : NULL;
-  char *eprefix = ffdl_s3_uri_encode(op->prefix, 0);
-  char *query = NULL;
-  if (eprefix && (ekey || !op->token) && (eid || !op->upload_token))
-    /* names in order: libcurl 7.88 signs the query string as written */
-    query = xasprintf("%s%s%smax-uploads=1000&%s%s%s%s%s%suploads=", ekey ? "key-marker=" : "",
-                      ekey ? ekey : "", ekey ? "&" : "", *op->prefix ? "prefix=" : "",
-                      *op->prefix ? eprefix : "", *op->prefix ? "&" : "",
-                      eid ? "upload-id-marker=" : "", eid ? eid : "", eid ? "&" : "");
-  free(ekey);
-  free(eid);
-  free(eprefix);
-  s3_req *r = query ? req_new(op, "GET", NULL, query) : NULL;
-  if (!r) {
-    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
-    return;
-  }
-  r->sink = SINK_BUFFER;
-  r->buf_limit = LIST_BODY_LIMIT;
-  r->on_done = uploads_page_done;
-  req_submit(r);
+  static const char *const names[] = {"key-marker", "max-uploads", "prefix", "upload-id-marker",
+                                      "uploads"};
+  const char *values[] = {op->token, "1000", *op->prefix ? op->prefix : NULL, op->upload_token, ""};
+  page_request(op, query_of(names, values, 5), uploads_page_done);
 }
 
 int ffdl_s3_abort_uploads(ffdl_s3 *s3, const char *bucket, const char *prefix,

@@ -192,12 +192,23 @@ def test_storing_aborts_what_an_earlier_run_left_half_uploaded(moto, digits_in_s
                                         UploadId=other)
 
 
+def submit(srv, token, text):
+    """POSTs the manifest TEXT, with a small model zip, to the server SRV:
+    the new job's model_id."""
+    from test_server import call, multipart, zip_bytes
+    body, headers = multipart({"manifest": ("manifest.yml", text.encode()),
+                               "model_definition": ("model.zip", zip_bytes({"a": "b"}))})
+    code, doc, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
+    assert code == 201, doc
+    return doc["model_id"]
+
+
 def test_a_server_killed_while_storing_stores_again_and_aborts_its_half_upload(
         moto, digits_in_s3, tmp_path):
     """SIGKILL while a 40 MiB result goes up in parts (slowed by a proxy):
     the restarted server stores the job again, aborts the multipart upload
     the killed one left, and the result arrives whole."""
-    from test_server import Server, add_user, call, multipart, wait_status, zip_bytes
+    from test_server import Server, add_user, wait_status
     proxy = CutProxy(moto.port)
     proxy.throttle(256 * 1024)
     text = ("name: big-result\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
@@ -211,11 +222,7 @@ def test_a_server_killed_while_storing_stores_again_and_aborts_its_half_upload(
     srv = Server(data)
     try:
         token = add_user(srv, "alice")
-        body, headers = multipart({"manifest": ("manifest.yml", text.encode()),
-                                   "model_definition": ("model.zip", zip_bytes({"a": "b"}))})
-        code, doc, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
-        assert code == 201, doc
-        model_id = doc["model_id"]
+        model_id = submit(srv, token, text)
 
         def half_uploads():
             return digits_in_s3.list_multipart_uploads(
@@ -267,7 +274,7 @@ def test_a_store_that_cannot_list_uploads_still_takes_the_results(tmp_path):
 
 def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp_path):
     """On a server the warning reaches `ffdl logs` and the job's status."""
-    from test_server import Server, add_user, call, cli, multipart, wait_status, zip_bytes
+    from test_server import Server, add_user, cli, wait_status
     text = ("name: empty-data\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
             "  version: local\n  command: ls $DATA_DIR | wc -l\ndata_stores:\n  - id: cos\n"
             "    type: mount_cos\n    training_data:\n      container: digits-data\n"
@@ -277,11 +284,7 @@ def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp
     srv = Server(tmp_path / "data")
     try:
         token = add_user(srv, "alice")
-        body, headers = multipart({"manifest": ("manifest.yml", text.encode()),
-                                   "model_definition": ("model.zip", zip_bytes({"a": "b"}))})
-        code, doc, _ = call(srv, "POST", "/v1/models", token=token, body=body, headers=headers)
-        assert code == 201, doc
-        model_id = doc["model_id"]
+        model_id = submit(srv, token, text)
         wait_status(srv, model_id, {"COMPLETED"}, token=token)
         logs = cli(srv, "logs", model_id, token=token)
         assert logs.returncode == 0, logs.stderr
