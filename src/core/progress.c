@@ -130,14 +130,22 @@ void ffdl_progress_estimate(ffdl_progress *p, uint64_t done, uint64_t total, dou
   ffdl_progress_estimate_at(p, done, total, now_s(), rate, eta);
 }
 
+/* DONE of TOTAL in MiB, or in KiB when TOTAL is known and under a MiB, so
+ * that a small transfer (a job's few results) never reads "0.0 of 0.0 MiB". */
+static void append_sizes(char *out, size_t cap, uint64_t done, uint64_t total) {
+  if (total > 0 && total < MIB)
+    append(out, cap, "%.1f of %.1f KiB", (double)done / 1024, (double)total / 1024);
+  else if (total > 0)
+    append(out, cap, "%.1f of %.1f MiB", (double)done / MIB, (double)total / MIB);
+  else
+    append(out, cap, "%.1f MiB", (double)done / MIB);
+}
+
 static void describe(const ffdl_progress *p, uint64_t done, uint64_t total, int state, double now,
                      char *out, size_t cap) {
   int final = is_final(state);
   out[0] = '\0';
-  if (total > 0)
-    append(out, cap, "%.1f of %.1f MiB", (double)done / MIB, (double)total / MIB);
-  else
-    append(out, cap, "%.1f MiB", (double)done / MIB);
+  append_sizes(out, cap, done, total);
   double rate, eta;
   estimate(p, done, total, final, now, &rate, &eta);
   if (rate >= 0)

@@ -63,7 +63,7 @@ def test_pytorch_digits_with_data_and_results_in_s3(moto, digits_in_s3, tmp_path
     history = json.loads((tmp_path / "res" / tid / "job.json").read_text())
     assert history["transitions"][-1]["reason"] == f"results stored in s3://digits-results/{tid}/"
     # progress shows as periodic lines when stderr is not a terminal
-    assert re.search(rf"^{tid}: downloading the training data: [0-9.]+ of [0-9.]+ MiB"
+    assert re.search(rf"^{tid}: downloading the training data: [0-9.]+ of [0-9.]+ [KM]iB"
                      r"(, [0-9.]+ MiB/s)? \(done\)$",
                      result.stderr, re.M), result.stderr
     assert re.search(rf"^{tid}: uploading the results: .*\(done\)$", result.stderr, re.M)

@@ -205,8 +205,26 @@ static void test_a_short_transfer_ends_without_a_rate(void) {
   open_shown(&s, 0);
   ffdl_progress_report_at(&s.p, 0, 200 * 1024, FFDL_PROGRESS_RUNNING, 10.0);
   ffdl_progress_report_at(&s.p, 200 * 1024, 200 * 1024, FFDL_PROGRESS_DONE, 10.3);
-  CHECK_CONTAINS(text_of(&s), "moving: 0.0 of 0.2 MiB, ? MiB/s, ETA ?\n");
-  CHECK_CONTAINS(text_of(&s), "moving: 0.2 of 0.2 MiB (done)\n");
+  CHECK_CONTAINS(text_of(&s), "moving: 0.0 of 200.0 KiB, ? MiB/s, ETA ?\n");
+  CHECK_CONTAINS(text_of(&s), "moving: 200.0 of 200.0 KiB (done)\n");
+  close_shown(&s);
+}
+
+/* Sizes under a MiB read in KiB (a job's few bytes of results were
+ * "0.0 of 0.0 MiB"); from a MiB on, and while the size is unknown, MiB. */
+static void test_small_sizes_read_in_kib(void) {
+  shown s;
+  open_shown(&s, 0);
+  ffdl_progress_report_at(&s.p, 300, 300, FFDL_PROGRESS_DONE, 10.0);
+  CHECK_CONTAINS(text_of(&s), "moving: 0.3 of 0.3 KiB (done)\n");
+  close_shown(&s);
+  open_shown(&s, 0);
+  ffdl_progress_report_at(&s.p, 512 * 1024, 1024 * 1024, FFDL_PROGRESS_RUNNING, 10.0);
+  CHECK_CONTAINS(text_of(&s), "moving: 0.5 of 1.0 MiB, ? MiB/s, ETA ?\n");
+  close_shown(&s);
+  open_shown(&s, 0);
+  ffdl_progress_report_at(&s.p, 300, 0, FFDL_PROGRESS_RUNNING, 10.0);
+  CHECK_CONTAINS(text_of(&s), "moving: 0.0 MiB, ? MiB/s\n");
   close_shown(&s);
 }
 
@@ -269,6 +287,7 @@ int main(int argc, char **argv) {
       {"failed_transfer_says_failed", test_failed_transfer_says_failed},
       {"done_says_done_with_the_average", test_done_says_done_with_the_average},
       {"a_short_transfer_ends_without_a_rate", test_a_short_transfer_ends_without_a_rate},
+      {"small_sizes_read_in_kib", test_small_sizes_read_in_kib},
       {"all_bytes_moved_says_finishing", test_all_bytes_moved_says_finishing},
       {"terminal_frames_are_not_repeated", test_terminal_frames_are_not_repeated},
       {NULL, NULL},
