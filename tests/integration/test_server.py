@@ -198,7 +198,7 @@ def test_train_follow_show_download_through_the_cli(server, tmp_path):
                  str(ROOT / "examples" / "pytorch-digits") + "/", token=token)
     assert result.returncode == 0, result.stderr
     model_id = re.fullmatch(r"Model ID: (training-[a-z0-9]+)\n", result.stdout).group(1)
-    assert re.search(r"^uploading the model: .*MiB.*\(done\)$", result.stderr, re.M), result.stderr
+    assert re.search(r"^uploading the model: .*[KM]iB.*\(done\)$", result.stderr, re.M), result.stderr
     listing = cli(server, "list", token=token).stdout
     assert re.search(rf"^{model_id}\s+pytorch-digits\s+pytorch\s+", listing, re.M)
     assert listing.splitlines()[0].split() == ["ID", "Name", "Framework", "Status", "Submitted",
