@@ -766,6 +766,13 @@ def test_abort_uploads_aborts_the_incomplete_uploads_under_a_prefix(moto, bucket
     assert boto.get_object(Bucket=bucket, Key="t-1/done.txt")["Body"].read() == b"kept"
     # nothing left: nothing said, and still a success
     assert ok(s3tool(moto.endpoint, "abort-uploads", bucket, "t-1/")).stdout == b""
+    # a bucket that does not exist is named; no bucket at all is a usage error
+    p = s3tool(moto.endpoint, "abort-uploads", "no-such-bucket-here", "t-1/")
+    assert p.returncode == 1 and ("abort-uploads failed: S3 NoSuchBucket (HTTP 404): The specified "
+                                  "bucket does not exist; bucket no-such-bucket-here"
+                                  in p.stderr.decode()), p.stderr
+    p = s3tool(moto.endpoint, "abort-uploads")
+    assert p.returncode == 2 and p.stderr.decode().startswith("usage: s3tool"), p.stderr
 
 
 def uploads_page(uploads, next_key=None, next_id=None):
