@@ -197,14 +197,16 @@ static void stale_aborted(void *ud, const char *key, const char *upload_id) {
 }
 
 /* Whatever the clean-up found, the results go up: a store that refuses to
- * list uploads (a narrower policy, a store without the call) still takes
- * them. */
+ * list uploads (a store without the call, a server gone) still takes them.
+ * A policy without s3:ListBucketMultipartUploads is common (uploads need
+ * only s3:PutObject), so its AccessDenied is said at info level, not as a
+ * warning on every job. */
 static void stale_cleaned(void *ud, int status, const ffdl_s3_error *err) {
   op *o = ud;
   if (status != 0) {
     char text[1024];
     ffdl_s3_error_text(err, text, sizeof text);
-    ffdl_log(FFDL_LOG_WARN,
+    ffdl_log(strcmp(err->code, "AccessDenied") == 0 ? FFDL_LOG_INFO : FFDL_LOG_WARN,
              "cannot look for incomplete uploads under s3://%s/%s/ (%s); uploading anyway",
              o->bucket, o->prefix, text);
   }

@@ -253,21 +253,32 @@ def test_a_server_killed_while_storing_stores_again_and_aborts_its_half_upload(
         proxy.close()
 
 
-def test_a_store_that_cannot_list_uploads_still_takes_the_results(tmp_path):
-    """Some stores refuse ListMultipartUploads (a policy without
-    s3:ListBucketMultipartUploads, a store without the call): STORING warns
-    and uploads anyway."""
-    fake = FakeS3({("GET", "uploads"): [(403, "AccessDenied")]})
+@pytest.mark.parametrize("code, status, level", [("NotImplemented", 501, "warn"),
+                                                  ("AccessDenied", 403, "info")])
+def test_a_store_that_cannot_list_uploads_still_takes_the_results(tmp_path, code, status, level):
+    """Some stores refuse ListMultipartUploads: STORING says so and uploads
+    anyway. A store without the call (501, retried like any 5xx) is a
+    warning; AccessDenied, from the common policy without
+    s3:ListBucketMultipartUploads, is said at info level only (FFDL_LOG=info),
+    not on every job."""
+    fake = FakeS3({("GET", "uploads"): [(status, code)] * 6})
     try:
-        result = run(tmp_path, custom_manifest(tmp_path, fake.endpoint, "echo trained > "
-                                               "$RESULT_DIR/out.txt", "results"))
-        assert result.returncode == 0, result.stderr[-3000:]
-        tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
-        assert re.search(rf"cannot look for incomplete uploads under s3://results/{tid}/ \(S3 "
-                         r"AccessDenied \(HTTP 403\): scripted AccessDenied.*\); "
-                         r"uploading anyway", result.stderr), result.stderr[-3000:]
-        puts = {path: body for method, path, _, body in fake.requests if method == "PUT"}
-        assert f"/results/{tid}/model/out.txt" in puts, sorted(puts)
+        path = custom_manifest(tmp_path, fake.endpoint, "echo trained > $RESULT_DIR/out.txt",
+                               "results")
+        for log in ("warn", "info"):
+            env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"),
+                       FFDL_RESULTS=str(tmp_path / "res"), FFDL_LOG=log)
+            result = subprocess.run([str(BUILD / "ffdl-run"), str(path)], cwd=tmp_path, env=env,
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr[-3000:]
+            tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
+            said = re.search(rf"ffdl {level}: cannot look for incomplete uploads under "
+                             rf"s3://results/{tid}/ \(S3 {code} \(HTTP {status}\): scripted "
+                             rf"{code}.*\); uploading anyway", result.stderr)
+            assert bool(said) == (log == "info" or level == "warn"), result.stderr[-3000:]
+            puts = {p for method, p, _, _ in fake.requests if method == "PUT"}
+            assert f"/results/{tid}/model/out.txt" in puts, sorted(puts)
+            fake.failures[("GET", "uploads")] = [(status, code)] * 6
     finally:
         fake.close()
 
