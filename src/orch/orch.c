@@ -376,8 +376,22 @@ static void link_interpreter(work *w) {
   }
 }
 
+/* Before a first staging, what an earlier run of the job staged goes: a
+ * job requeued after a server restart stages from scratch, and its
+ * learners must not see files of the interrupted staging (an object
+ * deleted from the bucket since, a copy cut short). */
+static void drop_staged_inputs(const job *j) {
+  static const char *const inputs[] = {"data", "model", NULL};
+  for (const char *const *d = inputs; *d; d++) {
+    char *p = job_path(j, *d);
+    ffdl_localstore_remove_tree(p);
+    free(p);
+  }
+}
+
 static void stage(work *w) {
   job *j = w->j;
+  if (w->stage_data) drop_staged_inputs(j);
   make_dirs(w);
   link_interpreter(w);
   if (w->wipe_checkpoint) {

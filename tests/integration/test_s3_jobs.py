@@ -283,6 +283,50 @@ def test_a_store_that_cannot_list_uploads_still_takes_the_results(tmp_path, code
         fake.close()
 
 
+def test_a_server_killed_while_downloading_stages_the_job_again_from_scratch(
+        moto, digits_in_s3, tmp_path):
+    """SIGKILL while the training data comes down (slowed by a proxy): the
+    restarted server requeues the job and stages it from an empty $DATA_DIR,
+    so its learner sees the bucket's objects only, not what the interrupted
+    staging left (a .partial file; here also a file standing for an object
+    deleted since)."""
+    from test_server import Server, add_user, cli, wait_status
+    digits_in_s3.put_object(Bucket="digits-data", Key="crash/blob.bin", Body=os.urandom(24 << 20))
+    proxy = CutProxy(moto.port)
+    proxy.throttle(2 << 20, direction="down")
+    text = ("name: crash-data\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
+            "  version: local\n  command: ls -A $DATA_DIR\ndata_stores:\n  - id: cos\n"
+            "    type: mount_cos\n    training_data:\n      container: digits-data\n"
+            "      prefix: crash/\n    connection:\n"
+            f"      auth_url: {proxy.endpoint}\n      user_name: ffdl-key\n"
+            f"      password: {SECRET}\n")
+    data = tmp_path / "data"
+    srv = Server(data)
+    try:
+        token = add_user(srv, "alice")
+        model_id = submit(srv, token, text)
+        staged = data / "jobs" / model_id / "data"
+        deadline = time.monotonic() + 60
+        while not list(staged.glob("*.partial")):
+            assert time.monotonic() < deadline, "the download did not start"
+            time.sleep(0.05)
+        srv.proc.kill()  # SIGKILL, mid-download
+        srv.proc.wait()
+        srv.log.close()
+        (staged / "deleted-since.bin").write_bytes(b"old")
+        proxy.throttle(None)
+        srv = Server(data)
+        done = wait_status(srv, model_id, {"COMPLETED", "FAILED"}, token=token)
+        assert done["training"]["training_status"]["status"] == "COMPLETED", done
+        logs = cli(srv, "logs", model_id, token=token)
+        assert logs.returncode == 0, logs.stderr
+        assert logs.stdout.split() == ["blob.bin"], logs.stdout
+    finally:
+        srv.stop()
+        proxy.close()
+        digits_in_s3.delete_object(Bucket="digits-data", Key="crash/blob.bin")
+
+
 def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp_path):
     """On a server the warning reaches `ffdl logs` and the job's status."""
     from test_server import Server, add_user, cli, wait_status
