@@ -124,16 +124,24 @@ def test_a_prefix_that_matches_nothing_is_said(moto, digits_in_s3, tmp_path):
     assert log.startswith(f"ffdl: warning: {warning}\n"), log[:500]
 
 
+def custom_text(endpoint, command, results_bucket=None, prefix="digits/", connection_extra=""):
+    """A custom-framework manifest reading digits-data/PREFIX, results to
+    RESULTS_BUCKET (None: no training_results), CONNECTION_EXTRA lines
+    (indented) ending the connection."""
+    results = (f"    training_results:\n      container: {results_bucket}\n" if results_bucket
+               else "")
+    return ("name: custom\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
+            f"  version: local\n  command: {json.dumps(command)}\ndata_stores:\n  - id: cos\n"
+            "    type: mount_cos\n    training_data:\n      container: digits-data\n"
+            f"      prefix: {prefix}\n{results}"
+            f"    connection:\n      auth_url: {endpoint}\n      user_name: ffdl-key\n"
+            f"      password: {SECRET}\n{connection_extra}")
+
+
 def custom_manifest(tmp_path, endpoint, command, results_bucket, prefix="digits/"):
-    """A custom-framework job reading digits-data/PREFIX, results to RESULTS_BUCKET."""
+    """custom_text in a file."""
     path = tmp_path / "custom.yml"
-    path.write_text(
-        "name: custom\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
-        f"  version: local\n  command: {json.dumps(command)}\ndata_stores:\n  - id: cos\n"
-        "    type: mount_cos\n    training_data:\n      container: digits-data\n"
-        f"      prefix: {prefix}\n    training_results:\n      container: {results_bucket}\n"
-        f"    connection:\n      auth_url: {endpoint}\n      user_name: ffdl-key\n"
-        f"      password: {SECRET}\n")
+    path.write_text(custom_text(endpoint, command, results_bucket, prefix))
     return path
 
 
@@ -211,13 +219,8 @@ def test_a_server_killed_while_storing_stores_again_and_aborts_its_half_upload(
     from test_server import Server, add_user, wait_status
     proxy = CutProxy(moto.port)
     proxy.throttle(256 * 1024)
-    text = ("name: big-result\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
-            "  version: local\n  command: head -c 41943040 /dev/urandom > $RESULT_DIR/big.bin\n"
-            "data_stores:\n  - id: cos\n    type: mount_cos\n    training_data:\n"
-            "      container: digits-data\n      prefix: digits/\n    training_results:\n"
-            "      container: digits-results\n    connection:\n"
-            f"      auth_url: {proxy.endpoint}\n      user_name: ffdl-key\n"
-            f"      password: {SECRET}\n      part_size: 5MiB\n")
+    text = custom_text(proxy.endpoint, "head -c 41943040 /dev/urandom > $RESULT_DIR/big.bin",
+                       "digits-results", connection_extra="      part_size: 5MiB\n")
     data = tmp_path / "data"
     srv = Server(data)
     try:
@@ -294,12 +297,7 @@ def test_a_server_killed_while_downloading_stages_the_job_again_from_scratch(
     digits_in_s3.put_object(Bucket="digits-data", Key="crash/blob.bin", Body=os.urandom(24 << 20))
     proxy = CutProxy(moto.port)
     proxy.throttle(2 << 20, direction="down")
-    text = ("name: crash-data\ncpus: 0.5\nmemory: 256MiB\nframework:\n  name: custom\n"
-            "  version: local\n  command: ls -A $DATA_DIR\ndata_stores:\n  - id: cos\n"
-            "    type: mount_cos\n    training_data:\n      container: digits-data\n"
-            "      prefix: crash/\n    connection:\n"
-            f"      auth_url: {proxy.endpoint}\n      user_name: ffdl-key\n"
-            f"      password: {SECRET}\n")
+    text = custom_text(proxy.endpoint, "ls -A $DATA_DIR", prefix="crash/")
     data = tmp_path / "data"
     srv = Server(data)
     try:
