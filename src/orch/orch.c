@@ -1084,8 +1084,7 @@ static void after_stage(work *w) {
   if (w->rc != 0) return staged(j, w->code ? w->code : "S302", w->err ? w->err : "staging failed");
   if (!w->stage_data) return staged(j, NULL, NULL); /* a retry reuses the staged data */
   json_t *store = first_store(j);
-  if (!ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_results") || j->halting)
-    return download_training_data(j);
+  if (!ffdl_s3stage_results_bucket(store) || j->halting) return download_training_data(j);
   /* a missing results bucket or refused credentials fail the job now, not
    * after it has trained */
   if (ffdl_s3stage_check_results(j->o->o.loop, store, j->id, results_checked, j, &j->s3_staging) !=
@@ -1096,11 +1095,8 @@ static void after_stage(work *w) {
 /* "s3://BUCKET/ID/" when J's results go to an S3 bucket, else NULL
  * (caller frees). */
 static char *s3_results_url(const job *j) {
-  json_t *store = first_store(j);
-  const char *bucket =
-      json_string_value(json_object_get(json_object_get(store, "training_results"), "container"));
-  if (!ffdl_s3stage_is_s3(store) || !bucket) return NULL;
-  return ffdl_strdup_printf("s3://%s/%s/", bucket, j->id);
+  const char *bucket = ffdl_s3stage_results_bucket(first_store(j));
+  return bucket ? ffdl_strdup_printf("s3://%s/%s/", bucket, j->id) : NULL;
 }
 
 static void stored(void *ud, const char *code, const char *message) {
@@ -1118,7 +1114,7 @@ static void after_store(work *w) {
   job *j = w->j;
   if (w->rc != 0) return stored(j, "S303", w->err ? w->err : "storing results failed");
   json_t *store = first_store(j);
-  if (ffdl_s3stage_is_s3(store) && json_object_get(store, "training_results")) {
+  if (ffdl_s3stage_results_bucket(store)) {
     /* <training-id>/ in the results bucket: model/, learner logs, submitted code */
     if (ffdl_s3stage_upload(j->o->o.loop, store, j->id, j->results_dir, s3_progress, stored, j) ==
         0)
@@ -1170,8 +1166,7 @@ static void logs_stored(void *ud, const char *code, const char *message) {
 static int store_logs(work *w) {
   job *j = w->j;
   json_t *store = first_store(j);
-  if (!j->staged || !ffdl_s3stage_is_s3(store) || !json_object_get(store, "training_results"))
-    return 0; /* no learner ran: no log */
+  if (!j->staged || !ffdl_s3stage_results_bucket(store)) return 0; /* no learner ran: no log */
   ending *e = calloc(1, sizeof *e);
   if (e && (e->reason = strdup(w->final_reason ? w->final_reason : ""))) {
     e->j = j;

@@ -37,6 +37,12 @@ int ffdl_s3stage_is_s3(const json_t *store) {
   return type && (!strcmp(type, "s3_datastore") || !strcmp(type, "mount_cos"));
 }
 
+const char *ffdl_s3stage_results_bucket(const json_t *store) {
+  if (!ffdl_s3stage_is_s3(store)) return NULL;
+  return json_string_value(
+      json_object_get(json_object_get(store, "training_results"), "container"));
+}
+
 static void stage_free(void *ud) {
   op *o = ud;
   free(o->bucket);
@@ -159,9 +165,8 @@ static void ignore_object(void *ud, const char *key, uint64_t size, const char *
 
 int ffdl_s3stage_check_results(uv_loop_t *loop, const json_t *store, const char *prefix,
                                ffdl_s3stage_cb done, void *ud, ffdl_s3stage **running) {
-  json_t *res = json_object_get(store, "training_results");
-  const char *bucket = json_string_value(json_object_get(res, "container"));
-  if (!bucket) return FFDL_EINVALID; /* checked by the schema */
+  const char *bucket = ffdl_s3stage_results_bucket(store);
+  if (!bucket) return FFDL_EINVALID;
   op *o = start(loop, store, "checking the results bucket", "S303", NULL, done, ud);
   if (!o) return FFDL_EINVALID;
   /* one short listing: a new job's PREFIX/ holds nothing yet */
@@ -216,9 +221,8 @@ static void stale_cleaned(void *ud, int status, const ffdl_s3_error *err) {
 int ffdl_s3stage_upload(uv_loop_t *loop, const json_t *store, const char *prefix,
                         const char *results, ffdl_s3stage_progress_cb progress_cb,
                         ffdl_s3stage_cb done, void *ud) {
-  json_t *res = json_object_get(store, "training_results");
-  const char *bucket = json_string_value(json_object_get(res, "container"));
-  if (!bucket) return FFDL_EINVALID; /* checked by the schema */
+  const char *bucket = ffdl_s3stage_results_bucket(store);
+  if (!bucket) return FFDL_EINVALID;
   op *o = start(loop, store, "uploading the results", "S303", progress_cb, done, ud);
   if (!o) return FFDL_EINVALID;
   o->bucket = strdup(bucket);

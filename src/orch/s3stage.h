@@ -22,6 +22,9 @@ typedef struct ffdl_s3stage ffdl_s3stage;
 
 /* Whether a spec data store (borrowed) is staged through S3. */
 int ffdl_s3stage_is_s3(const json_t *store);
+/* The bucket that STORE's results go to (training_results.container,
+ * borrowed) when it is an S3 store that has one, else NULL. */
+const char *ffdl_s3stage_results_bucket(const json_t *store);
 
 /* Downloads training_data.container (optionally under training_data.prefix)
  * of STORE into DIR. Returns 0 and calls DONE once, or fails at once. *RUNNING

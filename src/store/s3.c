@@ -1987,9 +1987,14 @@ static void page_request(s3_op *op, char *query, req_done_fn on_done) {
   req_submit(r);
 }
 
+/* OP's prefix as a query value: NULL (no parameter) when it is empty. */
+static const char *prefix_param(const s3_op *op) {
+  return op->prefix && *op->prefix ? op->prefix : NULL;
+}
+
 static void list_next_page(s3_op *op) {
   static const char *const names[] = {"continuation-token", "list-type", "max-keys", "prefix"};
-  const char *values[] = {op->token, "2", "1000", op->prefix && *op->prefix ? op->prefix : NULL};
+  const char *values[] = {op->token, "2", "1000", prefix_param(op)};
   page_request(op, query_of(names, values, 4), list_page_done);
 }
 
@@ -2096,18 +2101,16 @@ static void uploads_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
              "cannot parse the listing of incomplete uploads in bucket %s", op->bucket);
     return;
   }
-  if (op->failed || !page.truncated) {
+  int more = !op->failed && page.truncated;
+  if (!more || !page.next_key_marker || !*page.next_key_marker) {
     free(page.next_key_marker);
     free(page.next_upload_id_marker);
-    if (!op->failed) stale_abort_all(op);
-    return;
-  }
-  if (!page.next_key_marker || !*page.next_key_marker) {
-    free(page.next_key_marker);
-    free(page.next_upload_id_marker);
-    op_failf(op, FFDL_EIO, "InvalidResponse",
-             "a truncated listing of incomplete uploads in bucket %s without NextKeyMarker",
-             op->bucket);
+    if (more)
+      op_failf(op, FFDL_EIO, "InvalidResponse",
+               "a truncated listing of incomplete uploads in bucket %s without NextKeyMarker",
+               op->bucket);
+    else if (!op->failed)
+      stale_abort_all(op);
     return;
   }
   if (uploads_advance(op, &page) != 0) {
@@ -2122,7 +2125,7 @@ static void uploads_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
 static void uploads_next_page(s3_op *op) {
   static const char *const names[] = {"key-marker", "max-uploads", "prefix", "upload-id-marker",
                                       "uploads"};
-  const char *values[] = {op->token, "1000", *op->prefix ? op->prefix : NULL, op->upload_token, ""};
+  const char *values[] = {op->token, "1000", prefix_param(op), op->upload_token, ""};
   page_request(op, query_of(names, values, 5), uploads_page_done);
 }
 
