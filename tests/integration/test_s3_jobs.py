@@ -47,8 +47,9 @@ def manifest(tmp_path, endpoint, data_bucket="digits-data", secret=SECRET, prefi
     return path
 
 
-def run(tmp_path, path):
-    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"), FFDL_RESULTS=str(tmp_path / "res"))
+def run(tmp_path, path, **extra_env):
+    env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"), FFDL_RESULTS=str(tmp_path / "res"),
+               **extra_env)
     return subprocess.run([str(BUILD / "ffdl-run"), str(path)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
@@ -269,10 +270,7 @@ def test_a_store_that_cannot_list_uploads_still_takes_the_results(tmp_path, code
         path = custom_manifest(tmp_path, fake.endpoint, "echo trained > $RESULT_DIR/out.txt",
                                "results")
         for log in ("warn", "info"):
-            env = dict(os.environ, FFDL_HOME=str(tmp_path / ".ffdl"),
-                       FFDL_RESULTS=str(tmp_path / "res"), FFDL_LOG=log)
-            result = subprocess.run([str(BUILD / "ffdl-run"), str(path)], cwd=tmp_path, env=env,
-                                    capture_output=True, text=True, timeout=120)
+            result = run(tmp_path, path, FFDL_LOG=log)
             assert result.returncode == 0, result.stderr[-3000:]
             tid = re.search(r"(training-[a-z0-9]+) COMPLETED", result.stderr).group(1)
             said = re.search(rf"ffdl {level}: cannot look for incomplete uploads under "
