@@ -7,14 +7,15 @@ VENV="$ROOT/.venv"
 
 # Debian packages: build tools, the libraries the runtime links, and
 # PyTorch + scikit-learn for the example learners (Debian's torch imports
-# only under /usr/bin/python3).
+# only under /usr/bin/python3); wrk and iproute2's ss for the benchmarks
+# and tests.
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   liblua5.4-dev libjansson-dev libyaml-dev libuv1-dev libssl-dev
   libcurl4-openssl-dev libsqlite3-dev libpcre2-dev libzip-dev libh2o-dev libexpat1-dev
   python3 python3-venv python3-pip
   python3-torch python3-sklearn python3-numpy
-  wrk
+  wrk iproute2
 )
 # PyPI, for test tools only. The AWS CLI is an S3 client that is not ffdl,
 # for the interop tests and the S3 example's hint. pyOpenSSL: botocore and

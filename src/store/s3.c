@@ -32,9 +32,10 @@
  * 100-continue" (see req_start), which saves small objects a round trip.
  * A directory upload opens its files ahead, in batches (open_ahead), and
  * finished requests leave their easy handle for the next (easy_release).
- * Connections to a server on this host get a large receive buffer
- * (on_open_socket): the kernel's default leaves the server's sends to run
- * in the client's softirq there.
+ * Connections to a server on this host get large receive and send buffers
+ * (on_open_socket): there the kernel's receive default leaves the server's
+ * sends to run in the client's softirq, and a larger send buffer than
+ * autotuning's saves the kernel work.
  * Over https, TLS sessions are shared by the client's connections, so a new
  * connection resumes one.
  *
@@ -103,6 +104,7 @@
 #define RANGE_MAX (64 * MIB)        /* ... each for at most this many bytes (or a part) */
 #define RESUME_RESETS (1024 * 1024) /* a cut range that kept this much starts its retries over */
 #define LOOPBACK_RCVBUF (4 * 1024 * 1024) /* SO_RCVBUF of a connection to this host */
+#define LOOPBACK_SNDBUF (4 * 1024 * 1024) /* SO_SNDBUF of a connection to this host */
 #define CHUNK (1024 * 1024)               /* aws-chunked: data bytes per chunk */
 #define OPEN_AHEAD 32 /* files a directory upload holds open before their turn */
 #define UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
@@ -975,24 +977,34 @@ static int is_loopback(const struct sockaddr *addr) {
 }
 
 /* Opens every connection's socket (close-on-exec: learners never inherit
- * one). To a server on this host it asks for a 4 MiB receive buffer
- * (LOOPBACK_RCVBUF). There the kernel's receive-buffer autotuning never
- * grows the default 128 KiB (its estimate needs a longer round trip), so
- * the window stays near 64 KiB: the server's sends stall on it, and each
- * window update of the client runs the server's pending transmits in the
- * client's softirq. With 4 MiB (capped by net.core.rmem_max) the server
- * sends in its own context: measured here, 15-30% less client CPU
- * downloading 512 MiB from moto (medians of 8 and 5 paired runs), 25%
- * less from a server that uses sendfile, and no longer wall time. To any
- * other host the socket is left to autotuning, which works there and which
- * a fixed size would turn off. A failed setsockopt only costs speed. */
+ * one). To a server on this host it asks for 4 MiB buffers, both capped by
+ * net.core.rmem_max and wmem_max:
+ * - Receive (LOOPBACK_RCVBUF). There the kernel's receive-buffer
+ *   autotuning never grows the default 128 KiB (its estimate needs a longer
+ *   round trip), so the window stays near 64 KiB: the server's sends stall
+ *   on it, and each window update of the client runs the server's pending
+ *   transmits in the client's softirq. With 4 MiB the server sends in its
+ *   own context: measured here, 15-30% less client CPU downloading 512 MiB
+ *   from moto (medians of 8 and 5 paired runs), 25% less from a server that
+ *   uses sendfile, and no longer wall time.
+ * - Send (LOOPBACK_SNDBUF). There autotuning sets the send buffer to
+ *   tcp_wmem's maximum (4 MiB by default) at once; asked for 4 MiB, the
+ *   kernel doubles it (its bookkeeping's share), so twice as many bytes
+ *   can wait in it. Measured here: 9% less client CPU uploading 2 GiB to
+ *   moto (median of 4 paired runs, every pair in favour; 7-10% at
+ *   512 MiB), less of it in the kernel's wake-up and locking paths, and no
+ *   longer wall time.
+ * To any other host the socket is left to autotuning, which works there
+ * and which a fixed size would turn off. A failed setsockopt only costs
+ * speed. */
 static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
   (void)ud;
   (void)purpose;
   curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
   if (fd >= 0 && is_loopback(&a->addr)) {
-    int size = LOOPBACK_RCVBUF;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+    int rcvbuf = LOOPBACK_RCVBUF, sndbuf = LOOPBACK_SNDBUF;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   }
   return fd >= 0 ? fd : CURL_SOCKET_BAD;
 }

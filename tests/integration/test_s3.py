@@ -590,6 +590,46 @@ def test_cut_parts_fail_cleanly_and_are_aborted(moto, bucket, boto, tmp_path):
         proxy.close()
 
 
+def socket_buffers(pid):
+    """(receive, send) buffer sizes of PID's established TCP sockets, as
+    `ss` shows them (skmem's rb and tb)."""
+    out = subprocess.run(["ss", "-tnmpH", "state", "established"], capture_output=True,
+                         text=True, check=True).stdout
+    # one socket per "users:" line, its skmem on the same or the next line
+    found = re.findall(r"pid=(\d+),[^\n]*\n?\s*skmem:\(r\d+,rb(\d+),t\d+,tb(\d+)", out)
+    return [(int(rb), int(tb)) for owner, rb, tb in found if int(owner) == pid]
+
+
+def kernel_limit(name):
+    return int(pathlib.Path(f"/proc/sys/net/core/{name}").read_text())
+
+
+def test_connections_to_this_host_get_large_socket_buffers(tmp_path):
+    """To a server on this host, s3tool's sockets ask for 4 MiB receive and
+    send buffers (the kernel doubles what it is asked, up to rmem_max and
+    wmem_max). Autotuning would leave them at 128 KiB and tcp_wmem's
+    maximum, which costs CPU here (see on_open_socket). This server accepts
+    and never reads, so the upload stays connected until it is killed."""
+    import socket
+    listener = socket.create_server(("127.0.0.1", 0))
+    src = random_file(tmp_path / "b.bin", 16 * MIB, seed=9)
+    proc = subprocess.Popen(
+        [str(S3TOOL), "--max-retries=0", f"http://127.0.0.1:{listener.getsockname()[1]}",
+         "test", "test", "put", "bkt", "b", str(src)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            wait_until(lambda: socket_buffers(proc.pid), 10, "s3tool's connection")
+            want = (2 * min(4 * MIB, kernel_limit("rmem_max")),
+                    2 * min(4 * MIB, kernel_limit("wmem_max")))
+            assert socket_buffers(proc.pid) == [want]
+    finally:
+        proc.kill()
+        proc.wait()
+        listener.close()
+
+
 def test_server_killed_mid_multipart_upload(tmp_path):
     """moto is killed by its PID while parts are in flight: the upload fails
     with a connection error after its retries; after a restart no object
