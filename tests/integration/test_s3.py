@@ -372,6 +372,57 @@ def test_https_without_the_ca_bundle_is_refused(tls, tmp_path):
     assert "refused" not in names
 
 
+def count_opens(path, action):
+    """Runs ACTION; returns how many times PATH was opened meanwhile, by
+    anyone (inotify's IN_OPEN events; closes are watched too, because the
+    kernel merges an event into an unread one just like it)."""
+    import ctypes
+    import ctypes.util
+    import struct
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        in_open, in_close_nowrite = 0x20, 0x10
+        assert libc.inotify_add_watch(fd, str(path).encode(), in_open | in_close_nowrite) >= 0
+        action()
+        opens = 0
+        while True:
+            try:
+                events = os.read(fd, 65536)
+            except BlockingIOError:
+                return opens
+            at = 0
+            while at < len(events):  # struct inotify_event: wd, mask, cookie, len, name
+                _, mask, _, name_len = struct.unpack_from("iIII", events, at)
+                opens += bool(mask & in_open)
+                at += 16 + name_len
+    finally:
+        os.close(fd)
+
+
+def test_https_reads_the_ca_bundle_once_for_all_connections(tls, tmp_path):
+    """The CA file is read for a client's first connection only: moto
+    closes every connection, so 30 files go up over 30 connections, and
+    the certificate store built for the first serves them all. With a CA
+    directory set as well (Debian's libcurl default), libcurl would parse
+    the file again for each one: ~24 ms of CPU per connection with the
+    system bundle (see trust_one_ca_file)."""
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(tls.ca.read_bytes())
+    tree = tmp_path / "many"
+    tree.mkdir()
+    for i in range(30):
+        (tree / f"f{i}").write_bytes(b"small file %d" % i)
+    options = [f"--ca-bundle={bundle}", "--concurrency=4"]
+    ok(s3tool(tls.endpoint, "mb", "tls-once", options=options))
+    opens = count_opens(bundle, lambda: ok(s3tool(tls.endpoint, "upload-dir", "tls-once", "t",
+                                                  tree, options=options)))
+    assert opens == 1
+    listed = ok(s3tool(tls.endpoint, "list", "tls-once", "t/", options=options)).stdout
+    assert len(listed.splitlines()) == 30
+
+
 def test_https_with_motos_adhoc_certificate_is_refused(tmp_path):
     """moto's own ad-hoc certificate is refused the same way (libcurl's
     default verification, never turned off)."""
