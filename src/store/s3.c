@@ -37,7 +37,8 @@
  * sends to run in the client's softirq, and a larger send buffer than
  * autotuning's saves the kernel work.
  * Over https, TLS sessions are shared by the client's connections, so a new
- * connection resumes one.
+ * connection resumes one, and the certificate store is built for the first
+ * connection only (trust_one_ca_file).
  *
  * Upload bodies are checked with CRC32C by default, over http as over
  * https (FFDL_S3_CHECKSUM_CRC32C): S3 verifies it and keeps it with the
