@@ -7,7 +7,11 @@ SIGTERM: with no job, with one job that holds the whole (one-node) cluster,
 and with that job plus FFDL_BENCH_QUEUED jobs (default 100,000) queued
 behind it. Prints the time from SIGTERM to the process's exit for each, and
 then counts, in the store and in the results' job.json files, how many jobs
-ended HALTED. FFDL_BENCH_KEEP=DIR keeps the data and the server logs there.
+ended HALTED. Then the restart: a server left with SIGTERM at the default
+`on_shutdown` (its jobs stay), with the running job alone and with the
+queued jobs too, and the time its successor takes from exec to listening,
+having taken them over. FFDL_BENCH_KEEP=DIR keeps the data and the server
+logs there.
 """
 import io
 import json
@@ -92,9 +96,15 @@ def halted_counts(data):
     return stored, files
 
 
-def run(tmp, name, queued, blocker=True):
+def one_node(tmp):
+    """A cluster file: one node of one CPU."""
     nodes = tmp / "cluster.yml"
     nodes.write_text("nodes:\n  - {name: only, cpus: 1, memory: 4GiB}\n")
+    return nodes
+
+
+def run(tmp, name, queued, blocker=True):
+    nodes = one_node(tmp)
     data = tmp / name / "data"
     proc, port = start_server(data, nodes)
     rate = None
@@ -108,6 +118,25 @@ def run(tmp, name, queued, blocker=True):
     return took, rate, stored, files
 
 
+def restart(tmp, name, queued):
+    """Seconds from exec to listening of a server that takes over QUEUED
+    queued jobs (and a running one) that its predecessor left behind with
+    SIGTERM (on_shutdown at its default: jobs stay). The second server
+    halts everything when it stops, the blocker's learner included."""
+    nodes = one_node(tmp)
+    data = tmp / name / "data"
+    proc, port = apiclient.start_server(BUILD, data, "creates_per_minute: 0\n", nodes=nodes)
+    submit_blocker(port)
+    if queued:
+        fill_queue(port, queued)
+    seconds_to_exit(proc)
+    started = time.monotonic()
+    proc, _ = start_server(data, nodes)
+    took = time.monotonic() - started
+    seconds_to_exit(proc)
+    return took
+
+
 def main():
     keep = os.environ.get("FFDL_BENCH_KEEP")
     with tempfile.TemporaryDirectory() as d:
@@ -116,12 +145,18 @@ def main():
         empty, _, _, _ = run(tmp, "empty", 0, blocker=False)
         alone, _, _, _ = run(tmp, "blocker", 0)
         full, rate, stored, files = run(tmp, "queued", QUEUED)
+        takeover_none = restart(tmp, "restart-empty", 0)
+        takeover_full = restart(tmp, "restart-queued", QUEUED)
     print(f"shutdown (on_shutdown: halt), SIGTERM to exit, {BUILD.name}:")
     print(f"  no job:                              {empty:8.2f} s")
     print(f"  one running job:                     {alone:8.2f} s")
     print(f"  one running job + {QUEUED:>7} queued:    {full:8.2f} s  (submitted at {rate:.0f}/s)")
     print(f"  store after the stop:  {json.dumps(stored, sort_keys=True)}")
     print(f"  job.json after the stop: {json.dumps(files, sort_keys=True)}")
+    print("restart after SIGTERM (on_shutdown at its default), exec to listening:")
+    print(f"  one running job:                     {takeover_none:8.2f} s")
+    print(f"  one running job + {QUEUED:>7} queued:    {takeover_full:8.2f} s  "
+          f"({takeover_full / takeover_none:.1f} times the first)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import base64
 import io
 import json
+import sqlite3
 import os
 import re
 import subprocess
@@ -493,6 +494,13 @@ def test_no_job_is_lost_when_the_server_is_killed(tmp_path):
         assert [l["line"] for l in lines["models"]] == [f"tick-{i}" for i in range(1, 41)]
         job = json.loads((data / "results" / keeps["model_id"] / "job.json").read_text())
         assert [(l["learner"], l["attempt"]) for l in job["learners"]] == [(1, 1)]  # never ran twice
+        # the store says which job started over: the queued one, not those reattached
+        db = sqlite3.connect(data / "ffdl.db")
+        requeued = {row[0] for row in db.execute(
+            "SELECT job_id FROM transitions WHERE status = 'QUEUED' AND reason = ?",
+            ("requeued after a server restart",))}
+        db.close()
+        assert requeued == {queued["model_id"]}
     finally:
         srv.stop()
 
