@@ -1345,6 +1345,7 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
     return FFDL_EIO;
   }
   if (rc != CURLE_OK) {
+    err->http_status = 0; /* no answer: a "100 Continue" before a cut is none */
     set_field(err->code, sizeof err->code,
               rc == CURLE_OPERATION_TIMEDOUT ? "RequestTimeout" : "ConnectionError");
     const char *what = r->curl_err[0] ? r->curl_err : curl_easy_strerror(rc);

@@ -323,6 +323,63 @@ def test_a_server_killed_while_downloading_stages_the_job_again_from_scratch(
         digits_in_s3.delete_object(Bucket="digits-data", Key="crash/blob.bin")
 
 
+def test_results_cut_on_every_try_fail_with_s303_and_leave_no_half_upload(
+        moto, digits_in_s3, tmp_path):
+    """Every connection that carries more than 2 MiB of a part up is cut (a
+    proxy): each part is retried, then the job fails with S303 naming the
+    object, its multipart upload is aborted (no partial object, nothing
+    billed), and the learner's logs, small enough to pass, still reach the
+    results store."""
+    proxy = CutProxy(moto.port)
+    proxy.cut_after(2 << 20, times=None, direction="up")
+    try:
+        path = tmp_path / "cut.yml"
+        path.write_text(custom_text(proxy.endpoint,
+                                    "head -c 12582912 /dev/urandom > $RESULT_DIR/big.bin",
+                                    "digits-results", connection_extra="      part_size: 5MiB\n"))
+        result = run(tmp_path, path)
+    finally:
+        proxy.close()
+    assert result.returncode == 1, result.stderr[-3000:]
+    failed = re.search(r"(training-[a-z0-9]+): FAILED S303: (.*)", result.stderr)
+    assert failed, result.stderr[-3000:]
+    tid, message = failed.groups()
+    assert "ConnectionError" in message and f"{tid}/model/big.bin" in message, message
+    assert "HTTP" not in message  # the "100 Continue" before each cut is no answer
+    assert proxy.cuts > 1  # retried before giving up
+    assert digits_in_s3.list_multipart_uploads(Bucket="digits-results",
+                                                Prefix=f"{tid}/").get("Uploads", []) == []
+    keys = {o["Key"] for o in digits_in_s3.list_objects_v2(
+        Bucket="digits-results", Prefix=f"{tid}/").get("Contents", [])}
+    assert f"{tid}/model/big.bin" not in keys
+    assert f"{tid}/learner-1/training-log.txt" in keys, keys
+    # the local copy keeps the results that did not go up
+    assert (tmp_path / "res" / tid / "model" / "big.bin").stat().st_size == 12582912
+
+
+def test_training_data_cut_on_every_try_fails_with_s302_before_training(
+        moto, digits_in_s3, tmp_path):
+    """Every answer that brings more than 1 MiB of an object down is cut:
+    the download is retried, then the job fails with S302 naming the
+    object, and no learner starts."""
+    digits_in_s3.put_object(Bucket="digits-data", Key="cut/blob.bin", Body=os.urandom(6 << 20))
+    proxy = CutProxy(moto.port)
+    proxy.cut_after(1 << 20, times=None, direction="down")
+    try:
+        path = tmp_path / "cut.yml"
+        path.write_text(custom_text(proxy.endpoint, "echo trained", prefix="cut/"))
+        result = run(tmp_path, path)
+    finally:
+        proxy.close()
+        digits_in_s3.delete_object(Bucket="digits-data", Key="cut/blob.bin")
+    assert result.returncode == 1, result.stderr[-3000:]
+    failed = re.search(r"(training-[a-z0-9]+): FAILED S302: (.*)", result.stderr)
+    assert failed, result.stderr[-3000:]
+    assert "ConnectionError" in failed.group(2) and "cut/blob.bin" in failed.group(2), failed.group(2)
+    assert proxy.cuts > 1
+    assert "PROCESSING" not in result.stderr and "trained" not in result.stdout
+
+
 def test_server_job_logs_say_the_training_data_was_empty(moto, digits_in_s3, tmp_path):
     """On a server the warning reaches `ffdl logs` and the job's status."""
     from test_server import Server, add_user, cli, wait_status
