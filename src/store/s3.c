@@ -1358,6 +1358,10 @@ static int classify(s3_req *r, CURLcode rc, ffdl_s3_error *err, int *retry) {
       snprintf(err->message, sizeof err->message,
                "%s %s: %s: cannot use the CA bundle %s (a readable PEM file is needed)", r->method,
                r->key ? "object" : "bucket", what, r->s3->ca_bundle ? r->s3->ca_bundle : "");
+    else if ((rc == CURLE_SEND_ERROR || rc == CURLE_RECV_ERROR) && r->curl_err[0])
+      /* libcurl's detail alone can be cryptic ("select/poll returned error") */
+      snprintf(err->message, sizeof err->message, "%s %s: %s (%s)", r->method,
+               r->key ? "object" : "bucket", curl_easy_strerror(rc), r->curl_err);
     else
       snprintf(err->message, sizeof err->message, "%s %s: %s", r->method,
                r->key ? "object" : "bucket", what);

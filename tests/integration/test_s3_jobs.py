@@ -346,6 +346,10 @@ def test_results_cut_on_every_try_fail_with_s303_and_leave_no_half_upload(
     tid, message = failed.groups()
     assert "ConnectionError" in message and f"{tid}/model/big.bin" in message, message
     assert "HTTP" not in message  # the "100 Continue" before each cut is no answer
+    # in words, whichever way the last try broke (libcurl's own detail alone
+    # can be "select/poll returned error")
+    assert re.search(r"PUT object: (Failed sending data to the peer \(|Empty reply from server)",
+                     message), message
     assert proxy.cuts > 1  # retried before giving up
     assert digits_in_s3.list_multipart_uploads(Bucket="digits-results",
                                                 Prefix=f"{tid}/").get("Uploads", []) == []
