@@ -154,7 +154,8 @@ struct ffdl_s3 {
   uv_timer_t curl_timer, retry_timer, progress_timer, pump_timer;
   char *scheme, *host, *base_path; /* "https", "host[:port]", "" or "/path" */
   char *access, *secret, *region, *sigv4;
-  char *ca_bundle; /* NULL: the system's store */
+  char *ca_bundle;  /* NULL: the system's store */
+  int ca_file_only; /* https: trust one CA file, no CA directory (trust_one_ca_file) */
   int virtual_host;
   int checksum; /* FFDL_S3_CHECKSUM_SHA256 or _CRC32C, never AUTO */
   char **wbufs; /* free WRITE_BUFFERs, kept for the next download request */
@@ -1010,24 +1011,32 @@ static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_
   return fd >= 0 ? fd : CURL_SOCKET_BAD;
 }
 
-/* The certificates E trusts: those of one CA file, BUNDLE or libcurl's
- * default one. Debian's libcurl also names a CA directory by default, and
- * then libcurl 7.88 builds each connection's certificate store anew, which
- * with the system bundle means parsing all its certificates: about 24 ms
- * of CPU per connection here (200 files of 64 KiB up over https, to a
- * server that closes every connection, cost 4.9 s of CPU, and 0.21 s with
- * a CA file alone). From one file the store is built once and kept by the
- * multi handle for every later connection (CURLOPT_CA_CACHE_TIMEOUT, a day
- * by default). As with the AWS tools' AWS_CA_BUNDLE, a bundle that is
- * named replaces the system's certificates. A libcurl built with a CA
- * directory only keeps it. */
-static void trust_one_ca_file(CURL *e, const char *bundle) {
-  char *builtin = NULL;
-  if (bundle)
-    curl_easy_setopt(e, CURLOPT_CAINFO, bundle);
-  else
-    curl_easy_getinfo(e, CURLINFO_CAINFO, &builtin);
-  if (bundle || builtin) curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+/* The certificates E trusts: those of one CA file, the client's bundle or
+ * libcurl's built-in one, when S3->ca_file_only. Debian's libcurl also
+ * names a CA directory by default, and then libcurl 7.88 builds each
+ * connection's certificate store anew, which with the system bundle means
+ * parsing all its certificates: about 24 ms of CPU per connection here
+ * (200 files of 64 KiB up over https, to a server that closes every
+ * connection, cost 4.9 s of CPU, and 0.21 s with a CA file alone). From
+ * one file the store is built once and kept by the multi handle for every
+ * later connection (CURLOPT_CA_CACHE_TIMEOUT, a day by default). As with
+ * the AWS tools' AWS_CA_BUNDLE, a bundle that is named replaces the
+ * system's certificates. */
+static void trust_one_ca_file(const ffdl_s3 *s3, CURL *e) {
+  if (s3->ca_bundle) curl_easy_setopt(e, CURLOPT_CAINFO, s3->ca_bundle);
+  if (s3->ca_file_only) curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+}
+
+/* Whether libcurl's built-in CA file is there to be trusted alone: a
+ * libcurl built with a CA directory only, or a system without the file,
+ * keeps its directory. */
+static int builtin_ca_file_readable(void) {
+  CURL *e = curl_easy_init();
+  char *builtin = NULL; /* libcurl's constant: never freed */
+  if (e) curl_easy_getinfo(e, CURLINFO_CAINFO, &builtin);
+  int readable = builtin && access(builtin, R_OK) == 0;
+  if (e) curl_easy_cleanup(e);
+  return readable;
 }
 
 static char *make_url(ffdl_s3 *s3, const char *bucket, const char *key, const char *query) {
@@ -1136,7 +1145,7 @@ static int req_start(s3_req *r) {
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)IO_BUFFER);
   curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)UPLOAD_BUFFER);
   /* verification stays libcurl's default (peer and host name), always */
-  trust_one_ca_file(e, s3->ca_bundle);
+  trust_one_ca_file(s3, e);
   if (s3->share) curl_easy_setopt(e, CURLOPT_SHARE, s3->share);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
   curl_easy_setopt(e, CURLOPT_EXPECT_100_TIMEOUT_MS, 300L);
@@ -3192,8 +3201,11 @@ int ffdl_s3_new(uv_loop_t *loop, const ffdl_s3_config *config, ffdl_s3 **out) {
   curl_multi_setopt(s3->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
   curl_multi_setopt(s3->multi, CURLMOPT_TIMERDATA, s3);
   curl_multi_setopt(s3->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)s3->concurrency);
-  if (strcmp(s3->scheme, "https") == 0 && (s3->share = curl_share_init()))
-    curl_share_setopt(s3->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  if (strcmp(s3->scheme, "https") == 0) {
+    s3->ca_file_only = s3->ca_bundle || builtin_ca_file_readable();
+    if ((s3->share = curl_share_init()))
+      curl_share_setopt(s3->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+  }
   uv_timer_t *timers[] = {&s3->curl_timer, &s3->retry_timer, &s3->progress_timer, &s3->pump_timer};
   for (size_t i = 0; i < 4; i++) {
     uv_timer_init(loop, timers[i]);
