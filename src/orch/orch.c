@@ -1298,6 +1298,15 @@ static int record_many(ffdl_orch *o, job **batch, size_t n, state st, const char
   return rc;
 }
 
+/* J moves to ST for WHY: announced only when a batch (record_many) has
+ * already RECORDED it in the store, recorded on its own otherwise. */
+static void transition_after_batch(job *j, state st, const char *why, int recorded) {
+  if (recorded)
+    announce(j, st, why, NULL);
+  else
+    transition(j, st, why, NULL);
+}
+
 /*
  * Halts every queued job that never staged in one go. One by one, each
  * halt was its own store transaction and the whole stop took minutes for
@@ -1319,10 +1328,7 @@ static void halt_queued(ffdl_orch *o, const char *reason) {
     job *j = batch[i];
     j->halting = 1;
     leave_scheduler(j);
-    if (recorded)
-      announce(j, HALTED, why, NULL);
-    else
-      transition(j, HALTED, why, NULL);
+    transition_after_batch(j, HALTED, why, recorded);
     write_job_json(j);
     tell_end(j, HALTED);
   }
@@ -1692,10 +1698,7 @@ static job *recover_job(ffdl_orch *o, const json_t *doc) {
 static void requeue_recovered(ffdl_orch *o, job **batch, size_t n) {
   int recorded = n && record_many(o, batch, n, QUEUED, REQUEUED) == FFDL_OK;
   for (size_t i = 0; i < n; i++) {
-    if (recorded)
-      announce(batch[i], QUEUED, REQUEUED, NULL);
-    else
-      transition(batch[i], QUEUED, REQUEUED, NULL);
+    transition_after_batch(batch[i], QUEUED, REQUEUED, recorded);
     enqueue(batch[i]);
   }
 }

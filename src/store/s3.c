@@ -1932,6 +1932,17 @@ int ffdl_s3_get_buffer(ffdl_s3 *s3, const char *bucket, const char *key,
 
 /* ---- listing ---------------------------------------------------------------- */
 
+/* Room for one more of the N items (SIZE bytes each) at ITEMS, of which
+ * *CAP are allocated; the array doubles from FIRST. Returns the array,
+ * moved or not, or NULL when out of memory (ITEMS and *CAP intact). */
+static void *room_for_one(void *items, size_t *cap, size_t n, size_t size, size_t first) {
+  if (n < *cap) return items;
+  size_t grown = *cap ? *cap * 2 : first;
+  void *moved = realloc(items, grown * size);
+  if (moved) *cap = grown;
+  return moved;
+}
+
 static void list_finished(s3_op *op);
 
 static void list_object(void *ud, const char *key, uint64_t size, const char *etag) {
@@ -1952,17 +1963,13 @@ static void list_object(void *ud, const char *key, uint64_t size, const char *et
              key, op->path);
     return;
   }
-  if (op->n_entries == op->cap_entries) {
-    size_t cap = op->cap_entries ? op->cap_entries * 2 : 64;
-    dir_entry *e = realloc(op->entries, cap * sizeof *e);
-    if (!e) {
-      free(rel);
-      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
-      return;
-    }
-    op->entries = e;
-    op->cap_entries = cap;
+  dir_entry *e = room_for_one(op->entries, &op->cap_entries, op->n_entries, sizeof *e, 64);
+  if (!e) {
+    free(rel);
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+    return;
   }
+  op->entries = e;
   op->entries[op->n_entries] = (dir_entry){.rel = rel, .key = strdup(key), .size = size, .fd = -1};
   if (!op->entries[op->n_entries].key) {
     free(rel);
@@ -2072,16 +2079,12 @@ int ffdl_s3_list(ffdl_s3 *s3, const char *bucket, const char *prefix, ffdl_s3_ob
 static void stale_found(void *ud, const char *key, const char *upload_id) {
   s3_op *op = ud;
   if (op->failed) return;
-  if (op->n_stale == op->cap_stale) {
-    size_t cap = op->cap_stale ? op->cap_stale * 2 : 8;
-    stale_upload *s = realloc(op->stale, cap * sizeof *s);
-    if (!s) {
-      op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
-      return;
-    }
-    op->stale = s;
-    op->cap_stale = cap;
+  stale_upload *grown = room_for_one(op->stale, &op->cap_stale, op->n_stale, sizeof *grown, 8);
+  if (!grown) {
+    op_failf(op, FFDL_ENOMEM, "OutOfMemory", "out of memory listing %s", op->bucket);
+    return;
   }
+  op->stale = grown;
   stale_upload *u = &op->stale[op->n_stale++];
   u->key = strdup(key);
   u->upload_id = strdup(upload_id);
@@ -2148,15 +2151,15 @@ static void uploads_page_done(s3_req *r, int status, const ffdl_s3_error *err) {
              "cannot parse the listing of incomplete uploads in bucket %s", op->bucket);
     return;
   }
-  int more = !op->failed && page.truncated;
-  if (!more || !page.next_key_marker || !*page.next_key_marker) {
+  if (op->failed || !page.truncated || !page.next_key_marker || !*page.next_key_marker) {
     free(page.next_key_marker);
     free(page.next_upload_id_marker);
-    if (more)
+    if (op->failed) return;
+    if (page.truncated)
       op_failf(op, FFDL_EIO, "InvalidResponse",
                "a truncated listing of incomplete uploads in bucket %s without NextKeyMarker",
                op->bucket);
-    else if (!op->failed)
+    else
       stale_abort_all(op);
     return;
   }
@@ -2904,13 +2907,9 @@ static void dir_pump(s3_op *op) {
 }
 
 static int walk_add(s3_work *w, const char *rel, uint64_t size) {
-  if (w->n == w->cap) {
-    size_t cap = w->cap ? w->cap * 2 : 64;
-    dir_entry *e = realloc(w->entries, cap * sizeof *e);
-    if (!e) return ENOMEM;
-    w->entries = e;
-    w->cap = cap;
-  }
+  dir_entry *e = room_for_one(w->entries, &w->cap, w->n, sizeof *e, 64);
+  if (!e) return ENOMEM;
+  w->entries = e;
   w->entries[w->n] = (dir_entry){.rel = strdup(rel), .size = size, .fd = -1};
   if (!w->entries[w->n].rel) return ENOMEM;
   w->n++;

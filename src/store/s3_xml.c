@@ -132,6 +132,15 @@ int ffdl_s3_xml_parse_error(const char *body, size_t len, ffdl_s3_xml_error *out
   return 0;
 }
 
+/* Replaces *FIELD with a copy of TEXT; stops the walk when out of memory. */
+static void keep_text(walk *w, char **field, const char *text) {
+  free(*field);
+  if (!(*field = strdup(text))) {
+    w->failed = 1;
+    XML_StopParser(w->parser, XML_FALSE);
+  }
+}
+
 typedef struct {
   ffdl_s3_xml_object_fn object;
   void *ud;
@@ -147,14 +156,7 @@ static void list_end(walk *w, int depth, const char *name, const char *text, siz
   if (strcmp(w->names[1], "ListBucketResult") != 0) return;
   if (depth == 3 && strcmp(w->names[2], "Contents") == 0) {
     if (strcmp(name, "Key") == 0) {
-      free(st->key);
-      st->key = malloc(len + 1);
-      if (!st->key) {
-        w->failed = 1;
-        XML_StopParser(w->parser, XML_FALSE);
-        return;
-      }
-      memcpy(st->key, text, len + 1);
+      keep_text(w, &st->key, text);
     } else if (strcmp(name, "Size") == 0) {
       st->size = strtoull(text, NULL, 10);
     } else if (strcmp(name, "ETag") == 0) {
@@ -178,8 +180,7 @@ static void list_end(walk *w, int depth, const char *name, const char *text, siz
   } else if (strcmp(name, "IsTruncated") == 0) {
     st->out->truncated = strcmp(text, "true") == 0;
   } else if (strcmp(name, "NextContinuationToken") == 0) {
-    free(st->out->next_token);
-    st->out->next_token = strdup(text);
+    keep_text(w, &st->out->next_token, text);
   }
 }
 
@@ -202,15 +203,6 @@ typedef struct {
   ffdl_s3_xml_uploads *out;
   char *key, *upload_id;
 } uploads_state;
-
-/* Replaces *FIELD with a copy of TEXT; stops the walk when out of memory. */
-static void keep_text(walk *w, char **field, const char *text) {
-  free(*field);
-  if (!(*field = strdup(text))) {
-    w->failed = 1;
-    XML_StopParser(w->parser, XML_FALSE);
-  }
-}
 
 static void uploads_end(walk *w, int depth, const char *name, const char *text, size_t len) {
   uploads_state *st = w->ud;

@@ -139,10 +139,11 @@ def custom_text(endpoint, command, results_bucket=None, prefix="digits/", connec
             f"      password: {SECRET}\n{connection_extra}")
 
 
-def custom_manifest(tmp_path, endpoint, command, results_bucket, prefix="digits/"):
+def custom_manifest(tmp_path, endpoint, command, results_bucket, prefix="digits/",
+                    connection_extra=""):
     """custom_text in a file."""
     path = tmp_path / "custom.yml"
-    path.write_text(custom_text(endpoint, command, results_bucket, prefix))
+    path.write_text(custom_text(endpoint, command, results_bucket, prefix, connection_extra))
     return path
 
 
@@ -323,6 +324,23 @@ def test_a_server_killed_while_downloading_stages_the_job_again_from_scratch(
         digits_in_s3.delete_object(Bucket="digits-data", Key="crash/blob.bin")
 
 
+def run_with_cuts(moto, tmp_path, nbytes, direction, command, results_bucket=None, **manifest):
+    """Runs custom_manifest's job through a proxy that cuts every connection
+    carrying more than NBYTES in DIRECTION: (the run, the job's id, what its
+    FAILED line says after the code, how many connections were cut)."""
+    proxy = CutProxy(moto.port)
+    proxy.cut_after(nbytes, times=None, direction=direction)
+    try:
+        result = run(tmp_path, custom_manifest(tmp_path, proxy.endpoint, command, results_bucket,
+                                               **manifest))
+    finally:
+        proxy.close()
+    assert result.returncode == 1, result.stderr[-3000:]
+    failed = re.search(r"(training-[a-z0-9]+): FAILED (\w+: .*)", result.stderr)
+    assert failed, result.stderr[-3000:]
+    return result, failed.group(1), failed.group(2), proxy.cuts
+
+
 def test_results_cut_on_every_try_fail_with_s303_and_leave_no_half_upload(
         moto, digits_in_s3, tmp_path):
     """Every connection that carries more than 2 MiB of a part up is cut (a
@@ -330,27 +348,18 @@ def test_results_cut_on_every_try_fail_with_s303_and_leave_no_half_upload(
     object, its multipart upload is aborted (no partial object, nothing
     billed), and the learner's logs, small enough to pass, still reach the
     results store."""
-    proxy = CutProxy(moto.port)
-    proxy.cut_after(2 << 20, times=None, direction="up")
-    try:
-        path = tmp_path / "cut.yml"
-        path.write_text(custom_text(proxy.endpoint,
-                                    "head -c 12582912 /dev/urandom > $RESULT_DIR/big.bin",
-                                    "digits-results", connection_extra="      part_size: 5MiB\n"))
-        result = run(tmp_path, path)
-    finally:
-        proxy.close()
-    assert result.returncode == 1, result.stderr[-3000:]
-    failed = re.search(r"(training-[a-z0-9]+): FAILED S303: (.*)", result.stderr)
-    assert failed, result.stderr[-3000:]
-    tid, message = failed.groups()
+    _, tid, failure, cuts = run_with_cuts(
+        moto, tmp_path, 2 << 20, "up", "head -c 12582912 /dev/urandom > $RESULT_DIR/big.bin",
+        "digits-results", connection_extra="      part_size: 5MiB\n")
+    assert failure.startswith("S303: "), failure
+    message = failure[len("S303: "):]
     assert "ConnectionError" in message and f"{tid}/model/big.bin" in message, message
     assert "HTTP" not in message  # the "100 Continue" before each cut is no answer
     # in words, whichever way the last try broke (libcurl's own detail alone
     # can be "select/poll returned error")
     assert re.search(r"PUT object: (Failed sending data to the peer \(|Empty reply from server)",
                      message), message
-    assert proxy.cuts > 1  # retried before giving up
+    assert cuts > 1  # retried before giving up
     assert digits_in_s3.list_multipart_uploads(Bucket="digits-results",
                                                 Prefix=f"{tid}/").get("Uploads", []) == []
     keys = {o["Key"] for o in digits_in_s3.list_objects_v2(
@@ -367,20 +376,14 @@ def test_training_data_cut_on_every_try_fails_with_s302_before_training(
     the download is retried, then the job fails with S302 naming the
     object, and no learner starts."""
     digits_in_s3.put_object(Bucket="digits-data", Key="cut/blob.bin", Body=os.urandom(6 << 20))
-    proxy = CutProxy(moto.port)
-    proxy.cut_after(1 << 20, times=None, direction="down")
     try:
-        path = tmp_path / "cut.yml"
-        path.write_text(custom_text(proxy.endpoint, "echo trained", prefix="cut/"))
-        result = run(tmp_path, path)
+        result, _, failure, cuts = run_with_cuts(moto, tmp_path, 1 << 20, "down", "echo trained",
+                                                 prefix="cut/")
     finally:
-        proxy.close()
         digits_in_s3.delete_object(Bucket="digits-data", Key="cut/blob.bin")
-    assert result.returncode == 1, result.stderr[-3000:]
-    failed = re.search(r"(training-[a-z0-9]+): FAILED S302: (.*)", result.stderr)
-    assert failed, result.stderr[-3000:]
-    assert "ConnectionError" in failed.group(2) and "cut/blob.bin" in failed.group(2), failed.group(2)
-    assert proxy.cuts > 1
+    assert failure.startswith("S302: "), failure
+    assert "ConnectionError" in failure and "cut/blob.bin" in failure, failure
+    assert cuts > 1
     assert "PROCESSING" not in result.stderr and "trained" not in result.stdout
 
 
