@@ -1414,11 +1414,16 @@ static void free_job(job *j) {
   free(j);
 }
 
-static job *new_job(ffdl_orch *o, const json_t *spec, const char *model_dir) {
+/* A job for SPEC, with id ID (one taken over from the store) or, with ID
+ * NULL, a new one. */
+static job *new_job(ffdl_orch *o, const json_t *spec, const char *model_dir, const char *id) {
   job *j = calloc(1, sizeof *j);
   if (!j) return NULL;
   j->o = o;
-  make_id(j->id);
+  if (id)
+    snprintf(j->id, sizeof j->id, "%s", id);
+  else
+    make_id(j->id);
   j->spec = json_deep_copy(spec);
   j->model_dir = model_dir ? strdup(model_dir) : NULL;
   j->dir = ffdl_strdup_printf("%s/jobs/%s", o->home, j->id);
@@ -1453,7 +1458,7 @@ static job *new_job(ffdl_orch *o, const json_t *spec, const char *model_dir) {
 int ffdl_orch_submit(ffdl_orch *o, const json_t *spec, const char *model_dir, char *id,
                      char **err) {
   *err = NULL;
-  job *j = new_job(o, spec, model_dir);
+  job *j = new_job(o, spec, model_dir, NULL);
   if (!j || !j->spec || !j->slots) return FFDL_ENOMEM;
   int rc = local_runtime(j, err);
   if (rc == 0)
@@ -1642,13 +1647,9 @@ static job *recover_job(ffdl_orch *o, const json_t *doc) {
   const char *id = json_string_value(json_object_get(doc, "id"));
   json_t *extra = json_object_get(doc, "extra");
   const char *model = json_string_value(json_object_get(extra, "model_dir"));
-  job *j = new_job(o, json_object_get(doc, "spec"), model);
+  if (!id) return NULL; /* the store writes every job with its id */
+  job *j = new_job(o, json_object_get(doc, "spec"), model, id);
   if (!j) return NULL;
-  snprintf(j->id, sizeof j->id, "%s", id);
-  free(j->dir);
-  free(j->results_dir);
-  j->dir = ffdl_strdup_printf("%s/jobs/%s", o->home, j->id);
-  j->results_dir = ffdl_strdup_printf("%s/%s", o->results, j->id);
   j->submitted_ms = json_integer_value(json_object_get(doc, "submitted_ms"));
   j->sj.submitted = (double)j->submitted_ms / 1000.0;
   size_t i;
