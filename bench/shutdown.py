@@ -34,9 +34,11 @@ QUEUED = int(os.environ.get("FFDL_BENCH_QUEUED", "100000"))
 SUBMITTERS = 4
 
 
-def start_server(data, nodes):
-    return apiclient.start_server(BUILD, data, "creates_per_minute: 0\non_shutdown: halt\n",
-                                  nodes=nodes)
+def start_server(data, nodes, on_shutdown="halt"):
+    """A server on NODES that creates no learner pods by itself; with
+    ON_SHUTDOWN None, on_shutdown stays at its default (jobs stay)."""
+    config = "creates_per_minute: 0\n" + (f"on_shutdown: {on_shutdown}\n" if on_shutdown else "")
+    return apiclient.start_server(BUILD, data, config, nodes=nodes)
 
 
 def seconds_to_exit(proc):
@@ -125,7 +127,7 @@ def restart(tmp, name, queued):
     halts everything when it stops, the blocker's learner included."""
     nodes = one_node(tmp)
     data = tmp / name / "data"
-    proc, port = apiclient.start_server(BUILD, data, "creates_per_minute: 0\n", nodes=nodes)
+    proc, port = start_server(data, nodes, on_shutdown=None)
     submit_blocker(port)
     if queued:
         fill_queue(port, queued)

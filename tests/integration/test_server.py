@@ -2,9 +2,9 @@
 import base64
 import io
 import json
-import sqlite3
 import os
 import re
+import sqlite3
 import subprocess
 import threading
 import time
